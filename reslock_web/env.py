@@ -1,0 +1,106 @@
+"""Read settings from the environment, refusing values that are not what they claim to be.
+
+A typo in a boolean or a unit in a number must stop the process at start-up with a message
+that names the variable, instead of silently becoming True or 0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+class SettingError(ImproperlyConfigured):
+    """A bad environment value; its message is one line naming the variable."""
+
+    def __init__(self, name: str, value: str, expected: str) -> None:
+        problem = f"{name} is not set" if value == "" else f"{name}={value!r} is not valid"
+        super().__init__(f"{problem}: expected {expected}")
+        self.name = name
+
+
+def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
+    value = (os.environ if environ is None else environ).get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def envstr(name: str, default: str = "", environ: Mapping[str, str] | None = None) -> str:
+    value = _raw(name, environ)
+    return default if value is None else value
+
+
+def envbool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if value.lower() in TRUE_WORDS:
+        return True
+    if value.lower() in FALSE_WORDS:
+        return False
+    raise SettingError(name, value, "one of true/false, yes/no, on/off, 1/0")
+
+
+def envint(
+    name: str,
+    default: int,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    expected = "a whole number"
+    if minimum is not None:
+        expected += f" >= {minimum}"
+    if maximum is not None:
+        expected += f" <= {maximum}"
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingError(name, value, expected) from None
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise SettingError(name, value, expected)
+    return number
+
+
+def envurl(
+    name: str,
+    default: str,
+    schemes: tuple[str, ...],
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    # filesystem:// and sqlite:/// have no host; every other scheme needs one.
+    hostless = {"filesystem", "sqlite", "memory"}
+    if (
+        parts is None
+        or parts.scheme not in schemes
+        or (parts.scheme not in hostless and not parts.hostname)
+    ):
+        raise SettingError(
+            name, value, "a URL starting with " + " or ".join(f"{s}://" for s in schemes)
+        )
+    return value
+
+
+def envlist(name: str, default: list[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -1,0 +1,369 @@
+"""`make run`: bring up the whole board on one machine with nothing else installed.
+
+It picks a Prefect server and a Celery broker (reusing what answers, starting what it can),
+prepares the database, then runs web, worker and beat in the foreground. Ctrl-C (or SIGTERM)
+stops every process it started, and only those.
+
+This module does not import Django: it only starts processes that do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def say(message: str) -> None:
+    sys.stdout.write(f"[reslock] {message}\n")
+    sys.stdout.flush()
+
+
+class LaunchError(Exception):
+    """Something the person running `make run` has to fix; the message says what."""
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log: Path | None = None
+
+
+@dataclass
+class Launcher:
+    environ: dict[str, str]
+    var_dir: Path
+    children: list[Child] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    # --- processes -------------------------------------------------------------------
+    def start(self, name: str, args: list[str], *, log: Path | None = None) -> Child:
+        out = open(log, "ab") if log else None  # noqa: SIM115 - lives as long as the child
+        # Each child leads its own process group so that stopping it also stops whatever it
+        # spawned (Prefect's server forks uvicorn, Celery forks pool workers).
+        process = subprocess.Popen(
+            args,
+            cwd=BASE_DIR,
+            env=self.environ,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+        child = Child(name, process, log)
+        self.children.append(child)
+        return child
+
+    def run_step(self, what: str, args: list[str]) -> str:
+        result = subprocess.run(
+            args, cwd=BASE_DIR, env=self.environ, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise LaunchError(f"{what} failed:\n{result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout
+
+    def stop_all(self) -> None:
+        self.stopping.set()
+        for child in reversed(self.children):
+            _signal_group(child.process, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in reversed(self.children):
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"{child.name} did not stop in time; killing it")
+        for child in self.children:
+            # Also reap grandchildren still in the group after their leader exited.
+            _signal_group(child.process, signal.SIGKILL)
+            child.process.wait()
+
+    def supervise(self) -> int:
+        while not self.stopping.is_set():
+            for child in self.children:
+                code = child.process.poll()
+                if code is not None and not self.stopping.is_set():
+                    where = f" (see {child.log})" if child.log else ""
+                    say(f"{child.name} exited with code {code}{where}; stopping everything")
+                    return 1
+            self.stopping.wait(0.5)
+        return 0
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+# --- probes ----------------------------------------------------------------------------
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our URLs
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    """A raw PING, so that the probe needs nothing but the standard library."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.scheme == "rediss":
+        return False
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or 6379), timeout
+        ) as s:
+            if parts.password:
+                user = parts.username or "default"
+                s.sendall(f"AUTH {user} {parts.password}\r\n".encode())
+                s.recv(64)
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(check, timeout: float, stop: threading.Event | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        if stop is not None and stop.is_set():
+            return False
+        time.sleep(0.3)
+    return False
+
+
+# --- choices ---------------------------------------------------------------------------
+def secret_key(var_dir: Path) -> str:
+    path = var_dir / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def choose_prefect(launcher: Launcher) -> tuple[str, str]:
+    """Returns (api url, how it was chosen). May start a local server in the background."""
+    env = launcher.environ
+    given = env.get("PREFECT_API_URL", "").strip()
+    if given:
+        if http_ok(given.rstrip("/") + "/health"):
+            return given, f"PREFECT_API_URL {given} (it answers)"
+        say(f"PREFECT_API_URL {given} does not answer; starting a local Prefect server instead")
+    port = int(env.get("RESLOCK_PREFECT_PORT", "4200"))
+    url = f"http://127.0.0.1:{port}/api"
+    if http_ok(url + "/health"):
+        return url, f"the Prefect server already answering at {url}"
+    if not port_is_free("127.0.0.1", port):
+        raise LaunchError(
+            f"port {port} is taken by something that is not a Prefect server; "
+            "free it or set PREFECT_API_URL or RESLOCK_PREFECT_PORT"
+        )
+    home = launcher.var_dir / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    prefect_env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_UI_API_URL": url,
+    }
+    saved = launcher.environ
+    launcher.environ = {**saved, **prefect_env}
+    launcher.start(
+        "prefect server",
+        [PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        log=launcher.var_dir / "log" / "prefect.log",
+    )
+    launcher.environ = saved
+    fresh = not (home / "prefect.db").exists()
+    return (
+        url,
+        f"a local Prefect server started at {url} (data in {home}{', first start: ~30 s' if fresh else ''})",
+    )
+
+
+def choose_broker(launcher: Launcher) -> tuple[str, str]:
+    env = launcher.environ
+    if env.get("CELERY_BROKER_URL", "").strip():
+        return env["CELERY_BROKER_URL"], "CELERY_BROKER_URL as given"
+    redis_url = env.get("REDIS_URL", "").strip() or "redis://127.0.0.1:6379/0"
+    if redis_answers(redis_url):
+        return redis_url, f"Redis at {redis_url} (it answers)"
+    parts = urlsplit(redis_url)
+    local = parts.hostname in ("127.0.0.1", "localhost", None)
+    binary = shutil.which("redis-server", path=env.get("PATH"))
+    if binary and local and parts.port and port_is_free("127.0.0.1", parts.port):
+        folder = launcher.var_dir / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        launcher.start(
+            "redis-server",
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(parts.port),
+                "--dir",
+                str(folder),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            log=launcher.var_dir / "log" / "redis.log",
+        )
+        if not wait_until(lambda: redis_answers(redis_url), 15):
+            raise LaunchError(
+                f"redis-server did not answer; see {launcher.var_dir / 'log' / 'redis.log'}"
+            )
+        return redis_url, f"redis-server started under {folder} on 127.0.0.1:{parts.port}"
+    folder = launcher.var_dir / "broker"
+    for sub in ("messages", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    launcher.environ["RESLOCK_BROKER_DIR"] = str(folder)
+    why = "no redis-server installed" if not binary else f"Redis at {redis_url} does not answer"
+    return "filesystem://", f"Celery's filesystem transport under {folder} ({why})"
+
+
+# --- main ------------------------------------------------------------------------------
+def launch(environ: dict[str, str]) -> int:
+    var_dir = Path(environ.get("RESLOCK_VAR_DIR") or BASE_DIR / "var").resolve()
+    (var_dir / "log").mkdir(parents=True, exist_ok=True)
+    environ = {**environ, "RESLOCK_VAR_DIR": str(var_dir), "PYTHONUNBUFFERED": "1"}
+    environ.setdefault("SECRET_KEY", secret_key(var_dir))
+    launcher = Launcher(environ, var_dir)
+    web_port = int(environ.get("RESLOCK_WEB_PORT", "8000"))
+
+    def on_signal(signum: int, frame: object) -> None:
+        launcher.stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if not port_is_free("127.0.0.1", web_port):
+            raise LaunchError(
+                f"port {web_port} is taken; stop what uses it or set RESLOCK_WEB_PORT"
+            )
+        prefect_url, prefect_why = choose_prefect(launcher)
+        broker_url, broker_why = choose_broker(launcher)
+        launcher.environ.update({"PREFECT_API_URL": prefect_url, "CELERY_BROKER_URL": broker_url})
+        say(f"Prefect: {prefect_why}")
+        say(f"Broker:  {broker_why}")
+
+        manage = [PYTHON, "manage.py"]
+        launcher.run_step("migrate", [*manage, "migrate", "--noinput"])
+        launcher.run_step("collectstatic", [*manage, "collectstatic", "--noinput"])
+        credentials = launcher.run_step("admin user", [*manage, "reslock_admin"]).strip()
+
+        launcher.start(
+            "web",
+            [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "reslock_web.wsgi",
+                "--bind",
+                f"127.0.0.1:{web_port}",
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+                "--access-logfile",
+                "-",
+                "--log-level",
+                "warning",
+            ],
+        )
+        launcher.start(
+            "worker",
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "reslock_web.celery",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--hostname",
+                "reslock@%h",
+            ],
+        )
+        launcher.start(
+            "beat",
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "reslock_web.celery",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(var_dir / "celerybeat-schedule"),
+            ],
+        )
+        board = f"http://127.0.0.1:{web_port}/"
+        if not wait_until(lambda: http_ok(board + "healthz"), 60, launcher.stopping):
+            if launcher.stopping.is_set():
+                return 0
+            raise LaunchError("the web server did not come up within 60 s")
+        say(f"Board:   {board}  ({credentials})")
+        threading.Thread(target=_report_prefect, args=(launcher, prefect_url), daemon=True).start()
+        say("Press Ctrl-C to stop everything.")
+        return launcher.supervise()
+    except LaunchError as error:
+        say(f"error: {error}")
+        return 1
+    finally:
+        if launcher.children:
+            say("stopping " + ", ".join(child.name for child in launcher.children))
+        launcher.stop_all()
+        say("stopped")
+
+
+def _report_prefect(launcher: Launcher, url: str) -> None:
+    if wait_until(lambda: http_ok(url + "/health"), 240, launcher.stopping):
+        say(f"Prefect is ready: {url.removesuffix('/api')}")
+    elif not launcher.stopping.is_set():
+        say(
+            f"Prefect at {url} is still not answering; see {launcher.var_dir / 'log' / 'prefect.log'}"
+        )
+
+
+def main() -> None:
+    sys.exit(launch(dict(os.environ)))
+
+
+if __name__ == "__main__":
+    main()
