@@ -38,6 +38,19 @@ class LaunchError(Exception):
     """Something the person running `make run` has to fix; the message says what."""
 
 
+class BadSetting(LaunchError):
+    """A variable with a value of the wrong form (exit code 2, like the Django entry points)."""
+
+
+def env_port(env: dict[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise BadSetting(f"{name}={value!r} is not valid: expected a port number (1-65535)")
+    return int(value)
+
+
 @dataclass
 class Child:
     name: str
@@ -176,7 +189,7 @@ def choose_prefect(launcher: Launcher) -> tuple[str, str]:
         if http_ok(given.rstrip("/") + "/health"):
             return given, f"PREFECT_API_URL {given} (it answers)"
         say(f"PREFECT_API_URL {given} does not answer; starting a local Prefect server instead")
-    port = int(env.get("RESLOCK_PREFECT_PORT", "4200"))
+    port = env_port(env, "RESLOCK_PREFECT_PORT", 4200)
     url = f"http://127.0.0.1:{port}/api"
     if http_ok(url + "/health"):
         return url, f"the Prefect server already answering at {url}"
@@ -216,40 +229,58 @@ def choose_broker(launcher: Launcher) -> tuple[str, str]:
     redis_url = env.get("REDIS_URL", "").strip() or "redis://127.0.0.1:6379/0"
     if redis_answers(redis_url):
         return redis_url, f"Redis at {redis_url} (it answers)"
-    parts = urlsplit(redis_url)
-    local = parts.hostname in ("127.0.0.1", "localhost", None)
-    binary = shutil.which("redis-server", path=env.get("PATH"))
-    if binary and local and parts.port and port_is_free("127.0.0.1", parts.port):
-        folder = launcher.var_dir / "redis"
-        folder.mkdir(parents=True, exist_ok=True)
-        launcher.start(
-            "redis-server",
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(parts.port),
-                "--dir",
-                str(folder),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            log=launcher.var_dir / "log" / "redis.log",
-        )
-        if not wait_until(lambda: redis_answers(redis_url), 15):
-            raise LaunchError(
-                f"redis-server did not answer; see {launcher.var_dir / 'log' / 'redis.log'}"
-            )
-        return redis_url, f"redis-server started under {folder} on 127.0.0.1:{parts.port}"
+    why_not = _why_not_start_redis(env, redis_url)
+    if why_not is None:
+        return redis_url, _start_redis(launcher, redis_url)
     folder = launcher.var_dir / "broker"
     for sub in ("messages", "processed"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     launcher.environ["RESLOCK_BROKER_DIR"] = str(folder)
-    why = "no redis-server installed" if not binary else f"Redis at {redis_url} does not answer"
-    return "filesystem://", f"Celery's filesystem transport under {folder} ({why})"
+    return "filesystem://", (
+        f"Celery's filesystem transport under {folder} "
+        f"(Redis at {redis_url} does not answer and {why_not})"
+    )
+
+
+def _why_not_start_redis(env: dict[str, str], redis_url: str) -> str | None:
+    parts = urlsplit(redis_url)
+    if env.get("RESLOCK_START_REDIS", "true").strip().lower() in ("0", "false", "no", "off"):
+        return "RESLOCK_START_REDIS is off"
+    if not shutil.which("redis-server", path=env.get("PATH")):
+        return "no redis-server is installed"
+    if parts.scheme != "redis" or parts.hostname not in ("127.0.0.1", "localhost"):
+        return "it is not on this machine"
+    if not port_is_free("127.0.0.1", parts.port or 6379):
+        return f"port {parts.port or 6379} is taken by something else"
+    return None
+
+
+def _start_redis(launcher: Launcher, redis_url: str) -> str:
+    port = urlsplit(redis_url).port or 6379
+    folder = launcher.var_dir / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = launcher.var_dir / "log" / "redis.log"
+    binary = shutil.which("redis-server", path=launcher.environ.get("PATH")) or "redis-server"
+    launcher.start(
+        "redis-server",
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        log=log,
+    )
+    if not wait_until(lambda: redis_answers(redis_url), 15):
+        raise LaunchError(f"redis-server did not answer; see {log}")
+    return f"redis-server started under {folder} on 127.0.0.1:{port}"
 
 
 # --- main ------------------------------------------------------------------------------
@@ -259,7 +290,6 @@ def launch(environ: dict[str, str]) -> int:
     environ = {**environ, "RESLOCK_VAR_DIR": str(var_dir), "PYTHONUNBUFFERED": "1"}
     environ.setdefault("SECRET_KEY", secret_key(var_dir))
     launcher = Launcher(environ, var_dir)
-    web_port = int(environ.get("RESLOCK_WEB_PORT", "8000"))
 
     def on_signal(signum: int, frame: object) -> None:
         launcher.stopping.set()
@@ -267,6 +297,7 @@ def launch(environ: dict[str, str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        web_port = env_port(environ, "RESLOCK_WEB_PORT", 8000)
         if not port_is_free("127.0.0.1", web_port):
             raise LaunchError(
                 f"port {web_port} is taken; stop what uses it or set RESLOCK_WEB_PORT"
@@ -344,12 +375,12 @@ def launch(environ: dict[str, str]) -> int:
         return launcher.supervise()
     except LaunchError as error:
         say(f"error: {error}")
-        return 1
+        return 2 if isinstance(error, BadSetting) else 1
     finally:
         if launcher.children:
             say("stopping " + ", ".join(child.name for child in launcher.children))
-        launcher.stop_all()
-        say("stopped")
+            launcher.stop_all()
+            say("stopped")
 
 
 def _report_prefect(launcher: Launcher, url: str) -> None:

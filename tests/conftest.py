@@ -1,0 +1,101 @@
+"""Fixtures every test module can use: the real Prefect server, Celery worker, browser, personas."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.support.prefect_server import PrefectServer
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # The machine has no outside network: resolve nothing but ourselves instead of waiting.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+]
+
+
+# --- Prefect --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[PrefectServer]:
+    server = PrefectServer.create()
+    server.start()
+    saved = (settings.PREFECT_API_URL, settings.PREFECT_UI_URL, os.environ.get("PREFECT_API_URL"))
+    settings.PREFECT_API_URL = server.api_url
+    settings.PREFECT_UI_URL = server.ui_url
+    os.environ["PREFECT_API_URL"] = server.api_url
+    yield server
+    settings.PREFECT_API_URL, settings.PREFECT_UI_URL = saved[:2]
+    if saved[2] is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = saved[2]
+    server.stop()
+
+
+# --- Celery ---------------------------------------------------------------------------
+@pytest.fixture
+def celery_worker(transactional_db: None) -> Iterator[object]:
+    """A real worker thread consuming from the real Redis broker (database 15)."""
+    from celery.contrib.testing.worker import start_worker
+
+    from reslock_web.celery import app
+
+    app.control.purge()  # messages left by an earlier, interrupted run must not leak in
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10) as worker:
+        yield worker
+
+
+# --- Browser --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": CHROMIUM_ARGS,
+        "headless": True,
+    }
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+# --- Personas -------------------------------------------------------------------------
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def admin(django_user_model):
+    return django_user_model.objects.create_superuser("alice-admin", "", PASSWORD)
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    return django_user_model.objects.create_user("victor-viewer", "", PASSWORD)
+
+
+@pytest.fixture
+def viewer_client(client, viewer):
+    client.force_login(viewer)
+    return client
+
+
+@pytest.fixture
+def admin_client(client, admin):
+    client.force_login(admin)
+    return client

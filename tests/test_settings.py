@@ -1,0 +1,142 @@
+"""Bad settings stop every entry point with one line naming the variable; good ones apply."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from reslock_web.env import SettingError, envbool, envint, envurl
+from reslock_web.schedule import beat_schedule
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def run_entry_point(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE"}}
+    clean.update({"SECRET_KEY": "x" * 50, "DJANGO_SETTINGS_MODULE": "reslock_web.settings"})
+    clean.update(env)
+    clean = {k: v for k, v in clean.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True
+    )
+
+
+MANAGE_CHECK = "import sys; sys.argv=['manage.py','check']; import manage; manage.main()"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("DEBUG", "maybe", "one of true/false"),
+        ("RESLOCK_SYNC_SECONDS", "10s", "a whole number >= 2"),
+        ("RESLOCK_SYNC_SECONDS", "0", "a whole number >= 2"),
+        ("DATABASE_URL", "mysql://db/reslock", "a URL starting with sqlite://"),
+        ("PREFECT_API_URL", "127.0.0.1:4200/api", "a URL starting with http://"),
+        ("REDIS_URL", "localhost", "a URL starting with redis://"),
+        ("LOG_LEVEL", "LOUD", "one of DEBUG, INFO"),
+        ("RESLOCK_SECURE_COOKIES", "yes please", "one of true/false"),
+    ],
+)
+def test_a_bad_value_stops_manage_py_with_one_line(variable, value, expected):
+    result = run_entry_point(MANAGE_CHECK, **{variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0] and expected in lines[0]
+
+
+def test_a_missing_secret_key_without_debug_is_an_error():
+    result = run_entry_point(MANAGE_CHECK, SECRET_KEY="", DEBUG="false")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "reslock: configuration error: SECRET_KEY is not set: "
+        "expected a long random string (required unless DEBUG=true)"
+    )
+
+
+def test_debug_runs_without_a_secret_key():
+    result = run_entry_point(MANAGE_CHECK, SECRET_KEY="", DEBUG="true")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "code", ["import reslock_web.celery", "import reslock_web.wsgi"], ids=["celery", "wsgi"]
+)
+def test_the_worker_and_web_entry_points_refuse_bad_values_too(code):
+    result = run_entry_point(code, RESLOCK_HEARTBEAT_SECONDS="often")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "reslock: configuration error: RESLOCK_HEARTBEAT_SECONDS='often' is not valid: "
+        "expected a whole number >= 5 <= 3600"
+    ]
+
+
+def test_the_settings_read_the_environment():
+    code = (
+        "from django.conf import settings as s; import reslock_web.startup as st; "
+        "st.configure_or_exit(); "
+        "print(s.DEBUG, s.SYNC_SECONDS, s.PREFECT_UI_URL, s.DATABASES['default']['ENGINE'], "
+        "s.CELERY_BROKER_URL)"
+    )
+    result = run_entry_point(
+        code,
+        DEBUG="yes",
+        RESLOCK_SYNC_SECONDS="25",
+        PREFECT_API_URL="https://prefect.example.org/api",
+        DATABASE_URL="postgres://reslock@db:5432/reslock",
+        REDIS_URL="redis://cache:6379/2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "True",
+        "25",
+        "https://prefect.example.org",
+        "django.db.backends.postgresql",
+        "redis://cache:6379/2",
+    ]
+
+
+def test_envbool_accepts_the_usual_words_and_nothing_else():
+    assert envbool("X", False, environ={"X": "Yes"}) is True
+    assert envbool("X", True, environ={"X": "off"}) is False
+    assert envbool("X", True, environ={}) is True
+    with pytest.raises(SettingError, match="X='treu'"):
+        envbool("X", False, environ={"X": "treu"})
+
+
+def test_envint_checks_bounds():
+    assert envint("N", 5, minimum=1, environ={"N": " 7 "}) == 7
+    with pytest.raises(SettingError):
+        envint("N", 5, maximum=10, environ={"N": "11"})
+    with pytest.raises(SettingError):
+        envint("N", 5, environ={"N": "1e3"})
+
+
+def test_envurl_needs_a_host_except_for_file_transports():
+    assert (
+        envurl("U", "", ("filesystem", "redis"), environ={"U": "filesystem://"}) == "filesystem://"
+    )
+    with pytest.raises(SettingError):
+        envurl("U", "", ("redis",), environ={"U": "redis://"})
+
+
+def test_the_beat_schedule_follows_the_settings():
+    schedule = beat_schedule(SimpleNamespace(HEARTBEAT_SECONDS=12, SYNC_SECONDS=10))
+    heartbeat = schedule["reslock-heartbeat"]
+    assert heartbeat["task"] == "reslock.heartbeat"
+    assert heartbeat["schedule"] == 12.0
+    # A late copy expires before the next one is due, so a backed-up queue does not stack runs.
+    assert heartbeat["options"]["expires"] < 12
+
+
+def test_celery_speaks_json_only():
+    from reslock_web.celery import app
+
+    assert app.conf.accept_content == ["json"]
+    assert app.conf.task_serializer == "json"
+    assert app.conf.beat_schedule["reslock-heartbeat"]["task"] == "reslock.heartbeat"
