@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import socket
 from datetime import timedelta
 
@@ -37,3 +39,334 @@ class Heartbeat(models.Model):
     def is_late(self, period_seconds: int) -> bool:
         # Three missed periods: one late beat is noise, three is a dead worker or beat.
         return timezone.now() - self.last_seen > timedelta(seconds=3 * period_seconds)
+
+
+class Kind(models.TextChoices):
+    GLOBAL = "global", "global"
+    TAG = "tag", "tag"
+    DEPLOYMENT = "deployment", "deployment"
+
+
+class Status(models.TextChoices):
+    """One word per limit for the badge, the worst first; the flags below keep the rest."""
+
+    DEADLOCKED = "deadlocked", "deadlocked"
+    ZOMBIE = "zombie", "zombie"
+    STALE = "stale", "stale"
+    DRIFT = "drift", "drift"
+    CONTENDED = "contended", "contended"
+    HELD = "held", "held"
+    WAITING = "waiting", "waiting"
+    INACTIVE = "inactive", "inactive"
+    FREE = "free", "free"
+    GONE = "gone", "gone"
+
+
+class LimitQuerySet(models.QuerySet["Limit"]):
+    def present(self) -> LimitQuerySet:
+        return self.filter(gone_at__isnull=True)
+
+    def named(self, name: str) -> Limit | None:
+        """The limit called `name`: the present one, else the one that went last."""
+        return self.filter(name=name).order_by(models.F("gone_at").desc(nulls_first=True)).first()
+
+    def facet(self, name: str) -> LimitQuerySet:
+        return self.filter(facet_filter(name))
+
+    def search(self, text: str) -> LimitQuerySet:
+        text = text.strip()
+        if not text:
+            return self
+        return self.filter(models.Q(resource__icontains=text) | models.Q(name__icontains=text))
+
+
+class Limit(models.Model):
+    """A Prefect concurrency limit as last synced, with what is wrong with it and why."""
+
+    prefect_id = models.UUIDField(unique=True)
+    name = models.CharField(max_length=500, db_index=True)
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    resource = models.CharField(max_length=500, db_index=True)
+    deployment_id = models.UUIDField(null=True, blank=True)
+    limit = models.PositiveIntegerField()
+    active = models.BooleanField(default=True)
+    active_slots = models.PositiveIntegerField(default=0)
+    slot_decay_per_second = models.FloatField(default=0)
+    prefect_created = models.DateTimeField(null=True)
+    prefect_updated = models.DateTimeField(null=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+    gone_at = models.DateTimeField(null=True, blank=True)
+
+    # Derived at each sync (see reslock_web.diagnosis); stored so that facets are indexed counts.
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.FREE)
+    is_held = models.BooleanField(default=False)
+    has_waiters = models.BooleanField(default=False)
+    is_stale = models.BooleanField(default=False)
+    has_zombie = models.BooleanField(default=False)
+    is_deadlocked = models.BooleanField(default=False)
+    has_drift = models.BooleanField(default=False)
+    has_long_hold = models.BooleanField(default=False)
+    holder_count = models.PositiveIntegerField(default=0)
+    waiter_count = models.PositiveIntegerField(default=0)
+    held_since = models.DateTimeField(null=True, blank=True)
+    drift_since = models.DateTimeField(null=True, blank=True)
+    holders_checked_at = models.DateTimeField(null=True, blank=True)
+    evidence = models.JSONField(default=list, blank=True)
+    changed_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = LimitQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["resource", "name"]
+        indexes = [
+            models.Index(fields=["status"]),
+            models.Index(fields=["kind", "resource"]),
+            models.Index(fields=["gone_at", "resource"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Source(models.TextChoices):
+    TAG_LEASE = "tag_lease", "tag lease"
+    EVENT = "event", "concurrency event"
+    DEPLOYMENT = "deployment", "deployment run"
+    HELPER = "helper", "reslock helper"
+
+
+class Condition(models.TextChoices):
+    HOLDING = "holding", "holding"
+    STALE = "stale", "stale"  # slot still counted, run over
+    ZOMBIE = "zombie", "zombie"  # slot freed by lease expiry, run still shown running
+    # Slot gone without a release, within the grace period events need to arrive: not shown.
+    LEAVING = "leaving", "leaving"
+
+
+class RunFields(models.Model):
+    """Who a holder or waiter is, as Prefect names it."""
+
+    flow_run_id = models.UUIDField(null=True, blank=True)
+    flow_run_name = models.CharField(max_length=500, blank=True)
+    flow_id = models.UUIDField(null=True, blank=True)
+    flow_name = models.CharField(max_length=500, blank=True)
+    task_run_id = models.UUIDField(null=True, blank=True)
+    task_run_name = models.CharField(max_length=500, blank=True)
+    deployment_id = models.UUIDField(null=True, blank=True)
+    deployment_name = models.CharField(max_length=500, blank=True)
+    state_type = models.CharField(max_length=20, blank=True)
+    state_name = models.CharField(max_length=100, blank=True)
+    state_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def run_ended(self) -> bool:
+        return self.state_type in FINAL_STATES
+
+
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+
+
+class Holder(RunFields):
+    """A run that holds (or held, for a zombie) a slot of a limit."""
+
+    limit = models.ForeignKey(Limit, on_delete=models.CASCADE, related_name="holders")
+    # What identifies the claim across syncs: the task run (tag), the flow run (deployment),
+    # or the acquire event (global limits).
+    key = models.CharField(max_length=80)
+    source = models.CharField(max_length=12, choices=Source.choices)
+    condition = models.CharField(max_length=8, choices=Condition.choices, default=Condition.HOLDING)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    lease_id = models.UUIDField(null=True, blank=True)
+    lease_seconds = models.PositiveIntegerField(null=True, blank=True)
+    slot_lost_at = models.DateTimeField(null=True, blank=True)
+    evidence = models.TextField(blank=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["limit", "key"], name="holder_unique_claim")]
+        ordering = ["acquired_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.flow_run_name or self.key} on {self.limit_id}"
+
+
+class Waiter(RunFields):
+    """A run queued behind a limit, oldest first."""
+
+    limit = models.ForeignKey(Limit, on_delete=models.CASCADE, related_name="waiters")
+    key = models.CharField(max_length=80)
+    source = models.CharField(max_length=12, choices=Source.choices)
+    waiting_since = models.DateTimeField(null=True, blank=True)
+    position = models.PositiveIntegerField(default=0)
+    deadlocked_by = models.ForeignKey(
+        Holder, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    evidence = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["limit", "key"], name="waiter_unique_claim")]
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.flow_run_name or self.key}"
+
+
+class LockEvent(models.Model):
+    """A `prefect.concurrency-limit.*` (or reslock helper) event, kept to pair acquires with
+    releases and to draw a resource's recent holds. Idempotent by Prefect's event id."""
+
+    event_id = models.UUIDField(unique=True)
+    event = models.CharField(max_length=80)
+    occurred = models.DateTimeField(db_index=True)
+    limit_prefect_id = models.UUIDField(null=True, blank=True, db_index=True)
+    limit_name = models.CharField(max_length=500, blank=True)
+    follows = models.UUIDField(null=True, blank=True, db_index=True)
+    flow_run_id = models.UUIDField(null=True, blank=True)
+    flow_run_name = models.CharField(max_length=500, blank=True)
+    flow_id = models.UUIDField(null=True, blank=True)
+    flow_name = models.CharField(max_length=500, blank=True)
+    task_run_id = models.UUIDField(null=True, blank=True)
+    task_run_name = models.CharField(max_length=500, blank=True)
+    deployment_id = models.UUIDField(null=True, blank=True)
+    deployment_name = models.CharField(max_length=500, blank=True)
+    lease_id = models.UUIDField(null=True, blank=True)
+    lease_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # Set on an acquire once it is over: released, or its run ended without a release.
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_reason = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["occurred"]
+        indexes = [models.Index(fields=["event", "closed_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.limit_name} @ {self.occurred}"
+
+
+class SyncState(models.Model):
+    """Singleton-per-name bookkeeping: the events watermark and the sync lock."""
+
+    name = models.CharField(max_length=40, unique=True)
+    events_until = models.DateTimeField(null=True, blank=True)
+    locked_by = models.CharField(max_length=200, blank=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SyncRunQuerySet(models.QuerySet["SyncRun"]):
+    def last_finished(self) -> SyncRun | None:
+        return self.filter(finished_at__isnull=False).order_by("-finished_at").first()
+
+    def last_ok(self) -> SyncRun | None:
+        return self.filter(ok=True).order_by("-finished_at").first()
+
+
+class SyncRun(models.Model):
+    """One pass of the sync, kept so the board can say how fresh it is and why it failed."""
+
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField(null=True)
+    scope = models.CharField(max_length=500, default="all")
+    error = models.TextField(blank=True)
+    limits = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    gone = models.PositiveIntegerField(default=0)
+    holders = models.PositiveIntegerField(default=0)
+    waiters = models.PositiveIntegerField(default=0)
+    events = models.PositiveIntegerField(default=0)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    objects = SyncRunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"sync {self.started_at:%H:%M:%S} {'ok' if self.ok else self.error[:40]}"
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"sync failed after {self.duration_ms or 0} ms: {self.error}"
+        return (
+            f"synced {self.limits} limits in {self.duration_ms} ms: {self.created} new, "
+            f"{self.updated} changed, {self.gone} gone, {self.holders} holders, "
+            f"{self.waiters} waiters, {self.events} new events"
+        )
+
+
+FACETS = (
+    "all",
+    "held",
+    "contended",
+    "waiting",
+    "stale",
+    "zombie",
+    "deadlocked",
+    "drift",
+    "free",
+    "inactive",
+    "gone",
+)
+
+
+def facet_filter(facet: str) -> models.Q:
+    """The rows a status facet shows; the same rules serve the board, the API and the counts."""
+    present = models.Q(gone_at__isnull=True)
+    return {
+        "all": present,
+        "held": present & models.Q(is_held=True),
+        "contended": present & models.Q(is_held=True, has_waiters=True),
+        "waiting": present & models.Q(has_waiters=True),
+        "stale": present & models.Q(is_stale=True),
+        "zombie": present & models.Q(has_zombie=True),
+        "deadlocked": present & models.Q(is_deadlocked=True),
+        "drift": present & models.Q(has_drift=True),
+        "free": present & models.Q(is_held=False, has_waiters=False, active=True),
+        "inactive": present & models.Q(active=False),
+        "gone": models.Q(gone_at__isnull=False),
+    }[facet]
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def issue(self, user: models.Model, name: str) -> tuple[ApiToken, str]:
+        secret = "rl_" + secrets.token_urlsafe(32)
+        token = self.create(
+            user=user, name=name, digest=ApiToken.digest_of(secret), prefix=secret[:8]
+        )
+        return token, secret
+
+    def user_for(self, secret: str) -> models.Model | None:
+        token = self.select_related("user").filter(digest=ApiToken.digest_of(secret)).first()
+        if token is None or not token.user.is_active:
+            return None
+        # At most one write a minute per token: monitors poll often.
+        if token.last_used_at is None or timezone.now() - token.last_used_at > timedelta(minutes=1):
+            self.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return token.user
+
+
+class ApiToken(models.Model):
+    """A bearer token for the JSON API, acting as its user. Only a digest is stored."""
+
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def digest_of(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()

@@ -14,4 +14,5 @@ def _every(seconds: int, task: str) -> dict[str, Any]:
 def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
     return {
         "reslock-heartbeat": _every(settings.HEARTBEAT_SECONDS, "reslock.heartbeat"),
+        "reslock-sync": _every(settings.SYNC_SECONDS, "reslock.sync"),
     }

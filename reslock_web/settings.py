@@ -180,6 +180,11 @@ PREFECT_TIMEOUT_SECONDS = envint("RESLOCK_PREFECT_TIMEOUT", 10, minimum=1, maxim
 SYNC_SECONDS = envint("RESLOCK_SYNC_SECONDS", 10, minimum=2, maximum=3600)
 HEARTBEAT_SECONDS = envint("RESLOCK_HEARTBEAT_SECONDS", 30, minimum=5, maximum=3600)
 LONG_HOLD_SECONDS = envint("RESLOCK_LONG_HOLD_SECONDS", 3600, minimum=60)
+# How long a lost slot or a count mismatch must last before it is called a zombie or drift:
+# Prefect's events reach its API a few seconds after the state changes they explain.
+GRACE_SECONDS = envint("RESLOCK_GRACE_SECONDS", 20, minimum=0, maximum=600)
+# Days of events the first sync reads (Prefect keeps 7 by default).
+EVENTS_BACKFILL_DAYS = envint("RESLOCK_EVENTS_BACKFILL_DAYS", 7, minimum=1, maximum=30)
 
 LOG_LEVEL = envstr("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

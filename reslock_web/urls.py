@@ -4,11 +4,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from reslock_web import views
+from reslock_web import api, views
 
 urlpatterns = [
     path("", views.board, name="board"),
     path("healthz", views.healthz, name="healthz"),
+    path("api/v1/resources", api.resources, name="api-resources"),
+    path("api/v1/resources/<path:name>", api.resource, name="api-resource"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

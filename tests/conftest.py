@@ -11,6 +11,8 @@ from django.conf import settings
 
 from tests.support.prefect_server import PrefectServer
 
+pytest_plugins = ["tests.support.flows"]  # the `flows` fixture: real flows in subprocesses
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -1,0 +1,169 @@
+"""The read-only JSON API: the same truth as the board, for scripts and monitors.
+
+Schema in the README ("JSON API"). Every answer is built from our tables; none calls Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.paginator import Paginator
+from django.db.models import Prefetch
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from reslock_web import links
+from reslock_web.auth import api_user_required
+from reslock_web.models import FACETS, Condition, Holder, Kind, Limit, SyncRun, Waiter
+
+PAGE_SIZE = 100
+MAX_SEARCH = 200
+
+
+def _bad(message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=400)
+
+
+def _when(value: Any) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _run(row: Holder | Waiter) -> dict[str, Any]:
+    return {
+        "flow_run": {
+            "id": _str(row.flow_run_id),
+            "name": row.flow_run_name,
+            "url": links.flow_run(row.flow_run_id),
+        },
+        "task_run": {
+            "id": _str(row.task_run_id),
+            "name": row.task_run_name,
+            "url": links.task_run(row.task_run_id),
+        },
+        "flow": {"id": _str(row.flow_id), "name": row.flow_name},
+        "deployment": {"id": _str(row.deployment_id), "name": row.deployment_name},
+        "state": {"type": row.state_type, "name": row.state_name, "since": _when(row.state_at)},
+        "source": row.source,
+    }
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def holder_json(holder: Holder) -> dict[str, Any]:
+    return {
+        **_run(holder),
+        "condition": holder.condition,
+        "since": _when(holder.acquired_at),
+        "stale": holder.condition == Condition.STALE,
+        "zombie": holder.condition == Condition.ZOMBIE,
+        "why": holder.evidence,
+        "lease": {"id": _str(holder.lease_id), "seconds": holder.lease_seconds},
+    }
+
+
+def waiter_json(waiter: Waiter) -> dict[str, Any]:
+    return {
+        **_run(waiter),
+        "position": waiter.position,
+        "waiting_since": _when(waiter.waiting_since),
+        "deadlocked": waiter.deadlocked_by_id is not None,
+        "why": waiter.evidence,
+    }
+
+
+def limit_json(limit: Limit) -> dict[str, Any]:
+    return {
+        "name": limit.name,
+        "resource": limit.resource,
+        "kind": limit.kind,
+        "prefect_id": str(limit.prefect_id),
+        "url": links.limit(limit.kind, limit.prefect_id, limit.deployment_id),
+        "limit": limit.limit,
+        "active": limit.active,
+        "active_slots": limit.active_slots,
+        "status": limit.status,
+        "flags": {
+            "held": limit.is_held,
+            "waiters": limit.has_waiters,
+            "stale": limit.is_stale,
+            "zombie": limit.has_zombie,
+            "deadlocked": limit.is_deadlocked,
+            "drift": limit.has_drift,
+            "long_hold": limit.has_long_hold,
+        },
+        "evidence": limit.evidence,
+        "holder_count": limit.holder_count,
+        "waiter_count": limit.waiter_count,
+        "held_since": _when(limit.held_since),
+        "changed_at": _when(limit.changed_at),
+        "gone_at": _when(limit.gone_at),
+        "holders": [
+            holder_json(h) for h in limit.holders.all() if h.condition != Condition.LEAVING
+        ],
+        "waiters": [waiter_json(w) for w in limit.waiters.all()],
+    }
+
+
+def _with_people(queryset):
+    return queryset.prefetch_related(
+        Prefetch("holders", queryset=Holder.objects.order_by("acquired_at", "id")),
+        Prefetch("waiters", queryset=Waiter.objects.order_by("position", "id")),
+    )
+
+
+def _sync_json() -> dict[str, Any]:
+    last = SyncRun.objects.last_finished()
+    ok = SyncRun.objects.last_ok() if last and not last.ok else last
+    return {
+        "last_finished_at": _when(last.finished_at) if last else None,
+        "last_ok_at": _when(ok.finished_at) if ok else None,
+        "ok": last.ok if last else None,
+        "error": last.error if last and not last.ok else "",
+    }
+
+
+@require_GET
+@api_user_required
+def resources(request: HttpRequest) -> JsonResponse:
+    search = request.GET.get("search", "")
+    status = request.GET.get("status", "all") or "all"
+    kind = request.GET.get("kind", "")
+    if len(search) > MAX_SEARCH or "\x00" in search:
+        return _bad(f"search must be at most {MAX_SEARCH} characters, without NUL")
+    if status not in FACETS:
+        return _bad(f"status must be one of: {', '.join(FACETS)}")
+    if kind and kind not in Kind.values:
+        return _bad(f"kind must be one of: {', '.join(Kind.values)}")
+    queryset = Limit.objects.facet(status).search(search)
+    if kind:
+        queryset = queryset.filter(kind=kind)
+    paginator = Paginator(queryset.order_by("resource", "name", "id"), PAGE_SIZE)
+    page_text = request.GET.get("page", "1")
+    if not page_text.isdigit() or not 1 <= int(page_text) <= paginator.num_pages:
+        return _bad(f"page must be a whole number from 1 to {paginator.num_pages}")
+    page = paginator.page(int(page_text))
+    return JsonResponse(
+        {
+            "count": paginator.count,
+            "page": page.number,
+            "pages": paginator.num_pages,
+            "sync": _sync_json(),
+            "results": [
+                limit_json(limit)
+                for limit in _with_people(
+                    Limit.objects.filter(pk__in=[r.pk for r in page])
+                ).order_by("resource", "name", "id")
+            ],
+        }
+    )
+
+
+@require_GET
+@api_user_required
+def resource(request: HttpRequest, name: str) -> JsonResponse:
+    limit = _with_people(Limit.objects.all()).named(name)
+    if limit is None:
+        return JsonResponse({"error": f"no resource named {name!r}"}, status=404)
+    return JsonResponse({**limit_json(limit), "sync": _sync_json()})

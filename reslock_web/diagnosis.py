@@ -1,0 +1,464 @@
+"""Who holds a limit, who waits, and what is wrong: pure rules over what the sync gathered.
+
+Nothing here talks to Prefect or the database, so each rule can be read and tested alone.
+The rules follow what Prefect 3.9 does (see the README's "How reslock reads Prefect"):
+
+- A tag limit names its holders (task runs with a lease); global and deployment limits only
+  count slots, so their holders are inferred from claims (acquire events, Pending/Running runs)
+  and matched against the count, the most recent claims first.
+- A claim whose slot disappeared without a release while its run still shows Running is a
+  zombie: the process died and the lease expired. Events and states reach Prefect's API a few
+  seconds apart, so a lost slot only counts as a zombie after a grace period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from reslock_web.models import FINAL_STATES, Condition, Kind, Source, Status
+from reslock_web.prefect_api import LimitInfo, RunInfo
+
+# Prefect's lease repossessor runs every few seconds; measured expiry was lease + up to 15 s.
+REPOSSESS_SECONDS = 15
+# The task engine takes tag slots with a fixed 60 s lease (prefect/task_engine.py).
+TAG_LEASE_SECONDS = 60
+
+
+@dataclass
+class Claim:
+    """Something that says a run may hold a slot."""
+
+    key: str
+    source: str
+    certain: bool  # Prefect itself lists this run as a lease holder (tag limits)
+    flow_run_id: UUID | None = None
+    task_run_id: UUID | None = None
+    acquired_at: datetime | None = None
+    lease_id: UUID | None = None
+    lease_seconds: int | None = None
+    names: dict[str, str] = field(default_factory=dict)  # names an event carried
+
+
+@dataclass
+class Queued:
+    key: str
+    source: str
+    flow_run_id: UUID | None
+    task_run_id: UUID | None
+    waiting_since: datetime | None
+    parent_ids: tuple[UUID, ...] = ()
+
+
+@dataclass
+class Previous:
+    """What the last sync stored for a claim, for rules that need time (grace, zombies)."""
+
+    condition: str
+    slot_lost_at: datetime | None
+    acquired_at: datetime | None
+    flow_run_id: UUID | None
+    task_run_id: UUID | None
+    source: str
+    names: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class HolderVerdict:
+    claim: Claim
+    condition: str
+    evidence: str = ""
+    slot_lost_at: datetime | None = None
+    run: RunInfo | None = None
+
+
+@dataclass
+class WaiterVerdict:
+    queued: Queued
+    position: int
+    deadlocked_by: str | None = None  # holder key
+    evidence: str = ""
+    run: RunInfo | None = None
+
+
+@dataclass
+class Verdict:
+    status: str
+    holders: list[HolderVerdict]
+    waiters: list[WaiterVerdict]
+    closed_claims: list[str]  # claim keys that are over for good (their events can be closed)
+    evidence: list[dict[str, str]]
+    drift_since: datetime | None
+    flags: dict[str, bool]
+    held_since: datetime | None
+
+
+@dataclass
+class Context:
+    now: datetime
+    grace: timedelta
+    long_hold: timedelta
+    task_runs: dict[UUID, RunInfo]
+    flow_runs: dict[UUID, RunInfo]
+
+    def run_of(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> RunInfo | None:
+        if task_run_id is not None:
+            return self.task_runs.get(task_run_id)
+        if flow_run_id is not None:
+            return self.flow_runs.get(flow_run_id)
+        return None
+
+    def ended(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> tuple[bool, str]:
+        """(is over, why) for the run behind a claim. A claim with no run is taken as alive."""
+        if flow_run_id is None and task_run_id is None:
+            return False, ""
+        run = self.run_of(flow_run_id, task_run_id)
+        what = "task run" if task_run_id is not None else "flow run"
+        if run is None:
+            return True, f"its {what} no longer exists in Prefect"
+        if run.state_type in FINAL_STATES:
+            return True, f"its {what} is {run.state_name or run.state_type}" + _since(run.state_at)
+        return False, ""
+
+
+def _since(when: datetime | None) -> str:
+    return f" since {when:%Y-%m-%d %H:%M:%S} UTC" if when else ""
+
+
+def _at(when: datetime) -> str:
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def kind_of(name: str) -> tuple[str, str, UUID | None]:
+    """(kind, resource name, deployment id) from a limit's name."""
+    if name.startswith("tag:"):
+        return Kind.TAG, name.removeprefix("tag:"), None
+    if name.startswith("deployment:"):
+        try:
+            return Kind.DEPLOYMENT, name, UUID(name.removeprefix("deployment:"))
+        except ValueError:
+            pass
+    return Kind.GLOBAL, name, None
+
+
+# --- holders ---------------------------------------------------------------------------
+def classify_holders(
+    kind: str,
+    info: LimitInfo,
+    claims: list[Claim],
+    previous: dict[str, Previous],
+    ctx: Context,
+) -> tuple[list[HolderVerdict], list[str]]:
+    """Returns (verdicts, keys of claims that are over for good)."""
+    enforced = info.active and info.slot_decay_per_second == 0
+    if kind == Kind.TAG:
+        verdicts, closed = _tag_holders(claims, ctx)
+    elif not enforced:
+        # Inactive limits and rate limits do not count holders: nobody can lose a slot.
+        verdicts = [
+            HolderVerdict(c, Condition.HOLDING, run=ctx.run_of(c.flow_run_id, c.task_run_id))
+            for c in claims
+        ]
+        verdicts = [
+            v for v in verdicts if not ctx.ended(v.claim.flow_run_id, v.claim.task_run_id)[0]
+        ]
+        closed = [c.key for c in claims if ctx.ended(c.flow_run_id, c.task_run_id)[0]]
+    else:
+        verdicts, closed = _counted_holders(info, claims, previous, ctx)
+    seen = {v.claim.key for v in verdicts} | set(closed)
+    for key, before in previous.items():
+        if key in seen or before.condition == Condition.STALE:
+            continue
+        verdict = _lost_slot(key, before, ctx) if enforced or kind == Kind.TAG else None
+        if verdict is None:
+            closed.append(key)
+        else:
+            verdicts.append(verdict)
+    return verdicts, closed
+
+
+def _tag_holders(claims: list[Claim], ctx: Context) -> tuple[list[HolderVerdict], list[str]]:
+    verdicts = []
+    for claim in claims:
+        run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
+        ended, why = ctx.ended(claim.flow_run_id, claim.task_run_id)
+        if not ended:
+            verdicts.append(HolderVerdict(claim, Condition.HOLDING, run=run))
+            continue
+        end = run.state_at if run else None
+        expected = end + timedelta(seconds=TAG_LEASE_SECONDS + REPOSSESS_SECONDS) if end else None
+        if expected and ctx.now > expected:
+            later = (
+                f"Its lease should have expired by {_at(expected)} and has not: it will not "
+                "free itself (a lease made by Prefect's tag reset with slot_override lives for "
+                "about 100 years). Release it."
+            )
+        elif expected:
+            later = f"Its 60 s lease frees the slot by itself by {_at(expected)}."
+        else:
+            later = "Its lease frees the slot by itself once it expires."
+        verdicts.append(
+            HolderVerdict(
+                claim, Condition.STALE, f"Still counted as holder, but {why}. {later}", run=run
+            )
+        )
+    return verdicts, []
+
+
+def _counted_holders(
+    info: LimitInfo, claims: list[Claim], previous: dict[str, Previous], ctx: Context
+) -> tuple[list[HolderVerdict], list[str]]:
+    """Global and deployment limits: match claims to the slot count, most recent first."""
+    live, dead = [], []
+    for claim in claims:
+        ended, why = ctx.ended(claim.flow_run_id, claim.task_run_id)
+        (dead if ended else live).append((claim, why))
+
+    def recency(item: tuple[Claim, str]) -> datetime:
+        return item[0].acquired_at or datetime.min.replace(tzinfo=ctx.now.tzinfo)
+
+    live.sort(key=recency, reverse=True)
+    dead.sort(key=recency, reverse=True)
+    slots = info.active_slots
+    verdicts: list[HolderVerdict] = []
+    closed: list[str] = []
+    for index, (claim, _) in enumerate(live):
+        run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
+        if index < slots:
+            verdicts.append(HolderVerdict(claim, Condition.HOLDING, run=run))
+        else:
+            before = previous.get(claim.key)
+            verdicts.append(_leaving(claim, run, before.slot_lost_at if before else None, ctx))
+    spare = max(0, slots - len(live))
+    for index, (claim, why) in enumerate(dead):
+        if index >= spare:
+            closed.append(claim.key)
+            continue
+        run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
+        end = run.state_at if run else None
+        if claim.lease_seconds and end:
+            free_by = end + timedelta(seconds=claim.lease_seconds + REPOSSESS_SECONDS)
+            later = f"Its {claim.lease_seconds} s lease frees the slot by itself by {_at(free_by)}."
+        else:
+            later = (
+                "If it took the slot with a lease, the slot frees itself when the lease expires "
+                "(Prefect's default lease is 300 s)."
+            )
+        verdicts.append(
+            HolderVerdict(
+                claim,
+                Condition.STALE,
+                f"Slot still counted, but {why} without a release. {later}",
+                run=run,
+            )
+        )
+    return verdicts, closed
+
+
+def _leaving(
+    claim: Claim, run: RunInfo | None, lost_at: datetime | None, ctx: Context
+) -> HolderVerdict:
+    lost_at = lost_at or ctx.now
+    if ctx.now - lost_at < ctx.grace:
+        return HolderVerdict(claim, Condition.LEAVING, slot_lost_at=lost_at, run=run)
+    state = f"{run.state_name or run.state_type}" if run else "unknown"
+    return HolderVerdict(
+        claim,
+        Condition.ZOMBIE,
+        f"Its slot was freed around {_at(lost_at)} without a release (the lease expired), yet Prefect "
+        f"still reports the run {state}: the process most likely died. The slot is free; "
+        "mark the run crashed so that Prefect stops showing it running.",
+        slot_lost_at=lost_at,
+        run=run,
+    )
+
+
+def _lost_slot(key: str, before: Previous, ctx: Context) -> HolderVerdict | None:
+    """A claim Prefect no longer backs with a slot: a zombie if its run still looks alive."""
+    ended, _ = ctx.ended(before.flow_run_id, before.task_run_id)
+    if ended or (before.flow_run_id is None and before.task_run_id is None):
+        return None
+    claim = Claim(
+        key=key,
+        source=before.source,
+        certain=False,
+        flow_run_id=before.flow_run_id,
+        task_run_id=before.task_run_id,
+        acquired_at=before.acquired_at,
+        names=before.names,
+    )
+    return _leaving(
+        claim, ctx.run_of(before.flow_run_id, before.task_run_id), before.slot_lost_at, ctx
+    )
+
+
+# --- waiters ---------------------------------------------------------------------------
+def order_waiters(
+    queued: list[Queued],
+    holders: list[HolderVerdict],
+    ancestors: dict[UUID, tuple[UUID, ...]],
+    ctx: Context,
+) -> list[WaiterVerdict]:
+    """Oldest first; a waiter nested inside one of this limit's holders is deadlocked."""
+    holding = {
+        v.claim.task_run_id: v
+        for v in holders
+        if v.condition in (Condition.HOLDING, Condition.STALE) and v.claim.task_run_id
+    }
+    holder_keys = {v.claim.key for v in holders}
+    ordered = sorted(
+        (q for q in queued if q.key not in holder_keys),
+        key=lambda q: (q.waiting_since or ctx.now, q.key),
+    )
+    verdicts = []
+    for position, item in enumerate(ordered, start=1):
+        verdict = WaiterVerdict(item, position, run=ctx.run_of(item.flow_run_id, item.task_run_id))
+        for ancestor in _chain(item.parent_ids, ancestors):
+            if ancestor in holding:
+                holder = holding[ancestor]
+                verdict.deadlocked_by = holder.claim.key
+                holder_name = holder.run.name if holder.run else str(ancestor)
+                waiter_name = verdict.run.name if verdict.run else item.key
+                verdict.evidence = (
+                    f"Self-deadlock: task run {waiter_name!r} waits for this limit inside task run "
+                    f"{holder_name!r}, which holds it and cannot finish until {waiter_name!r} does. "
+                    "Neither will ever run on its own."
+                )
+                break
+        verdicts.append(verdict)
+    return verdicts
+
+
+def _chain(parent_ids: tuple[UUID, ...], ancestors: dict[UUID, tuple[UUID, ...]]) -> list[UUID]:
+    """Every ancestor task run, nearest first, guarding against cycles."""
+    seen: list[UUID] = []
+    todo = list(parent_ids)
+    while todo and len(seen) < 100:
+        current = todo.pop(0)
+        if current in seen:
+            continue
+        seen.append(current)
+        todo.extend(ancestors.get(current, ()))
+    return seen
+
+
+# --- the limit as a whole --------------------------------------------------------------
+def judge(
+    kind: str,
+    info: LimitInfo,
+    holders: list[HolderVerdict],
+    waiters: list[WaiterVerdict],
+    closed: list[str],
+    drift_since: datetime | None,
+    tag_lease_count: int | None,
+    ctx: Context,
+) -> Verdict:
+    evidence: list[dict[str, str]] = []
+    counted = [v for v in holders if v.condition in (Condition.HOLDING, Condition.STALE)]
+    stale = [v for v in holders if v.condition == Condition.STALE]
+    zombies = [v for v in holders if v.condition == Condition.ZOMBIE]
+    deadlocked = [w for w in waiters if w.deadlocked_by]
+    enforced = info.active and info.slot_decay_per_second == 0
+
+    for verdict in stale:
+        evidence.append({"flag": "stale", "text": f"{_who(verdict)}: {verdict.evidence}"})
+    for verdict in zombies:
+        evidence.append({"flag": "zombie", "text": f"{_who(verdict)}: {verdict.evidence}"})
+    for waiter in deadlocked:
+        evidence.append({"flag": "deadlocked", "text": waiter.evidence})
+
+    # Drift: Prefect counts more (or fewer) used slots than there are holders we can name.
+    known = tag_lease_count if tag_lease_count is not None else len(counted)
+    mismatch = enforced and info.active_slots != known
+    drift_since = (drift_since or ctx.now) if mismatch else None
+    has_drift = mismatch and ctx.now - drift_since >= ctx.grace
+    if has_drift:
+        extra = info.active_slots - known
+        if extra > 0:
+            text = (
+                f"Prefect counts {info.active_slots} used slot(s) but only {known} holder(s) "
+                f"with a lease are known since {_at(drift_since)}: {extra} slot(s) have no holder "
+                "(a raw increment that was never decremented, or a counter left behind by a tag "
+                "reset or a server restart). They will not free themselves."
+            )
+        else:
+            text = (
+                f"Prefect counts {info.active_slots} used slot(s) but {known} holder(s) are known "
+                f"since {_at(drift_since)}."
+            )
+        evidence.append({"flag": "drift", "text": text})
+
+    long_holds = [
+        v for v in counted if v.claim.acquired_at and ctx.now - v.claim.acquired_at > ctx.long_hold
+    ]
+    for verdict in long_holds:
+        evidence.append(
+            {
+                "flag": "long_hold",
+                "text": f"{_who(verdict)} has held it since {_at(verdict.claim.acquired_at)} "
+                "(longer than the long-hold threshold; a warning, not proof of a problem).",
+            }
+        )
+    if not info.active:
+        evidence.append(
+            {
+                "flag": "inactive",
+                "text": "The limit is inactive: Prefect does not enforce it, every run gets in.",
+            }
+        )
+    flags = {
+        "is_held": bool(counted),
+        "has_waiters": bool(waiters),
+        "is_stale": bool(stale),
+        "has_zombie": bool(zombies),
+        "is_deadlocked": bool(deadlocked),
+        "has_drift": has_drift,
+        "has_long_hold": bool(long_holds),
+    }
+    status = _status(flags, info.active)
+    starts = [v.claim.acquired_at for v in counted if v.claim.acquired_at]
+    return Verdict(
+        status=status,
+        holders=holders,
+        waiters=waiters,
+        closed_claims=closed,
+        evidence=evidence,
+        drift_since=drift_since,
+        flags=flags,
+        held_since=min(starts) if starts else None,
+    )
+
+
+def _status(flags: dict[str, bool], active: bool) -> str:
+    if flags["is_deadlocked"]:
+        return Status.DEADLOCKED
+    if flags["has_zombie"]:
+        return Status.ZOMBIE
+    if flags["is_stale"]:
+        return Status.STALE
+    if flags["has_drift"]:
+        return Status.DRIFT
+    if not active:
+        return Status.INACTIVE
+    if flags["is_held"] and flags["has_waiters"]:
+        return Status.CONTENDED
+    if flags["is_held"]:
+        return Status.HELD
+    if flags["has_waiters"]:
+        return Status.WAITING
+    return Status.FREE
+
+
+def _who(verdict: HolderVerdict) -> str:
+    if verdict.run is not None and verdict.run.name:
+        return f"{'task' if verdict.claim.task_run_id else 'flow'} run {verdict.run.name!r}"
+    name = verdict.claim.names.get("task_run_name") or verdict.claim.names.get("flow_run_name")
+    return f"run {name!r}" if name else f"holder {verdict.claim.key}"
+
+
+SOURCES = {
+    Kind.TAG: Source.TAG_LEASE,
+    Kind.DEPLOYMENT: Source.DEPLOYMENT,
+    Kind.GLOBAL: Source.EVENT,
+}

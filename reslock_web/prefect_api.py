@@ -1,0 +1,426 @@
+"""The one module that speaks HTTP to Prefect.
+
+It returns typed results, uses explicit timeouts and raises one error type, `PrefectError`,
+whose `retryable` says whether trying again later can help. Plain httpx rather than Prefect's
+client: that client retries five times with back-off on its own (over a minute for a server
+that hangs) and reads process-wide settings; here the caller decides when to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+import httpx
+from django.utils.dateparse import parse_datetime
+
+log = logging.getLogger(__name__)
+
+PAGE = 200  # the server's maximum page size for limits and runs
+EVENTS_PAGE = 50  # the server's maximum for events
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class PrefectError(Exception):
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+def _uuid(value: Any) -> UUID | None:
+    try:
+        return UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _when(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_datetime(value)
+    except ValueError:
+        return None
+
+
+def _text(value: Any, limit: int = 500) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True)
+class LimitInfo:
+    id: UUID
+    name: str
+    limit: int
+    active: bool
+    active_slots: int
+    slot_decay_per_second: float
+    created: datetime | None
+    updated: datetime | None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> LimitInfo | None:
+        """None for an entry we cannot trust (no id, no name): skipped, never guessed."""
+        limit_id = _uuid(data.get("id"))
+        name = data.get("name")
+        if limit_id is None or not isinstance(name, str) or not name:
+            return None
+
+        def count(key: str) -> int:
+            value = data.get(key)
+            return max(0, min(int(value), 2**31 - 1)) if isinstance(value, int | float) else 0
+
+        decay = data.get("slot_decay_per_second")
+        return cls(
+            id=limit_id,
+            name=name[:500],
+            limit=count("limit"),
+            active=data.get("active") is not False,
+            active_slots=count("active_slots"),
+            slot_decay_per_second=float(decay) if isinstance(decay, int | float) else 0.0,
+            created=_when(data.get("created")),
+            updated=_when(data.get("updated")),
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A flow run or task run, reduced to what the board shows."""
+
+    id: UUID
+    name: str
+    state_type: str
+    state_name: str
+    state_at: datetime | None
+    start_time: datetime | None
+    created: datetime | None
+    expected_start_time: datetime | None
+    flow_run_id: UUID | None = None  # task runs
+    flow_id: UUID | None = None  # flow runs
+    deployment_id: UUID | None = None  # flow runs
+    parent_ids: tuple[UUID, ...] = ()  # task runs: task_inputs.__parents__
+    lease_id: UUID | None = None  # flow runs: deployment concurrency lease
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> RunInfo | None:
+        run_id = _uuid(data.get("id"))
+        if run_id is None:
+            return None
+        state = data.get("state") if isinstance(data.get("state"), dict) else {}
+        details = state.get("state_details") if isinstance(state.get("state_details"), dict) else {}
+        inputs = data.get("task_inputs") if isinstance(data.get("task_inputs"), dict) else {}
+        parents = inputs.get("__parents__") if isinstance(inputs.get("__parents__"), list) else []
+        return cls(
+            id=run_id,
+            name=_text(data.get("name")),
+            state_type=_text(data.get("state_type") or state.get("type"), 20),
+            state_name=_text(data.get("state_name") or state.get("name"), 100),
+            state_at=_when(state.get("timestamp")),
+            start_time=_when(data.get("start_time")),
+            created=_when(data.get("created")),
+            expected_start_time=_when(data.get("expected_start_time")),
+            flow_run_id=_uuid(data.get("flow_run_id")),
+            flow_id=_uuid(data.get("flow_id")),
+            deployment_id=_uuid(data.get("deployment_id")),
+            parent_ids=tuple(
+                parent_id
+                for parent in parents
+                if isinstance(parent, dict) and (parent_id := _uuid(parent.get("id"))) is not None
+            ),
+            lease_id=_uuid(details.get("deployment_concurrency_lease_id")),
+            tags=tuple(t for t in data.get("tags") or [] if isinstance(t, str)),
+        )
+
+
+@dataclass(frozen=True)
+class EventInfo:
+    id: UUID
+    event: str
+    occurred: datetime
+    resource: dict[str, str]
+    related: list[dict[str, str]]
+    payload: dict[str, Any]
+    follows: UUID | None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> EventInfo | None:
+        event_id = _uuid(data.get("id"))
+        occurred = _when(data.get("occurred"))
+        name = data.get("event")
+        if event_id is None or occurred is None or not isinstance(name, str):
+            return None
+        resource = data.get("resource") if isinstance(data.get("resource"), dict) else {}
+        related = [r for r in data.get("related") or [] if isinstance(r, dict)]
+        payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+        return cls(
+            id=event_id,
+            event=name,
+            occurred=occurred,
+            resource={str(k): str(v) for k, v in resource.items()},
+            related=[{str(k): str(v) for k, v in r.items()} for r in related],
+            payload=payload,
+            follows=_uuid(data.get("follows")),
+        )
+
+    def related_id(self, role: str, prefix: str) -> tuple[UUID | None, str]:
+        """(id, name) of the related resource with this role, e.g. ("flow-run", "prefect.flow-run.")."""
+        for item in self.related:
+            if item.get("prefect.resource.role") == role:
+                resource_id = item.get("prefect.resource.id", "")
+                if resource_id.startswith(prefix):
+                    return _uuid(resource_id.removeprefix(prefix)), _text(
+                        item.get("prefect.resource.name")
+                    )
+        return None, ""
+
+
+@dataclass
+class LimitListing:
+    limits: list[LimitInfo] = field(default_factory=list)
+    skipped: int = 0  # entries without id or name
+
+
+class PrefectAPI:
+    """A session with one Prefect API. Thread-safe: several requests may be in flight."""
+
+    def __init__(self, api_url: str, api_key: str = "", timeout: float = 10.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.api_url = api_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.api_url + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        )
+
+    @classmethod
+    def from_settings(cls) -> PrefectAPI:
+        from django.conf import settings
+
+        return cls(
+            settings.PREFECT_API_URL, settings.PREFECT_API_KEY, settings.PREFECT_TIMEOUT_SECONDS
+        )
+
+    def __enter__(self) -> PrefectAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- transport -------------------------------------------------------------------
+    def request(self, method: str, path: str, json: Any = None) -> Any:
+        try:
+            response = self._http.request(method, path.lstrip("/"), json=json)
+        except httpx.TimeoutException:
+            raise PrefectError(
+                f"Prefect did not answer {method} /{path.lstrip('/')} in time", retryable=True
+            ) from None
+        except httpx.TransportError as error:
+            raise PrefectError(
+                f"cannot reach Prefect at {self.api_url}: {type(error).__name__}", retryable=True
+            ) from None
+        if response.status_code >= 400:
+            detail = _detail(response)
+            raise PrefectError(
+                f"Prefect answered {response.status_code} to {method} /{path.lstrip('/')}: {detail}",
+                retryable=response.status_code in RETRYABLE_STATUS,
+                status=response.status_code,
+            )
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise PrefectError(
+                f"Prefect sent something that is not JSON for /{path}", retryable=True
+            ) from None
+
+    def _list(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        data = self.request("POST", path, json=body)
+        if not isinstance(data, list):
+            raise PrefectError(f"Prefect sent an unexpected answer for /{path}", retryable=True)
+        return [item for item in data if isinstance(item, dict)]
+
+    # --- limits ----------------------------------------------------------------------
+    def health(self) -> bool:
+        return self.request("GET", "health") is True
+
+    def list_limits(self) -> LimitListing:
+        """Every limit, all pages. Raises rather than return a partial list."""
+        listing = LimitListing()
+        offset = 0
+        while True:
+            page = self._list("v2/concurrency_limits/filter", {"limit": PAGE, "offset": offset})
+            for data in page:
+                parsed = LimitInfo.parse(data)
+                if parsed is None:
+                    listing.skipped += 1
+                else:
+                    listing.limits.append(parsed)
+            if len(page) < PAGE:
+                return listing
+            offset += PAGE
+
+    def read_limit(self, id_or_name: str) -> LimitInfo | None:
+        try:
+            data = self.request("GET", f"v2/concurrency_limits/{quote(id_or_name, safe='')}")
+        except PrefectError as error:
+            if error.status == 404:
+                return None
+            raise
+        return LimitInfo.parse(data) if isinstance(data, dict) else None
+
+    def tag_holders(self, tag: str) -> list[UUID] | None:
+        """Task-run ids holding a lease on the tag limit; None if the limit vanished meanwhile."""
+        try:
+            data = self.request("GET", f"concurrency_limits/tag/{quote(tag, safe='')}")
+        except PrefectError as error:
+            if error.status == 404:
+                return None
+            raise
+        slots = data.get("active_slots") if isinstance(data, dict) else None
+        return [run_id for value in slots or [] if (run_id := _uuid(value)) is not None]
+
+    def tag_holders_many(
+        self, tags: Iterable[str], workers: int = 6
+    ) -> dict[str, list[UUID] | None]:
+        """One request per tag, several in flight (the API has no batch call for this)."""
+        tags = list(tags)
+        if not tags:
+            return {}
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return dict(zip(tags, pool.map(self.tag_holders, tags), strict=True))
+
+    # --- runs ------------------------------------------------------------------------
+    def _runs_by_id(self, kind: str, ids: Iterable[UUID]) -> dict[UUID, RunInfo]:
+        found: dict[UUID, RunInfo] = {}
+        unique = sorted({str(run_id) for run_id in ids})
+        for chunk in _chunks(unique, PAGE):
+            body = {f"{kind}s": {"id": {"any_": chunk}}, "limit": PAGE}
+            for data in self._list(f"{kind}s/filter", body):
+                if (run := RunInfo.parse(data)) is not None:
+                    found[run.id] = run
+        return found
+
+    def task_runs(self, ids: Iterable[UUID]) -> dict[UUID, RunInfo]:
+        return self._runs_by_id("task_run", ids)
+
+    def flow_runs(self, ids: Iterable[UUID]) -> dict[UUID, RunInfo]:
+        return self._runs_by_id("flow_run", ids)
+
+    def _by_id(self, kind: str, ids: Iterable[UUID]) -> dict[UUID, dict[str, Any]]:
+        found: dict[UUID, dict[str, Any]] = {}
+        for chunk in _chunks(sorted({str(i) for i in ids}), PAGE):
+            body = {f"{kind}s": {"id": {"any_": chunk}}, "limit": PAGE}
+            for data in self._list(f"{kind}s/filter", body):
+                if (item_id := _uuid(data.get("id"))) is not None:
+                    found[item_id] = data
+        return found
+
+    def flow_names(self, ids: Iterable[UUID]) -> dict[UUID, str]:
+        return {i: _text(data.get("name")) for i, data in self._by_id("flow", ids).items()}
+
+    def deployments(self, ids: Iterable[UUID]) -> dict[UUID, tuple[str, UUID | None]]:
+        """Deployment id -> (deployment name, flow id)."""
+        return {
+            i: (_text(data.get("name")), _uuid(data.get("flow_id")))
+            for i, data in self._by_id("deployment", ids).items()
+        }
+
+    def pending_tagged_task_runs(self) -> list[RunInfo]:
+        """Every Pending task run that carries a tag (the filter has no "any of these tags")."""
+        runs: list[RunInfo] = []
+        offset = 0
+        while True:
+            body = {
+                "task_runs": {
+                    "tags": {"is_null_": False},
+                    "state": {"type": {"any_": ["PENDING"]}},
+                },
+                "sort": "EXPECTED_START_TIME_ASC",
+                "limit": PAGE,
+                "offset": offset,
+            }
+            page = self._list("task_runs/filter", body)
+            runs.extend(run for data in page if (run := RunInfo.parse(data)))
+            if len(page) < PAGE:
+                return runs
+            offset += PAGE
+
+    def deployment_runs(self, deployment_ids: Iterable[UUID]) -> list[RunInfo]:
+        """Pending, Running and AwaitingConcurrencySlot flow runs of these deployments."""
+        runs: list[RunInfo] = []
+        for chunk in _chunks(sorted({str(i) for i in deployment_ids}), PAGE):
+            offset = 0
+            while True:
+                body = {
+                    "flow_runs": {
+                        "deployment_id": {"any_": chunk},
+                        "state": {"type": {"any_": ["PENDING", "RUNNING", "SCHEDULED"]}},
+                    },
+                    "sort": "EXPECTED_START_TIME_ASC",
+                    "limit": PAGE,
+                    "offset": offset,
+                }
+                page = self._list("flow_runs/filter", body)
+                runs.extend(run for data in page if (run := RunInfo.parse(data)))
+                if len(page) < PAGE:
+                    break
+                offset += PAGE
+        return runs
+
+    # --- events ----------------------------------------------------------------------
+    def events(self, since: datetime, until: datetime, prefixes: list[str]) -> Iterator[EventInfo]:
+        """Events in [since, until], oldest first, following every page."""
+        body = {
+            "filter": {
+                "occurred": {"since": since.isoformat(), "until": until.isoformat()},
+                "event": {"prefix": prefixes},
+                "order": "ASC",
+            },
+            "limit": EVENTS_PAGE,
+        }
+        data = self.request("POST", "events/filter", json=body)
+        while True:
+            if not isinstance(data, dict):
+                raise PrefectError(
+                    "Prefect sent an unexpected answer for /events/filter", retryable=True
+                )
+            for item in data.get("events") or []:
+                if isinstance(item, dict) and (event := EventInfo.parse(item)) is not None:
+                    yield event
+            next_page = data.get("next_page")
+            if not next_page:
+                return
+            data = self._get_absolute(next_page)
+
+    def _get_absolute(self, url: str) -> Any:
+        # next_page is a full URL on the same server; keep only its path and query.
+        parsed = httpx.URL(url)
+        path = parsed.raw_path.decode().removeprefix(httpx.URL(self.api_url).raw_path.decode())
+        return self.request("GET", path)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    detail = data.get("detail") if isinstance(data, dict) else data
+    return str(detail)[:300]

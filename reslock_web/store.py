@@ -1,0 +1,421 @@
+"""Write a sync snapshot into our tables: only what changed, in one transaction.
+
+Rows are matched by stable keys (a limit by its Prefect id, a holder or waiter by its claim
+key) and updated in place, so that ids stay put for operations and the board redraws only
+the rows that changed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from django.db.models import Model
+
+from reslock_web import diagnosis
+from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, WaiterVerdict
+from reslock_web.models import Condition, Holder, Kind, Limit, LockEvent, Status, SyncState, Waiter
+from reslock_web.prefect_api import EventInfo, LimitInfo, _uuid
+
+if TYPE_CHECKING:
+    from reslock_web.sync import Snapshot
+
+BATCH = 500
+LIMIT_FIELDS = [
+    "name", "kind", "resource", "deployment_id", "limit", "active", "active_slots",
+    "slot_decay_per_second", "prefect_created", "prefect_updated", "gone_at",
+    "status", "is_held", "has_waiters", "is_stale", "has_zombie", "is_deadlocked", "has_drift",
+    "has_long_hold", "holder_count", "waiter_count", "held_since", "drift_since",
+    "holders_checked_at", "evidence", "changed_at",
+]  # fmt: skip
+# Fields whose change makes a row "recently changed" on the board.
+VISIBLE_FIELDS = {
+    "limit",
+    "active",
+    "active_slots",
+    "status",
+    "holder_count",
+    "waiter_count",
+    "evidence",
+}
+RUN_FIELDS = [
+    "flow_run_id", "flow_run_name", "flow_id", "flow_name", "task_run_id", "task_run_name",
+    "deployment_id", "deployment_name", "state_type", "state_name", "state_at",
+]  # fmt: skip
+HOLDER_FIELDS = [
+    *RUN_FIELDS,
+    "source",
+    "condition",
+    "acquired_at",
+    "lease_id",
+    "lease_seconds",
+    "slot_lost_at",
+    "evidence",
+]
+WAITER_FIELDS = [*RUN_FIELDS, "source", "waiting_since", "position", "deadlocked_by_id", "evidence"]
+
+
+# --- events ----------------------------------------------------------------------------
+def limit_id_of(event: EventInfo) -> UUID | None:
+    return _uuid(
+        event.resource.get("prefect.resource.id", "").removeprefix("prefect.concurrency-limit.")
+    )
+
+
+def event_row(event: EventInfo) -> LockEvent:
+    flow_run_id, flow_run_name = event.related_id("flow-run", "prefect.flow-run.")
+    task_run_id, task_run_name = event.related_id("task-run", "prefect.task-run.")
+    flow_id, flow_name = event.related_id("flow", "prefect.flow.")
+    deployment_id, deployment_name = event.related_id("deployment", "prefect.deployment.")
+    lease_seconds = event.payload.get("lease_duration")
+    return LockEvent(
+        event_id=event.id,
+        event=event.event[:80],
+        occurred=event.occurred,
+        limit_prefect_id=limit_id_of(event),
+        limit_name=event.resource.get("prefect.resource.name", "")[:500],
+        follows=event.follows,
+        flow_run_id=flow_run_id,
+        flow_run_name=flow_run_name,
+        flow_id=flow_id,
+        flow_name=flow_name,
+        task_run_id=task_run_id,
+        task_run_name=task_run_name,
+        deployment_id=deployment_id,
+        deployment_name=deployment_name,
+        lease_id=_uuid(event.payload.get("lease_id")),
+        lease_seconds=int(lease_seconds)
+        if isinstance(lease_seconds, int | float) and lease_seconds > 0
+        else None,
+    )
+
+
+def claim_from_row(row: LockEvent) -> Claim:
+    return Claim(
+        key=str(row.event_id),
+        source="event",
+        certain=False,
+        flow_run_id=row.flow_run_id,
+        task_run_id=row.task_run_id,
+        acquired_at=row.occurred,
+        lease_id=row.lease_id,
+        lease_seconds=row.lease_seconds,
+        names={
+            "flow_run_name": row.flow_run_name,
+            "task_run_name": row.task_run_name,
+            "flow_name": row.flow_name,
+        },
+    )
+
+
+def claim_from_event(event: EventInfo) -> Claim:
+    return claim_from_row(event_row(event))
+
+
+def _store_events(snapshot: Snapshot) -> int:
+    if not snapshot.events:
+        return 0
+    ids = [event.id for event in snapshot.events]
+    known = set(LockEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True))
+    new = [event_row(event) for event in snapshot.events if event.id not in known]
+    LockEvent.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
+    for event in snapshot.events:
+        if event.event.endswith(".released") and event.follows:
+            LockEvent.objects.filter(event_id=event.follows, closed_at__isnull=True).update(
+                closed_at=event.occurred, closed_reason="released"
+            )
+    return len(new)
+
+
+# --- what the last pass stored ---------------------------------------------------------
+def stored_tag_holders(names: set[str]) -> dict[str, list[UUID]]:
+    held: dict[str, list[UUID]] = defaultdict(list)
+    rows = Holder.objects.filter(
+        limit__name__in=names,
+        limit__gone_at__isnull=True,
+        source="tag_lease",
+        condition__in=[Condition.HOLDING, Condition.STALE],
+    ).values_list("limit__name", "task_run_id")
+    for name, task_run_id in rows:
+        if task_run_id:
+            held[name].append(task_run_id)
+    return held
+
+
+def stored_run_ids() -> tuple[set[UUID], set[UUID]]:
+    task_ids: set[UUID] = set()
+    flow_ids: set[UUID] = set()
+    for model in (Holder, Waiter):
+        for task_run_id, flow_run_id in model.objects.values_list("task_run_id", "flow_run_id"):
+            if task_run_id:
+                task_ids.add(task_run_id)
+            if flow_run_id:
+                flow_ids.add(flow_run_id)
+    return task_ids, flow_ids
+
+
+# --- the write -------------------------------------------------------------------------
+def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict[str, int]:
+    now = snapshot.now
+    counts = {"events": _store_events(snapshot), "created": 0, "updated": 0, "gone": 0}
+    ctx = Context(now, grace, long_hold, snapshot.task_runs, snapshot.flow_runs)
+    limits = {row.prefect_id: row for row in Limit.objects.all()}
+    holders = _grouped(Holder.objects.all())
+    waiters = _grouped(Waiter.objects.all())
+    new_limits: list[Limit] = []
+    changed: list[Limit] = []
+    holder_plan: list[tuple[Limit, list[HolderVerdict], list[WaiterVerdict]]] = []
+    closed_events: list[str] = []
+    for info in snapshot.listing:
+        row = limits.get(info.id)
+        if row is None:
+            row = Limit(prefect_id=info.id, first_seen=now)
+        before = {name: getattr(row, name) for name in LIMIT_FIELDS}
+        verdict = _judge(info, row, snapshot, holders.get(row.pk, {}), ctx)
+        _apply(row, info, verdict, snapshot, now)
+        closed_events += verdict.closed_claims
+        holder_plan.append((row, verdict.holders, verdict.waiters))
+        after = {name: getattr(row, name) for name in LIMIT_FIELDS}
+        if row.pk is None:
+            row.changed_at = now
+            new_limits.append(row)
+        elif before != after:
+            if any(before[name] != after[name] for name in VISIBLE_FIELDS) or _holders_moved(
+                holders.get(row.pk, {}), verdict.holders
+            ):
+                row.changed_at = now
+            changed.append(row)
+    Limit.objects.bulk_create(new_limits, batch_size=BATCH)
+    Limit.objects.bulk_update(changed, LIMIT_FIELDS, batch_size=BATCH)
+    counts["created"], counts["updated"] = len(new_limits), len(changed)
+
+    counts["holders"], counts["waiters"] = _write_people(holder_plan, holders, waiters, snapshot)
+    counts["gone"] = _mark_gone(snapshot, limits, now)
+    if closed_events:
+        LockEvent.objects.filter(event_id__in=closed_events, closed_at__isnull=True).update(
+            closed_at=now, closed_reason="ended"
+        )
+    SyncState.objects.update_or_create(
+        name="events", defaults={"events_until": snapshot.events_until}
+    )
+    counts["limits"] = len(snapshot.listing)
+    return counts
+
+
+def _grouped(rows: Any) -> dict[int, dict[str, Model]]:
+    grouped: dict[int, dict[str, Model]] = defaultdict(dict)
+    for row in rows:
+        grouped[row.limit_id][row.key] = row
+    return grouped
+
+
+def _judge(
+    info: LimitInfo, row: Limit, snapshot: Snapshot, stored: dict[str, Holder], ctx: Context
+):
+    kind, _, _ = diagnosis.kind_of(info.name)
+    previous = {
+        key: Previous(
+            condition=holder.condition,
+            slot_lost_at=holder.slot_lost_at,
+            acquired_at=holder.acquired_at,
+            flow_run_id=holder.flow_run_id,
+            task_run_id=holder.task_run_id,
+            source=holder.source,
+            names={"flow_run_name": holder.flow_run_name, "task_run_name": holder.task_run_name},
+        )
+        for key, holder in stored.items()
+    }
+    claims = snapshot.claims.get(info.id, [])
+    for claim in claims:
+        if claim.lease_seconds is None and kind == Kind.TAG:
+            claim.lease_seconds = diagnosis.TAG_LEASE_SECONDS
+        kept = stored.get(claim.key)
+        if claim.acquired_at is None:
+            # Tag leases carry no time: the task run's start, else when we first saw the claim.
+            run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
+            claim.acquired_at = (
+                (run.start_time if run else None) or (kept.acquired_at if kept else None) or ctx.now
+            )
+    holder_verdicts, closed = diagnosis.classify_holders(kind, info, claims, previous, ctx)
+    waiter_verdicts = diagnosis.order_waiters(
+        snapshot.queued.get(info.id, []), holder_verdicts, snapshot.ancestors, ctx
+    )
+    tag_count = len(snapshot.tag_holders.get(info.name, [])) if kind == Kind.TAG else None
+    return diagnosis.judge(
+        kind, info, holder_verdicts, waiter_verdicts, closed,
+        row.drift_since if row.pk else None, tag_count, ctx,
+    )  # fmt: skip
+
+
+def _apply(
+    row: Limit, info: LimitInfo, verdict: diagnosis.Verdict, snapshot: Snapshot, now: datetime
+) -> None:
+    kind, resource, deployment_id = diagnosis.kind_of(info.name)
+    if deployment_id is not None and deployment_id in snapshot.deployments:
+        deployment_name, flow_id = snapshot.deployments[deployment_id]
+        flow_name = snapshot.flow_names.get(flow_id, "") if flow_id else ""
+        resource = f"{flow_name}/{deployment_name}" if flow_name else deployment_name
+    row.name, row.kind, row.resource, row.deployment_id = (
+        info.name,
+        kind,
+        resource[:500],
+        deployment_id,
+    )
+    row.limit, row.active, row.active_slots = info.limit, info.active, info.active_slots
+    row.slot_decay_per_second = info.slot_decay_per_second
+    row.prefect_created, row.prefect_updated = info.created, info.updated
+    row.gone_at = None
+    row.status = verdict.status
+    for flag, value in verdict.flags.items():
+        setattr(row, flag, value)
+    row.holder_count = sum(
+        1 for v in verdict.holders if v.condition in (Condition.HOLDING, Condition.STALE)
+    )
+    row.waiter_count = len(verdict.waiters)
+    row.held_since = verdict.held_since
+    row.drift_since = verdict.drift_since
+    row.evidence = verdict.evidence
+    if info.name in snapshot.tag_checked:
+        row.holders_checked_at = now
+
+
+def _holders_moved(stored: dict[str, Holder], verdicts: list[HolderVerdict]) -> bool:
+    return {(k, h.condition) for k, h in stored.items()} != {
+        (v.claim.key, v.condition) for v in verdicts
+    }
+
+
+def _write_people(
+    plan: list[tuple[Limit, list[HolderVerdict], list[WaiterVerdict]]],
+    holders: dict[int, dict[str, Holder]],
+    waiters: dict[int, dict[str, Waiter]],
+    snapshot: Snapshot,
+) -> tuple[int, int]:
+    holder_rows = _reconcile(
+        Holder, HOLDER_FIELDS, holders,
+        ((row, [(v.claim.key, _holder_values(v, snapshot)) for v in verdicts]) for row, verdicts, _ in plan),
+    )  # fmt: skip
+    by_key = {(row.limit_id, row.key): row for row in holder_rows}
+    waiter_rows = []
+    for row, _, verdicts in plan:
+        waiter_rows.append(
+            (
+                row,
+                [
+                    (v.queued.key, _waiter_values(v, row, by_key, waiters, snapshot))
+                    for v in verdicts
+                ],
+            )
+        )
+    _reconcile(Waiter, WAITER_FIELDS, waiters, waiter_rows)
+    visible = [h for h in holder_rows if h.condition != Condition.LEAVING]
+    return len(visible), sum(len(items) for _, items in waiter_rows)
+
+
+def _reconcile(model, fields, existing, desired) -> list[Model]:
+    """Create, update or delete rows so that each limit has exactly the desired keys."""
+    create, update, keep, delete = [], [], [], []
+    for limit, items in desired:
+        stored = dict(existing.get(limit.pk, {}))
+        for key, values in items:
+            row = stored.pop(key, None)
+            if row is None:
+                row = model(limit=limit, key=key, **values)
+                create.append(row)
+            elif any(getattr(row, name) != value for name, value in values.items()):
+                for name, value in values.items():
+                    setattr(row, name, value)
+                update.append(row)
+            keep.append(row)
+        delete.extend(row.pk for row in stored.values())
+    if delete:
+        model.objects.filter(pk__in=delete).delete()
+    model.objects.bulk_create(create, batch_size=BATCH)
+    model.objects.bulk_update(update, fields, batch_size=BATCH)
+    return keep
+
+
+def _run_values(
+    flow_run_id: UUID | None, task_run_id: UUID | None, names: dict[str, str], snapshot: Snapshot
+) -> dict[str, Any]:
+    task_run = snapshot.task_runs.get(task_run_id) if task_run_id else None
+    flow_run_id = flow_run_id or (task_run.flow_run_id if task_run else None)
+    flow_run = snapshot.flow_runs.get(flow_run_id) if flow_run_id else None
+    flow_id = flow_run.flow_id if flow_run else None
+    deployment_id = flow_run.deployment_id if flow_run else None
+    deployment_name = (
+        snapshot.deployments.get(deployment_id, ("", None))[0] if deployment_id else ""
+    )
+    state = task_run or flow_run
+    return {
+        "flow_run_id": flow_run_id,
+        "flow_run_name": (flow_run.name if flow_run else "") or names.get("flow_run_name", ""),
+        "flow_id": flow_id,
+        "flow_name": snapshot.flow_names.get(flow_id, "")
+        if flow_id
+        else names.get("flow_name", ""),
+        "task_run_id": task_run_id,
+        "task_run_name": (task_run.name if task_run else "") or names.get("task_run_name", ""),
+        "deployment_id": deployment_id,
+        "deployment_name": deployment_name,
+        "state_type": state.state_type if state else "",
+        "state_name": state.state_name if state else "",
+        "state_at": state.state_at if state else None,
+    }
+
+
+def _holder_values(verdict: HolderVerdict, snapshot: Snapshot) -> dict[str, Any]:
+    claim = verdict.claim
+    return {
+        **_run_values(claim.flow_run_id, claim.task_run_id, claim.names, snapshot),
+        "source": claim.source,
+        "condition": verdict.condition,
+        "acquired_at": claim.acquired_at,
+        "lease_id": claim.lease_id,
+        "lease_seconds": claim.lease_seconds,
+        "slot_lost_at": verdict.slot_lost_at,
+        "evidence": verdict.evidence,
+    }
+
+
+def _waiter_values(
+    verdict: WaiterVerdict, limit: Limit, holders_by_key, waiters, snapshot
+) -> dict[str, Any]:
+    item = verdict.queued
+    kept = waiters.get(limit.pk, {}).get(item.key)
+    since = item.waiting_since
+    if kept is not None and kept.waiting_since and (since is None or kept.waiting_since < since):
+        since = kept.waiting_since  # the earliest sighting: a re-proposed run keeps its place
+    return {
+        **_run_values(item.flow_run_id, item.task_run_id, {}, snapshot),
+        "source": item.source,
+        "waiting_since": since,
+        "position": verdict.position,
+        "deadlocked_by_id": _pk(holders_by_key.get((limit.pk, verdict.deadlocked_by))),
+        "evidence": verdict.evidence,
+    }
+
+
+def _pk(row: Model | None) -> int | None:
+    return row.pk if row is not None else None
+
+
+def _mark_gone(snapshot: Snapshot, limits: dict[UUID, Limit], now: datetime) -> int:
+    """Only called after a complete listing: what it lacks is gone from Prefect."""
+    present = {info.id for info in snapshot.listing}
+    gone = [
+        row
+        for prefect_id, row in limits.items()
+        if prefect_id not in present and row.gone_at is None
+    ]
+    for row in gone:
+        row.gone_at, row.status, row.changed_at = now, Status.GONE, now
+        row.is_held = row.has_waiters = row.is_stale = row.has_zombie = False
+        row.is_deadlocked = row.has_drift = row.has_long_hold = False
+        row.holder_count = row.waiter_count = 0
+    Limit.objects.bulk_update(gone, LIMIT_FIELDS, batch_size=BATCH)
+    Holder.objects.filter(limit__in=gone).delete()
+    Waiter.objects.filter(limit__in=gone).delete()
+    return len(gone)

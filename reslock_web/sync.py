@@ -1,0 +1,319 @@
+"""Read the Prefect workspace and store every limit, holder and waiter in our tables.
+
+`sync_all(api)` is the whole pass: it gathers everything first (only reads, so a Prefect that
+fails half-way changes nothing), then writes in one transaction. A limit disappears from our
+board only after a complete listing without it. Only one sync runs at a time, across every
+worker and machine, through a compare-and-set lock row in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from reslock_web import store
+from reslock_web.diagnosis import Claim, Queued, kind_of
+from reslock_web.models import Condition, Kind, Limit, LockEvent, Source, SyncRun, SyncState
+from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, PrefectError, RunInfo
+
+log = logging.getLogger(__name__)
+
+EVENT_PREFIXES = ["prefect.concurrency-limit.", "reslock.lock."]
+ACQUIRED = "prefect.concurrency-limit.acquired"
+RELEASED = "prefect.concurrency-limit.released"
+# Events reach Prefect's REST API a few seconds after they occur: re-read this much each time
+# (duplicates are dropped by event id).
+EVENTS_OVERLAP = timedelta(seconds=60)
+# A tag limit whose counter did not move keeps its holders, but is re-read at least this often
+# (a tag reset revokes leases without touching the counter).
+TAG_RECHECK = timedelta(seconds=60)
+LOCK_SECONDS = 300  # a crashed sync's lock frees itself after this long
+ANCESTOR_DEPTH = 10
+
+
+@dataclass
+class Snapshot:
+    """Everything one pass read from Prefect."""
+
+    now: datetime
+    listing: list[LimitInfo]
+    tag_holders: dict[str, list[UUID]]  # limit name -> task-run ids with a lease
+    tag_checked: set[str]  # names whose holders were read in this pass
+    events: list[EventInfo]
+    events_until: datetime
+    claims: dict[UUID, list[Claim]]  # limit prefect id -> claims
+    queued: dict[UUID, list[Queued]]
+    task_runs: dict[UUID, RunInfo] = field(default_factory=dict)
+    flow_runs: dict[UUID, RunInfo] = field(default_factory=dict)
+    flow_names: dict[UUID, str] = field(default_factory=dict)
+    deployments: dict[UUID, tuple[str, UUID | None]] = field(default_factory=dict)
+    ancestors: dict[UUID, tuple[UUID, ...]] = field(default_factory=dict)
+
+
+# --- the lock --------------------------------------------------------------------------
+def _me() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}"
+
+
+def try_lock(now: datetime) -> str | None:
+    """Take the sync lock if it is free or expired; returns our token, or None."""
+    SyncState.objects.get_or_create(name="sync")
+    token = _me()
+    taken = SyncState.objects.filter(
+        Q(locked_until__isnull=True) | Q(locked_until__lt=now), name="sync"
+    ).update(locked_by=token, locked_until=now + timedelta(seconds=LOCK_SECONDS))
+    return token if taken == 1 else None
+
+
+def unlock(token: str) -> None:
+    SyncState.objects.filter(name="sync", locked_by=token).update(locked_by="", locked_until=None)
+
+
+# --- the pass --------------------------------------------------------------------------
+def sync_all(api: PrefectAPI) -> SyncRun | None:
+    """One full sync. Returns the recorded run, or None when another sync holds the lock."""
+    token = try_lock(timezone.now())
+    if token is None:
+        log.info("another sync is running; this one stops here")
+        return None
+    run = SyncRun.objects.create()
+    started = time.monotonic()
+    try:
+        snapshot = gather(api)
+        with transaction.atomic():
+            counts = store.write(
+                snapshot,
+                grace=timedelta(seconds=settings.GRACE_SECONDS),
+                long_hold=timedelta(seconds=settings.LONG_HOLD_SECONDS),
+            )
+        run.ok = True
+        for name, value in counts.items():
+            setattr(run, name, value)
+    except PrefectError as error:
+        run.ok = False
+        run.error = str(error)
+        log.warning("sync failed: %s", error)
+    except Exception as error:
+        run.ok = False
+        run.error = f"internal error: {type(error).__name__}: {error}"[:2000]
+        log.exception("sync failed")
+    finally:
+        run.finished_at = timezone.now()
+        run.duration_ms = int((time.monotonic() - started) * 1000)
+        run.save()
+        unlock(token)
+    return run
+
+
+def gather(api: PrefectAPI) -> Snapshot:
+    now = timezone.now()
+    listing = api.list_limits().limits
+    known = {
+        row.prefect_id: row
+        for row in Limit.objects.present().only(
+            "prefect_id", "prefect_updated", "active_slots", "holders_checked_at"
+        )
+    }
+    tag_holders, tag_checked = _tag_holders(api, listing, known, now)
+    events, events_until = _new_events(api, now)
+    snapshot = Snapshot(
+        now=now,
+        listing=listing,
+        tag_holders=tag_holders,
+        tag_checked=tag_checked,
+        events=events,
+        events_until=events_until,
+        claims={},
+        queued={},
+    )
+    _claims(api, snapshot)
+    _resolve_runs(api, snapshot)
+    return snapshot
+
+
+def _tag_holders(
+    api: PrefectAPI, listing: list[LimitInfo], known: dict[UUID, Limit], now: datetime
+) -> tuple[dict[str, list[UUID]], set[str]]:
+    """Read lease holders of tag limits whose counter moved (or not read for a while)."""
+    to_read = []
+    for info in listing:
+        if not info.name.startswith("tag:") or info.active_slots == 0:
+            continue
+        before = known.get(info.id)
+        unchanged = (
+            before is not None
+            and before.prefect_updated == info.updated
+            and before.active_slots == info.active_slots
+            and before.holders_checked_at is not None
+            and now - before.holders_checked_at < TAG_RECHECK
+        )
+        if not unchanged:
+            to_read.append(info.name.removeprefix("tag:"))
+    read = api.tag_holders_many(to_read)
+    holders = {f"tag:{tag}": ids for tag, ids in read.items() if ids is not None}
+    unchanged_names = {
+        info.name for info in listing if info.name.startswith("tag:") and info.active_slots
+    } - {f"tag:{tag}" for tag in to_read}
+    # Limits we did not re-read keep the task runs stored last time.
+    if unchanged_names:
+        stored = store.stored_tag_holders(unchanged_names)
+        for name in unchanged_names:
+            holders[name] = stored.get(name, [])
+    return holders, {f"tag:{tag}" for tag in to_read}
+
+
+def _new_events(api: PrefectAPI, now: datetime) -> tuple[list[EventInfo], datetime]:
+    state, _ = SyncState.objects.get_or_create(name="events")
+    if state.events_until is None:
+        since = now - timedelta(days=settings.EVENTS_BACKFILL_DAYS)
+    else:
+        since = state.events_until - EVENTS_OVERLAP
+    return list(api.events(since, now, EVENT_PREFIXES)), now
+
+
+def _claims(api: PrefectAPI, snapshot: Snapshot) -> None:
+    by_name = {info.name: info for info in snapshot.listing}
+    by_id = {info.id: info for info in snapshot.listing}
+    # Tag limits: Prefect lists the holders.
+    for name, run_ids in snapshot.tag_holders.items():
+        info = by_name.get(name)
+        if info is not None:
+            snapshot.claims[info.id] = [
+                Claim(key=str(run_id), source=Source.TAG_LEASE, certain=True, task_run_id=run_id)
+                for run_id in run_ids
+            ]
+    # Global limits: acquires without a release, stored ones plus those read in this pass.
+    for claim_limit, claim in _open_acquires(snapshot.events):
+        info = by_id.get(claim_limit)
+        if info is not None and kind_of(info.name)[0] == Kind.GLOBAL:
+            snapshot.claims.setdefault(info.id, []).append(claim)
+    # Deployment limits: their Pending/Running flow runs hold, AwaitingConcurrencySlot waits.
+    deployment_limits = {
+        deployment_id: info
+        for info in snapshot.listing
+        if (deployment_id := kind_of(info.name)[2]) is not None
+    }
+    if deployment_limits:
+        for run in api.deployment_runs(deployment_limits):
+            info = deployment_limits.get(run.deployment_id)
+            if info is None:
+                continue
+            snapshot.flow_runs[run.id] = run
+            if run.state_type in ("PENDING", "RUNNING"):
+                snapshot.claims.setdefault(info.id, []).append(
+                    Claim(
+                        key=str(run.id),
+                        source=Source.DEPLOYMENT,
+                        certain=False,
+                        flow_run_id=run.id,
+                        acquired_at=run.start_time or run.state_at,
+                        lease_id=run.lease_id,
+                    )
+                )
+            elif run.state_name == "AwaitingConcurrencySlot":
+                snapshot.queued.setdefault(info.id, []).append(
+                    Queued(
+                        key=str(run.id),
+                        source=Source.DEPLOYMENT,
+                        flow_run_id=run.id,
+                        task_run_id=None,
+                        waiting_since=run.expected_start_time or run.created,
+                    )
+                )
+    # Tag limits that are full: Pending task runs carrying the tag are queued behind them.
+    full_tags = {
+        info.name.removeprefix("tag:"): info
+        for info in snapshot.listing
+        if info.name.startswith("tag:")
+        and info.active
+        and info.limit > 0
+        and info.active_slots >= info.limit
+    }
+    if full_tags:
+        for run in api.pending_tagged_task_runs():
+            snapshot.task_runs[run.id] = run
+            for tag in run.tags:
+                info = full_tags.get(tag)
+                if info is not None:
+                    snapshot.queued.setdefault(info.id, []).append(
+                        Queued(
+                            key=str(run.id),
+                            source=Source.TAG_LEASE,
+                            flow_run_id=run.flow_run_id,
+                            task_run_id=run.id,
+                            waiting_since=run.state_at or run.created,
+                            parent_ids=run.parent_ids,
+                        )
+                    )
+
+
+def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:
+    """Acquire events not yet released: the ones stored open, plus new ones, minus new releases."""
+    released = {e.follows for e in events if e.event == RELEASED and e.follows}
+    claims: dict[str, tuple[UUID, Claim]] = {}
+    for row in LockEvent.objects.filter(event=ACQUIRED, closed_at__isnull=True).exclude(
+        limit_prefect_id=None
+    ):
+        claims[str(row.event_id)] = (row.limit_prefect_id, store.claim_from_row(row))
+    for event in events:
+        if event.event == ACQUIRED and event.id not in released:
+            limit_id = store.limit_id_of(event)
+            if limit_id is not None:
+                claims[str(event.id)] = (limit_id, store.claim_from_event(event))
+    for event_id in released:
+        claims.pop(str(event_id), None)
+    return list(claims.values())
+
+
+def _resolve_runs(api: PrefectAPI, snapshot: Snapshot) -> None:
+    """Fetch every run, flow and deployment a claim, waiter or stored holder points at."""
+    task_ids: set[UUID] = set()
+    flow_ids: set[UUID] = set()
+    for claim in (c for claims in snapshot.claims.values() for c in claims):
+        task_ids.update(filter(None, [claim.task_run_id]))
+        flow_ids.update(filter(None, [claim.flow_run_id]))
+    for item in (q for queued in snapshot.queued.values() for q in queued):
+        task_ids.update(filter(None, [item.task_run_id]))
+        flow_ids.update(filter(None, [item.flow_run_id]))
+    stored_task_ids, stored_flow_ids = store.stored_run_ids()
+    task_ids |= stored_task_ids
+    flow_ids |= stored_flow_ids
+    snapshot.task_runs.update(api.task_runs(task_ids - set(snapshot.task_runs)))
+    flow_ids |= {run.flow_run_id for run in snapshot.task_runs.values() if run.flow_run_id}
+    snapshot.flow_runs.update(api.flow_runs(flow_ids - set(snapshot.flow_runs)))
+    # Ancestors of tag waiters, for the self-deadlock rule.
+    todo = {p for q in snapshot.queued.values() for item in q for p in item.parent_ids}
+    for _ in range(ANCESTOR_DEPTH):
+        todo -= set(snapshot.ancestors)
+        if not todo:
+            break
+        found = api.task_runs(todo - set(snapshot.task_runs))
+        snapshot.task_runs.update(found)
+        for run_id in todo:
+            run = snapshot.task_runs.get(run_id)
+            snapshot.ancestors[run_id] = run.parent_ids if run else ()
+        todo = {p for run_id in todo for p in snapshot.ancestors[run_id]}
+    deployment_ids = {run.deployment_id for run in snapshot.flow_runs.values() if run.deployment_id}
+    deployment_ids |= {d for info in snapshot.listing if (d := kind_of(info.name)[2])}
+    snapshot.deployments = api.deployments(deployment_ids)
+    flows = {run.flow_id for run in snapshot.flow_runs.values() if run.flow_id}
+    flows |= {flow_id for _, flow_id in snapshot.deployments.values() if flow_id}
+    snapshot.flow_names = api.flow_names(flows)
+
+
+def sync_with_settings() -> SyncRun | None:
+    with PrefectAPI.from_settings() as api:
+        return sync_all(api)
+
+
+__all__ = ["Condition", "Snapshot", "sync_all", "sync_with_settings"]

@@ -1,0 +1,333 @@
+"""The sync tells the truth about every limit, with real flows against a real Prefect server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from reslock_web.models import Condition, Holder, Limit, Status, SyncRun
+from reslock_web.prefect_api import PrefectAPI
+from reslock_web.sync import sync_all, try_lock, unlock
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def sync(server) -> SyncRun:
+    with PrefectAPI(server.api_url) as api:
+        run = sync_all(api)
+    assert run is not None and run.ok, run and run.error
+    return run
+
+
+def sync_until(server, name: str, check, timeout: float = 30, what: str = "") -> Limit:
+    """Events reach Prefect's REST API a few seconds late: sync until the board shows it."""
+
+    def attempt():
+        sync(server)
+        limit = Limit.objects.named(name)
+        return limit if limit is not None and check(limit) else None
+
+    return wait_for(attempt, timeout, interval=0.5, what=what or f"{name} to match")
+
+
+def holders(limit: Limit) -> list[Holder]:
+    return list(limit.holders.exclude(condition=Condition.LEAVING).order_by("acquired_at"))
+
+
+def test_a_global_limit_held_by_a_running_flow_names_its_holder_until_it_ends(
+    prefect_server, flows
+):
+    name = unique("resource:db")
+    holder = flows.start("gcl_holder", name=name, flow_run_name=unique("nightly-load"))
+    acquired = holder.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.kind == "global" and limit.resource == name
+    assert limit.status == Status.HELD and limit.active_slots == 1
+    [row] = holders(limit)
+    assert str(row.flow_run_id) == acquired["flow_run_id"]
+    assert str(row.task_run_id) == acquired["task_run_id"]
+    assert row.flow_name == "gcl-holder"
+    assert row.flow_run_name == acquired["flow_run_name"]
+    assert row.task_run_name.startswith("gcl-holder-task")
+    assert row.state_type == "RUNNING"
+    assert abs(row.acquired_at.timestamp() - acquired["t"]) < 5
+    holder.release()
+    assert holder.wait() == 0
+    limit = sync_until(prefect_server, name, lambda limit: limit.status == Status.FREE)
+    assert limit.holder_count == 0 and not holders(limit)
+
+
+def test_a_tag_limit_lists_its_holder_and_its_waiters_in_order(prefect_server, flows):
+    tag = unique("resource:table")
+    first = flows.start("tag_holder", tag=tag, flow_run_name="first")
+    first.wait_event("acquired")
+    second = flows.start("tag_holder", tag=tag, flow_run_name="second")
+    second.wait_event("started")
+    third = flows.start("tag_holder", tag=tag, flow_run_name="third")
+    third.wait_event("started")
+    limit = sync_until(prefect_server, f"tag:{tag}", lambda limit: limit.waiter_count == 2)
+    assert limit.kind == "tag" and limit.resource == tag
+    assert limit.status == Status.CONTENDED
+    assert [h.flow_run_name for h in holders(limit)] == ["first"]
+    assert holders(limit)[0].lease_seconds == 60
+    waiters = list(limit.waiters.order_by("position"))
+    assert [(w.position, w.flow_run_name) for w in waiters] == [(1, "second"), (2, "third")]
+    assert all(w.state_type == "PENDING" and w.waiting_since for w in waiters)
+
+
+def test_nested_tags_are_flagged_as_a_self_deadlock_naming_both_runs(prefect_server, flows):
+    tag = unique("resource:nested")
+    run = flows.start("nested_tags", tag=tag)
+    run.wait_event("calling_inner", timeout=60)
+    limit = sync_until(prefect_server, f"tag:{tag}", lambda limit: limit.is_deadlocked)
+    assert limit.status == Status.DEADLOCKED
+    [holder] = holders(limit)
+    [waiter] = limit.waiters.all()
+    assert waiter.deadlocked_by_id == holder.pk
+    assert holder.flow_run_id == waiter.flow_run_id
+    text = " ".join(item["text"] for item in limit.evidence if item["flag"] == "deadlocked")
+    assert holder.task_run_name in text and waiter.task_run_name in text
+
+
+def test_a_killed_tag_holder_frees_itself_then_shows_as_a_zombie(prefect_server, flows, settings):
+    settings.GRACE_SECONDS = 2
+    tag = unique("resource:crash")
+    victim = flows.start("tag_holder", tag=tag, flow_run_name=unique("doomed"))
+    victim.wait_event("acquired")
+    limit = sync_until(prefect_server, f"tag:{tag}", lambda limit: limit.holder_count == 1)
+    victim.kill()
+    # While the lease lives the holder still holds, and the lease says when it frees itself.
+    limit = sync_until(prefect_server, f"tag:{tag}", lambda limit: limit.status == Status.HELD)
+    [row] = holders(limit)
+    assert row.condition == Condition.HOLDING and row.lease_seconds == 60
+    # The lease expires first (the holder drops off Prefect's list), then Prefect's repossessor
+    # lowers the counter a few seconds later.
+    limit = sync_until(
+        prefect_server,
+        f"tag:{tag}",
+        lambda limit: limit.has_zombie and limit.active_slots == 0,
+        timeout=120,
+        what="a zombie on a freed slot",
+    )
+    assert limit.active_slots == 0 and not limit.is_held
+    assert limit.status == Status.ZOMBIE
+    [zombie] = limit.holders.all()
+    assert zombie.condition == Condition.ZOMBIE and zombie.state_type == "RUNNING"
+    assert "the process most likely died" in zombie.evidence
+
+
+def test_a_holder_whose_run_ended_while_its_slot_stays_counted_is_stale(prefect_server, flows):
+    tag = unique("resource:reset")
+    run = flows.start("tag_holder", tag=tag, reset_override=True, hold=0.5)
+    assert run.wait(timeout=90) == 0
+    limit = sync_until(prefect_server, f"tag:{tag}", lambda limit: limit.is_stale)
+    assert limit.status == Status.STALE
+    [row] = holders(limit)
+    assert row.condition == Condition.STALE and row.state_type == "COMPLETED"
+    assert "Completed" in row.evidence
+
+
+def test_a_leaked_raw_increment_is_flagged_as_drift(prefect_server, flows, settings):
+    settings.GRACE_SECONDS = 0
+    name = unique("resource:leak")
+    assert flows.start("raw_increment_leak", name=name).wait() == 0
+    limit = sync_until(prefect_server, name, lambda limit: limit.has_drift)
+    assert limit.status == Status.DRIFT and limit.active_slots == 1 and limit.holder_count == 0
+    [evidence] = [item["text"] for item in limit.evidence if item["flag"] == "drift"]
+    assert "1 slot(s) have no holder" in evidence
+
+
+def test_deployment_runs_awaiting_a_slot_are_its_waiters(prefect_server, flows):
+    run = flows.start("deployment_limit", name=unique("dep"))
+    ready = run.wait_event("waiting_run_awaiting", timeout=120)
+    name = f"deployment:{ready['deployment_id']}"
+    limit = sync_until(
+        prefect_server, name, lambda limit: limit.waiter_count >= 1 and limit.is_held
+    )
+    assert limit.kind == "deployment"
+    assert limit.resource.endswith("/" + ready["deployment_name"])
+    [holder] = holders(limit)
+    assert str(holder.flow_run_id) == ready["holder_flow_run_id"]
+    [waiter] = limit.waiters.all()
+    assert str(waiter.flow_run_id) == ready["waiting_flow_run_id"]
+    assert waiter.state_name == "AwaitingConcurrencySlot"
+
+
+def test_a_limit_deleted_in_prefect_is_kept_and_marked_gone(prefect_server):
+    name = unique("resource:old")
+    with httpx.Client(base_url=prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+        sync(prefect_server)
+        assert Limit.objects.named(name).gone_at is None
+        http.delete(f"/v2/concurrency_limits/{name}").raise_for_status()
+    run = sync(prefect_server)
+    limit = Limit.objects.named(name)
+    assert limit.gone_at is not None and limit.status == Status.GONE
+    assert run.gone >= 1
+    assert name not in {row.name for row in Limit.objects.present()}
+
+
+class CuttingProxy:
+    """Forwards HTTP to Prefect, then drops every connection after `allow` requests: Prefect
+    dying in the middle of a sync, as the sync sees it."""
+
+    def __init__(self, target: str, allow: int) -> None:
+        self.target, self.allow, self.seen = target, allow, 0
+        import socket
+
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/api"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn) -> None:
+        with conn, httpx.Client(base_url=self.target, timeout=10) as upstream:
+            reader = conn.makefile("rb")
+            while True:
+                request_line = reader.readline()
+                if not request_line:
+                    return
+                method, path, _ = request_line.decode().split(" ", 2)
+                headers = {}
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    key, value = line.decode().split(":", 1)
+                    headers[key.strip().lower()] = value.strip()
+                body = reader.read(int(headers.get("content-length", 0)))
+                self.seen += 1
+                if self.seen > self.allow:
+                    return  # connection dropped without an answer
+                response = upstream.request(
+                    method,
+                    path.removeprefix("/api"),
+                    content=body,
+                    headers={"content-type": headers.get("content-type", "")},
+                )
+                head = f"HTTP/1.1 {response.status_code} X\r\ncontent-type: application/json\r\n"
+                head += f"content-length: {len(response.content)}\r\n\r\n"
+                conn.sendall(head.encode() + response.content)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_prefect_failing_in_the_middle_of_a_sync_changes_nothing_and_is_recorded(prefect_server):
+    prefix = unique("resource:bulk")
+    with httpx.Client(base_url=prefect_server.api_url, timeout=30) as http:
+        for index in range(210):  # more than one page of 200
+            http.post("/v2/concurrency_limits/", json={"name": f"{prefix}-{index:03}", "limit": 1})
+    sync(prefect_server)
+    before = set(Limit.objects.present().values_list("name", flat=True))
+    assert len([n for n in before if n.startswith(prefix)]) == 210
+    proxy = CuttingProxy(prefect_server.api_url, allow=1)  # the first page only
+    try:
+        with PrefectAPI(proxy.url, timeout=5) as api:
+            failed = sync_all(api)
+    finally:
+        proxy.close()
+    assert failed.ok is False and "cannot reach Prefect" in failed.error
+    assert set(Limit.objects.present().values_list("name", flat=True)) == before
+    assert SyncRun.objects.last_finished() == failed
+    assert SyncRun.objects.last_ok().ok is True
+
+
+def test_prefect_down_keeps_the_last_good_state(prefect_server):
+    name = unique("resource:kept")
+    with httpx.Client(base_url=prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    sync(prefect_server)
+    count = Limit.objects.present().count()
+    with PrefectAPI("http://127.0.0.1:9/api", timeout=2) as api:  # nothing listens on port 9
+        failed = sync_all(api)
+    assert failed.ok is False and "cannot reach Prefect" in failed.error
+    assert Limit.objects.present().count() == count
+    assert failed.summary().startswith("sync failed")
+
+
+def test_only_one_sync_runs_at_a_time(prefect_server):
+    token = try_lock(timezone.now())
+    assert token is not None
+    try:
+        with PrefectAPI(prefect_server.api_url) as api:
+            assert sync_all(api) is None  # a second sync exits at once
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PREFECT_API_URL": prefect_server.api_url,
+        }
+        from django.db import connection
+
+        env["DATABASE_URL"] = f"sqlite:///{connection.settings_dict['NAME']}"
+        result = subprocess.run(
+            [sys.executable, "manage.py", "reslock_sync"],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.stdout.strip() == "another sync is running; nothing done", result.stderr
+    finally:
+        unlock(token)
+    with PrefectAPI(prefect_server.api_url) as api:
+        assert sync_all(api).ok
+
+
+def test_the_sync_command_prints_a_one_line_summary(prefect_server):
+    from django.db import connection
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PREFECT_API_URL": prefect_server.api_url,
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "reslock_sync"],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.strip().splitlines()
+    assert line.startswith("synced ") and " limits in " in line
+    failed = subprocess.run(
+        [sys.executable, "manage.py", "reslock_sync"],
+        cwd=BASE_DIR, env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert "sync failed" in failed.stderr and "cannot reach Prefect" in failed.stderr
+
+
+def test_the_periodic_sync_task_runs_on_a_real_worker(prefect_server, celery_worker):
+    from reslock_web.tasks import sync as sync_task
+
+    before = SyncRun.objects.count()
+    sync_task.delay()
+    run = wait_for(
+        lambda: (
+            SyncRun.objects.filter(finished_at__isnull=False).count() > before
+            and SyncRun.objects.last_finished()
+        ),
+        30,
+        what="the worker's sync",
+    )
+    assert run.ok, run.error
+    assert run.limits == Limit.objects.present().count() > 0
