@@ -9,6 +9,8 @@ from datetime import timedelta
 from django.db import models
 from django.utils import timezone
 
+from reslock_web import links
+
 
 class HeartbeatQuerySet(models.QuerySet["Heartbeat"]):
     def beat(self, service: str) -> Heartbeat:
@@ -74,10 +76,10 @@ class LimitQuerySet(models.QuerySet["Limit"]):
         return self.filter(facet_filter(name))
 
     def search(self, text: str) -> LimitQuerySet:
-        text = text.strip()
+        text = text.strip().casefold()
         if not text:
             return self
-        return self.filter(models.Q(resource__icontains=text) | models.Q(name__icontains=text))
+        return self.filter(search_text__contains=text)
 
 
 class Limit(models.Model):
@@ -87,6 +89,8 @@ class Limit(models.Model):
     name = models.CharField(max_length=500, db_index=True)
     kind = models.CharField(max_length=12, choices=Kind.choices)
     resource = models.CharField(max_length=500, db_index=True)
+    # Name and resource case-folded: SQLite's LIKE folds ASCII only, and names are often not.
+    search_text = models.CharField(max_length=1001, default="")
     deployment_id = models.UUIDField(null=True, blank=True)
     limit = models.PositiveIntegerField()
     active = models.BooleanField(default=True)
@@ -127,6 +131,18 @@ class Limit(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.search_text = search_text(self.name, self.resource)
+        super().save(*args, **kwargs)
+
+    @property
+    def prefect_url(self) -> str:
+        return links.limit(self.kind, self.prefect_id, self.deployment_id)
+
+
+def search_text(name: str, resource: str) -> str:
+    return f"{name}\n{resource}".casefold()
+
 
 class Source(models.TextChoices):
     TAG_LEASE = "tag_lease", "tag lease"
@@ -164,6 +180,18 @@ class RunFields(models.Model):
     @property
     def run_ended(self) -> bool:
         return self.state_type in FINAL_STATES
+
+    @property
+    def flow_run_url(self) -> str:
+        return links.flow_run(self.flow_run_id)
+
+    @property
+    def task_run_url(self) -> str:
+        return links.task_run(self.task_run_id)
+
+    @property
+    def deployment_url(self) -> str:
+        return links.deployment(self.deployment_id)
 
 
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})

@@ -16,7 +16,17 @@ from django.db.models import Model
 
 from reslock_web import diagnosis
 from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, WaiterVerdict
-from reslock_web.models import Condition, Holder, Kind, Limit, LockEvent, Status, SyncState, Waiter
+from reslock_web.models import (
+    Condition,
+    Holder,
+    Kind,
+    Limit,
+    LockEvent,
+    Status,
+    SyncState,
+    Waiter,
+    search_text,
+)
 from reslock_web.prefect_api import EventInfo, LimitInfo, _uuid
 
 if TYPE_CHECKING:
@@ -24,7 +34,7 @@ if TYPE_CHECKING:
 
 BATCH = 500
 LIMIT_FIELDS = [
-    "name", "kind", "resource", "deployment_id", "limit", "active", "active_slots",
+    "name", "kind", "resource", "search_text", "deployment_id", "limit", "active", "active_slots",
     "slot_decay_per_second", "prefect_created", "prefect_updated", "gone_at",
     "status", "is_held", "has_waiters", "is_stale", "has_zombie", "is_deadlocked", "has_drift",
     "has_long_hold", "holder_count", "waiter_count", "held_since", "drift_since",
@@ -257,12 +267,9 @@ def _apply(
         deployment_name, flow_id = snapshot.deployments[deployment_id]
         flow_name = snapshot.flow_names.get(flow_id, "") if flow_id else ""
         resource = f"{flow_name}/{deployment_name}" if flow_name else deployment_name
-    row.name, row.kind, row.resource, row.deployment_id = (
-        info.name,
-        kind,
-        resource[:500],
-        deployment_id,
-    )
+    row.name, row.kind, row.deployment_id = info.name, kind, deployment_id
+    row.resource = resource[:500]
+    row.search_text = search_text(row.name, row.resource)
     row.limit, row.active, row.active_slots = info.limit, info.active, info.active_slots
     row.slot_decay_per_second = info.slot_decay_per_second
     row.prefect_created, row.prefect_updated = info.created, info.updated

@@ -8,6 +8,7 @@ from reslock_web import api, views
 
 urlpatterns = [
     path("", views.board, name="board"),
+    path("resources/<path:name>", views.resource, name="resource"),
     path("healthz", views.healthz, name="healthz"),
     path("api/v1/resources", api.resources, name="api-resources"),
     path("api/v1/resources/<path:name>", api.resource, name="api-resource"),

@@ -1,24 +1,70 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.db.models import Prefetch
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
 
-from reslock_web.models import Heartbeat
+from reslock_web import links, timeline
+from reslock_web.board import SORTS, BoardQuery, facets
+from reslock_web.explain import explain
+from reslock_web.health import freshness
+from reslock_web.models import Condition, Holder, Kind, Limit, Waiter
 
 
+@require_GET
 @login_required
+@vary_on_headers("HX-Request", "HX-Target")
 def board(request: HttpRequest) -> HttpResponse:
-    worker = Heartbeat.objects.filter(service="worker").first()
+    query = BoardQuery.from_params(request.GET)
     context = {
-        "worker": worker,
-        "worker_late": worker is None or worker.is_late(settings.HEARTBEAT_SECONDS),
+        "query": query,
+        "facets": facets(query, query.facet_counts()),
+        "page": query.page_of_rows(),
+        "sorts": [(key, label) for key, (label, _) in SORTS.items()],
+        "kinds": Kind.choices,
+        "health": freshness(),
     }
-    return render(request, "board.html", context)
+    template = "board.html"
+    if request.htmx and request.htmx.target in ("rows", "results"):
+        template = f"board.html#{request.htmx.target}"
+    return render(request, template, context)
+
+
+@require_GET
+@login_required
+@vary_on_headers("HX-Request", "HX-Target")
+def resource(request: HttpRequest, name: str) -> HttpResponse:
+    limit = Limit.objects.prefetch_related(
+        Prefetch(
+            "holders",
+            queryset=Holder.objects.exclude(condition=Condition.LEAVING).order_by(
+                "acquired_at", "id"
+            ),
+        ),
+        Prefetch("waiters", queryset=Waiter.objects.order_by("position", "id")),
+    ).named(name)
+    if limit is None:
+        raise Http404(f"No resource named {name!r} has been synced from Prefect.")
+    holders, waiters = list(limit.holders.all()), list(limit.waiters.all())
+    context = {
+        "limit": limit,
+        "holders": holders,
+        "waiters": waiters,
+        "explanation": explain(limit, holders, waiters),
+        "timeline": timeline.holds(limit, timezone.now()),
+        "health": freshness(),
+        "limit_url": links.limit(limit.kind, limit.prefect_id, limit.deployment_id),
+    }
+    template = "resource.html"
+    if request.htmx and request.htmx.target == "live":
+        template = "resource.html#live"
+    return render(request, template, context)
 
 
 @require_GET

@@ -1,0 +1,138 @@
+"""What the board shows for a query string: validated filters, facet counts, one page of rows.
+
+Bad parameters never raise: an unknown facet, kind or sort falls back to the default and the
+board says so, so that a mangled shared link still opens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from django.core.paginator import Page, Paginator
+from django.db.models import Count, F, Prefetch, QuerySet
+from django.http import QueryDict
+
+from reslock_web.models import FACETS, Condition, Holder, Kind, Limit, Waiter, facet_filter
+
+PAGE_SIZE = 50
+MAX_SEARCH = 200
+SORTS = {
+    "name": ("name", ["resource", "name", "id"]),
+    "held": ("held longest", [F("held_since").asc(nulls_last=True), "resource", "id"]),
+    "waiters": ("most waiters", ["-waiter_count", "resource", "id"]),
+    "changed": ("recently changed", ["-changed_at", "resource", "id"]),
+}
+FACET_LABELS = {
+    "all": "All",
+    "held": "Held",
+    "contended": "Contended",
+    "waiting": "Waiting",
+    "stale": "Stale",
+    "zombie": "Zombie",
+    "deadlocked": "Deadlocked",
+    "drift": "Drift",
+    "free": "Free",
+    "inactive": "Inactive",
+    "gone": "Gone",
+}
+
+
+@dataclass
+class BoardQuery:
+    search: str = ""
+    status: str = "all"
+    kind: str = ""
+    sort: str = "name"
+    page: int = 1
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_params(cls, params: QueryDict) -> BoardQuery:
+        query = cls()
+        search = params.get("q", "")
+        if "\x00" in search:
+            query.problems.append("The search contained a NUL character, which was removed.")
+            search = search.replace("\x00", "")
+        if len(search) > MAX_SEARCH:
+            query.problems.append(f"The search was cut to its first {MAX_SEARCH} characters.")
+            search = search[:MAX_SEARCH]
+        query.search = search.strip()
+        status = params.get("status", "all") or "all"
+        if status in FACETS:
+            query.status = status
+        else:
+            query.problems.append(f"Unknown status filter {status[:40]!r}: showing all.")
+        kind = params.get("kind", "")
+        if kind in ("", *Kind.values):
+            query.kind = kind
+        else:
+            query.problems.append(f"Unknown kind {kind[:40]!r}: showing every kind.")
+        sort = params.get("sort", "name") or "name"
+        if sort in SORTS:
+            query.sort = sort
+        else:
+            query.problems.append(f"Unknown sort {sort[:40]!r}: sorted by name.")
+        page = params.get("page", "1") or "1"
+        if page.isdigit() and 0 < int(page) < 10**6:
+            query.page = int(page)
+        else:
+            query.problems.append(f"Page {page[:20]!r} is not a page number: showing page 1.")
+        return query
+
+    def params(self, **changes: object) -> str:
+        """The query string for this board with some values changed (defaults left out)."""
+        values = {
+            "q": self.search,
+            "status": self.status,
+            "kind": self.kind,
+            "sort": self.sort,
+            "page": self.page,
+        }
+        values.update(changes)
+        defaults = {"q": "", "status": "all", "kind": "", "sort": "name", "page": 1}
+        kept = {k: v for k, v in values.items() if v != defaults[k]}
+        return "?" + urlencode(kept) if kept else "?"
+
+    def base(self) -> QuerySet[Limit]:
+        """Search and kind applied; the status facet not yet (facet counts need this)."""
+        queryset = Limit.objects.search(self.search)
+        if self.kind:
+            queryset = queryset.filter(kind=self.kind)
+        return queryset
+
+    def facet_counts(self) -> dict[str, int]:
+        aggregates = {name: Count("id", filter=facet_filter(name)) for name in FACETS}
+        return self.base().aggregate(**aggregates)
+
+    def page_of_rows(self) -> Page:
+        queryset = self.base().filter(facet_filter(self.status)).order_by(*SORTS[self.sort][1])
+        paginator = Paginator(queryset, PAGE_SIZE)
+        number = min(self.page, paginator.num_pages)
+        page = paginator.page(number)
+        ids = [row.pk for row in page.object_list]
+        rows = Limit.objects.filter(pk__in=ids).prefetch_related(
+            Prefetch(
+                "holders",
+                queryset=Holder.objects.exclude(condition=Condition.LEAVING).order_by(
+                    "acquired_at", "id"
+                ),
+            ),
+            Prefetch("waiters", queryset=Waiter.objects.order_by("position", "id")),
+        )
+        by_id = {row.pk: row for row in rows}
+        page.object_list = [by_id[pk] for pk in ids if pk in by_id]
+        return page
+
+
+def facets(query: BoardQuery, counts: dict[str, int]) -> list[dict[str, object]]:
+    return [
+        {
+            "name": name,
+            "label": FACET_LABELS[name],
+            "count": counts.get(name, 0),
+            "active": query.status == name,
+            "params": query.params(status=name, page=1),
+        }
+        for name in FACETS
+    ]

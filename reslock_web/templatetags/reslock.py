@@ -1,0 +1,61 @@
+"""Small display helpers for the board's templates."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django import template
+from django.urls import reverse
+from django.utils import timezone
+
+register = template.Library()
+
+
+def humane(seconds: float) -> str:
+    """A duration the way an operator says it: "45 s", "3 min", "3 h 12 min", "2 d 4 h"."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+@register.filter
+def age(when: datetime | None) -> str:
+    """How long ago `when` was, in humane words ("3 h 12 min"); empty when unknown."""
+    if when is None:
+        return ""
+    return humane((timezone.now() - when).total_seconds())
+
+
+@register.filter
+def seconds(value: int | None) -> str:
+    return humane(value) if value is not None else ""
+
+
+@register.filter
+def after(when: datetime | None, seconds: int | None) -> datetime | None:
+    if when is None or seconds is None:
+        return None
+    return when + timedelta(seconds=seconds)
+
+
+@register.simple_tag
+def resource_url(name: str) -> str:
+    return reverse("resource", args=[name])
+
+
+@register.filter
+def evidence_text(evidence: list[dict[str, str]] | None) -> str:
+    return " ".join(item.get("text", "") for item in evidence or [])
+
+
+@register.filter
+def page_params(query: object, number: int) -> str:
+    return query.params(page=number)  # type: ignore[attr-defined]

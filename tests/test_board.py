@@ -1,0 +1,227 @@
+"""The board and resource pages over synced rows: filters, counts, fragments, escaping."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+from urllib.parse import quote
+
+import pytest
+from django.utils import timezone
+
+from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncRun, Waiter
+from reslock_web.templatetags.reslock import humane
+
+pytestmark = pytest.mark.django_db
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def make_limit(name: str, **fields) -> Limit:
+    kind = "tag" if name.startswith("tag:") else "global"
+    defaults = {"kind": kind, "resource": name.removeprefix("tag:"), "limit": 1}
+    return Limit.objects.create(prefect_id=uuid.uuid4(), name=name, **{**defaults, **fields})
+
+
+@pytest.fixture
+def rows():
+    now = timezone.now()
+    held = make_limit(
+        "resource:db-main", status=Status.CONTENDED, is_held=True, has_waiters=True,
+        active_slots=1, holder_count=1, waiter_count=2, held_since=now - timedelta(hours=3, minutes=12),
+    )  # fmt: skip
+    Holder.objects.create(
+        limit=held, key="h", source="event", flow_run_id=uuid.uuid4(), flow_run_name=XSS,
+        flow_name="loader", task_run_name="load-it", state_type="RUNNING", state_name="Running",
+        acquired_at=now - timedelta(hours=3, minutes=12), lease_seconds=60,
+    )  # fmt: skip
+    for position, name in [(1, "second-in-line"), (2, "third-in-line")]:
+        Waiter.objects.create(limit=held, key=name, source="tag_lease", position=position,
+                              flow_run_name=name, waiting_since=now - timedelta(minutes=position))  # fmt: skip
+    make_limit(
+        "tag:reports", kind="tag", status=Status.STALE, is_held=True, is_stale=True, active_slots=1,
+        evidence=[{"flag": "stale", "text": "run 'x' is Completed but still counted"}],
+    )  # fmt: skip
+    make_limit("resource:free-one")
+    make_limit("resource:paused", active=False, status=Status.INACTIVE)
+    SyncRun.objects.create(ok=True, finished_at=now, limits=4, duration_ms=12)
+    return held
+
+
+def row_names(html: str) -> list[str]:
+    return re.findall(r'<th scope="row" class="resource">\s*<a href="[^"]*">([^<]*)</a>', html)
+
+
+def test_the_board_lists_every_present_resource_with_its_holder(viewer_client, rows):
+    html = viewer_client.get("/").content.decode()
+    assert row_names(html) == [
+        "reports",
+        "resource:db-main",
+        "resource:free-one",
+        "resource:paused",
+    ]
+    assert "3 h 12 min" in html
+    assert "loader" in html and "load-it" in html and "next: second-in-line" in html
+    assert "Synced" in html and "4 limits" in html
+
+
+def test_markup_in_run_names_is_shown_as_text(viewer_client, rows):
+    html = viewer_client.get("/").content.decode()
+    assert XSS not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("status=held", ["reports", "resource:db-main"]),
+        ("status=contended", ["resource:db-main"]),
+        ("status=stale", ["reports"]),
+        ("status=free", ["resource:free-one"]),
+        ("status=inactive", ["resource:paused"]),
+        ("kind=tag", ["reports"]),
+        ("q=DB-", ["resource:db-main"]),
+        ("q=nothing-like-it", []),
+        ("sort=waiters", ["resource:db-main", "reports", "resource:free-one", "resource:paused"]),
+    ],
+)
+def test_filters_and_search_narrow_the_rows(viewer_client, rows, query, expected):
+    assert row_names(viewer_client.get(f"/?{query}").content.decode()) == expected
+
+
+def test_facet_counts_follow_the_search(viewer_client, rows):
+    html = viewer_client.get("/?q=e-").content.decode()  # only "resource:free-one"
+    counts = dict(re.findall(r'facet-(\w+)"[^>]*>[^<]*<span class="count">(\d+)</span>', html))
+    assert counts["all"] == "1" and counts["free"] == "1" and counts["held"] == "0"
+    html = viewer_client.get("/?q=re").content.decode()
+    counts = dict(re.findall(r'facet-(\w+)"[^>]*>[^<]*<span class="count">(\d+)</span>', html))
+    assert counts["all"] == "4" and counts["held"] == "2" and counts["stale"] == "1"
+    assert counts["inactive"] == "1" and counts["free"] == "1" and counts["gone"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("status=bogus", "Unknown status filter 'bogus': showing all."),
+        ("kind=queue", "Unknown kind 'queue': showing every kind."),
+        ("sort=%3Cscript%3E", "Unknown sort '&lt;script&gt;': sorted by name."),
+        ("page=-3", "Page '-3' is not a page number: showing page 1."),
+        ("q=a%00b", "The search contained a NUL character, which was removed."),
+    ],
+)
+def test_bad_parameters_are_explained_not_fatal(viewer_client, rows, query, message):
+    response = viewer_client.get(f"/?{query}")
+    assert response.status_code == 200
+    assert message.replace("'", "&#x27;") in response.content.decode()
+
+
+def test_a_page_past_the_end_shows_the_last_page(viewer_client, rows):
+    assert row_names(viewer_client.get("/?page=999").content.decode()) == [
+        "reports",
+        "resource:db-main",
+        "resource:free-one",
+        "resource:paused",
+    ]
+
+
+def test_the_poll_fragment_is_only_the_rows_plus_out_of_band_counts(viewer_client, rows):
+    response = viewer_client.get("/?status=held", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="rows")
+    html = response.content.decode()
+    assert html.lstrip().startswith('<tbody id="rows"')
+    assert "<form" not in html and "<html" not in html
+    assert 'id="facets" class="facets" aria-label="Filter by status" hx-swap-oob="true"' in html
+    assert row_names(html) == ["reports", "resource:db-main"]
+    assert response["Vary"].count("HX-Request") == 1
+
+
+def test_the_search_fragment_updates_the_hidden_status_out_of_band(viewer_client, rows):
+    html = viewer_client.get(
+        "/?status=stale", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="results"
+    ).content.decode()
+    assert html.lstrip().startswith('<div id="results">')
+    assert (
+        '<input type="hidden" id="status-input" name="status" value="stale" hx-swap-oob="true">'
+        in html
+    )
+
+
+def test_the_resource_page_shows_holder_waiters_and_diagnosis(viewer_client, rows):
+    html = viewer_client.get("/resources/resource:db-main").content.decode()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and XSS not in html
+    assert html.index("second-in-line") < html.index("third-in-line")
+    assert "renews a 60 s lease" in html
+    assert "Nothing is wrong" in html
+
+
+def test_the_stale_resource_page_says_what_is_wrong_and_what_to_do(viewer_client, rows):
+    html = viewer_client.get("/resources/tag:reports").content.decode()
+    assert "What is wrong" in html and "still counted" in html
+
+
+@pytest.mark.parametrize("name", ["resource:a/b/c", "reports: nightly run", "ресурс ✓", "x?y#z"])
+def test_any_name_has_a_working_resource_page(viewer_client, name):
+    make_limit(name)
+    board = viewer_client.get("/").content.decode()
+    link = re.search(
+        r'<a href="(/resources/[^"]+)">' + re.escape(name.replace("&", "&amp;")), board
+    )
+    assert link, board
+    page = viewer_client.get(link.group(1))
+    assert page.status_code == 200 and f"<code>{name}</code>" in page.content.decode()
+    assert viewer_client.get("/resources/" + quote(name, safe="")).status_code == 200
+
+
+def test_an_unknown_resource_is_a_404(viewer_client):
+    assert viewer_client.get("/resources/never-synced").status_code == 404
+
+
+def test_the_timeline_draws_recent_holds_from_events(viewer_client, rows):
+    now = timezone.now()
+    for index, name in enumerate(["run-a", "run-b"]):
+        LockEvent.objects.create(
+            event_id=uuid.uuid4(), event="prefect.concurrency-limit.acquired",
+            occurred=now - timedelta(minutes=30 - index * 10), limit_prefect_id=rows.prefect_id,
+            limit_name=rows.name, flow_run_name=name,
+            closed_at=now - timedelta(minutes=25 - index * 10) if index == 0 else None,
+        )  # fmt: skip
+    html = viewer_client.get("/resources/resource:db-main").content.decode()
+    assert html.count("<rect ") >= 2
+    assert "run-a: " in html and "run-b: " in html
+
+
+def test_a_failing_sync_is_explained_in_the_banner(viewer_client, rows):
+    SyncRun.objects.create(
+        ok=False, finished_at=timezone.now(), error="cannot reach Prefect at http://x/api"
+    )
+    html = viewer_client.get("/").content.decode()
+    assert "Sync failing since" in html and "cannot reach Prefect at http://x/api" in html
+
+
+def test_anonymous_visitors_cannot_see_a_resource(client, rows):
+    response = client.get("/resources/resource:db-main")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0 s"),
+        (59, "59 s"),
+        (60, "1 min"),
+        (3600, "1 h"),
+        (11520, "3 h 12 min"),
+        (90000, "1 d 1 h"),
+        (86400, "1 d"),
+    ],
+)
+def test_durations_read_the_way_people_say_them(seconds, text):
+    assert humane(seconds) == text
+
+
+def test_zombie_holders_are_listed_with_their_evidence(viewer_client, rows):
+    zombie = make_limit("resource:z", status=Status.ZOMBIE, has_zombie=True)
+    Holder.objects.create(limit=zombie, key="z", source="event", condition=Condition.ZOMBIE,
+                          flow_run_name="ghost", evidence="the process most likely died")  # fmt: skip
+    html = viewer_client.get("/resources/resource:z").content.decode()
+    assert "ghost" in html and "the process most likely died" in html
