@@ -408,7 +408,8 @@ def judge(
             }
         )
     flags = {
-        "is_held": bool(counted),
+        # Slots in use are held by someone, even before we can name who (events arrive late).
+        "is_held": bool(counted) or (enforced and info.active_slots > 0),
         "has_waiters": bool(waiters),
         "is_stale": bool(stale),
         "has_zombie": bool(zombies),

@@ -356,7 +356,7 @@ def facet_filter(facet: str) -> models.Q:
         "zombie": present & models.Q(has_zombie=True),
         "deadlocked": present & models.Q(is_deadlocked=True),
         "drift": present & models.Q(has_drift=True),
-        "free": present & models.Q(is_held=False, has_waiters=False, active=True),
+        "free": present & models.Q(is_held=False, has_waiters=False, active=True, active_slots=0),
         "inactive": present & models.Q(active=False),
         "gone": models.Q(gone_at__isnull=False),
     }[facet]

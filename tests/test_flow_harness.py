@@ -1,5 +1,4 @@
 # The `flows` fixture is imported (as conftest will); pytest passes it to the tests by name.
-# ruff: noqa: F811
 """The flow harness (tests/support/flows.py) really produces the lock states it promises.
 
 Every assertion reads Prefect's REST API directly (httpx), the way reslock will. Facts
@@ -16,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.support.flows import FlowRunner, flows  # noqa: F401 - the `flows` fixture
+from tests.support.flows import FlowRunner
 from tests.support.net import alive, wait_for
 from tests.support.prefect_server import PrefectServer
 
@@ -239,7 +238,7 @@ def test_nested_tags_deadlock_outer_holds_inner_pends_forever(
     assert not process.find_events("inner_entered")
 
     # Teardown must not hang on it: SIGTERM crashes both task runs and frees the slot.
-    members = {process.pid} | process._members()
+    members = process.pids()
     began = time.monotonic()
     flows.stop_all()
     assert time.monotonic() - began < 6
@@ -349,7 +348,6 @@ def test_tag_reset_with_slot_override_leaves_a_finished_run_holding(
         json={"state": {"type": "CRASHED", "message": "reslock test"}, "force": True},
     )
     assert response.json()["status"] == "ACCEPT"
-    assert gcl(api, f"tag:{tag}")["active_slots"] in (0, 1)  # 0 at once, unless the waiter
     assert waiter.wait_event("acquired", timeout=30)["task_run_id"] == started["task_run_id"]
 
 
@@ -362,7 +360,7 @@ def test_killed_gcl_holder_stays_running_and_its_lease_expires(
     name = unique("resource:kill")
     holder = flows.start("gcl_holder", name=name, lease_duration=60)
     acquired = holder.wait_event("acquired")
-    members = {holder.pid} | holder._members()
+    members = holder.pids()
     holder.kill()
     assert not any(alive(pid) for pid in members)
     assert holder.process.returncode == -9

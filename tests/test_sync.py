@@ -152,19 +152,24 @@ def test_a_leaked_raw_increment_is_flagged_as_drift(prefect_server, flows, setti
 
 
 def test_deployment_runs_awaiting_a_slot_are_its_waiters(prefect_server, flows):
-    run = flows.start("deployment_limit", name=unique("dep"))
-    ready = run.wait_event("waiting_run_awaiting", timeout=120)
-    name = f"deployment:{ready['deployment_id']}"
+    run = flows.start("deployment_limit", runs=2, flow_run_name=unique("dep-run"))
+    deployed = run.wait_event("deployed")
+    created = run.wait_event("created")
+    acquired = run.wait_event("acquired")
+    name = f"deployment:{deployed['deployment_id']}"
     limit = sync_until(
-        prefect_server, name, lambda limit: limit.waiter_count >= 1 and limit.is_held
+        prefect_server, name, lambda limit: limit.waiter_count == 1 and limit.holder_count == 1
     )
-    assert limit.kind == "deployment"
-    assert limit.resource.endswith("/" + ready["deployment_name"])
+    assert limit.kind == "deployment" and limit.status == Status.CONTENDED
+    flow_name, deployment_name = limit.resource.split("/", 1)  # shown as flow/deployment
+    assert flow_name and deployment_name == deployed["deployment_name"]
     [holder] = holders(limit)
-    assert str(holder.flow_run_id) == ready["holder_flow_run_id"]
+    assert str(holder.flow_run_id) == acquired["flow_run_id"]
+    assert holder.deployment_name == deployed["deployment_name"]
     [waiter] = limit.waiters.all()
-    assert str(waiter.flow_run_id) == ready["waiting_flow_run_id"]
-    assert waiter.state_name == "AwaitingConcurrencySlot"
+    (other,) = set(created["flow_run_ids"]) - {acquired["flow_run_id"]}
+    assert str(waiter.flow_run_id) == other
+    assert waiter.state_name == "AwaitingConcurrencySlot" and waiter.position == 1
 
 
 def test_a_limit_deleted_in_prefect_is_kept_and_marked_gone(prefect_server):

@@ -16,6 +16,25 @@ in the client home), its events file (`events.jsonl`) and its stdout/stderr (`ou
 It runs in a new session (process group), so `kill()` and `stop()` reach everything it
 started; the descendants found in /proc are signalled too (a Prefect runner may put its flow
 run processes into groups of their own).
+
+Scripts (each file's docstring lists its params and events):
+  gcl_holder          @flow -> @task -> `with concurrency(name, lease_duration=60)`; creates
+                      the GCL (limit 1) first. A second one on the same name waits, RUNNING.
+  tag_holder          @flow -> @task(tags=[tag]); creates the tag limit (1). More of them:
+                      one holder, the others PENDING/Pending. reset_override=True: the task
+                      resets its own tag with slot_override (a finished run keeps the slot).
+  nested_tags         `with tags(tag): outer()`, outer calls inner: self-deadlock, forever.
+  deployment_limit    a Runner serving a deployment with concurrency_limit=1 and `runs` (2)
+                      flow runs of it: one RUNNING, the rest SCHEDULED/AwaitingConcurrencySlot.
+  raw_increment_leak  POST /v2/concurrency_limits/increment and exit: a slot with no holder.
+
+Events every script writes: process_started, then its own, then exited (or error with a
+traceback). Lock holders write "acquired" with flow_run_id, task_run_id, flow_run_name and
+release_file; "released" when they let go.
+
+`stop()` sends SIGTERM: a holder leaves its lock, Prefect marks the flow run CRASHED and the
+process exits in about 1 s; `kill()` is SIGKILL: runs stay RUNNING, slots stay taken until
+their lease expires (GCL and tag leases: 60 s here + up to 15 s).
 """
 
 from __future__ import annotations
@@ -135,6 +154,10 @@ class FlowProcess:
         path.touch()
         return path
 
+    def pids(self) -> set[int]:
+        """Live pids of this process and everything it started."""
+        return self._members()
+
     def _members(self) -> set[int]:
         """Our process and everything below it (remembered, so orphans are still found)."""
         if self.process.poll() is None:
@@ -192,6 +215,7 @@ class FlowRunner:
         self.server = server
         self.tmp_path = tmp_path
         self.processes: list[FlowProcess] = []
+        self.env: dict[str, str] = {}  # extra environment for every process started later
 
     def start(self, script: str, **params: Any) -> FlowProcess:
         """Start tests/support/flow_scripts/<script>.py with `params` as JSON in argv[1]."""
@@ -217,6 +241,7 @@ class FlowRunner:
             PYTHONDONTWRITEBYTECODE="1",
             **{EVENTS_ENV: str(events_file)},
         )
+        env.update(self.env)
         with open(log_file, "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, str(path), json.dumps(params)],
