@@ -1,0 +1,176 @@
+"""The diagnosis rules on their own (pure logic: built from plain values, no Prefect needed)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from reslock_web.diagnosis import (
+    Claim,
+    Context,
+    Previous,
+    Queued,
+    classify_holders,
+    judge,
+    kind_of,
+    order_waiters,
+)
+from reslock_web.models import Condition, Kind, Status
+from reslock_web.prefect_api import LimitInfo, RunInfo
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def info(active_slots: int, limit: int = 1, active: bool = True) -> LimitInfo:
+    return LimitInfo(uuid.uuid4(), "resource:x", limit, active, active_slots, 0.0, None, None)
+
+
+def run(state: str = "RUNNING", name: str = "r", **fields) -> RunInfo:
+    return RunInfo(
+        id=fields.pop("id", uuid.uuid4()), name=name, state_type=state, state_name=state.title(),
+        state_at=fields.pop("state_at", NOW - timedelta(minutes=1)), start_time=None, created=None,
+        expected_start_time=None, **fields,
+    )  # fmt: skip
+
+
+def context(*runs: RunInfo, grace: int = 20) -> Context:
+    return Context(NOW, timedelta(seconds=grace), timedelta(hours=1), {}, {r.id: r for r in runs})
+
+
+def claim(flow_run: RunInfo, minutes_ago: int) -> Claim:
+    return Claim(
+        key=str(uuid.uuid4()), source="event", certain=False, flow_run_id=flow_run.id,
+        acquired_at=NOW - timedelta(minutes=minutes_ago),
+    )  # fmt: skip
+
+
+def test_names_give_the_kind_and_the_resource():
+    deployment = uuid.uuid4()
+    assert kind_of("tag:reports") == (Kind.TAG, "reports", None)
+    assert kind_of(f"deployment:{deployment}") == (
+        Kind.DEPLOYMENT,
+        f"deployment:{deployment}",
+        deployment,
+    )
+    assert kind_of("deployment:not-a-uuid") == (Kind.GLOBAL, "deployment:not-a-uuid", None)
+    assert kind_of("resource:db") == (Kind.GLOBAL, "resource:db", None)
+
+
+def test_with_more_live_claims_than_slots_the_newest_holds_and_the_older_lost_its_slot():
+    old_run, new_run = run(name="old"), run(name="new")
+    old, new = claim(old_run, 10), claim(new_run, 2)
+    ctx = context(old_run, new_run)
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(1), [old, new], {}, ctx)
+    conditions = {v.claim.key: v.condition for v in verdicts}
+    assert conditions == {new.key: Condition.HOLDING, old.key: Condition.LEAVING}
+    assert closed == []
+    # After the grace period the old claim, still Running, is a zombie.
+    later = {
+        old.key: Previous(
+            Condition.LEAVING,
+            NOW - timedelta(seconds=30),
+            old.acquired_at,
+            old_run.id,
+            None,
+            "event",
+        )
+    }
+    verdicts, _ = classify_holders(Kind.GLOBAL, info(1), [old, new], later, ctx)
+    zombie = next(v for v in verdicts if v.claim.key == old.key)
+    assert zombie.condition == Condition.ZOMBIE and "most likely died" in zombie.evidence
+
+
+def test_a_claim_whose_run_ended_fills_a_still_counted_slot_as_stale():
+    done = run("COMPLETED", name="done")
+    stale = claim(done, 5)
+    stale.lease_seconds = 60
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(1), [stale], {}, context(done))
+    [verdict] = verdicts
+    assert verdict.condition == Condition.STALE
+    assert "is Completed" in verdict.evidence and "60 s lease frees the slot" in verdict.evidence
+    # Once the slot is no longer counted, the claim is over for good.
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [stale], {}, context(done))
+    assert verdicts == [] and closed == [stale.key]
+
+
+def test_a_claim_whose_run_vanished_is_not_a_holder_once_its_slot_is_free():
+    vanished = Claim(
+        key="k", source="event", certain=False, flow_run_id=uuid.uuid4(), acquired_at=NOW
+    )
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [vanished], {}, context())
+    assert verdicts == [] and closed == ["k"]
+
+
+def test_an_inactive_limit_never_makes_zombies():
+    live = run()
+    verdicts, _ = classify_holders(
+        Kind.GLOBAL, info(0, active=False), [claim(live, 1)], {}, context(live)
+    )
+    assert [v.condition for v in verdicts] == [Condition.HOLDING]
+
+
+def test_a_tag_holder_whose_lease_outlived_its_run_will_not_free_itself():
+    task = run("COMPLETED", state_at=NOW - timedelta(minutes=10))
+    ctx = Context(NOW, timedelta(seconds=20), timedelta(hours=1), {task.id: task}, {})
+    holder = Claim(key=str(task.id), source="tag_lease", certain=True, task_run_id=task.id)
+    [verdict], _ = classify_holders(Kind.TAG, info(1), [holder], {}, ctx)
+    assert verdict.condition == Condition.STALE
+    assert "will not free itself" in verdict.evidence
+
+
+def test_drift_is_flagged_only_after_the_grace_period():
+    ctx = context(grace=20)
+    verdict = judge(Kind.GLOBAL, info(1), [], [], [], None, None, ctx)
+    assert verdict.drift_since == NOW and not verdict.flags["has_drift"]
+    assert verdict.status == Status.HELD  # a used slot is held by someone, named or not
+    verdict = judge(Kind.GLOBAL, info(1), [], [], [], NOW - timedelta(seconds=21), None, ctx)
+    assert verdict.flags["has_drift"] and verdict.status == Status.DRIFT
+    assert "1 slot(s) have no holder" in verdict.evidence[0]["text"]
+    # The count matches again: the drift is over.
+    assert judge(Kind.GLOBAL, info(0), [], [], [], NOW, None, ctx).drift_since is None
+
+
+def test_a_long_hold_is_a_warning_not_a_status():
+    holder_run = run()
+    ancient = claim(holder_run, 120)
+    verdicts, _ = classify_holders(Kind.GLOBAL, info(1), [ancient], {}, context(holder_run))
+    verdict = judge(Kind.GLOBAL, info(1), verdicts, [], [], None, None, context(holder_run))
+    assert verdict.flags["has_long_hold"] and verdict.status == Status.HELD
+    assert verdict.evidence[0]["flag"] == "long_hold"
+
+
+def test_a_waiter_nested_in_the_holder_is_deadlocked_and_others_queue_in_order():
+    outer = run(name="outer")
+    tasks = {outer.id: outer}
+    ctx = Context(NOW, timedelta(seconds=20), timedelta(hours=1), tasks, {})
+    holder = Claim(key=str(outer.id), source="tag_lease", certain=True, task_run_id=outer.id)
+    [holding], _ = classify_holders(Kind.TAG, info(1), [holder], {}, ctx)
+    middle, inner, stranger = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    queued = [
+        Queued(str(stranger), "tag_lease", None, stranger, NOW - timedelta(minutes=5)),
+        Queued(
+            str(inner), "tag_lease", None, inner, NOW - timedelta(minutes=1), parent_ids=(middle,)
+        ),
+    ]
+    waiters = order_waiters(queued, [holding], {middle: (outer.id,)}, ctx)
+    assert [w.queued.key for w in waiters] == [str(stranger), str(inner)]
+    assert [w.position for w in waiters] == [1, 2]
+    assert waiters[0].deadlocked_by is None
+    assert waiters[1].deadlocked_by == str(outer.id) and "'outer'" in waiters[1].evidence
+    verdict = judge(Kind.TAG, info(1), [holding], waiters, [], None, 1, ctx)
+    assert verdict.status == Status.DEADLOCKED
+
+
+def test_a_holder_listed_as_waiting_is_not_queued_behind_itself():
+    task = run("PENDING")
+    ctx = Context(NOW, timedelta(seconds=20), timedelta(hours=1), {task.id: task}, {})
+    holder = Claim(key=str(task.id), source="tag_lease", certain=True, task_run_id=task.id)
+    [holding], _ = classify_holders(Kind.TAG, info(1), [holder], {}, ctx)
+    queued = [Queued(str(task.id), "tag_lease", None, task.id, NOW)]
+    assert order_waiters(queued, [holding], {}, ctx) == []
+
+
+def test_ancestor_cycles_do_not_hang():
+    a, b = uuid.uuid4(), uuid.uuid4()
+    queued = [Queued("w", "tag_lease", None, uuid.uuid4(), NOW, parent_ids=(a,))]
+    assert order_waiters(queued, [], {a: (b,), b: (a,)}, context())[0].deadlocked_by is None
