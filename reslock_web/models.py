@@ -398,3 +398,85 @@ class ApiToken(models.Model):
     @staticmethod
     def digest_of(secret: str) -> str:
         return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class OperationKind(models.TextChoices):
+    RELEASE_HOLDER = "release_holder", "release holder"
+    REPAIR_DRIFT = "repair_drift", "repair drift"
+    SET_LIMIT = "set_limit", "set limit"
+    ACTIVATE = "activate", "activate"
+    DEACTIVATE = "deactivate", "deactivate"
+
+
+class OperationStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    SKIPPED = "skipped", "skipped"
+
+
+FINAL_OPERATION_STATUSES = frozenset({"succeeded", "failed", "skipped"})
+
+
+class OperationQuerySet(models.QuerySet["Operation"]):
+    def claim(self, operation_id: int) -> bool:
+        """Compare-and-set: only one worker moves an operation from pending to running."""
+        return (
+            self.filter(pk=operation_id, status=OperationStatus.PENDING).update(
+                status=OperationStatus.RUNNING,
+                started_at=timezone.now(),
+                attempts=models.F("attempts") + 1,
+            )
+            == 1
+        )
+
+
+class Operation(models.Model):
+    """One change to Prefect asked for from the board: the audit trail. Never deleted."""
+
+    kind = models.CharField(max_length=20, choices=OperationKind.choices)
+    limit = models.ForeignKey(Limit, on_delete=models.PROTECT, related_name="operations")
+    limit_name = models.CharField(max_length=500)
+    # The holder as the operator saw it: sync may delete the Holder row meanwhile.
+    holder_key = models.CharField(max_length=80, blank=True)
+    holder = models.JSONField(default=dict, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        "auth.User", null=True, on_delete=models.SET_NULL, related_name="operations"
+    )
+    requested_by_name = models.CharField(max_length=150)
+    # One submitted confirmation form, one operation: a double click cannot make two.
+    token = models.UUIDField(unique=True)
+    bulk = models.UUIDField(null=True, blank=True, db_index=True)
+    status = models.CharField(
+        max_length=10, choices=OperationStatus.choices, default=OperationStatus.PENDING
+    )
+    message = models.TextField(blank=True)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OperationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("operate", "Can release, repair, change, activate and deactivate limits")]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.limit_name} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_OPERATION_STATUSES
+
+    def finish(self, status: str, message: str, after: dict | None = None) -> None:
+        self.status, self.message = status, message[:4000]
+        self.after = after or {}
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "message", "after", "finished_at"])

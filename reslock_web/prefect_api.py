@@ -380,6 +380,33 @@ class PrefectAPI:
                 offset += PAGE
         return runs
 
+    # --- writes (only operations call these, inside a Celery job) ----------------------
+    def crash_run(self, kind: str, run_id: UUID, message: str) -> str:
+        """Force a task run or flow run to CRASHED; returns the state Prefect accepted."""
+        body = {"state": {"type": "CRASHED", "message": message[:1000]}, "force": True}
+        data = self.request("POST", f"{kind}s/{run_id}/set_state", json=body)
+        status = data.get("status") if isinstance(data, dict) else None
+        if status not in ("ACCEPT", None):
+            raise PrefectError(
+                f"Prefect did not accept the crash of {kind} {run_id}: {status}", retryable=False
+            )
+        return str(status)
+
+    def update_limit(self, prefect_id: UUID, changes: dict[str, Any]) -> None:
+        self.request("PATCH", f"v2/concurrency_limits/{prefect_id}", json=changes)
+
+    def decrement(self, name: str, slots: int) -> None:
+        self.request(
+            "POST",
+            "v2/concurrency_limits/decrement",
+            json={"names": [name], "slots": slots, "mode": "concurrency"},
+        )
+
+    def revoke_lease(self, lease_id: UUID) -> None:
+        self.request(
+            "POST", "v2/concurrency_limits/decrement-with-lease", json={"lease_id": str(lease_id)}
+        )
+
     # --- events ----------------------------------------------------------------------
     def events(self, since: datetime, until: datetime, prefixes: list[str]) -> Iterator[EventInfo]:
         """Events in [since, until], oldest first, following every page."""

@@ -183,6 +183,9 @@ LONG_HOLD_SECONDS = envint("RESLOCK_LONG_HOLD_SECONDS", 3600, minimum=60)
 # How long a lost slot or a count mismatch must last before it is called a zombie or drift:
 # Prefect's events reach its API a few seconds after the state changes they explain.
 GRACE_SECONDS = envint("RESLOCK_GRACE_SECONDS", 20, minimum=0, maximum=600)
+# The lease duration assumed for a global-limit holder that did not say its own (Prefect's
+# concurrency() default): a drift repair waits this long so that no live lease is undercut.
+ASSUMED_LEASE_SECONDS = envint("RESLOCK_ASSUMED_LEASE_SECONDS", 300, minimum=60, maximum=86400)
 # Days of events the first sync reads (Prefect keeps 7 by default).
 EVENTS_BACKFILL_DAYS = envint("RESLOCK_EVENTS_BACKFILL_DAYS", 7, minimum=1, maximum=30)
 

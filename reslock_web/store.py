@@ -410,12 +410,15 @@ def _pk(row: Model | None) -> int | None:
 
 
 def _mark_gone(snapshot: Snapshot, limits: dict[UUID, Limit], now: datetime) -> int:
-    """Only called after a complete listing: what it lacks is gone from Prefect."""
+    """What a complete listing lacks is gone from Prefect; a single-limit read only speaks
+    for that one name."""
     present = {info.id for info in snapshot.listing}
     gone = [
         row
         for prefect_id, row in limits.items()
-        if prefect_id not in present and row.gone_at is None
+        if prefect_id not in present
+        and row.gone_at is None
+        and (snapshot.only is None or row.name == snapshot.only)
     ]
     for row in gone:
         row.gone_at, row.status, row.changed_at = now, Status.GONE, now

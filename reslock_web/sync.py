@@ -46,6 +46,7 @@ class Snapshot:
     """Everything one pass read from Prefect."""
 
     now: datetime
+    only: str | None  # a single limit's name, or None for a complete listing
     listing: list[LimitInfo]
     tag_holders: dict[str, list[UUID]]  # limit name -> task-run ids with a lease
     tag_checked: set[str]  # names whose holders were read in this pass
@@ -86,10 +87,25 @@ def sync_all(api: PrefectAPI) -> SyncRun | None:
     if token is None:
         log.info("another sync is running; this one stops here")
         return None
-    run = SyncRun.objects.create()
+    return _run(api, token, only=None)
+
+
+def sync_limit(api: PrefectAPI, name: str, wait: float = 30.0) -> SyncRun | None:
+    """Sync one limit now (after an operation), waiting for a running sync to finish first:
+    that sync may have read Prefect before the change."""
+    deadline = time.monotonic() + wait
+    while (token := try_lock(timezone.now())) is None:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+    return _run(api, token, only=name)
+
+
+def _run(api: PrefectAPI, token: str, only: str | None) -> SyncRun:
+    run = SyncRun.objects.create(scope=only[:500] if only else "all")
     started = time.monotonic()
     try:
-        snapshot = gather(api)
+        snapshot = gather(api, only=only)
         with transaction.atomic():
             counts = store.write(
                 snapshot,
@@ -115,19 +131,24 @@ def sync_all(api: PrefectAPI) -> SyncRun | None:
     return run
 
 
-def gather(api: PrefectAPI) -> Snapshot:
+def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
     now = timezone.now()
-    listing = api.list_limits().limits
+    if only is None:
+        listing = api.list_limits().limits
+    else:
+        one = api.read_limit(only)
+        listing = [one] if one is not None else []
     known = {
         row.prefect_id: row
         for row in Limit.objects.present().only(
             "prefect_id", "prefect_updated", "active_slots", "holders_checked_at"
         )
     }
-    tag_holders, tag_checked = _tag_holders(api, listing, known, now)
+    tag_holders, tag_checked = _tag_holders(api, listing, {} if only else known, now)
     events, events_until = _new_events(api, now)
     snapshot = Snapshot(
         now=now,
+        only=only,
         listing=listing,
         tag_holders=tag_holders,
         tag_checked=tag_checked,

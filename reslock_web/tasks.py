@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from reslock_web.celery import app
 from reslock_web.models import Heartbeat
+from reslock_web.operations import MAX_ATTEMPTS, TryAgain
+from reslock_web.operations import run as run_operation
+from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_with_settings
 
 
@@ -16,3 +19,18 @@ def heartbeat() -> None:
 def sync() -> None:
     # The lock inside sync_all makes a second copy (another worker, a late beat) return at once.
     sync_with_settings()
+
+
+@app.task(
+    name="reslock.operate",
+    ignore_result=True,
+    autoretry_for=(TryAgain,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=MAX_ATTEMPTS,
+)
+def operate(operation_id: int) -> None:
+    # Claiming inside run() makes a redelivered or duplicated message a no-op.
+    with PrefectAPI.from_settings() as api:
+        run_operation(operation_id, api)

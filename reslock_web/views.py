@@ -60,6 +60,8 @@ def resource(request: HttpRequest, name: str) -> HttpResponse:
         "timeline": timeline.holds(limit, timezone.now()),
         "health": freshness(),
         "limit_url": links.limit(limit.kind, limit.prefect_id, limit.deployment_id),
+        "can_operate": request.user.has_perm("reslock.operate"),
+        "operations": limit.operations.order_by("-created_at", "-id")[:20],
     }
     template = "resource.html"
     if request.htmx and request.htmx.target == "live":

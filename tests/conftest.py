@@ -92,6 +92,28 @@ def viewer(django_user_model):
 
 
 @pytest.fixture
+def operator(django_user_model):
+    """A member of the "Lock operators" group (made by a migration; transactional tests flush
+    it, so it is made again here the same way)."""
+    from django.contrib.auth.models import Group, Permission
+
+    group, created = Group.objects.get_or_create(name="Lock operators")
+    if created:
+        group.permissions.add(
+            Permission.objects.get(content_type__app_label="reslock", codename="operate")
+        )
+    user = django_user_model.objects.create_user("olga-operator", "", PASSWORD)
+    user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
 def viewer_client(client, viewer):
     client.force_login(viewer)
     return client

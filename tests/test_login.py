@@ -70,3 +70,14 @@ def test_the_board_stops_warning_once_the_worker_beats(viewer_client):
 def test_healthz_answers_without_login(client):
     response = client.get("/healthz")
     assert response.status_code == 200 and response.json() == {"ok": True}
+
+
+def test_a_migration_creates_the_lock_operators_group_with_the_operate_permission(viewer):
+    from django.contrib.auth.models import Group
+
+    group = Group.objects.get(name="Lock operators")
+    assert [p.codename for p in group.permissions.all()] == ["operate"]
+    assert not viewer.has_perm("reslock.operate")
+    viewer.groups.add(group)
+    viewer = type(viewer).objects.get(pk=viewer.pk)  # permissions are cached per instance
+    assert viewer.has_perm("reslock.operate")

@@ -1,0 +1,349 @@
+"""Pages that change Prefect: confirm an operation, follow it, read the audit trail.
+
+Views never call Prefect: they record an `Operation` and a Celery worker carries it out after
+the transaction commits.
+"""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import IntegrityError, transaction
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+
+from reslock_web import operations
+from reslock_web.board import BoardQuery
+from reslock_web.forms import OperateForm
+from reslock_web.models import (
+    Condition,
+    Holder,
+    Limit,
+    Operation,
+    OperationKind,
+    OperationStatus,
+)
+
+ACTIONS = {
+    "release": OperationKind.RELEASE_HOLDER,
+    "repair": OperationKind.REPAIR_DRIFT,
+    "set-limit": OperationKind.SET_LIMIT,
+    "activate": OperationKind.ACTIVATE,
+    "deactivate": OperationKind.DEACTIVATE,
+}
+AUDIT_PAGE = 50
+
+
+def operator_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Logged in (else to the login page) and allowed to operate (else 403)."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if not request.user.has_perm("reslock.operate"):
+            raise PermissionDenied(
+                "Operating locks needs the reslock.operate permission (the Lock operators group)."
+            )
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def dispatch(operation: Operation) -> None:
+    from reslock_web.tasks import operate
+
+    transaction.on_commit(lambda: operate.delay(operation.pk))
+
+
+def _plan(kind: str, limit: Limit, holder: Holder | None, form: OperateForm) -> operations.Plan:
+    if kind == OperationKind.RELEASE_HOLDER:
+        return operations.plan_release(limit, holder)
+    if kind == OperationKind.REPAIR_DRIFT:
+        return operations.plan_repair(limit, timezone.now())
+    if kind == OperationKind.SET_LIMIT:
+        value = form.cleaned_data.get("value") if form.is_bound and form.is_valid() else None
+        if value is None:
+            return operations.Plan(True, f"Set the limit of {limit.name} (now {limit.limit}).")
+        return operations.plan_set_limit(limit, value)
+    return operations.plan_toggle(limit, kind == OperationKind.ACTIVATE)
+
+
+def _holder_for(limit: Limit, raw: str | None) -> Holder:
+    if not raw or not raw.isdigit():
+        raise Http404("Choose a holder to release from the resource page.")
+    holder = limit.holders.exclude(condition=Condition.LEAVING).filter(pk=int(raw)).first()
+    if holder is None:
+        raise Http404(
+            "That holder no longer holds this resource: the board has been updated meanwhile."
+        )
+    return holder
+
+
+@require_http_methods(["GET", "POST"])
+@operator_required
+def operate(request: HttpRequest, action: str, name: str) -> HttpResponse:
+    kind = ACTIONS.get(action)
+    if kind is None:
+        raise Http404(f"Unknown operation {action!r}.")
+    limit = Limit.objects.present().prefetch_related("holders").filter(name=name).first()
+    if limit is None:
+        raise Http404(f"No resource named {name!r} is on the board.")
+    holder = (
+        _holder_for(limit, request.POST.get("holder") or request.GET.get("holder"))
+        if kind == OperationKind.RELEASE_HOLDER
+        else None
+    )
+    initial = {
+        "token": uuid.uuid4(),
+        "limit_id": limit.prefect_id,
+        "holder": holder.pk if holder else None,
+        "expected": limit.limit,
+    }
+    form = OperateForm(request.POST or None, kind=kind, limit=limit, initial=initial)
+    plan = _plan(kind, limit, holder, form)
+    if request.method == "POST" and form.is_valid() and plan.allowed:
+        operation = _record(request, kind, limit, holder, form)
+        url = reverse("operation", args=[operation.pk])
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    status = 400 if request.method == "POST" else 200
+    context = {
+        "kind": kind,
+        "action": action,
+        "limit": limit,
+        "holder": holder,
+        "form": form,
+        "plan": plan,
+    }
+    return render(request, "operate.html", context, status=status)
+
+
+def _record(
+    request: HttpRequest, kind: str, limit: Limit, holder: Holder | None, form: OperateForm
+) -> Operation:
+    params = {}
+    if kind == OperationKind.SET_LIMIT:
+        params = {
+            "value": form.cleaned_data["value"],
+            "expected": form.cleaned_data.get("expected"),
+        }
+        if params["expected"] is None:
+            params["expected"] = limit.limit
+    try:
+        with transaction.atomic():
+            operation = Operation.objects.create(
+                kind=kind,
+                limit=limit,
+                limit_name=limit.name,
+                holder_key=holder.key if holder else "",
+                holder=_holder_snapshot(holder) if holder else {},
+                params=params,
+                reason=form.cleaned_data.get("reason", ""),
+                requested_by=request.user,
+                requested_by_name=request.user.get_username(),
+                token=form.cleaned_data["token"],
+                before={
+                    "limit": limit.limit,
+                    "active": limit.active,
+                    "active_slots": limit.active_slots,
+                },
+            )
+    except IntegrityError:
+        # The same form posted twice (a double click): one operation, shown again.
+        return Operation.objects.get(token=form.cleaned_data["token"])
+    dispatch(operation)
+    return operation
+
+
+def _holder_snapshot(holder: Holder) -> dict[str, object]:
+    fields = [
+        "condition",
+        "source",
+        "flow_run_id",
+        "flow_run_name",
+        "task_run_id",
+        "task_run_name",
+        "lease_id",
+        "state_name",
+    ]
+    return {
+        name: str(getattr(holder, name)) if getattr(holder, name) is not None else None
+        for name in fields
+    }
+
+
+@require_GET
+@login_required
+def operation(request: HttpRequest, pk: int) -> HttpResponse:
+    op = get_object_or_404(Operation.objects.select_related("limit"), pk=pk)
+    if request.htmx and request.htmx.target == "op-status":
+        response = render(request, "operation.html#status", {"op": op})
+        return HttpResponseStopPolling(response.content) if op.finished else response
+    return render(request, "operation.html", {"op": op})
+
+
+def _filtered_operations(request: HttpRequest):
+    queryset = Operation.objects.select_related("limit")
+    filters = {
+        "resource": request.GET.get("resource", "").strip()[:200],
+        "operator": request.GET.get("operator", "").strip()[:150],
+        "kind": request.GET.get("kind", ""),
+        "outcome": request.GET.get("outcome", ""),
+    }
+    if filters["resource"]:
+        queryset = queryset.filter(limit_name__icontains=filters["resource"])
+    if filters["operator"]:
+        queryset = queryset.filter(requested_by_name__iexact=filters["operator"])
+    if filters["kind"] in OperationKind.values:
+        queryset = queryset.filter(kind=filters["kind"])
+    else:
+        filters["kind"] = ""
+    if filters["outcome"] in OperationStatus.values:
+        queryset = queryset.filter(status=filters["outcome"])
+    else:
+        filters["outcome"] = ""
+    return queryset.order_by("-created_at", "-id"), filters
+
+
+@require_GET
+@login_required
+def audit(request: HttpRequest) -> HttpResponse:
+    queryset, filters = _filtered_operations(request)
+    if request.GET.get("format") == "csv":
+        return _csv(queryset)
+    paginator = Paginator(queryset, AUDIT_PAGE)
+    number = request.GET.get("page", "1")
+    page = paginator.get_page(number if number.isdigit() else 1)
+    context = {
+        "page": page,
+        "filters": filters,
+        "kinds": OperationKind.choices,
+        "outcomes": OperationStatus.choices,
+        "csv_query": request.GET.urlencode(),
+    }
+    return render(request, "audit.html", context)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_safe(value: object) -> str:
+    # Spreadsheets run cells starting with these as formulas; names come from anyone.
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _csv(queryset) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+    header = [
+        "id",
+        "created_at",
+        "finished_at",
+        "operator",
+        "kind",
+        "resource",
+        "holder",
+        "reason",
+        "status",
+        "message",
+        "before",
+        "after",
+    ]
+
+    def rows():
+        yield writer.writerow(header)
+        for op in queryset.iterator(chunk_size=500):
+            holder = op.holder.get("flow_run_name") or op.holder.get("task_run_name") or ""
+            values = [op.pk, op.created_at.isoformat(), op.finished_at.isoformat() if op.finished_at else "",
+                      op.requested_by_name, op.kind, op.limit_name, holder, op.reason, op.status,
+                      op.message, op.before, op.after]  # fmt: skip
+            yield writer.writerow([_csv_safe(value) for value in values])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="reslock-audit.csv"'
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+@operator_required
+def bulk_release(request: HttpRequest) -> HttpResponse:
+    """Release every stale or zombie holder of the filtered board, after a dry-run preview."""
+    params = request.POST if request.method == "POST" else request.GET
+    query = BoardQuery.from_params(params)
+    limits = query.base().filter(gone_at__isnull=True).prefetch_related("holders")
+    items = []
+    for limit in limits.filter(
+        holders__condition__in=[Condition.STALE, Condition.ZOMBIE]
+    ).distinct()[:500]:
+        for holder in limit.holders.all():
+            if holder.condition in (Condition.STALE, Condition.ZOMBIE):
+                items.append((limit, holder, operations.plan_release(limit, holder)))
+    allowed = [(limit, holder) for limit, holder, plan in items if plan.allowed]
+    reason = params.get("reason", "").strip()[:1000]
+    error = ""
+    if request.method == "POST":
+        if not reason:
+            error = "Say why: the reason goes into the audit trail."
+        elif not allowed:
+            error = "Nothing to release: the board changed meanwhile."
+        else:
+            batch = _bulk_token(params.get("token"))
+            if Operation.objects.filter(bulk=batch).exists():
+                return redirect("bulk", batch=batch)
+            with transaction.atomic():
+                for limit, holder in allowed:
+                    operation = Operation.objects.create(
+                        kind=OperationKind.RELEASE_HOLDER, limit=limit, limit_name=limit.name,
+                        holder_key=holder.key, holder=_holder_snapshot(holder), reason=reason,
+                        requested_by=request.user, requested_by_name=request.user.get_username(),
+                        token=uuid.uuid4(), bulk=batch,
+                        before={"limit": limit.limit, "active": limit.active, "active_slots": limit.active_slots},
+                    )  # fmt: skip
+                    dispatch(operation)
+            url = reverse("bulk", args=[batch])
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    context = {
+        "query": query,
+        "items": items,
+        "allowed": len(allowed),
+        "token": uuid.uuid4(),
+        "error": error,
+        "reason": reason,
+    }
+    return render(request, "bulk.html", context, status=400 if error else 200)
+
+
+def _bulk_token(raw: str | None) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise Http404("This bulk form is damaged: open it again from the board.") from None
+
+
+@require_GET
+@login_required
+def bulk(request: HttpRequest, batch: uuid.UUID) -> HttpResponse:
+    ops = list(Operation.objects.filter(bulk=batch).order_by("id"))
+    if not ops:
+        raise Http404("No such bulk operation.")
+    done = sum(op.finished for op in ops)
+    context = {"ops": ops, "done": done, "total": len(ops), "batch": batch}
+    if request.htmx and request.htmx.target == "bulk-status":
+        response = render(request, "bulk_status.html", context)
+        return HttpResponseStopPolling(response.content) if done == len(ops) else response
+    return render(
+        request,
+        "bulk_status.html" if request.GET.get("fragment") else "bulk_progress.html",
+        context,
+    )

@@ -1,0 +1,432 @@
+"""Operations on Prefect limits: what each one will do, whether it is safe, and doing it.
+
+`plan_*` functions read only our tables (they serve the confirmation page); `execute` runs in a
+Celery worker, re-reads Prefect first (compare-and-set) and acts only if the facts that made the
+plan safe still hold. The rule above all: no operation may let two runs hold a slot of a limit at
+once. So a slot is only ever freed when nothing live stands behind it:
+
+- a tag holder whose task run is over (its lease is ended by crashing that task run, which
+  frees exactly that lease; Prefect's tag reset is never used);
+- a zombie, whose slot is already free (we only mark its runs crashed);
+- counted slots no lease backs (drift), lowered by exactly that many;
+- a live holder is never released: its process would go on working while the next run gets in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.utils import timezone
+
+from reslock_web.diagnosis import REPOSSESS_SECONDS, TAG_LEASE_SECONDS
+from reslock_web.models import (
+    FINAL_STATES,
+    Condition,
+    Holder,
+    Kind,
+    Limit,
+    Operation,
+    OperationKind,
+    OperationStatus,
+)
+from reslock_web.prefect_api import PrefectAPI, PrefectError
+
+log = logging.getLogger(__name__)
+
+MAX_LIMIT = 10_000
+MAX_ATTEMPTS = 5
+
+
+def assumed_lease() -> int:
+    """The longest lease assumed for a global-limit holder that did not say its own."""
+    return settings.ASSUMED_LEASE_SECONDS
+
+
+@dataclass
+class Plan:
+    allowed: bool
+    summary: str
+    steps: list[str] = field(default_factory=list)
+    safety: str = ""
+    reason_required: bool = False
+    warning: str = ""
+
+
+# --- plans (read our tables only) ------------------------------------------------------
+def plan_release(limit: Limit, holder: Holder) -> Plan:
+    who = holder.flow_run_name or holder.task_run_name or holder.key
+    if holder.condition == Condition.ZOMBIE:
+        return Plan(
+            True,
+            f"Mark the dead run {who!r} crashed.",
+            _crash_steps(holder),
+            "Its slot is already free: Prefect let its lease expire because the process stopped "
+            "renewing it. Nothing can be admitted twice; this only stops Prefect from showing a "
+            "dead run as Running.",
+            reason_required=True,
+        )
+    if holder.condition == Condition.STALE:
+        if limit.kind == Kind.TAG and holder.task_run_id:
+            return Plan(
+                True,
+                f"Release the slot held by the finished task run of {who!r}.",
+                _crash_steps(holder),
+                f"The task run is {holder.state_name or 'gone'}: no process works under this slot. "
+                "Crashing that task run ends exactly its lease (Prefect frees it at once, "
+                "once), so the next waiter gets the slot and nothing else changes.",
+                reason_required=True,
+            )
+        if holder.lease_id:
+            return Plan(
+                True,
+                f"Revoke the lease of {who!r}.",
+                [
+                    f"Revoke lease {holder.lease_id} (decrement-with-lease): it frees exactly this slot."
+                ],
+                "The run is over and the lease is known: revoking it frees the slot once; a late "
+                "renewal or release of that lease is ignored by Prefect.",
+                reason_required=True,
+            )
+        lease = holder.lease_seconds or assumed_lease()
+        return Plan(
+            False,
+            "Refused: this slot will free itself.",
+            safety=(
+                f"The run is over, but its lease id is unknown (it used plain concurrency()). "
+                f"Its lease (Prefect's default is {lease} s) frees the slot by itself within "
+                f"{lease + REPOSSESS_SECONDS} s of the run's end"
+                + (
+                    f", by {_at(holder.state_at + timedelta(seconds=lease + REPOSSESS_SECONDS))}"
+                    if holder.state_at
+                    else ""
+                )
+                + ". Lowering the counter by name now would be applied twice when the lease "
+                "expires and could let two runs in."
+            ),
+        )
+    if holder.lease_id:
+        return Plan(
+            False,
+            "Refused: the holder looks alive.",
+            safety=(
+                f"{who!r} is {holder.state_name or 'running'} and renews its lease. Revoking a "
+                "live lease is not offered yet: the holder would keep working while the next "
+                "run gets in. Cancel its flow run in Prefect, or wait for it to finish."
+            ),
+        )
+    lease = holder.lease_seconds or assumed_lease()
+    free_by = timezone.now() + timedelta(seconds=lease + REPOSSESS_SECONDS)
+    return Plan(
+        False,
+        "Refused: the holder looks alive.",
+        safety=(
+            f"{who!r} is {holder.state_name or 'running'}. Taking its slot away would not stop "
+            "its process: it would go on using the resource while the next run gets in. If its "
+            f"process has died, its lease ({lease} s{'' if holder.lease_seconds else ', assumed'}) "
+            f"frees the slot by itself by {_at(free_by)} at the latest, and reslock then shows it "
+            "as a zombie. Otherwise cancel its flow run in Prefect (a deployment run is then "
+            "stopped by its worker), or wait for it to finish."
+        ),
+    )
+
+
+def _crash_steps(holder: Holder) -> list[str]:
+    steps = []
+    if holder.task_run_id:
+        steps.append(
+            f"Set task run {holder.task_run_name or holder.task_run_id} to Crashed (forced)."
+        )
+    if holder.flow_run_id:
+        steps.append(
+            f"Set flow run {holder.flow_run_name or holder.flow_run_id} to Crashed (forced) if it is not over."
+        )
+    return steps
+
+
+def longest_lease(limit: Limit) -> int:
+    if limit.kind == Kind.TAG:
+        return TAG_LEASE_SECONDS
+    known = [h.lease_seconds for h in limit.holders.all() if h.lease_seconds]
+    return max([assumed_lease(), *known])
+
+
+def plan_repair(limit: Limit, now: datetime) -> Plan:
+    if not limit.has_drift or limit.drift_since is None:
+        return Plan(
+            False,
+            "Refused: there is no drift to repair.",
+            safety="Prefect's counter matches the holders reslock knows.",
+        )
+    if not limit.active:
+        return Plan(
+            False,
+            "Refused: the limit is inactive.",
+            safety="Prefect ignores decrements on an inactive limit: activate it first.",
+        )
+    extra = limit.active_slots - limit.holder_count
+    if extra <= 0:
+        return Plan(
+            False,
+            "Refused: nothing to lower.",
+            safety="The counter is not above the known holders.",
+        )
+    lease = longest_lease(limit)
+    safe_after = limit.drift_since + timedelta(seconds=lease + REPOSSESS_SECONDS)
+    if limit.kind != Kind.TAG and now < safe_after:
+        return Plan(
+            False,
+            "Refused for now: a live lease may still stand behind the extra slots.",
+            safety=(
+                f"The extra slot(s) appeared at {_at(limit.drift_since)}. A lease of up to "
+                f"{lease} s taken then by a holder that announced nothing would still be live. "
+                f"Try again after {_at(safe_after)}."
+            ),
+        )
+    why = (
+        "Prefect lists the task runs with a lease on a tag limit: the extra slots have none."
+        if limit.kind == Kind.TAG
+        else f"The extra slots have had no holder for over {lease + REPOSSESS_SECONDS} s, longer "
+        "than any lease reslock knows of could live without a holder announcing itself."
+    )
+    return Plan(
+        True,
+        f"Lower the counter of {limit.name} by {extra} (from {limit.active_slots} to {limit.holder_count}).",
+        [f"Re-read Prefect; lower used slots by exactly the slots no lease backs (now {extra})."],
+        why + " A slot without a lease never frees itself, and lowering by the leaked count "
+        "(not to an absolute value) stays right even if holders come and go meanwhile.",
+        reason_required=True,
+    )
+
+
+def plan_set_limit(limit: Limit, value: int) -> Plan:
+    warning = ""
+    if value == 0:
+        warning = (
+            "A limit of 0 blocks everything: tasks tagged with this tag fail at once ('will "
+            "deadlock') and concurrency() calls wait forever."
+        )
+    elif value < limit.active_slots:
+        warning = f"{limit.active_slots} slot(s) are in use: nobody is evicted, new runs wait until fewer than {value} hold."
+    return Plan(
+        True,
+        f"Set the limit of {limit.name} from {limit.limit} to {value}.",
+        [f"PATCH the limit to {value} if it is still {limit.limit}."],
+        "Changing the limit evicts nobody; it only decides who gets in next.",
+        warning=warning,
+    )
+
+
+def plan_toggle(limit: Limit, active: bool) -> Plan:
+    if limit.active == active:
+        return Plan(False, f"Refused: the limit is already {'active' if active else 'inactive'}.")
+    if active:
+        return Plan(
+            True,
+            f"Activate {limit.name}.",
+            ["PATCH active=true."],
+            "Prefect enforces the limit again from the next acquire.",
+        )
+    return Plan(
+        True,
+        f"Deactivate {limit.name}.",
+        ["PATCH active=false."],
+        "Nobody is evicted.",
+        warning="While inactive, Prefect does not enforce the limit: every run gets in at once.",
+    )
+
+
+def _at(when: datetime) -> str:
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC"
+
+
+# --- execution (in a Celery worker) ----------------------------------------------------
+class TryAgain(Exception):
+    """A transient Prefect failure: the operation went back to pending for a retry."""
+
+
+def run(operation_id: int, api: PrefectAPI) -> None:
+    """Claim, execute, record. A second delivery of the same operation does nothing."""
+    if not Operation.objects.claim(operation_id):
+        log.info("operation %s is not pending: nothing to do", operation_id)
+        return
+    operation = Operation.objects.select_related("limit").get(pk=operation_id)
+    try:
+        status, message, after = execute(operation, api)
+    except PrefectError as error:
+        if error.retryable and operation.attempts < MAX_ATTEMPTS:
+            Operation.objects.filter(pk=operation.pk, status=OperationStatus.RUNNING).update(
+                status=OperationStatus.PENDING,
+                message=f"attempt {operation.attempts} failed: {error}; retrying",
+            )
+            raise TryAgain(str(error)) from error
+        operation.finish(OperationStatus.FAILED, f"Prefect error: {error}")
+        return
+    operation.finish(status, message, after)
+    _resync(api, operation.limit.name)
+
+
+def _resync(api: PrefectAPI, name: str) -> None:
+    from reslock_web.sync import sync_limit
+
+    try:
+        sync_limit(api, name)
+    except Exception:  # the operation is done; a failed refresh is caught up by the next sync
+        log.exception("sync of %s after an operation failed", name)
+
+
+def execute(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, Any]]:
+    handler = {
+        OperationKind.RELEASE_HOLDER: _release,
+        OperationKind.REPAIR_DRIFT: _repair,
+        OperationKind.SET_LIMIT: _set_limit,
+        OperationKind.ACTIVATE: _toggle,
+        OperationKind.DEACTIVATE: _toggle,
+    }[operation.kind]
+    return handler(operation, api)
+
+
+def limit_snapshot(info: Any) -> dict[str, Any]:
+    if info is None:
+        return {}
+    return {"limit": info.limit, "active": info.active, "active_slots": info.active_slots}
+
+
+def _current(operation: Operation, api: PrefectAPI):
+    info = api.read_limit(str(operation.limit.prefect_id))
+    if info is None:
+        raise Skip("the limit no longer exists in Prefect")
+    return info
+
+
+class Skip(Exception):
+    pass
+
+
+def _skipping(handler):
+    def wrapper(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, Any]]:
+        try:
+            return handler(operation, api)
+        except Skip as skip:
+            return OperationStatus.SKIPPED, f"Skipped: {skip}.", {}
+
+    return wrapper
+
+
+@_skipping
+def _set_limit(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, Any]]:
+    info = _current(operation, api)
+    value, expected = operation.params["value"], operation.params["expected"]
+    if info.limit == value:
+        raise Skip(f"the limit is already {value}")
+    if info.limit != expected:
+        raise Skip(f"the limit changed meanwhile from {expected} to {info.limit}; nothing was done")
+    api.update_limit(info.id, {"limit": value})
+    return (
+        OperationStatus.SUCCEEDED,
+        f"Limit set from {expected} to {value}.",
+        limit_snapshot(api.read_limit(str(info.id))),
+    )
+
+
+@_skipping
+def _toggle(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, Any]]:
+    info = _current(operation, api)
+    active = operation.kind == OperationKind.ACTIVATE
+    if info.active == active:
+        raise Skip(f"the limit is already {'active' if active else 'inactive'}")
+    api.update_limit(info.id, {"active": active})
+    after = limit_snapshot(api.read_limit(str(info.id)))
+    return OperationStatus.SUCCEEDED, f"Limit {'activated' if active else 'deactivated'}.", after
+
+
+@_skipping
+def _repair(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, Any]]:
+    from reslock_web.sync import sync_limit
+
+    sync_limit(api, operation.limit.name)  # fresh holders before deciding
+    limit = Limit.objects.get(pk=operation.limit_id)
+    info = _current(operation, api)
+    if limit.kind == Kind.TAG:
+        leases = api.tag_holders(limit.resource) or []
+        extra = info.active_slots - len(leases)
+    else:
+        extra = info.active_slots - limit.holder_count
+    if extra <= 0:
+        raise Skip("Prefect's counter already matches the holders")
+    plan = plan_repair(limit, timezone.now())
+    if not plan.allowed and limit.kind != Kind.TAG:
+        raise Skip(plan.safety)
+    api.decrement(info.name, extra)
+    after = limit_snapshot(api.read_limit(str(info.id)))
+    return (
+        OperationStatus.SUCCEEDED,
+        f"Lowered used slots by {extra} (slots without a lease).",
+        after,
+    )
+
+
+@_skipping
+def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, Any]]:
+    holder = operation.holder
+    task_run_id = _uuid(holder.get("task_run_id"))
+    flow_run_id = _uuid(holder.get("flow_run_id"))
+    lease_id = _uuid(holder.get("lease_id"))
+    condition = holder.get("condition")
+    info = _current(operation, api)
+    who = holder.get("flow_run_name") or holder.get("task_run_name") or operation.holder_key
+    message = f"Released from reslock by {operation.requested_by_name}: {operation.reason}"[:900]
+    task_runs = api.task_runs([task_run_id]) if task_run_id else {}
+    flow_runs = api.flow_runs([flow_run_id]) if flow_run_id else {}
+    task_run = task_runs.get(task_run_id) if task_run_id else None
+    flow_run = flow_runs.get(flow_run_id) if flow_run_id else None
+
+    def over(run) -> bool:
+        return run is None or run.state_type in FINAL_STATES
+
+    done: list[str] = []
+    if condition == Condition.STALE and operation.limit.kind == Kind.TAG and task_run_id:
+        leases = api.tag_holders(operation.limit.resource) or []
+        if task_run_id not in leases:
+            raise Skip(
+                f"Prefect no longer lists the task run of {who!r} as a holder: it already left"
+            )
+        if not over(task_run):
+            raise Skip(
+                f"the task run of {who!r} is {task_run.state_name} again: it may be working, so its slot stays"
+            )
+        api.crash_run("task_run", task_run_id, message)
+        done.append("task run crashed (its lease ended)")
+    elif condition == Condition.STALE and lease_id:
+        if not over(flow_run if not task_run_id else task_run):
+            raise Skip(f"the run of {who!r} is running again: its lease stays")
+        api.revoke_lease(lease_id)
+        done.append(f"lease {lease_id} revoked")
+    elif condition == Condition.ZOMBIE:
+        if over(task_run) and over(flow_run):
+            raise Skip(f"the runs of {who!r} are already over")
+    else:
+        raise Skip("the holder is not stale or zombie any more")
+    if (
+        task_run is not None
+        and not over(task_run)
+        and "task run crashed (its lease ended)" not in done
+    ):
+        api.crash_run("task_run", task_run.id, message)
+        done.append("task run crashed")
+    if flow_run is not None and not over(flow_run):
+        api.crash_run("flow_run", flow_run.id, message)
+        done.append("flow run crashed")
+    after = limit_snapshot(api.read_limit(str(info.id)))
+    return OperationStatus.SUCCEEDED, f"Released {who!r}: " + ", ".join(done) + ".", after
+
+
+def _uuid(value: Any) -> UUID | None:
+    try:
+        return UUID(str(value)) if value else None
+    except ValueError:
+        return None

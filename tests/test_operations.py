@@ -1,0 +1,324 @@
+"""Operations against a real Prefect server, run by a real Celery worker on real Redis."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import httpx
+import pytest
+from django.urls import reverse
+
+from reslock_web.models import Condition, Limit, Operation, OperationStatus, Status
+from reslock_web.prefect_api import PrefectAPI
+from reslock_web.sync import sync_all
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def sync(server) -> None:
+    with PrefectAPI(server.api_url) as api:
+        run = sync_all(api)
+    assert run is not None and run.ok, run and run.error
+
+
+def sync_until(server, name, check, timeout=30):
+    def attempt():
+        sync(server)
+        limit = Limit.objects.named(name)
+        return limit if limit and check(limit) else None
+
+    return wait_for(attempt, timeout, interval=0.5, what=f"{name} to match")
+
+
+def form(client, url: str) -> dict[str, str]:
+    """The hidden fields of the confirmation page, as a browser would post them back."""
+    import re
+
+    html = client.get(url).content.decode()
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', html))
+
+
+def finished(operation_id: int, timeout: float = 60) -> Operation:
+    return wait_for(
+        lambda: (op := Operation.objects.get(pk=operation_id)).finished and op,
+        timeout,
+        what=f"operation {operation_id} to finish",
+    )
+
+
+class SlotWatch:
+    """Polls Prefect throughout a test: the most holders a limit ever showed at once."""
+
+    def __init__(self, server, tag: str) -> None:
+        self.server, self.tag = server, tag
+        self.most_slots = self.most_leases = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        with httpx.Client(base_url=self.server.api_url, timeout=5) as http:
+            while not self.stop.is_set():
+                limit = http.get(f"/v2/concurrency_limits/tag:{self.tag}")
+                leases = http.get(f"/concurrency_limits/tag/{self.tag}")
+                if limit.status_code == 200 and leases.status_code == 200:
+                    self.most_slots = max(self.most_slots, limit.json()["active_slots"])
+                    self.most_leases = max(self.most_leases, len(leases.json()["active_slots"]))
+                self.stop.wait(0.1)
+
+    def __enter__(self) -> SlotWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_releasing_a_stale_tag_holder_lets_the_waiter_in_once(
+    prefect_server, flows, celery_worker, operator_client
+):
+    tag = unique("resource:ops")
+    with SlotWatch(prefect_server, tag) as watch:
+        stale = flows.start(
+            "tag_holder", tag=tag, reset_override=True, hold=0.5, flow_run_name="ended"
+        )
+        assert stale.wait(timeout=90) == 0
+        waiter = flows.start("tag_holder", tag=tag, flow_run_name="waiting-one")
+        waiter.wait_event("started")
+        limit = sync_until(
+            prefect_server, f"tag:{tag}", lambda limit: limit.is_stale and limit.waiter_count == 1
+        )
+        holder = limit.holders.get(condition=Condition.STALE)
+        url = reverse("operate", args=["release", limit.name]) + f"?holder={holder.pk}"
+        page = operator_client.get(url)
+        assert b"Release the slot held by the finished task run" in page.content
+        fields = form(operator_client, url)
+        body = {**fields, "reason": "task finished, slot stuck"}
+        first = operator_client.post(url, body)
+        second = operator_client.post(url, body)  # a double click
+        assert first.status_code == second.status_code == 302
+        assert first["Location"] == second["Location"]
+        [operation] = Operation.objects.filter(limit=limit)
+        operation = finished(operation.pk)
+        assert operation.status == OperationStatus.SUCCEEDED, operation.message
+        assert "task run crashed" in operation.message
+        acquired = waiter.wait_event("acquired", timeout=60)
+        assert acquired["flow_run_name"] == "waiting-one"
+        waiter.release()
+        assert waiter.wait() == 0
+    assert watch.most_slots <= 1 and watch.most_leases <= 1
+    # A redelivered message (or a retried task) finds the operation done and does nothing.
+    from reslock_web.tasks import operate
+
+    operate.delay(operation.pk)
+    operate.apply(args=[operation.pk])
+    operation.refresh_from_db()
+    assert operation.attempts == 1 and operation.status == OperationStatus.SUCCEEDED
+    # The board shows the change (the job synced the limit itself).
+    limit.refresh_from_db()
+    assert not limit.is_stale
+    assert (
+        operation.requested_by_name == "olga-operator"
+        and operation.reason == "task finished, slot stuck"
+    )
+
+
+def test_releasing_a_live_global_holder_is_refused_with_the_time_it_frees(
+    prefect_server, flows, operator_client
+):
+    name = unique("resource:live")
+    holder = flows.start("gcl_holder", name=name)
+    holder.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    row = limit.holders.get()
+    url = reverse("operate", args=["release", name]) + f"?holder={row.pk}"
+    page = operator_client.get(url).content.decode()
+    assert "Refused: the holder looks alive." in page
+    assert "frees the slot by itself by" in page and "at the latest" in page
+    response = operator_client.post(url, {**form(operator_client, url), "reason": "try anyway"})
+    assert response.status_code == 400
+    assert not Operation.objects.filter(limit=limit).exists()
+
+
+def test_repairing_a_leaked_tag_counter_lowers_it_to_the_live_holders(
+    prefect_server, flows, celery_worker, operator_client, settings
+):
+    settings.GRACE_SECONDS = 0
+    tag = unique("resource:leak")
+    with httpx.Client(base_url=prefect_server.api_url) as http:
+        http.post(
+            "/concurrency_limits/", json={"tag": tag, "concurrency_limit": 2}
+        ).raise_for_status()
+        holder = flows.start("tag_holder", tag=tag, create=False)
+        holder.wait_event("acquired")
+        http.post(
+            "/v2/concurrency_limits/increment",
+            json={"names": [f"tag:{tag}"], "slots": 1, "mode": "concurrency"},
+        ).raise_for_status()
+    limit = sync_until(
+        prefect_server, f"tag:{tag}", lambda limit: limit.has_drift and limit.active_slots == 2
+    )
+    url = reverse("operate", args=["repair", limit.name])
+    assert b"Lower the counter of" in operator_client.get(url).content
+    response = operator_client.post(
+        url, {**form(operator_client, url), "reason": "leaked increment"}
+    )
+    assert response.status_code == 302
+    operation = finished(Operation.objects.get(limit=limit).pk)
+    assert operation.status == OperationStatus.SUCCEEDED, operation.message
+    with httpx.Client(base_url=prefect_server.api_url) as http:
+        assert http.get(f"/v2/concurrency_limits/tag:{tag}").json()["active_slots"] == 1
+    assert operation.after["active_slots"] == 1
+    limit.refresh_from_db()
+    assert not limit.has_drift and limit.active_slots == 1
+
+
+def test_a_global_drift_repair_waits_until_no_lease_can_be_live(
+    prefect_server, flows, operator_client, settings
+):
+    settings.GRACE_SECONDS = 0
+    name = unique("resource:gleak")
+    assert flows.start("raw_increment_leak", name=name).wait() == 0
+    sync_until(prefect_server, name, lambda limit: limit.has_drift)
+    page = operator_client.get(reverse("operate", args=["repair", name])).content.decode()
+    assert "Refused for now: a live lease may still stand behind the extra slots." in page
+    assert "Try again after" in page
+
+
+def test_set_limit_activate_and_deactivate_change_prefect_and_the_board(
+    prefect_server, celery_worker, operator_client
+):
+    name = unique("resource:knobs")
+    with httpx.Client(base_url=prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    sync(prefect_server)
+    for action, extra, check in [
+        ("set-limit", {"value": "3"}, lambda data: data["limit"] == 3),
+        ("deactivate", {}, lambda data: data["active"] is False),
+        ("activate", {}, lambda data: data["active"] is True),
+    ]:
+        url = reverse("operate", args=[action, name])
+        response = operator_client.post(url, {**form(operator_client, url), **extra})
+        assert response.status_code == 302, response.content.decode()[:2000]
+        operation = finished(Operation.objects.filter(limit__name=name).latest("id").pk)
+        assert operation.status == OperationStatus.SUCCEEDED, operation.message
+        with httpx.Client(base_url=prefect_server.api_url) as http:
+            assert check(http.get(f"/v2/concurrency_limits/{name}").json())
+    limit = Limit.objects.named(name)
+    assert limit.limit == 3 and limit.active and limit.status == Status.FREE
+
+
+def test_a_limit_changed_meanwhile_is_skipped_not_overwritten(
+    prefect_server, celery_worker, operator_client
+):
+    name = unique("resource:cas")
+    with httpx.Client(base_url=prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+        sync(prefect_server)
+        url = reverse("operate", args=["set-limit", name])
+        fields = form(operator_client, url)
+        http.patch(f"/v2/concurrency_limits/{name}", json={"limit": 5}).raise_for_status()
+        operator_client.post(url, {**fields, "value": "2"})
+        operation = finished(Operation.objects.get(limit__name=name).pk)
+        assert operation.status == OperationStatus.SKIPPED
+        assert "changed meanwhile from 1 to 5" in operation.message
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["limit"] == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("abc", "&#x27;abc&#x27; is not a whole number from 0 to 10,000."),
+        ("-1", "&#x27;-1&#x27; is not a whole number from 0 to 10,000."),
+        ("1e9", "&#x27;1e9&#x27; is not a whole number from 0 to 10,000."),
+        ("", "Enter the new limit, a whole number from 0 to 10,000."),
+        ("10001", "10001 is more than 10,000."),
+        ("0", "A limit of 0 needs this extra confirmation."),
+    ],
+)
+def test_bad_limit_values_are_explained_and_create_nothing(operator_client, value, message):
+    limit = Limit.objects.create(
+        prefect_id=uuid.uuid4(),
+        name="resource:form",
+        kind="global",
+        resource="resource:form",
+        limit=1,
+    )
+    url = reverse("operate", args=["set-limit", limit.name])
+    response = operator_client.post(url, {**form(operator_client, url), "value": value})
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not Operation.objects.exists()
+
+
+def test_a_tampered_limit_id_or_unknown_resource_creates_nothing(operator_client):
+    limit = Limit.objects.create(
+        prefect_id=uuid.uuid4(), name="resource:t", kind="global", resource="resource:t", limit=1
+    )
+    url = reverse("operate", args=["set-limit", limit.name])
+    fields = {**form(operator_client, url), "value": "2", "limit_id": str(uuid.uuid4())}
+    response = operator_client.post(url, fields)
+    assert response.status_code == 400
+    assert "This form was made for another limit" in response.content.decode()
+    assert (
+        operator_client.post(
+            reverse("operate", args=["set-limit", "resource:nope"]), fields
+        ).status_code
+        == 404
+    )
+    assert (
+        operator_client.post(reverse("operate", args=["explode", limit.name]), fields).status_code
+        == 404
+    )
+    assert not Operation.objects.exists()
+
+
+def test_viewers_and_anonymous_users_cannot_operate(client, viewer, operator):
+    from django.test import Client
+
+    limit = Limit.objects.create(
+        prefect_id=uuid.uuid4(), name="resource:p", kind="global", resource="resource:p", limit=1
+    )
+    url = reverse("operate", args=["set-limit", limit.name])
+    operator_client = Client()
+    operator_client.force_login(operator)
+    fields = {**form(operator_client, url), "value": "2"}
+    assert client.post(url, fields).status_code == 302  # anonymous: to login
+    assert client.post(url, fields)["Location"].startswith("/login/")
+    client.force_login(viewer)
+    assert client.get(url).status_code == 403
+    assert client.post(url, fields).status_code == 403
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(operator)
+    assert strict.post(url, fields).status_code == 403  # no CSRF token
+    assert not Operation.objects.exists()
+
+
+def test_the_audit_page_lists_operations_with_actor_and_outcome(operator_client, operator):
+    limit = Limit.objects.create(
+        prefect_id=uuid.uuid4(),
+        name="resource:aud",
+        kind="global",
+        resource="resource:aud",
+        limit=1,
+    )
+    for status in ("succeeded", "skipped"):
+        Operation.objects.create(
+            kind="set_limit", limit=limit, limit_name=limit.name, requested_by=operator,
+            requested_by_name=operator.username, token=uuid.uuid4(), status=status,
+            params={"value": 2}, reason=f"why {status}", message="=cmd|' /C calc'!A0",
+        )  # fmt: skip
+    html = operator_client.get(reverse("audit")).content.decode()
+    assert html.count("olga-operator") >= 2 and "why succeeded" in html and "why skipped" in html
+    only = operator_client.get(reverse("audit") + "?outcome=skipped").content.decode()
+    assert "why skipped" in only and "why succeeded" not in only
+    csv_response = operator_client.get(reverse("audit") + "?format=csv")
+    text = b"".join(csv_response.streaming_content).decode()
+    assert text.splitlines()[0].startswith("id,created_at,finished_at,operator,kind")
+    assert "olga-operator" in text and "'=cmd" in text  # formulas neutralised
