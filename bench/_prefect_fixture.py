@@ -198,18 +198,24 @@ class BenchPrefect:
 
     # --- HTTP -----------------------------------------------------------------------------
     def call(self, method: str, path: str, body: Any = None, ok: Iterable[int] = ()) -> Any:
-        """One request, retried a few times on 5xx or a dropped connection (SQLite is busy)."""
+        """One request, retried on 503/5xx or a dropped connection.
+
+        Prefect on SQLite answers 503 when its database is busy (SQLITE_BUSY), which happens
+        under parallel writes, mostly in the first seconds after a start; nothing was written.
+        """
         assert self.http is not None
-        for attempt in range(5):
+        attempts = 10
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
             try:
                 response = self.http.request(method, path, json=body)
             except httpx.TransportError:
-                if attempt == 4:
+                if last:
                     raise
-                time.sleep(0.5 * (attempt + 1))
+                time.sleep(min(0.25 * 2**attempt, 4))
                 continue
-            if response.status_code >= 500 and attempt < 4:
-                time.sleep(0.5 * (attempt + 1))
+            if response.status_code >= 500 and not last:
+                time.sleep(min(0.25 * 2**attempt, 4))
                 continue
             if response.status_code >= 400 and response.status_code not in ok:
                 raise RuntimeError(

@@ -18,7 +18,8 @@ fresh reslock database, it times (median and min of --reps):
 
 and checks full <= 2x paging and resync <= 1.2x paging. Peak memory of a full sync is taken in
 a child process that imports nothing but Django and reslock. With --profile (automatic when a
-target is missed), one full sync and one resync run under cProfile.
+target is missed), one full sync and one resync run under cProfile (saved under var/bench),
+followed by timings of cheaper Prefect reads the sync could make instead.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import json
 import os
 import pstats
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -119,11 +119,26 @@ class Meter:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.http: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+        self.sql: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
         self.phases: dict[str, float] = defaultdict(float)
 
     def reset(self) -> None:
         self.http.clear()
+        self.sql.clear()
         self.phases.clear()
+
+    def sql_wrapper(self, execute: Callable, sql: str, params: Any, many: bool, context: Any):
+        """A Django execute wrapper: time spent in the database driver, per statement kind."""
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            elapsed = time.perf_counter() - started
+            verb = sql.lstrip().split(None, 1)[0].upper()
+            table = re.search(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)"?', sql, re.IGNORECASE)
+            entry = self.sql[f"{verb} {table.group(1) if table else ''}"]
+            entry[0] += 1
+            entry[1] += elapsed
 
     def install(self) -> None:
         import importlib
@@ -168,11 +183,14 @@ class Meter:
         return {
             "phases": dict(self.phases),
             "http": {key: tuple(value) for key, value in self.http.items()},
+            "sql": {key: tuple(value) for key, value in self.sql.items()},
         }
 
 
 # --- measurements ----------------------------------------------------------------------------
 def measure_once(api_url: str, kind: str, meter: Meter) -> tuple[float, dict[str, Any], Any]:
+    from django.db import connection
+
     from reslock_web.prefect_api import PrefectAPI
     from reslock_web.sync import sync_all
 
@@ -182,7 +200,7 @@ def measure_once(api_url: str, kind: str, meter: Meter) -> tuple[float, dict[str
         make_tags_due()
     meter.reset()
     started = time.perf_counter()
-    with PrefectAPI(api_url) as api:
+    with connection.execute_wrapper(meter.sql_wrapper), PrefectAPI(api_url) as api:
         result = api.list_limits() if kind == "paging" else sync_all(api)
     elapsed = time.perf_counter() - started
     if kind != "paging" and (result is None or not result.ok):
@@ -203,22 +221,84 @@ def run_reps(api_url: str, reps: int, warmup: int, meter: Meter) -> dict[str, li
     return results
 
 
-def memory_child(api_url: str) -> dict[str, Any]:
-    """In a fresh process: peak memory of paging, a full sync and a resync."""
+def _vm() -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of this process, in kB."""
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.startswith("Vm")}
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(api_url: str, mode: str) -> dict[str, Any]:
+    """Run in a fresh process that loads only Django and reslock (no Prefect package).
+
+    mode "paging" / "full sync": peak resident size (VmHWM, reset before the step) over the RSS
+    before it; Python keeps freed memory, so each needs its own process. Mode "traced": the
+    tracemalloc peak (Python allocations only) of a full sync and then of a resync."""
     setup_django(os.environ["DATABASE_URL"], migrate=False)
     from reslock_web.prefect_api import PrefectAPI
     from reslock_web.sync import sync_all
 
-    flush()
-    out: dict[str, Any] = {"rss_before_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
-    for kind in ("paging", "full sync", "resync"):
-        tracemalloc.start()
+    def step(kind: str) -> None:
+        if kind == "full sync":
+            flush()
         with PrefectAPI(api_url) as api:
-            api.list_limits() if kind == "paging" else sync_all(api)
-        out[f"{kind} peak_kb"] = tracemalloc.get_traced_memory()[1] // 1024
-        tracemalloc.stop()
-        out[f"rss after {kind}_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return out
+            if kind == "paging":
+                api.list_limits()
+            else:
+                sync_all(api)
+
+    flush()  # also opens the database connection before the baseline
+    if mode == "traced":
+        out: dict[str, Any] = {}
+        for kind in ("paging", "full sync", "resync"):
+            tracemalloc.start()
+            step(kind)
+            out[kind] = tracemalloc.get_traced_memory()[1] // 1024
+            tracemalloc.stop()
+        return out
+    before = _vm()["VmRSS"]
+    reset = _reset_peak()
+    step(mode)
+    return {"before": before, "peak": _vm()["VmHWM"] if reset else None}
+
+
+def measure_memory(api_url: str, database_url: str) -> None:
+    def child(mode: str) -> dict[str, Any] | None:
+        done = subprocess.run(
+            [sys.executable, __file__, "--memory-child", api_url, mode],
+            env={**os.environ, "DATABASE_URL": database_url},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            print(f"memory probe {mode!r} failed:\n{done.stderr[-2000:]}")
+            return None
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    print("\n== Memory (fresh child processes with only Django + reslock loaded) ==")
+    traced = child("traced") or {}
+    print(f"{'':11}{'tracemalloc peak':>17}{'RSS before':>12}{'peak RSS':>10}{'growth':>9}")
+    for kind in ("paging", "full sync", "resync"):
+        rss = child(kind) if kind != "resync" else None
+        cells = f"{traced.get(kind, 0) / 1024:14.1f} MB"
+        if rss and rss["peak"]:
+            cells += (
+                f"{rss['before'] / 1024:9.1f} MB{rss['peak'] / 1024:7.1f} MB"
+                f"{(rss['peak'] - rss['before']) / 1024:6.1f} MB"
+            )
+        print(f"{kind:11}{cells}")
+    print(
+        "(peak RSS = VmHWM, reset just before the step. getrusage's ru_maxrss is not shown: "
+        "a child inherits its parent's value across fork/exec.)"
+    )
 
 
 def profile(api_url: str, path: Path) -> str:
@@ -239,6 +319,102 @@ def profile(api_url: str, path: Path) -> str:
         stats.sort_stats("cumulative").print_stats(25)
         print(f"--- cProfile, {kind}: top 15 by own time ---", file=out)
         stats.sort_stats("tottime").print_stats(15)
+    return out.getvalue()
+
+
+def what_if(api_url: str) -> str:
+    """Cheaper Prefect reads the sync could make instead, timed against the same server.
+
+    Only Prefect is called here; reslock's code is not changed or patched."""
+    import httpx
+
+    from reslock_web.sync import EVENT_PREFIXES
+
+    out = io.StringIO()
+    http = httpx.Client(base_url=api_url + "/", timeout=60)
+
+    def timed(fn: Callable[[], tuple[int, int]]) -> tuple[int, int, float]:
+        started = time.perf_counter()
+        requests, items = fn()
+        return requests, items, time.perf_counter() - started
+
+    def events(exclude: list[str] | None) -> tuple[int, int]:
+        now = datetime.now(UTC)
+        name_filter: dict[str, Any] = {"prefix": EVENT_PREFIXES}
+        if exclude:
+            name_filter["exclude_name"] = exclude
+        body = {
+            "filter": {
+                "occurred": {
+                    "since": (now - timedelta(days=7)).isoformat(),
+                    "until": now.isoformat(),
+                },
+                "event": name_filter,
+                "order": "ASC",
+            },
+            "limit": 50,
+        }
+        data = http.post("events/filter", json=body).json()
+        requests, items = 1, len(data["events"])
+        while data.get("next_page"):
+            data = http.get(data["next_page"]).json()
+            requests, items = requests + 1, items + len(data["events"])
+        return requests, items
+
+    def tag_limits() -> list[str]:
+        names, offset = [], 0
+        while True:
+            page = http.post(
+                "v2/concurrency_limits/filter", json={"limit": 200, "offset": offset}
+            ).json()
+            names += [
+                d["name"][4:] for d in page if d["name"].startswith("tag:") and d["active_slots"]
+            ]
+            if len(page) < 200:
+                return names
+            offset += 200
+
+    held_tags = tag_limits()
+
+    def per_tag() -> tuple[int, int]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(tag: str) -> int:
+            return len(http.get(f"concurrency_limits/tag/{tag}").json()["active_slots"])
+
+        with ThreadPoolExecutor(6) as pool:
+            return len(held_tags), sum(pool.map(one, held_tags))
+
+    def running_tagged() -> tuple[int, int]:
+        requests, items, offset = 0, 0, 0
+        while True:
+            body = {
+                "task_runs": {
+                    "tags": {"is_null_": False},
+                    "state": {"type": {"any_": ["RUNNING"]}},
+                },
+                "limit": 200,
+                "offset": offset,
+            }
+            page = http.post("task_runs/filter", json=body).json()
+            requests, items, offset = requests + 1, items + len(page), offset + 200
+            if len(page) < 200:
+                return requests, items
+
+    lifecycle = [
+        f"prefect.concurrency-limit.{action}" for action in ("created", "updated", "deleted")
+    ]
+    rows = [
+        ("7-day events backfill, as the sync reads it", timed(lambda: events(None))),
+        ("  ...without limit lifecycle events", timed(lambda: events(lifecycle))),
+        (f"tag holders: one GET per held tag ({len(held_tags)}), 6 threads", timed(per_tag)),
+        ("  ...vs one paged filter of Running tagged task runs", timed(running_tagged)),
+    ]
+    http.close()
+    print("\n--- What-if: cheaper Prefect reads (Prefect API only) ---", file=out)
+    print(f"{'':62}{'requests':>9}{'items':>7}{'ms':>7}", file=out)
+    for label, (requests, items, seconds) in rows:
+        print(f"{label:62}{requests:9}{items:7}{seconds * 1000:7.0f}", file=out)
     return out.getvalue()
 
 
@@ -285,6 +461,19 @@ def print_report(results: dict[str, list[dict]]) -> dict[str, float]:
             t = statistics.median(c[1] for c in counts)
             cells.append(f"{n:6.0f} /{t * 1000:7.0f}" if n else f"{'-':>14}")
         print(f"{name:48}" + "".join(f"{c:>16}" for c in cells))
+    statements = sorted({e for k in KINDS[1:] for r in results[k] for e in r["sql"]})
+    print(f"\n{'SQL execute() (statements / ms)':40}" + "".join(f"{k:>16}" for k in KINDS[1:]))
+    print(
+        "(time inside cursor.execute only: a SELECT's rows are fetched and turned into objects later)"
+    )
+    for name in statements:
+        cells = []
+        for kind in KINDS[1:]:
+            counts = [r["sql"].get(name, (0, 0.0)) for r in results[kind]]
+            n = statistics.median(c[0] for c in counts)
+            t = statistics.median(c[1] for c in counts)
+            cells.append(f"{n:6.0f} /{t * 1000:7.0f}" if n else f"{'-':>14}")
+        print(f"{name:40}" + "".join(f"{c:>16}" for c in cells))
     return {"full": medians["full sync"] / base, "resync": medians["resync"] / base}
 
 
@@ -344,11 +533,13 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile even if targets pass")
     parser.add_argument("--workers", type=int, default=4, help="parallel requests during setup")
-    parser.add_argument("--memory-child", metavar="API_URL", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-child", nargs=2, metavar=("API_URL", "MODE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
 
     if args.memory_child:
-        print(json.dumps(memory_child(args.memory_child)))
+        print(json.dumps(memory_child(*args.memory_child)))
         return
 
     from bench._prefect_fixture import BenchPrefect
@@ -365,6 +556,14 @@ def main() -> None:
         )
         week = prefect.event_counts(datetime.now(UTC) - timedelta(days=7))
         print(f"concurrency-limit events in the 7-day window: {week}")
+        lifecycle = sum(n for name, n in week.items() if name.rsplit(".", 1)[-1] != "acquired")
+        if lifecycle:
+            print(
+                f"  note: {lifecycle} of them are limit lifecycle events from the setup (created/"
+                "updated); the first sync reads and stores them until they leave the window, "
+                "7 days after the limits were created"
+            )
+        print(f"load average before measuring: {os.getloadavg()} on {os.cpu_count()} CPUs")
 
         database_url, drop = database(args)
         try:
@@ -377,33 +576,18 @@ def main() -> None:
             print(f"Measuring ({args.warmup} warm-up round, {args.reps} reps)...", flush=True)
             results = run_reps(prefect.api_url, args.reps, args.warmup, meter)
             ratios = print_report(results)
+            print(f"\nload average after measuring: {os.getloadavg()}")
             full_run = results["full sync"][-1]["run"]
             measure_once(prefect.api_url, "full sync", meter)  # leave the tables as a full sync
             print_counts(full_run)
 
-            child = subprocess.run(
-                [sys.executable, __file__, "--memory-child", prefect.api_url],
-                env={**os.environ, "DATABASE_URL": database_url},
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            print("\n== Memory (child process with only Django + reslock loaded) ==")
-            if child.returncode != 0:
-                print(f"memory probe failed:\n{child.stderr[-2000:]}")
-            else:
-                mem = json.loads(child.stdout.strip().splitlines()[-1])
-                for kind in ("paging", "full sync", "resync"):
-                    print(
-                        f"{kind:10} tracemalloc peak {mem[f'{kind} peak_kb'] / 1024:7.1f} MB, "
-                        f"process maxrss after {mem[f'rss after {kind}_kb'] / 1024:6.1f} MB"
-                    )
-                print(f"(maxrss before any sync: {mem['rss_before_kb'] / 1024:.1f} MB)")
+            measure_memory(prefect.api_url, database_url)
 
             missed = ratios["full"] > TARGET_FULL or ratios["resync"] > TARGET_RESYNC
             if args.profile or missed:
                 path = BENCH_DIR / ("sync-postgres" if args.postgres else "sync-sqlite")
                 print(profile(prefect.api_url, path))
+                print(what_if(prefect.api_url))
                 print(f"(profiles saved as {path}-*.prof)")
         finally:
             drop()
