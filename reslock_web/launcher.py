@@ -10,6 +10,7 @@ This module does not import Django: it only starts processes that do.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -56,6 +57,8 @@ class Child:
     name: str
     process: subprocess.Popen
     log: Path | None = None
+    optional: bool = False  # its exit is reported, and the rest keeps running (the demo)
+    reported: bool = False
 
 
 @dataclass
@@ -66,7 +69,9 @@ class Launcher:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     # --- processes -------------------------------------------------------------------
-    def start(self, name: str, args: list[str], *, log: Path | None = None) -> Child:
+    def start(
+        self, name: str, args: list[str], *, log: Path | None = None, optional: bool = False
+    ) -> Child:
         out = open(log, "ab") if log else None  # noqa: SIM115 - lives as long as the child
         # Each child leads its own process group so that stopping it also stops whatever it
         # spawned (Prefect's server forks uvicorn, Celery forks pool workers).
@@ -79,7 +84,7 @@ class Launcher:
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
         )
-        child = Child(name, process, log)
+        child = Child(name, process, log, optional)
         self.children.append(child)
         return child
 
@@ -112,6 +117,11 @@ class Launcher:
                 code = child.process.poll()
                 if code is not None and not self.stopping.is_set():
                     where = f" (see {child.log})" if child.log else ""
+                    if child.optional:
+                        if not child.reported:
+                            child.reported = True
+                            say(f"{child.name} exited with code {code}{where}; the rest goes on")
+                        continue
                     say(f"{child.name} exited with code {code}{where}; stopping everything")
                     return 1
             self.stopping.wait(0.5)
@@ -386,10 +396,54 @@ def launch(environ: dict[str, str]) -> int:
 def _report_prefect(launcher: Launcher, url: str) -> None:
     if wait_until(lambda: http_ok(url + "/health"), 240, launcher.stopping):
         say(f"Prefect is ready: {url.removesuffix('/api')}")
+        _start_demo(launcher, url)
     elif not launcher.stopping.is_set():
         say(
             f"Prefect at {url} is still not answering; see {launcher.var_dir / 'log' / 'prefect.log'}"
         )
+
+
+# --- the demo ----------------------------------------------------------------------------
+# Only on the Prefect server the launcher started itself, and only while it has no concurrency
+# limits (a fresh one): `manage.py reslock_demo` then fills it with resources and real flows.
+LOCAL_PREFECT_ENV = "RESLOCK_LOCAL_PREFECT"  # = reslock_web.demo.LOCAL_PREFECT_ENV
+
+
+def _prefect_is_empty(url: str) -> bool:
+    request = urllib.request.Request(  # noqa: S310 - our own server
+        url.rstrip("/") + "/v2/concurrency_limits/filter",
+        data=b'{"limit": 1}',
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read()) == []
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _start_demo(launcher: Launcher, url: str) -> None:
+    ours = any(child.name == "prefect server" for child in launcher.children)
+    if not ours or launcher.stopping.is_set():
+        return
+    if not _prefect_is_empty(url):
+        say("Demo:    not started (the local Prefect server already has concurrency limits)")
+        return
+    log = launcher.var_dir / "log" / "demo.log"
+    launcher.environ[LOCAL_PREFECT_ENV] = url  # the demo refuses any other Prefect
+    child = launcher.start("demo", [PYTHON, "manage.py", "reslock_demo"], log=log, optional=True)
+    if launcher.stopping.is_set():  # Ctrl-C came while it started: stop_all may have missed it
+        _signal_group(child.process, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(timeout=12)
+        _signal_group(child.process, signal.SIGKILL)
+        return
+    say(
+        "Demo:    started `manage.py reslock_demo` on this empty Prefect: ~300 resources and "
+        "flows that hold, queue for, leak, crash on and deadlock over some of them "
+        f"(log: {log})"
+    )
 
 
 def main() -> None:

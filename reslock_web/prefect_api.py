@@ -340,13 +340,16 @@ class PrefectAPI:
 
     def pending_tagged_task_runs(self) -> list[RunInfo]:
         """Every Pending task run that carries a tag (the filter has no "any of these tags")."""
+        return self.tagged_task_runs("PENDING")
+
+    def tagged_task_runs(self, state: str) -> list[RunInfo]:
         runs: list[RunInfo] = []
         offset = 0
         while True:
             body = {
                 "task_runs": {
                     "tags": {"is_null_": False},
-                    "state": {"type": {"any_": ["PENDING"]}},
+                    "state": {"type": {"any_": [state]}},
                 },
                 "sort": "EXPECTED_START_TIME_ASC",
                 "limit": PAGE,
@@ -408,12 +411,21 @@ class PrefectAPI:
         )
 
     # --- events ----------------------------------------------------------------------
-    def events(self, since: datetime, until: datetime, prefixes: list[str]) -> Iterator[EventInfo]:
+    def events(
+        self,
+        since: datetime,
+        until: datetime,
+        prefixes: list[str],
+        exclude: list[str] | None = None,
+    ) -> Iterator[EventInfo]:
         """Events in [since, until], oldest first, following every page."""
+        event_filter: dict[str, Any] = {"prefix": prefixes}
+        if exclude:
+            event_filter["exclude_name"] = exclude
         body = {
             "filter": {
                 "occurred": {"since": since.isoformat(), "until": until.isoformat()},
-                "event": {"prefix": prefixes},
+                "event": event_filter,
                 "order": "ASC",
             },
             "limit": EVENTS_PAGE,

@@ -171,14 +171,25 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     now = snapshot.now
     counts = {"events": _store_events(snapshot), "created": 0, "updated": 0, "gone": 0}
     ctx = Context(now, grace, long_hold, snapshot.task_runs, snapshot.flow_runs)
-    limits = {row.prefect_id: row for row in Limit.objects.all()}
+    compact = {row[1]: row for row in Limit.objects.values_list(*COMPACT)}
     holders = _grouped(Holder.objects.all())
     waiters = _grouped(Waiter.objects.all())
+    busy = [
+        info
+        for info in snapshot.listing
+        if not _quiet(info, compact.get(info.id), snapshot, holders, waiters)
+    ]
+    pks = [compact[info.id][0] for info in busy if info.id in compact]
+    limits = {
+        row.prefect_id: row
+        for pk_chunk in _chunked(pks)
+        for row in Limit.objects.filter(pk__in=pk_chunk)
+    }
     new_limits: list[Limit] = []
     changed: list[Limit] = []
     holder_plan: list[tuple[Limit, list[HolderVerdict], list[WaiterVerdict]]] = []
     closed_events: list[str] = []
-    for info in snapshot.listing:
+    for info in busy:
         row = limits.get(info.id)
         if row is None:
             row = Limit(prefect_id=info.id, first_seen=now)
@@ -202,7 +213,7 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     counts["created"], counts["updated"] = len(new_limits), len(changed)
 
     counts["holders"], counts["waiters"] = _write_people(holder_plan, holders, waiters, snapshot)
-    counts["gone"] = _mark_gone(snapshot, limits, now)
+    counts["gone"] = _mark_gone(snapshot, compact, now)
     if closed_events:
         LockEvent.objects.filter(event_id__in=closed_events, closed_at__isnull=True).update(
             closed_at=now, closed_reason="ended"
@@ -212,6 +223,46 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     )
     counts["limits"] = len(snapshot.listing)
     return counts
+
+
+COMPACT = [
+    "pk", "prefect_id", "name", "limit", "active", "active_slots", "slot_decay_per_second",
+    "prefect_updated", "status", "drift_since", "gone_at",
+]  # fmt: skip
+
+
+def _quiet(info: LimitInfo, stored: tuple | None, snapshot: Snapshot, holders, waiters) -> bool:
+    """A free limit that nothing touched since the last pass: no need to judge or write it."""
+    if (
+        stored is None
+        or info.active_slots
+        or snapshot.claims.get(info.id)
+        or snapshot.queued.get(info.id)
+    ):
+        return False
+    pk, _, name, limit, active, slots, decay, updated, status, drift_since, gone_at = stored
+    return (
+        not holders.get(pk)
+        and not waiters.get(pk)
+        and gone_at is None
+        and drift_since is None
+        and (name, limit, active, slots, decay, updated)
+        == (
+            info.name,
+            info.limit,
+            info.active,
+            info.active_slots,
+            info.slot_decay_per_second,
+            info.updated,
+        )
+        and status == (Status.FREE if info.active else Status.INACTIVE)
+    )
+
+
+def _chunked(items: list, size: int = 900):
+    # SQLite allows at most 999 parameters in one query.
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _grouped(rows: Any) -> dict[int, dict[str, Model]]:
@@ -409,17 +460,18 @@ def _pk(row: Model | None) -> int | None:
     return row.pk if row is not None else None
 
 
-def _mark_gone(snapshot: Snapshot, limits: dict[UUID, Limit], now: datetime) -> int:
+def _mark_gone(snapshot: Snapshot, compact: dict[UUID, tuple], now: datetime) -> int:
     """What a complete listing lacks is gone from Prefect; a single-limit read only speaks
     for that one name."""
     present = {info.id for info in snapshot.listing}
-    gone = [
-        row
-        for prefect_id, row in limits.items()
+    gone_pks = [
+        row[0]
+        for prefect_id, row in compact.items()
         if prefect_id not in present
-        and row.gone_at is None
-        and (snapshot.only is None or row.name == snapshot.only)
+        and row[COMPACT.index("gone_at")] is None
+        and (snapshot.only is None or row[COMPACT.index("name")] == snapshot.only)
     ]
+    gone = [row for chunk in _chunked(gone_pks) for row in Limit.objects.filter(pk__in=chunk)]
     for row in gone:
         row.gone_at, row.status, row.changed_at = now, Status.GONE, now
         row.is_held = row.has_waiters = row.is_stale = row.has_zombie = False

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -29,14 +30,21 @@ from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, PrefectErr
 log = logging.getLogger(__name__)
 
 EVENT_PREFIXES = ["prefect.concurrency-limit.", "reslock.lock."]
+# Emitted for every limit created or changed: many, and nothing here needs them.
+LIFECYCLE_EVENTS = [
+    "prefect.concurrency-limit.created",
+    "prefect.concurrency-limit.updated",
+    "prefect.concurrency-limit.deleted",
+]
 ACQUIRED = "prefect.concurrency-limit.acquired"
 RELEASED = "prefect.concurrency-limit.released"
 # Events reach Prefect's REST API a few seconds after they occur: re-read this much each time
 # (duplicates are dropped by event id).
 EVENTS_OVERLAP = timedelta(seconds=60)
-# A tag limit whose counter did not move keeps its holders, but is re-read at least this often
-# (a tag reset revokes leases without touching the counter).
-TAG_RECHECK = timedelta(seconds=60)
+# A tag limit whose counter did not move keeps its holders; a few per pass whose list was not
+# read for this long are re-read (a tag reset revokes leases without touching the counter).
+TAG_RECHECK = timedelta(seconds=300)
+VERIFY_PER_PASS = 10
 LOCK_SECONDS = 300  # a crashed sync's lock frees itself after this long
 ANCESTOR_DEPTH = 10
 
@@ -55,6 +63,8 @@ class Snapshot:
     claims: dict[UUID, list[Claim]]  # limit prefect id -> claims
     queued: dict[UUID, list[Queued]]
     task_runs: dict[UUID, RunInfo] = field(default_factory=dict)
+    asked_tasks: set[UUID] = field(default_factory=set)  # ids already looked up (found or not)
+    asked_flows: set[UUID] = field(default_factory=set)
     flow_runs: dict[UUID, RunInfo] = field(default_factory=dict)
     flow_names: dict[UUID, str] = field(default_factory=dict)
     deployments: dict[UUID, tuple[str, UUID | None]] = field(default_factory=dict)
@@ -132,77 +142,118 @@ def _run(api: PrefectAPI, token: str, only: str | None) -> SyncRun:
 
 
 def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
+    """Read everything from Prefect. Reads that do not depend on the listing run while it
+    pages, so that a sync costs little more than the listing itself."""
     now = timezone.now()
-    if only is None:
-        listing = api.list_limits().limits
-    else:
-        one = api.read_limit(only)
-        listing = [one] if one is not None else []
+    since = _events_since(now)
+    stored_tasks, stored_flows = store.stored_run_ids()
     known = {
-        row.prefect_id: row
-        for row in Limit.objects.present().only(
+        prefect_id: (updated, slots, checked)
+        for prefect_id, updated, slots, checked in Limit.objects.present().values_list(
             "prefect_id", "prefect_updated", "active_slots", "holders_checked_at"
         )
     }
-    tag_holders, tag_checked = _tag_holders(api, listing, {} if only else known, now)
-    events, events_until = _new_events(api, now)
-    snapshot = Snapshot(
-        now=now,
-        only=only,
-        listing=listing,
-        tag_holders=tag_holders,
-        tag_checked=tag_checked,
-        events=events,
-        events_until=events_until,
-        claims={},
-        queued={},
+    known_deployments = set(
+        Limit.objects.present().exclude(deployment_id=None).values_list("deployment_id", flat=True)
     )
-    _claims(api, snapshot)
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        events = pool.submit(lambda: list(api.events(since, now, EVENT_PREFIXES, LIFECYCLE_EVENTS)))
+        running = pool.submit(api.tagged_task_runs, "RUNNING")
+        pending = pool.submit(api.pending_tagged_task_runs)
+        task_runs = pool.submit(api.task_runs, stored_tasks)
+        flow_runs = pool.submit(api.flow_runs, stored_flows)
+        deployment_runs = pool.submit(api.deployment_runs, known_deployments)
+        if only is None:
+            listing = api.list_limits().limits
+        else:
+            one = api.read_limit(only)
+            listing = [one] if one is not None else []
+        snapshot = Snapshot(
+            now=now,
+            only=only,
+            listing=listing,
+            tag_holders={},
+            tag_checked=set(),
+            events=events.result(),
+            events_until=now,
+            claims={},
+            queued={},
+        )
+        snapshot.task_runs.update(task_runs.result())
+        snapshot.flow_runs.update(flow_runs.result())
+        snapshot.asked_tasks, snapshot.asked_flows = set(stored_tasks), set(stored_flows)
+        candidates = running.result()
+        snapshot.task_runs.update({run.id: run for run in candidates})
+        _tag_holders(api, snapshot, known if only is None else {}, candidates)
+        new_deployments = {
+            d for info in listing if (d := kind_of(info.name)[2])
+        } - known_deployments
+        runs = deployment_runs.result() + (
+            api.deployment_runs(new_deployments) if new_deployments else []
+        )
+        _claims(snapshot, runs, pending.result())
     _resolve_runs(api, snapshot)
     return snapshot
 
 
 def _tag_holders(
-    api: PrefectAPI, listing: list[LimitInfo], known: dict[UUID, Limit], now: datetime
-) -> tuple[dict[str, list[UUID]], set[str]]:
-    """Read lease holders of tag limits whose counter moved (or not read for a while)."""
-    to_read = []
-    for info in listing:
+    api: PrefectAPI,
+    snapshot: Snapshot,
+    known: dict[UUID, tuple[datetime | None, int, datetime | None]],
+    running: list[RunInfo],
+) -> None:
+    """Lease holders of tag limits, reading Prefect's per-tag list only where needed.
+
+    A limit whose counter did not move keeps the holders stored last time. Otherwise the
+    Running task runs carrying its tag are the holders when their number matches the count
+    (the engine holds the slot while the task runs); where it does not (a stale or Pending
+    holder), the per-tag list is read. A few limits are re-read on every pass, oldest first,
+    so that every stored answer is checked against Prefect's own list now and then.
+    """
+    by_tag: dict[str, list[UUID]] = {}
+    for run in running:
+        for tag in run.tags:
+            by_tag.setdefault(tag, []).append(run.id)
+    to_read: list[str] = []
+    reuse: set[str] = set()
+    verifiable: list[tuple[datetime, str]] = []
+    for info in snapshot.listing:
         if not info.name.startswith("tag:") or info.active_slots == 0:
             continue
-        before = known.get(info.id)
-        unchanged = (
-            before is not None
-            and before.prefect_updated == info.updated
-            and before.active_slots == info.active_slots
-            and before.holders_checked_at is not None
-            and now - before.holders_checked_at < TAG_RECHECK
-        )
-        if not unchanged:
-            to_read.append(info.name.removeprefix("tag:"))
-    read = api.tag_holders_many(to_read)
-    holders = {f"tag:{tag}": ids for tag, ids in read.items() if ids is not None}
-    unchanged_names = {
-        info.name for info in listing if info.name.startswith("tag:") and info.active_slots
-    } - {f"tag:{tag}" for tag in to_read}
-    # Limits we did not re-read keep the task runs stored last time.
-    if unchanged_names:
-        stored = store.stored_tag_holders(unchanged_names)
-        for name in unchanged_names:
-            holders[name] = stored.get(name, [])
-    return holders, {f"tag:{tag}" for tag in to_read}
+        tag = info.name.removeprefix("tag:")
+        updated, slots, checked = known.get(info.id, (None, -1, None))
+        if updated == info.updated and slots == info.active_slots and checked is not None:
+            reuse.add(info.name)
+            verifiable.append((checked, tag))
+        elif len(by_tag.get(tag, [])) == info.active_slots:
+            snapshot.tag_holders[info.name] = by_tag[tag]
+            verifiable.append((checked or datetime.min.replace(tzinfo=snapshot.now.tzinfo), tag))
+        else:
+            to_read.append(tag)
+    verifiable.sort()
+    checks = [tag for checked, tag in verifiable if snapshot.now - checked > TAG_RECHECK][
+        :VERIFY_PER_PASS
+    ]
+    to_read += checks
+    reuse -= {f"tag:{tag}" for tag in checks}
+    for tag, ids in api.tag_holders_many(to_read).items():
+        if ids is not None:
+            snapshot.tag_holders[f"tag:{tag}"] = ids
+    if reuse:
+        stored = store.stored_tag_holders(reuse)
+        for name in reuse:
+            snapshot.tag_holders[name] = stored.get(name, [])
+    snapshot.tag_checked = {f"tag:{tag}" for tag in to_read}
 
 
-def _new_events(api: PrefectAPI, now: datetime) -> tuple[list[EventInfo], datetime]:
+def _events_since(now: datetime) -> datetime:
     state, _ = SyncState.objects.get_or_create(name="events")
     if state.events_until is None:
-        since = now - timedelta(days=settings.EVENTS_BACKFILL_DAYS)
-    else:
-        since = state.events_until - EVENTS_OVERLAP
-    return list(api.events(since, now, EVENT_PREFIXES)), now
+        return now - timedelta(days=settings.EVENTS_BACKFILL_DAYS)
+    return state.events_until - EVENTS_OVERLAP
 
 
-def _claims(api: PrefectAPI, snapshot: Snapshot) -> None:
+def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[RunInfo]) -> None:
     by_name = {info.name: info for info in snapshot.listing}
     by_id = {info.id: info for info in snapshot.listing}
     # Tag limits: Prefect lists the holders.
@@ -225,7 +276,7 @@ def _claims(api: PrefectAPI, snapshot: Snapshot) -> None:
         if (deployment_id := kind_of(info.name)[2]) is not None
     }
     if deployment_limits:
-        for run in api.deployment_runs(deployment_limits):
+        for run in deployment_runs:
             info = deployment_limits.get(run.deployment_id)
             if info is None:
                 continue
@@ -261,7 +312,7 @@ def _claims(api: PrefectAPI, snapshot: Snapshot) -> None:
         and info.active_slots >= info.limit
     }
     if full_tags:
-        for run in api.pending_tagged_task_runs():
+        for run in pending:
             snapshot.task_runs[run.id] = run
             for tag in run.tags:
                 info = full_tags.get(tag)
@@ -306,12 +357,14 @@ def _resolve_runs(api: PrefectAPI, snapshot: Snapshot) -> None:
     for item in (q for queued in snapshot.queued.values() for q in queued):
         task_ids.update(filter(None, [item.task_run_id]))
         flow_ids.update(filter(None, [item.flow_run_id]))
-    stored_task_ids, stored_flow_ids = store.stored_run_ids()
-    task_ids |= stored_task_ids
-    flow_ids |= stored_flow_ids
-    snapshot.task_runs.update(api.task_runs(task_ids - set(snapshot.task_runs)))
+    # Stored holders' and waiters' runs were read while the listing paged.
+    snapshot.task_runs.update(
+        api.task_runs(task_ids - set(snapshot.task_runs) - snapshot.asked_tasks)
+    )
     flow_ids |= {run.flow_run_id for run in snapshot.task_runs.values() if run.flow_run_id}
-    snapshot.flow_runs.update(api.flow_runs(flow_ids - set(snapshot.flow_runs)))
+    snapshot.flow_runs.update(
+        api.flow_runs(flow_ids - set(snapshot.flow_runs) - snapshot.asked_flows)
+    )
     # Ancestors of tag waiters, for the self-deadlock rule.
     todo = {p for q in snapshot.queued.values() for item in q for p in item.parent_ids}
     for _ in range(ANCESTOR_DEPTH):
@@ -326,10 +379,38 @@ def _resolve_runs(api: PrefectAPI, snapshot: Snapshot) -> None:
         todo = {p for run_id in todo for p in snapshot.ancestors[run_id]}
     deployment_ids = {run.deployment_id for run in snapshot.flow_runs.values() if run.deployment_id}
     deployment_ids |= {d for info in snapshot.listing if (d := kind_of(info.name)[2])}
-    snapshot.deployments = api.deployments(deployment_ids)
+    snapshot.deployments = NAMES.deployments(api, deployment_ids, snapshot.now)
     flows = {run.flow_id for run in snapshot.flow_runs.values() if run.flow_id}
     flows |= {flow_id for _, flow_id in snapshot.deployments.values() if flow_id}
-    snapshot.flow_names = api.flow_names(flows)
+    snapshot.flow_names = NAMES.flows(api, flows, snapshot.now)
+
+
+class NameCache:
+    """Flow and deployment names change rarely: keep them for a while between passes."""
+
+    TTL = timedelta(minutes=10)
+
+    def __init__(self) -> None:
+        self._deployments: dict[UUID, tuple[datetime, tuple[str, UUID | None]]] = {}
+        self._flows: dict[UUID, tuple[datetime, str]] = {}
+
+    def _fresh(self, cache: dict, ids: set[UUID], now: datetime) -> set[UUID]:
+        return {i for i in ids if i not in cache or now - cache[i][0] > self.TTL}
+
+    def deployments(
+        self, api: PrefectAPI, ids: set[UUID], now: datetime
+    ) -> dict[UUID, tuple[str, UUID | None]]:
+        for key, value in api.deployments(self._fresh(self._deployments, ids, now)).items():
+            self._deployments[key] = (now, value)
+        return {i: self._deployments[i][1] for i in ids if i in self._deployments}
+
+    def flows(self, api: PrefectAPI, ids: set[UUID], now: datetime) -> dict[UUID, str]:
+        for key, value in api.flow_names(self._fresh(self._flows, ids, now)).items():
+            self._flows[key] = (now, value)
+        return {i: self._flows[i][1] for i in ids if i in self._flows}
+
+
+NAMES = NameCache()
 
 
 def sync_with_settings() -> SyncRun | None:

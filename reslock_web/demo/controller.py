@@ -8,6 +8,7 @@ what is left after a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -109,10 +110,8 @@ class FlowProcess:
     def signal(self, signum: int) -> None:
         # Never killpg: these processes share the demo's own group.
         for pid in self.members():
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def events(self, name: str) -> list[dict[str, Any]]:
         try:
@@ -227,7 +226,11 @@ class Demo:
     def _after_exit(self, slot: Slot, process: FlowProcess, now: float) -> float:
         code = process.process.returncode
         delay = slot.after_exit(process)
-        if code not in (0, -signal.SIGKILL) and now - process.started < 30 and not self.stop.is_set():
+        if (
+            code not in (0, -signal.SIGKILL)
+            and now - process.started < 30
+            and not self.stop.is_set()
+        ):
             log.warning(
                 "%s: the flow process exited with code %s after %.0f s (see %s); "
                 "starting it again in %.0f s",
@@ -295,6 +298,18 @@ class Demo:
         )  # fmt: skip
 
     def _create(self, resource: catalog.Resource) -> bool:
+        """True if created now. SQLite-backed servers answer 503 when writers collide: retry."""
+        for delay in (0.5, 1.0, 2.0, 4.0, 0.0):
+            try:
+                return self._create_once(resource)
+            except PrefectError as error:
+                if not error.retryable or not delay or self.stop.is_set():
+                    raise
+                log.debug("creating %s: %s; trying again", resource.limit_name, error)
+                time.sleep(delay * self.rng.uniform(1, 1.5))
+        return False
+
+    def _create_once(self, resource: catalog.Resource) -> bool:
         try:
             if resource.kind == catalog.TAG:
                 # An upsert: 201 new, 200 existing.

@@ -170,13 +170,12 @@ def use_global_limit(name: str, hold_seconds: float) -> str:
 def global_limit_flow(name: str, hold_seconds: float, task_name: str) -> str:
     CURRENT.update(run_ids())
     future = use_global_limit.with_options(name=task_name).submit(name, hold_seconds)
-    emit("started", task_run_id=str(future.task_run_id), **run_ids())
+    emit("started", **{**run_ids(), "task_run_id": str(future.task_run_id)})
     return result(future)
 
 
 def hold_gcl(p: dict[str, Any]) -> None:
-    run_name = f"{p['run']}-{stamp()}"
-    global_limit_flow.with_options(name=p["flow"], flow_run_name=run_name)(
+    global_limit_flow.with_options(name=p["flow"], flow_run_name=p["run"])(
         p["name"], float(p["hold"]), p["task"]
     )
 
@@ -198,13 +197,12 @@ def use_tag(tag: str, hold_seconds: float, crash: bool) -> str:
 def tag_flow(tag: str, hold_seconds: float, task_name: str, crash: bool = False) -> str:
     CURRENT.update(run_ids())
     future = use_tag.with_options(name=task_name, tags=[tag]).submit(tag, hold_seconds, crash)
-    emit("started", task_run_id=str(future.task_run_id), **run_ids())
+    emit("started", **{**run_ids(), "task_run_id": str(future.task_run_id)})
     return result(future)
 
 
 def hold_tag(p: dict[str, Any]) -> None:
-    run_name = f"{p['run']}-{stamp()}"
-    tag_flow.with_options(name=p["flow"], flow_run_name=run_name)(
+    tag_flow.with_options(name=p["flow"], flow_run_name=p["run"])(
         p["tag"], float(p["hold"]), p["task"], bool(p.get("crash"))
     )
 
@@ -235,8 +233,7 @@ def nested_flow(tag: str, outer_name: str, inner_name: str) -> str:
 
 
 def nested_tags(p: dict[str, Any]) -> None:
-    run_name = f"{p['run']}-{stamp()}"
-    nested_flow.with_options(name=p["flow"], flow_run_name=run_name)(
+    nested_flow.with_options(name=p["flow"], flow_run_name=p["run"])(
         p["tag"], p["outer"], p["inner"]
     )
 
@@ -327,6 +324,30 @@ def deployment(p: dict[str, Any]) -> None:
         asyncio.run(runner.start())
     finally:
         STOP.set()
+        cancel_waiting(deployment_id)
+
+
+def cancel_waiting(deployment_id: str) -> None:
+    """The runner stops: cancel the runs still waiting, which nobody would run any more."""
+    state = {"state": {"type": "CANCELLED", "message": "the demo was stopped"}, "force": True}
+    try:
+        with api(timeout=1.5) as http:
+            response = http.post(
+                "flow_runs/filter",
+                json={
+                    "flow_runs": {
+                        "deployment_id": {"any_": [deployment_id]},
+                        "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}},
+                    },
+                    "limit": 50,
+                },
+            )
+            response.raise_for_status()
+            for run in response.json():
+                http.post(f"flow_runs/{run['id']}/set_state", json=state)
+                emit("cancelled", flow_run_id=run["id"])
+    except (httpx.HTTPError, KeyError, ValueError) as error:
+        emit("error", error=repr(error))
 
 
 SCENARIOS = {
@@ -351,4 +372,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the flows of the module `flow_script`, not of `__main__`: a Prefect runner pickles the
+    # deployment's flow for its subprocess, and only functions of an importable module are
+    # pickled by reference (by value, the globals they use, such as STOP, cannot be pickled).
+    import flow_script  # this very file: the script's folder is first on sys.path
+
+    flow_script.main()

@@ -1,0 +1,956 @@
+"""Guard a resource from Prefect flows: one holder at a time, visible on the reslock board.
+
+    from reslock_web.lock import guarded, resource_lock
+
+    @task
+    @guarded("db-{db_id}")              # the whole task, the name built from its parameters
+    def migrate(db_id: int) -> None: ...
+
+    with resource_lock("db-42"):        # a block (also `async with`)
+        ...
+
+A resource name is the name of a Prefect global concurrency limit: `resource_lock("db-42")`
+guards the limit named exactly `db-42`, created with a limit of 1 on first use (`limit=` for
+another size; an existing limit keeps its own size). The slot is taken with a lease whose
+holder is the current task run (or flow run outside a task; none outside a run), renewed every
+0.75 x `lease_duration` and released on exit. A lease revoked from the board (or lost because
+Prefect could not be reached before it expired) stops the body: sync code gets Prefect's
+`CancelledError` at its next Python instruction, async code a cancellation at its next await,
+and the block then raises `ResourceLockLost`.
+
+This module imports nothing from Django: flows only need Prefect (and `PREFECT_API_URL`).
+Every call goes to Prefect; the board does not have to run.
+
+Events (one per limit; a lock on several names emits one event per limit, each naming the
+other limits as related resources with role "concurrency-limit"):
+
+    reslock.lock.waiting    the first try found the limit full
+    reslock.lock.acquired   payload lease_id: what the board revokes (decrement-with-lease)
+    reslock.lock.released   payload lease_id; reason exit | error | cancelled | lease_lost
+    reslock.lock.timed_out  `timeout=` expired; no slot is held
+
+resource = {"prefect.resource.id": "prefect.concurrency-limit.<limit id>",
+"prefect.resource.name": <limit name>}. Inside a run Prefect adds the flow-run, task-run and
+flow (and deployment, work pool...) related resources. `follows` links waiting -> acquired ->
+released of the same limit, but Prefect drops it when the two are more than 5 minutes apart:
+match them on `wait_id` and `lease_id` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import os
+import socket
+import string
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import anyio
+from prefect import Flow, Task
+from prefect._internal.concurrency.cancellation import WatcherThreadCancelScope, shield
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.events import Event, emit_event
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+from prefect.settings import (
+    PREFECT_API_AUTH_STRING,
+    PREFECT_API_KEY,
+    PREFECT_API_URL,
+    PREFECT_CLIENT_MAX_RETRIES,
+    temporary_settings,
+)
+
+__all__ = [
+    "EVENT_ACQUIRED",
+    "EVENT_RELEASED",
+    "EVENT_TIMED_OUT",
+    "EVENT_WAITING",
+    "Hold",
+    "ResourceLock",
+    "ResourceLockLost",
+    "ResourceLockTimeout",
+    "guarded",
+    "held_names",
+    "resource_lock",
+    "validate_name",
+]
+
+logger = logging.getLogger(__name__)
+
+EVENT_WAITING = "reslock.lock.waiting"
+EVENT_ACQUIRED = "reslock.lock.acquired"
+EVENT_RELEASED = "reslock.lock.released"
+EVENT_TIMED_OUT = "reslock.lock.timed_out"
+PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
+PREFECT_RELEASED = "prefect.concurrency-limit.released"
+
+DEFAULT_LEASE_SECONDS = 60.0
+MIN_LEASE_SECONDS = 60.0  # Prefect refuses shorter leases (422)
+MAX_LEASE_SECONDS = 86400.0
+RENEWAL_FRACTION = 0.75  # renew like Prefect: every 0.75 x lease_duration
+LOST_MARGIN = 5.0  # stop the body this long before a lease we could not renew expires
+RENEW_RETRY = 2.0  # seconds between renewal attempts after a transient failure
+REQUEST_TIMEOUT = 10.0  # seconds, for renewals and the holder lookup
+MIN_RETRY_WAIT = 0.1
+MAX_RETRY_WAIT = 10.0  # Prefect's Retry-After may say up to 30 s; hand-offs come sooner
+BANNED_CHARACTERS = "/%&<>"  # Prefect: names must match ^[^/%&><]+$
+RESERVED_PREFIXES = ("tag:", "deployment:")  # Prefect's own tag and deployment limits
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# --- errors ----------------------------------------------------------------------------------
+class ResourceLockTimeout(TimeoutError):
+    """`timeout=` expired before every resource was free. No slot is held."""
+
+    def __init__(self, names: tuple[str, ...], timeout: float, holders: dict[str, str]) -> None:
+        self.names = names
+        self.timeout = timeout
+        self.holders = holders  # name -> description of its last known holder
+        which = ", ".join(
+            f"{name!r} (held by {holders[name]})" if name in holders else repr(name)
+            for name in names
+        )
+        noun = "resource" if len(names) == 1 else "resources"
+        super().__init__(f"Timed out after {timeout:g} s waiting for {noun} {which}")
+
+
+class ResourceLockLost(RuntimeError):
+    """The lease ended while the body ran (revoked from the board, or not renewable)."""
+
+    def __init__(self, names: tuple[str, ...], lease_id: uuid.UUID | None, reason: str) -> None:
+        self.names = names
+        self.lease_id = lease_id
+        self.reason = reason
+        listed = ", ".join(repr(name) for name in names)
+        super().__init__(
+            f"Lost the lock on {listed} (lease {lease_id}): {reason}; the guarded block was stopped"
+        )
+
+
+# --- names -----------------------------------------------------------------------------------
+def validate_name(name: object) -> str:
+    """Return `name` if Prefect accepts it as a global concurrency limit name, else ValueError."""
+    if not isinstance(name, str):
+        raise ValueError(f"resource name must be a string, got {type(name).__name__}: {name!r}")
+    if not name.strip():
+        raise ValueError("resource name must not be empty")
+    if name != name.strip():
+        raise ValueError(f"resource name {name!r} must not start or end with whitespace")
+    banned = sorted({char for char in name if char in BANNED_CHARACTERS})
+    if banned:
+        raise ValueError(
+            f"resource name {name!r} contains {' '.join(banned)}: Prefect refuses "
+            f"limit names with any of / % & < >"
+        )
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise ValueError(f"resource name {name!r} contains control characters")
+    if name.startswith(RESERVED_PREFIXES):
+        raise ValueError(
+            f"resource name {name!r} starts with {name.split(':')[0]}:, which Prefect keeps "
+            f"for its tag and deployment limits; pick another name"
+        )
+    return name
+
+
+def _normalize(names: Iterable[object]) -> tuple[str, ...]:
+    flat: list[object] = []
+    for item in names:
+        if isinstance(item, list | tuple | set | frozenset):
+            flat.extend(item)
+        else:
+            flat.append(item)
+    if not flat:
+        raise ValueError("resource_lock() needs at least one resource name")
+    return tuple(sorted({validate_name(name) for name in flat}))
+
+
+# --- the current run -------------------------------------------------------------------------
+def _current_holder() -> dict[str, str] | None:
+
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None:
+        return {"type": "task_run", "id": str(task_ctx.task_run.id)}
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return {"type": "flow_run", "id": str(flow_ctx.flow_run.id)}
+    return None
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
+
+
+# --- what this context holds (re-entrancy) ---------------------------------------------------
+@dataclass(eq=False)
+class Hold:
+    """What a `with resource_lock(...)` block holds (returned by `__enter__`)."""
+
+    names: tuple[str, ...]  # every name the block guards
+    acquired: tuple[str, ...] = ()  # names this block took a slot for (others: enclosing block)
+    lease_id: uuid.UUID | None = None
+    limit_ids: dict[str, uuid.UUID] = field(default_factory=dict)
+    lease_duration: float = DEFAULT_LEASE_SECONDS
+    holder: dict[str, str] | None = None
+    wait_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    waited_seconds: float = 0.0
+    active: bool = True
+    lost: str | None = None  # why the lease ended early, if it did
+
+
+# Prefect copies the context into nested task runs (direct calls and .submit() on the thread
+# pool), so a task started inside a hold sees it and does not wait for its own ancestor.
+_HELD: contextvars.ContextVar[tuple[Hold, ...]] = contextvars.ContextVar("reslock_held", default=())
+
+
+def held_names() -> frozenset[str]:
+    """Names held by an enclosing `resource_lock` in this context (this run or an ancestor)."""
+    return frozenset(
+        name for hold in _HELD.get() if hold.active and not hold.lost for name in hold.names
+    )
+
+
+# --- Prefect client --------------------------------------------------------------------------
+_clients: dict[tuple[Any, ...], SyncPrefectClient] = {}
+_clients_lock = threading.Lock()
+_limit_ids: dict[tuple[str, str], uuid.UUID] = {}  # (api url, name) -> limit id
+
+
+def _api_key() -> tuple[Any, ...]:
+
+    return (PREFECT_API_URL.value() or "", PREFECT_API_KEY.value(), PREFECT_API_AUTH_STRING.value())
+
+
+def _client() -> SyncPrefectClient:
+    """One long-lived sync client per API (thread-safe; run clients close with their run)."""
+
+    key = _api_key()
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            url, api_key, auth_string = key
+            if url:
+                client = SyncPrefectClient(url, api_key=api_key, auth_string=auth_string)
+            else:  # no PREFECT_API_URL: let Prefect decide (ephemeral server or a clear error)
+                client = get_client(sync_client=True)
+            client.__enter__()
+            _clients[key] = client
+        return client
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _limit_ids_for(
+    client: SyncPrefectClient, url: str, names: tuple[str, ...], limit: int
+) -> dict[str, uuid.UUID]:
+    """Ids of the limits, created (limit `limit`) when missing. Safe when many processes race:
+    a 409 "already exists" means another process created it first."""
+    found: dict[str, uuid.UUID] = {}
+    for name in names:
+        known = _limit_ids.get((url, name))
+        if known is None:
+            known = _create_or_read(client, name, limit)
+            _limit_ids[(url, name)] = known
+        found[name] = known
+    return found
+
+
+def _create_or_read(client: SyncPrefectClient, name: str, limit: int) -> uuid.UUID:
+    for _ in range(3):
+        try:
+            response = client.request(
+                "POST", "/v2/concurrency_limits/", json={"name": name, "limit": limit}
+            )
+            return uuid.UUID(response.json()["id"])
+        except Exception as exc:
+            if _status(exc) != 409:
+                raise
+        try:
+            response = client.request("GET", f"/v2/concurrency_limits/{quote(name, safe='')}")
+            return uuid.UUID(response.json()["id"])
+        except Exception as exc:
+            if _status(exc) != 404:  # deleted between the two calls: create it again
+                raise
+    raise RuntimeError(f"could not create or read the concurrency limit {name!r}")
+
+
+def _forget(url: str, names: Iterable[str]) -> None:
+    for name in names:
+        _limit_ids.pop((url, name), None)
+
+
+def _renew(client: SyncPrefectClient, lease_id: uuid.UUID, lease_duration: float) -> None:
+    client.request(
+        "POST",
+        f"/v2/concurrency_limits/leases/{lease_id}/renew",
+        json={"lease_duration": lease_duration},
+        timeout=REQUEST_TIMEOUT,
+    )
+
+
+def _release(client: SyncPrefectClient, lease_id: uuid.UUID) -> None:
+    client.request(
+        "POST", "/v2/concurrency_limits/decrement-with-lease", json={"lease_id": str(lease_id)}
+    )
+
+
+def _release_quietly(client: SyncPrefectClient, lease_id: uuid.UUID, names: tuple) -> None:
+    try:
+        _release(client, lease_id)
+    except Exception:
+        logger.warning(
+            "Could not release lease %s on %s; the slot frees itself when the lease expires",
+            lease_id,
+            ", ".join(names),
+            exc_info=True,
+        )
+
+
+# --- acquiring (one generator, driven by a sync or an async loop) ----------------------------
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+
+
+@dataclass
+class _Sleep:
+    seconds: float
+
+
+@dataclass
+class _Grant:
+    lease_id: uuid.UUID
+    limit_ids: dict[str, uuid.UUID]
+
+
+def _attempt(
+    client: SyncPrefectClient,
+    url: str,
+    names: tuple[str, ...],
+    lease_duration: float,
+    holder: dict[str, str] | None,
+    grants: list[_Grant],
+) -> _Grant | float | None:
+    """One increment-with-lease on every name at once (all or nothing).
+
+    Returns the grant, the server's Retry-After when a limit is full, or None when a limit
+    has vanished since we cached its id (it was deleted): the caller creates it again.
+    """
+    body: dict[str, Any] = {
+        "names": list(names),
+        "slots": 1,
+        "mode": "concurrency",
+        "lease_duration": lease_duration,
+    }
+    if holder is not None:
+        body["holder"] = holder
+    try:
+        response = client.request("POST", "/v2/concurrency_limits/increment-with-lease", json=body)
+    except Exception as exc:
+        if _status(exc) != 423:
+            raise
+        try:
+            return float(exc.response.headers.get("Retry-After", 1.0))  # type: ignore[attr-defined]
+        except ValueError:
+            return 1.0
+    data = response.json()
+    grant = _Grant(
+        lease_id=uuid.UUID(data["lease_id"]),
+        limit_ids={item["name"]: uuid.UUID(item["id"]) for item in data.get("limits", [])},
+    )
+    grants.append(grant)  # from here on, a failure or cancellation releases it
+    missing = [name for name in names if name not in grant.limit_ids]
+    if missing:
+        grants.remove(grant)
+        _release(client, grant.lease_id)
+        _forget(url, missing)
+        return None
+    return grant
+
+
+def _resource(name: str, limit_id: uuid.UUID) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"prefect.concurrency-limit.{limit_id}",
+        "prefect.resource.name": name,
+    }
+
+
+def _emit_all(
+    event: str,
+    limit_ids: dict[str, uuid.UUID],
+    payload: dict[str, Any],
+    follows: dict[str, Event | None] | None = None,
+) -> dict[str, Event | None]:
+    """One event per limit, each naming the others as related "concurrency-limit" resources."""
+
+    emitted: dict[str, Event | None] = {}
+    for name, limit_id in limit_ids.items():
+        related = [
+            {
+                "prefect.resource.id": f"prefect.concurrency-limit.{other_id}",
+                "prefect.resource.role": "concurrency-limit",
+                "prefect.resource.name": other,
+            }
+            for other, other_id in limit_ids.items()
+            if other != name
+        ]
+        try:
+            emitted[name] = emit_event(
+                event,
+                resource=_resource(name, limit_id),
+                related=related,
+                payload=payload,
+                follows=(follows or {}).get(name),
+            )
+        except Exception:  # an event is never worth failing the flow for
+            logger.warning("Could not emit %s for %r", event, name, exc_info=True)
+            emitted[name] = None
+    return emitted
+
+
+def _acquire_steps(
+    spec: ResourceLock,
+    names: tuple[str, ...],
+    hold: Hold,
+    grants: list[_Grant],
+) -> Generator[_Call | _Sleep, Any, dict[str, Event | None]]:
+    client, url = _client(), _api_key()[0]
+    started = time.monotonic()
+    deadline = None if spec.timeout is None else started + spec.timeout
+    limit_ids: dict[str, uuid.UUID] = yield _Call(
+        lambda: _limit_ids_for(client, url, names, spec.limit)
+    )
+    waiting: dict[str, Event | None] | None = None
+    while True:
+        outcome = yield _Call(
+            lambda: _attempt(client, url, names, spec.lease_duration, hold.holder, grants)
+        )
+        if outcome is None:  # a limit was deleted under us: create it again, retry at once
+            limit_ids = yield _Call(lambda: _limit_ids_for(client, url, names, spec.limit))
+            continue
+        if isinstance(outcome, _Grant):
+            hold.lease_id = outcome.lease_id
+            hold.limit_ids = outcome.limit_ids
+            hold.waited_seconds = time.monotonic() - started
+            payload = {
+                "lease_id": str(outcome.lease_id),
+                "lease_duration": spec.lease_duration,
+                "wait_id": str(hold.wait_id),
+                "holder": hold.holder,
+                "names": list(names),
+                "waited_seconds": round(hold.waited_seconds, 3),
+            }
+            return _emit_all(EVENT_ACQUIRED, outcome.limit_ids, payload, waiting)
+        now = time.monotonic()
+        if waiting is None:
+            _run_logger().info("Waiting for resource lock on %s", ", ".join(names))
+            payload = {
+                "lease_duration": spec.lease_duration,
+                "wait_id": str(hold.wait_id),
+                "holder": hold.holder,
+                "names": list(names),
+                "timeout": spec.timeout,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+            waiting = _emit_all(EVENT_WAITING, limit_ids, payload)
+        if deadline is not None and now >= deadline:
+            _emit_all(
+                EVENT_TIMED_OUT,
+                limit_ids,
+                {
+                    "wait_id": str(hold.wait_id),
+                    "timeout": spec.timeout,
+                    "names": list(names),
+                    "waited_seconds": round(now - started, 3),
+                },
+                waiting,
+            )
+            holders = yield _Call(functools.partial(_describe_holders, client, limit_ids))
+            raise ResourceLockTimeout(names, float(spec.timeout or 0), holders)
+        pause = min(max(outcome, MIN_RETRY_WAIT), MAX_RETRY_WAIT)
+        if deadline is not None:
+            pause = min(pause, deadline - now)
+        yield _Sleep(max(pause, 0.0))
+
+
+def _drive_sync(steps: Generator[_Call | _Sleep, Any, Any]) -> Any:
+
+    value: Any = None
+    while True:
+        try:
+            step = steps.send(value)
+        except StopIteration as done:
+            return done.value
+        if isinstance(step, _Sleep):
+            time.sleep(step.seconds)
+            value = None
+        else:
+            with shield():  # an injected cancellation waits until the call has returned
+                value = step.fn()
+
+
+async def _drive_async(steps: Generator[_Call | _Sleep, Any, Any]) -> Any:
+
+    value: Any = None
+    while True:
+        try:
+            step = steps.send(value)
+        except StopIteration as done:
+            return done.value
+        if isinstance(step, _Sleep):
+            await anyio.sleep(step.seconds)
+            value = None
+        else:
+            value = await anyio.to_thread.run_sync(step.fn)
+
+
+# --- who holds it (for the timeout message) --------------------------------------------------
+def _describe_holders(client: SyncPrefectClient, limit_ids: dict[str, uuid.UUID]) -> dict:
+    """The newest acquire without a release per limit, from reslock's and Prefect's events.
+
+    Best effort: events reach the API a few seconds late and Prefect keeps them 7 days.
+    """
+
+    by_resource = {f"prefect.concurrency-limit.{lid}": name for name, lid in limit_ids.items()}
+    now = datetime.now(UTC)
+    body = {
+        "filter": {
+            "occurred": {
+                "since": (now - timedelta(days=7)).isoformat(),
+                "until": (now + timedelta(minutes=1)).isoformat(),
+            },
+            "event": {"name": [EVENT_ACQUIRED, EVENT_RELEASED, PREFECT_ACQUIRED, PREFECT_RELEASED]},
+            "resource": {"id": list(by_resource)},
+            "order": "DESC",
+        },
+        "limit": 50,
+    }
+    try:
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+            events = client.request(
+                "POST", "/events/filter", json=body, timeout=REQUEST_TIMEOUT
+            ).json()["events"]
+    except Exception:
+        logger.debug("Could not read the events of %s", list(limit_ids), exc_info=True)
+        return {}
+    closed: set[str] = set()
+    holders: dict[str, str] = {}
+    for event in events:  # newest first
+        name = by_resource.get(event["resource"].get("prefect.resource.id", ""))
+        if name is None or name in holders:
+            continue
+        payload = event.get("payload") or {}
+        if event["event"] == EVENT_RELEASED:
+            closed.add(f"lease:{payload.get('lease_id')}")
+        elif event["event"] == PREFECT_RELEASED and event.get("follows"):
+            closed.add(f"event:{event['follows']}")
+        else:  # an acquire: the holder unless a newer release closed it
+            key = (
+                f"lease:{payload.get('lease_id')}"
+                if event["event"] == EVENT_ACQUIRED
+                else f"event:{event['id']}"
+            )
+            if key not in closed:
+                holders[name] = _describe_event_holder(event)
+    return holders
+
+
+def _describe_event_holder(event: dict[str, Any]) -> str:
+    runs = {}
+    for related in event.get("related", []):
+        role = related.get("prefect.resource.role")
+        if role in ("flow-run", "task-run"):
+            run_id = related["prefect.resource.id"].rsplit(".", 1)[-1]
+            label = related.get("prefect.resource.name")
+            runs[role] = f"{role.replace('-', ' ')} {label!r} ({run_id})" if label else run_id
+    since = str(event.get("occurred", ""))[:19].replace("T", " ")
+    where = " in ".join(runs[role] for role in ("task-run", "flow-run") if role in runs)
+    return f"{where or 'a process outside any flow run'}, since {since} UTC"
+
+
+# --- keeping the lease -----------------------------------------------------------------------
+class _Renewer:
+    """Renews a lease every 0.75 x lease_duration in a daemon thread; calls `on_lost` when the
+    lease is revoked (410) or could not be renewed before it was about to expire."""
+
+    def __init__(
+        self,
+        client: SyncPrefectClient,
+        hold: Hold,
+        acquired_at: float,
+        on_lost: Callable[[], None],
+    ) -> None:
+        self.client = client
+        self.hold = hold
+        self.expires = acquired_at + hold.lease_duration
+        self.on_lost = on_lost
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        context = contextvars.copy_context()  # the run's logger and settings
+        self._thread = threading.Thread(
+            target=context.run,
+            args=(self._run,),
+            name=f"reslock-lease-{self.hold.lease_id}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+
+    def _run(self) -> None:
+
+        hold = self.hold
+        assert hold.lease_id is not None
+        wait = hold.lease_duration * RENEWAL_FRACTION
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # we retry, within the lease
+            while not self._stop.wait(wait):
+                started = time.monotonic()
+                try:
+                    _renew(self.client, hold.lease_id, hold.lease_duration)
+                except Exception as exc:
+                    if _status(exc) == 410:
+                        self._lose("the lease was revoked (released from the board?)")
+                        return
+                    left = self.expires - time.monotonic() - LOST_MARGIN
+                    if left <= 0:
+                        self._lose(f"could not renew the lease before it expired ({exc!r})")
+                        return
+                    logger.warning("Renewing lease %s failed (%r); retrying", hold.lease_id, exc)
+                    wait = min(RENEW_RETRY, left)
+                    continue
+                self.expires = started + hold.lease_duration
+                wait = hold.lease_duration * RENEWAL_FRACTION
+
+    def _lose(self, reason: str) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return  # the block already ended; its release is a no-op
+            self.hold.lost = reason
+        _run_logger().error(
+            "Resource lock on %s lost: %s. Stopping the guarded block.",
+            ", ".join(self.hold.names),
+            reason,
+        )
+        self.on_lost()
+
+
+# --- the context managers --------------------------------------------------------------------
+def _split(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The names not already held by an enclosing block of this context."""
+    held = held_names()
+    return tuple(name for name in names if name not in held)
+
+
+def _released_payload(hold: Hold, reason: str, acquired_at: float) -> dict[str, Any]:
+    return {
+        "lease_id": str(hold.lease_id),
+        "wait_id": str(hold.wait_id),
+        "names": list(hold.acquired),
+        "reason": reason,
+        "held_seconds": round(time.monotonic() - acquired_at, 3),
+    }
+
+
+def _exit_reason(hold: Hold, exc: BaseException | None) -> str:
+    if hold.lost:
+        return "lease_lost"
+    if exc is None:
+        return "exit"
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+        return "cancelled"
+    return "error"
+
+
+@contextmanager
+def _hold_sync(spec: ResourceLock) -> Iterator[Hold]:
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("inside async code use `async with resource_lock(...)`")
+    needed = _split(spec.names)
+    hold = Hold(spec.names, needed, lease_duration=spec.lease_duration, holder=_current_holder())
+    if not needed:  # every name is held by an enclosing block of this run: nothing to take
+        yield hold
+        return
+    grants: list[_Grant] = []
+    client = _client()
+    try:
+        acquired = _drive_sync(_acquire_steps(spec, needed, hold, grants))
+    except BaseException:
+        with shield():
+            for grant in grants:
+                _release_quietly(client, grant.lease_id, needed)
+        raise
+    assert hold.lease_id is not None
+    acquired_at = time.monotonic()
+    token = _HELD.set((*_HELD.get(), hold))
+    error: BaseException | None = None
+    try:
+        with WatcherThreadCancelScope(name=f"reslock {', '.join(needed)}") as scope:
+            renewer = _Renewer(client, hold, acquired_at, scope.cancel)
+            renewer.start()
+            try:
+                yield hold
+            finally:
+                renewer.stop()
+    except BaseException as exc:
+        error = exc
+        if hold.lost:  # the body was stopped (CancelledError) or failed after losing the lease
+            raise ResourceLockLost(needed, hold.lease_id, hold.lost) from exc
+        raise
+    finally:
+        hold.active = False
+        _HELD.reset(token)
+        with shield():
+            _release_quietly(client, hold.lease_id, needed)
+            _emit_all(
+                EVENT_RELEASED,
+                hold.limit_ids,
+                _released_payload(hold, _exit_reason(hold, error), acquired_at),
+                acquired,
+            )
+    if hold.lost:
+        raise ResourceLockLost(needed, hold.lease_id, hold.lost)
+
+
+@asynccontextmanager
+async def _hold_async(spec: ResourceLock) -> AsyncIterator[Hold]:
+
+    needed = _split(spec.names)
+    hold = Hold(spec.names, needed, lease_duration=spec.lease_duration, holder=_current_holder())
+    if not needed:
+        yield hold
+        return
+    grants: list[_Grant] = []
+    client = _client()
+    try:
+        acquired = await _drive_async(_acquire_steps(spec, needed, hold, grants))
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            for grant in grants:
+                await anyio.to_thread.run_sync(_release_quietly, client, grant.lease_id, needed)
+        raise
+    assert hold.lease_id is not None
+    acquired_at = time.monotonic()
+    token = _HELD.set((*_HELD.get(), hold))
+    loop = asyncio.get_running_loop()
+    error: BaseException | None = None
+    try:
+        with anyio.CancelScope() as scope:  # cancelled by the renewer if the lease is lost
+            renewer = _Renewer(
+                client, hold, acquired_at, lambda: loop.call_soon_threadsafe(scope.cancel)
+            )
+            renewer.start()
+            try:
+                yield hold
+            finally:
+                renewer.stop()
+    except BaseException as exc:
+        error = exc
+        if hold.lost:
+            raise ResourceLockLost(needed, hold.lease_id, hold.lost) from exc
+        raise
+    finally:
+        hold.active = False
+        _HELD.reset(token)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_release_quietly, client, hold.lease_id, needed)
+        _emit_all(
+            EVENT_RELEASED,
+            hold.limit_ids,
+            _released_payload(hold, _exit_reason(hold, error), acquired_at),
+            acquired,
+        )
+    if hold.lost:
+        raise ResourceLockLost(needed, hold.lease_id, hold.lost)
+
+
+class ResourceLock:
+    """`with` / `async with` guard on one or more resources; see `resource_lock()`."""
+
+    def __init__(
+        self,
+        names: Iterable[object],
+        *,
+        limit: int = 1,
+        lease_duration: float = DEFAULT_LEASE_SECONDS,
+        timeout: float | None = None,
+    ) -> None:
+        self.names = _normalize(names)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number >= 1, got {limit!r}")
+        if not MIN_LEASE_SECONDS <= float(lease_duration) <= MAX_LEASE_SECONDS:
+            raise ValueError(
+                f"lease_duration must be between {MIN_LEASE_SECONDS:g} and "
+                f"{MAX_LEASE_SECONDS:g} seconds (Prefect's bounds), got {lease_duration!r}"
+            )
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+        self.limit = limit
+        self.lease_duration = float(lease_duration)
+        self.timeout = None if timeout is None else float(timeout)
+        self._sync: Any = None
+        self._async: Any = None
+
+    def __repr__(self) -> str:
+        return f"resource_lock({', '.join(map(repr, self.names))})"
+
+    def __enter__(self) -> Hold:
+        if self._sync is not None:
+            raise RuntimeError(f"{self!r} is already entered; create another resource_lock()")
+        self._sync = _hold_sync(self)
+        try:
+            return self._sync.__enter__()
+        except BaseException:
+            self._sync = None
+            raise
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        manager, self._sync = self._sync, None
+        return manager.__exit__(*exc_info)
+
+    async def __aenter__(self) -> Hold:
+        if self._async is not None:
+            raise RuntimeError(f"{self!r} is already entered; create another resource_lock()")
+        self._async = _hold_async(self)
+        try:
+            return await self._async.__aenter__()
+        except BaseException:
+            self._async = None
+            raise
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        manager, self._async = self._async, None
+        return await manager.__aexit__(*exc_info)
+
+
+def resource_lock(
+    *names: str | Iterable[str],
+    limit: int = 1,
+    lease_duration: float = DEFAULT_LEASE_SECONDS,
+    timeout: float | None = None,
+) -> ResourceLock:
+    """Hold every named resource (all or none) for the duration of a `with` block.
+
+    `limit`: slots of a limit this call creates (an existing limit keeps its size).
+    `lease_duration`: seconds (60 to 86400) a crashed holder keeps the slot.
+    `timeout`: seconds to wait before raising `ResourceLockTimeout` (None: forever).
+    """
+    return ResourceLock(names, limit=limit, lease_duration=lease_duration, timeout=timeout)
+
+
+# --- the decorator ---------------------------------------------------------------------------
+def _check_templates(templates: tuple[str, ...], fn: Callable[..., Any]) -> None:
+    signature = inspect.signature(fn)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    for template in templates:
+        if not isinstance(template, str):
+            raise TypeError(f"guarded() takes name templates (str), got {template!r}")
+        for _, field_name, _, _ in string.Formatter().parse(template):
+            if field_name is None:
+                continue
+            root = field_name.split(".", 1)[0].split("[", 1)[0]
+            if not root or root.isdigit():
+                raise ValueError(
+                    f"name template {template!r}: use parameter names, e.g. {{db_id}}, not {{}}"
+                )
+            if root not in signature.parameters and not takes_any:
+                raise ValueError(
+                    f"name template {template!r} uses {{{root}}}, which is not a parameter "
+                    f"of {fn.__qualname__}{signature}"
+                )
+        if not any(field_name for _, field_name, _, _ in string.Formatter().parse(template)):
+            validate_name(template)
+
+
+def guarded(
+    *templates: str,
+    limit: int = 1,
+    lease_duration: float = DEFAULT_LEASE_SECONDS,
+    timeout: float | None = None,
+) -> Callable[[F], F]:
+    """Run the whole function under `resource_lock`, names formatted from its arguments.
+
+        @task
+        @guarded("db-{db_id}")
+        def migrate(db_id: int): ...
+
+    Put it below `@task` (or `@flow`) so the lock is taken inside the run (the holder).
+    """
+    if not templates:
+        raise ValueError("guarded() needs at least one resource name template")
+    options = {"limit": limit, "lease_duration": lease_duration, "timeout": timeout}
+    ResourceLock(["x"], **options)  # check the options now, not at the first call
+
+    def decorate(fn: F) -> F:
+
+        if isinstance(fn, Task | Flow):
+            raise TypeError(
+                "put @guarded(...) below @task / @flow, so that the lock is taken by the run:"
+                "\n    @task\n    @guarded(...)\n    def ..."
+            )
+        _check_templates(templates, fn)
+        signature = inspect.signature(fn)
+
+        def lock_for(args: tuple, kwargs: dict) -> ResourceLock:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+            for param in signature.parameters.values():
+                if param.kind is param.VAR_KEYWORD:
+                    values.update(values.get(param.name) or {})
+            try:
+                names = [template.format(**values) for template in templates]
+            except (KeyError, AttributeError, IndexError) as exc:
+                raise ValueError(f"cannot build resource name from {templates!r}: {exc}") from exc
+            return ResourceLock(names, **options)
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with lock_for(args, kwargs):
+                    return await fn(*args, **kwargs)
+
+            wrapper: Any = async_wrapper
+        else:
+
+            @functools.wraps(fn)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with lock_for(args, kwargs):
+                    return fn(*args, **kwargs)
+
+            wrapper = sync_wrapper
+        # Prefect derives the task key from the source of the function it wraps.
+        wrapper.__prefect_task_source__ = fn
+        return wrapper
+
+    return decorate
