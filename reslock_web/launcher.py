@@ -98,6 +98,14 @@ class Launcher:
 
     def stop_all(self) -> None:
         self.stopping.set()
+        # The demo first, while Prefect still answers: its flows then end their runs and give
+        # their slots back, instead of leaving them held on a server that forgets the leases.
+        optional = [child for child in self.children if child.optional]
+        for child in optional:
+            _signal_group(child.process, signal.SIGTERM)
+        for child in optional:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=12)
         for child in reversed(self.children):
             _signal_group(child.process, signal.SIGTERM)
         deadline = time.monotonic() + 15

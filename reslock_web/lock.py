@@ -126,6 +126,9 @@ class ResourceLockTimeout(TimeoutError):
         noun = "resource" if len(names) == 1 else "resources"
         super().__init__(f"Timed out after {timeout:g} s waiting for {noun} {which}")
 
+    def __reduce__(self) -> tuple:  # pickled with Prefect's results: rebuild from the fields
+        return (type(self), (self.names, self.timeout, self.holders))
+
 
 class ResourceLockLost(RuntimeError):
     """The lease ended while the body ran (revoked from the board, or not renewable)."""
@@ -138,6 +141,9 @@ class ResourceLockLost(RuntimeError):
         super().__init__(
             f"Lost the lock on {listed} (lease {lease_id}): {reason}; the guarded block was stopped"
         )
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.names, self.lease_id, self.reason))
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -157,6 +163,12 @@ def validate_name(name: object) -> str:
         )
     if any(ord(char) < 32 or ord(char) == 127 for char in name):
         raise ValueError(f"resource name {name!r} contains control characters")
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        pass
+    else:  # Prefect's /v2/concurrency_limits/{id_or_name} would read it as an id
+        raise ValueError(f"resource name {name!r} looks like an id; pick another name")
     if name.startswith(RESERVED_PREFIXES):
         raise ValueError(
             f"resource name {name!r} starts with {name.split(':')[0]}:, which Prefect keeps "
@@ -179,7 +191,6 @@ def _normalize(names: Iterable[object]) -> tuple[str, ...]:
 
 # --- the current run -------------------------------------------------------------------------
 def _current_holder() -> dict[str, str] | None:
-
     task_ctx = TaskRunContext.get()
     if task_ctx is not None:
         return {"type": "task_run", "id": str(task_ctx.task_run.id)}
@@ -190,7 +201,6 @@ def _current_holder() -> dict[str, str] | None:
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
-
     try:
         return get_run_logger()
     except MissingContextError:
@@ -232,15 +242,14 @@ _clients_lock = threading.Lock()
 _limit_ids: dict[tuple[str, str], uuid.UUID] = {}  # (api url, name) -> limit id
 
 
-def _api_key() -> tuple[Any, ...]:
-
+def _api_settings() -> tuple[Any, ...]:
     return (PREFECT_API_URL.value() or "", PREFECT_API_KEY.value(), PREFECT_API_AUTH_STRING.value())
 
 
 def _client() -> SyncPrefectClient:
-    """One long-lived sync client per API (thread-safe; run clients close with their run)."""
+    """One long-lived, thread-safe sync client per API (not a run's: it closes with its run)."""
 
-    key = _api_key()
+    key = _api_settings()
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
@@ -378,6 +387,8 @@ def _attempt(
         limit_ids={item["name"]: uuid.UUID(item["id"]) for item in data.get("limits", [])},
     )
     grants.append(grant)  # from here on, a failure or cancellation releases it
+    for name, limit_id in grant.limit_ids.items():  # a limit recreated under its name
+        _limit_ids[(url, name)] = limit_id
     missing = [name for name in names if name not in grant.limit_ids]
     if missing:
         grants.remove(grant)
@@ -433,18 +444,22 @@ def _acquire_steps(
     hold: Hold,
     grants: list[_Grant],
 ) -> Generator[_Call | _Sleep, Any, dict[str, Event | None]]:
-    client, url = _client(), _api_key()[0]
+    client, url = _client(), _api_settings()[0]
     started = time.monotonic()
     deadline = None if spec.timeout is None else started + spec.timeout
     limit_ids: dict[str, uuid.UUID] = yield _Call(
         lambda: _limit_ids_for(client, url, names, spec.limit)
     )
     waiting: dict[str, Event | None] | None = None
+    recreated = 0
     while True:
         outcome = yield _Call(
             lambda: _attempt(client, url, names, spec.lease_duration, hold.holder, grants)
         )
         if outcome is None:  # a limit was deleted under us: create it again, retry at once
+            recreated += 1
+            if recreated > 3:
+                raise RuntimeError(f"Prefect keeps losing the concurrency limits {names}")
             limit_ids = yield _Call(lambda: _limit_ids_for(client, url, names, spec.limit))
             continue
         if isinstance(outcome, _Grant):
@@ -494,7 +509,6 @@ def _acquire_steps(
 
 
 def _drive_sync(steps: Generator[_Call | _Sleep, Any, Any]) -> Any:
-
     value: Any = None
     while True:
         try:
@@ -510,7 +524,6 @@ def _drive_sync(steps: Generator[_Call | _Sleep, Any, Any]) -> Any:
 
 
 async def _drive_async(steps: Generator[_Call | _Sleep, Any, Any]) -> Any:
-
     value: Any = None
     while True:
         try:
@@ -623,7 +636,6 @@ class _Renewer:
             self._stop.set()
 
     def _run(self) -> None:
-
         hold = self.hold
         assert hold.lease_id is not None
         wait = hold.lease_duration * RENEWAL_FRACTION
@@ -681,20 +693,12 @@ def _exit_reason(hold: Hold, exc: BaseException | None) -> str:
         return "lease_lost"
     if exc is None:
         return "exit"
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-        return "cancelled"
-    return "error"
+    # CancelledError, KeyboardInterrupt, Prefect's TerminationSignal...: not the body's failure
+    return "error" if isinstance(exc, Exception) else "cancelled"
 
 
 @contextmanager
 def _hold_sync(spec: ResourceLock) -> Iterator[Hold]:
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise RuntimeError("inside async code use `async with resource_lock(...)`")
     needed = _split(spec.names)
     hold = Hold(spec.names, needed, lease_duration=spec.lease_duration, holder=_current_holder())
     if not needed:  # every name is held by an enclosing block of this run: nothing to take
@@ -743,7 +747,6 @@ def _hold_sync(spec: ResourceLock) -> Iterator[Hold]:
 
 @asynccontextmanager
 async def _hold_async(spec: ResourceLock) -> AsyncIterator[Hold]:
-
     needed = _split(spec.names)
     hold = Hold(spec.names, needed, lease_duration=spec.lease_duration, holder=_current_holder())
     if not needed:
@@ -911,7 +914,6 @@ def guarded(
     ResourceLock(["x"], **options)  # check the options now, not at the first call
 
     def decorate(fn: F) -> F:
-
         if isinstance(fn, Task | Flow):
             raise TypeError(
                 "put @guarded(...) below @task / @flow, so that the lock is taken by the run:"

@@ -281,6 +281,7 @@ class SyncState(models.Model):
     events_until = models.DateTimeField(null=True, blank=True)
     locked_by = models.CharField(max_length=200, blank=True)
     locked_until = models.DateTimeField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.name

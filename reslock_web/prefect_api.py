@@ -417,12 +417,13 @@ class PrefectAPI:
         until: datetime,
         prefixes: list[str],
         exclude: list[str] | None = None,
+        resources: list[str] | None = None,
     ) -> Iterator[EventInfo]:
         """Events in [since, until], oldest first, following every page."""
         event_filter: dict[str, Any] = {"prefix": prefixes}
         if exclude:
             event_filter["exclude_name"] = exclude
-        body = {
+        body: dict[str, Any] = {
             "filter": {
                 "occurred": {"since": since.isoformat(), "until": until.isoformat()},
                 "event": event_filter,
@@ -430,6 +431,8 @@ class PrefectAPI:
             },
             "limit": EVENTS_PAGE,
         }
+        if resources is not None:
+            body["filter"]["resource"] = {"id": resources}
         data = self.request("POST", "events/filter", json=body)
         while True:
             if not isinstance(data, dict):

@@ -27,7 +27,7 @@ from reslock_web.models import (
     Waiter,
     search_text,
 )
-from reslock_web.prefect_api import EventInfo, LimitInfo, _uuid
+from reslock_web.prefect_api import EventInfo, LimitInfo, RunInfo, _uuid
 
 if TYPE_CHECKING:
     from reslock_web.sync import Snapshot
@@ -154,16 +154,55 @@ def stored_tag_holders(names: set[str]) -> dict[str, list[UUID]]:
     return held
 
 
-def stored_run_ids() -> tuple[set[UUID], set[UUID]]:
-    task_ids: set[UUID] = set()
-    flow_ids: set[UUID] = set()
+def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
+    """The runs behind stored holders and waiters, as the last pass saw them."""
+    tasks: dict[UUID, RunInfo] = {}
+    flows: dict[UUID, RunInfo] = {}
+    fields = ["task_run_id", "task_run_name", "flow_run_id", "flow_run_name", "flow_id",
+              "deployment_id", "state_type", "state_name", "state_at"]  # fmt: skip
     for model in (Holder, Waiter):
-        for task_run_id, flow_run_id in model.objects.values_list("task_run_id", "flow_run_id"):
-            if task_run_id:
-                task_ids.add(task_run_id)
-            if flow_run_id:
-                flow_ids.add(flow_run_id)
-    return task_ids, flow_ids
+        for (
+            task_id,
+            task_name,
+            run_id,
+            run_name,
+            flow_id,
+            deployment_id,
+            state,
+            name,
+            at,
+        ) in model.objects.values_list(*fields):
+            if task_id:
+                tasks[task_id] = RunInfo(
+                    task_id, task_name, state, name, at, None, None, None, flow_run_id=run_id
+                )
+                if run_id and run_id not in flows:  # names only: the state above is the task's
+                    flows[run_id] = RunInfo(
+                        run_id,
+                        run_name,
+                        "",
+                        "",
+                        None,
+                        None,
+                        None,
+                        None,
+                        flow_id=flow_id,
+                        deployment_id=deployment_id,
+                    )
+            elif run_id:
+                flows[run_id] = RunInfo(
+                    run_id,
+                    run_name,
+                    state,
+                    name,
+                    at,
+                    None,
+                    None,
+                    None,
+                    flow_id=flow_id,
+                    deployment_id=deployment_id,
+                )
+    return tasks, flows
 
 
 # --- the write -------------------------------------------------------------------------

@@ -44,7 +44,11 @@ EVENTS_OVERLAP = timedelta(seconds=60)
 # A tag limit whose counter did not move keeps its holders; a few per pass whose list was not
 # read for this long are re-read (a tag reset revokes leases without touching the counter).
 TAG_RECHECK = timedelta(seconds=300)
-VERIFY_PER_PASS = 10
+VERIFY_PER_PASS = 3
+# Runs of stored holders and waiters are re-read when Prefect reports a state change, and all
+# of them at least this often (in case an event was missed).
+RUNS_REFRESH = timedelta(seconds=120)
+RUN_EVENT_PREFIXES = ["prefect.flow-run.", "prefect.task-run."]
 LOCK_SECONDS = 300  # a crashed sync's lock frees itself after this long
 ANCESTOR_DEPTH = 10
 
@@ -146,7 +150,8 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
     pages, so that a sync costs little more than the listing itself."""
     now = timezone.now()
     since = _events_since(now)
-    stored_tasks, stored_flows = store.stored_run_ids()
+    stored_tasks, stored_flows = store.stored_runs()
+    refresh_all = only is not None or _runs_refresh_due(now)
     known = {
         prefect_id: (updated, slots, checked)
         for prefect_id, updated, slots, checked in Limit.objects.present().values_list(
@@ -156,12 +161,9 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
     known_deployments = set(
         Limit.objects.present().exclude(deployment_id=None).values_list("deployment_id", flat=True)
     )
-    with ThreadPoolExecutor(max_workers=5) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         events = pool.submit(lambda: list(api.events(since, now, EVENT_PREFIXES, LIFECYCLE_EVENTS)))
-        running = pool.submit(api.tagged_task_runs, "RUNNING")
-        pending = pool.submit(api.pending_tagged_task_runs)
-        task_runs = pool.submit(api.task_runs, stored_tasks)
-        flow_runs = pool.submit(api.flow_runs, stored_flows)
+        runs = pool.submit(_fresh_runs, api, stored_tasks, stored_flows, since, now, refresh_all)
         deployment_runs = pool.submit(api.deployment_runs, known_deployments)
         if only is None:
             listing = api.list_limits().limits
@@ -179,28 +181,67 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
             claims={},
             queued={},
         )
-        snapshot.task_runs.update(task_runs.result())
-        snapshot.flow_runs.update(flow_runs.result())
+        fresh_tasks, fresh_flows = runs.result()
+        snapshot.task_runs.update({**stored_tasks, **fresh_tasks})
+        snapshot.flow_runs.update({**stored_flows, **fresh_flows})
         snapshot.asked_tasks, snapshot.asked_flows = set(stored_tasks), set(stored_flows)
-        candidates = running.result()
-        snapshot.task_runs.update({run.id: run for run in candidates})
-        _tag_holders(api, snapshot, known if only is None else {}, candidates)
+        _tag_holders(api, snapshot, known if only is None else {})
         new_deployments = {
             d for info in listing if (d := kind_of(info.name)[2])
         } - known_deployments
         runs = deployment_runs.result() + (
             api.deployment_runs(new_deployments) if new_deployments else []
         )
-        _claims(snapshot, runs, pending.result())
+    full_tags = any(
+        info.name.startswith("tag:") and info.active and 0 < info.limit <= info.active_slots
+        for info in listing
+    )
+    _claims(snapshot, runs, api.pending_tagged_task_runs() if full_tags else [])
     _resolve_runs(api, snapshot)
+    if refresh_all and only is None:
+        SyncState.objects.update_or_create(name="runs", defaults={"checked_at": now})
     return snapshot
+
+
+def _runs_refresh_due(now: datetime) -> bool:
+    state = SyncState.objects.filter(name="runs").first()
+    return state is None or state.checked_at is None or now - state.checked_at > RUNS_REFRESH
+
+
+def _fresh_runs(
+    api: PrefectAPI,
+    tasks: dict[UUID, RunInfo],
+    flows: dict[UUID, RunInfo],
+    since: datetime,
+    now: datetime,
+    refresh_all: bool,
+) -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
+    """Re-read the runs of stored holders and waiters: all of them now and then, otherwise
+    only those whose state changed since the last pass (Prefect emits an event per change)."""
+    if not refresh_all and (tasks or flows):
+        resources = [f"prefect.task-run.{i}" for i in tasks] + [
+            f"prefect.flow-run.{i}" for i in flows
+        ]
+        changed = {
+            _uuid_of(event.resource.get("prefect.resource.id", ""))
+            for event in api.events(since, now, RUN_EVENT_PREFIXES, resources=resources)
+        }
+        tasks = {i: run for i, run in tasks.items() if i in changed}
+        flows = {i: run for i, run in flows.items() if i in changed}
+    return api.task_runs(tasks), api.flow_runs(flows)
+
+
+def _uuid_of(resource_id: str) -> UUID | None:
+    try:
+        return UUID(resource_id.rsplit(".", 1)[-1])
+    except ValueError:
+        return None
 
 
 def _tag_holders(
     api: PrefectAPI,
     snapshot: Snapshot,
     known: dict[UUID, tuple[datetime | None, int, datetime | None]],
-    running: list[RunInfo],
 ) -> None:
     """Lease holders of tag limits, reading Prefect's per-tag list only where needed.
 
@@ -210,11 +251,7 @@ def _tag_holders(
     holder), the per-tag list is read. A few limits are re-read on every pass, oldest first,
     so that every stored answer is checked against Prefect's own list now and then.
     """
-    by_tag: dict[str, list[UUID]] = {}
-    for run in running:
-        for tag in run.tags:
-            by_tag.setdefault(tag, []).append(run.id)
-    to_read: list[str] = []
+    moved = []
     reuse: set[str] = set()
     verifiable: list[tuple[datetime, str]] = []
     for info in snapshot.listing:
@@ -225,7 +262,17 @@ def _tag_holders(
         if updated == info.updated and slots == info.active_slots and checked is not None:
             reuse.add(info.name)
             verifiable.append((checked, tag))
-        elif len(by_tag.get(tag, [])) == info.active_slots:
+        else:
+            moved.append((info, tag, checked))
+    by_tag: dict[str, list[UUID]] = {}
+    if moved:
+        for run in api.tagged_task_runs("RUNNING"):
+            snapshot.task_runs[run.id] = run
+            for tag in run.tags:
+                by_tag.setdefault(tag, []).append(run.id)
+    to_read: list[str] = []
+    for info, tag, checked in moved:
+        if len(by_tag.get(tag, [])) == info.active_slots:
             snapshot.tag_holders[info.name] = by_tag[tag]
             verifiable.append((checked or datetime.min.replace(tzinfo=snapshot.now.tzinfo), tag))
         else:

@@ -249,7 +249,9 @@ class Demo:
         if not left:
             return
         log.info("stopping %d flow processes", len(left))
-        self._wait(left, time.monotonic() + 1.0)
+        # When the whole group was signalled they are already leaving: a second SIGTERM could
+        # cut short Prefect's own crash handling, so give them a moment first.
+        self._wait(left, time.monotonic() + 3.0)
         for process in left:
             process.signal(signal.SIGTERM)
         self._wait(left, time.monotonic() + grace)
@@ -390,6 +392,10 @@ class Demo:
             at += step
             return at
 
+        # First the crashed holder: its zombie shows only once its lease ran out (about a minute).
+        slots.append(
+            Slot("crashed", self._crashed, self._after_crash, due=at, ready=self._zombie_gone)
+        )
         # A queue: the first to start holds the tag, the next two wait for it.
         for i, (flow, task, run) in enumerate(catalog.CONTENDED_FLOWS):
             slots.append(
@@ -397,7 +403,7 @@ class Demo:
                     f"contended-{i + 1}",
                     self._contended(flow, task, run),
                     lambda _p: 2.0,  # back in the queue at once: two keep waiting
-                    due=later(0.0 if i == 0 else 1.5),
+                    due=later(0.7 if i == 0 else 1.5),
                 )
             )
         slots.append(Slot("deadlock", self._deadlock, lambda _p: REPEAT_SECONDS, due=later()))
@@ -410,15 +416,6 @@ class Demo:
                     due=later(),
                 )
             )
-        slots.append(
-            Slot(
-                "crashed",
-                self._crashed,
-                self._after_crash,
-                due=later(),
-                ready=self._zombie_gone,
-            )
-        )
         slots.append(Slot("deployment", self._deployment, lambda _p: 30.0, due=later()))
         return slots
 

@@ -35,7 +35,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -47,7 +47,10 @@ from prefect.exceptions import TerminationSignal
 EVENTS_ENV = "RESLOCK_DEMO_EVENTS"
 STOP = threading.Event()  # set once the process is told to terminate
 CURRENT: dict[str, str | None] = {}  # the flow run this process runs, once it started
+OURS: set[str] = set()  # deployment: the runs this runner created or took over
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+REFILL_DELAY = 35  # s; Prefect retries a run AwaitingConcurrencySlot every 30 s
+UNFINISHED = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")  # task runs: no not_any_
 
 
 # --- plumbing ------------------------------------------------------------------------------
@@ -119,7 +122,7 @@ def crash_leftovers(flow_run_id: str) -> None:
                 json={
                     "task_runs": {
                         "flow_run_id": {"any_": [flow_run_id]},
-                        "state": {"type": {"not_any_": list(FINAL)}},
+                        "state": {"type": {"any_": list(UNFINISHED)}},
                     },
                     "limit": 50,
                 },
@@ -259,9 +262,10 @@ def keep_runs(deployment_id: str, p: dict[str, Any]) -> None:
     (their lease expires) and would otherwise stop the queue from being refilled.
     """
     wanted = int(p.get("runs", 2))
-    ours: set[str] = set()
+    ours = OURS
     regions = ("eu", "us", "apac", "latam")
     n = 0
+    first = True
     with api() as http:
         while not STOP.is_set():
             try:
@@ -284,16 +288,23 @@ def keep_runs(deployment_id: str, p: dict[str, Any]) -> None:
                     region = regions[n % len(regions)]
                     n += 1
                     hold_seconds = random.uniform(float(p["hold_min"]), float(p["hold_max"]))
-                    created = http.post(
-                        f"deployments/{deployment_id}/create_flow_run",
-                        json={
-                            "name": f"invoices-{region}-{stamp()}",
-                            "parameters": {"region": region, "hold_seconds": round(hold_seconds)},
-                        },
-                    )
+                    body: dict[str, Any] = {
+                        "name": f"invoices-{region}-{stamp()}",
+                        "parameters": {"region": region, "hold_seconds": round(hold_seconds)},
+                    }
+                    if not first:
+                        # A run due now would take the freed slot before the one that waited
+                        # (it retries every 30 s) and starve it: queue behind it instead.
+                        due = datetime.now(UTC) + timedelta(seconds=REFILL_DELAY)
+                        body["state"] = {
+                            "type": "SCHEDULED",
+                            "state_details": {"scheduled_time": due.isoformat()},
+                        }
+                    created = http.post(f"deployments/{deployment_id}/create_flow_run", json=body)
                     created.raise_for_status()
                     ours.add(created.json()["id"])
                     emit("created", flow_run_id=created.json()["id"], region=region)
+                first = False
             except (httpx.HTTPError, KeyError, ValueError) as error:
                 emit("error", error=repr(error))
             STOP.wait(3)
@@ -320,16 +331,28 @@ def deployment(p: dict[str, Any]) -> None:
     )
     emit("deployed", deployment_id=deployment_id, limit_name=f"deployment:{deployment_id}")
     threading.Thread(target=keep_runs, args=(deployment_id, p), daemon=True).start()
+    # One graceful stop: a second SIGTERM would make the runner sys.exit() half-way through it.
+    graceful = runner.handle_sigterm
+
+    def handle_sigterm_once(*args: Any, **kwargs: Any) -> None:
+        if not STOP.is_set():
+            STOP.set()
+            graceful(*args, **kwargs)
+
+    runner.handle_sigterm = handle_sigterm_once  # start() installs it
     try:
         asyncio.run(runner.start())
     finally:
         STOP.set()
-        cancel_waiting(deployment_id)
+        finish_runs(deployment_id)
 
 
-def cancel_waiting(deployment_id: str) -> None:
-    """The runner stops: cancel the runs still waiting, which nobody would run any more."""
-    state = {"state": {"type": "CANCELLED", "message": "the demo was stopped"}, "force": True}
+def finish_runs(deployment_id: str) -> None:
+    """The runner stopped: end the runs nobody will run or finish any more.
+
+    Waiting runs are cancelled. A run the runner was executing may be left Running: its
+    process reports "cancelled" but leaves the state to the runner, which is shutting down.
+    """
     try:
         with api(timeout=1.5) as http:
             response = http.post(
@@ -337,15 +360,19 @@ def cancel_waiting(deployment_id: str) -> None:
                 json={
                     "flow_runs": {
                         "deployment_id": {"any_": [deployment_id]},
-                        "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}},
+                        "state": {"type": {"not_any_": list(FINAL)}},
                     },
                     "limit": 50,
                 },
             )
             response.raise_for_status()
             for run in response.json():
-                http.post(f"flow_runs/{run['id']}/set_state", json=state)
-                emit("cancelled", flow_run_id=run["id"])
+                if run["id"] not in OURS and run.get("state_type") == "RUNNING":
+                    continue  # an earlier runner's: not ours to judge
+                final = "CRASHED" if run.get("state_type") in ("RUNNING", "CANCELLING") else None
+                state = {"type": final or "CANCELLED", "message": "the demo was stopped"}
+                http.post(f"flow_runs/{run['id']}/set_state", json={"state": state, "force": True})
+                emit("finished", flow_run_id=run["id"], state=state["type"])
     except (httpx.HTTPError, KeyError, ValueError) as error:
         emit("error", error=repr(error))
 
