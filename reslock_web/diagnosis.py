@@ -307,6 +307,12 @@ def order_waiters(
         if v.condition in (Condition.HOLDING, Condition.STALE) and v.claim.task_run_id
     }
     holder_keys = {v.claim.key for v in holders}
+    # A helper wait whose run is over will never end with an acquire: the process is gone.
+    queued = [
+        q
+        for q in queued
+        if not (q.source == Source.HELPER and ctx.ended(q.flow_run_id, q.task_run_id)[0])
+    ]
     ordered = sorted(
         (q for q in queued if q.key not in holder_keys),
         key=lambda q: (q.waiting_since or ctx.now, q.key),

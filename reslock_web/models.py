@@ -262,6 +262,7 @@ class LockEvent(models.Model):
     deployment_name = models.CharField(max_length=500, blank=True)
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
+    wait_id = models.UUIDField(null=True, blank=True)  # the helper's waiting -> acquired link
     # Set on an acquire once it is over: released, or its run ended without a release.
     closed_at = models.DateTimeField(null=True, blank=True)
     closed_reason = models.CharField(max_length=40, blank=True)

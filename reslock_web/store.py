@@ -15,13 +15,14 @@ from uuid import UUID
 from django.db.models import Model
 
 from reslock_web import diagnosis
-from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, WaiterVerdict
+from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, Queued, WaiterVerdict
 from reslock_web.models import (
     Condition,
     Holder,
     Kind,
     Limit,
     LockEvent,
+    Source,
     Status,
     SyncState,
     Waiter,
@@ -96,16 +97,27 @@ def event_row(event: EventInfo) -> LockEvent:
         deployment_id=deployment_id,
         deployment_name=deployment_name,
         lease_id=_uuid(event.payload.get("lease_id")),
+        wait_id=_uuid(event.payload.get("wait_id")),
         lease_seconds=int(lease_seconds)
         if isinstance(lease_seconds, int | float) and lease_seconds > 0
         else None,
     )
 
 
+def queued_from_row(row: LockEvent) -> Queued:
+    return Queued(
+        key=f"wait:{row.wait_id or row.event_id}",
+        source=Source.HELPER,
+        flow_run_id=row.flow_run_id,
+        task_run_id=row.task_run_id,
+        waiting_since=row.occurred,
+    )
+
+
 def claim_from_row(row: LockEvent) -> Claim:
     return Claim(
         key=str(row.event_id),
-        source="event",
+        source=Source.HELPER if row.event.startswith("reslock.") else Source.EVENT,
         certain=False,
         flow_run_id=row.flow_run_id,
         task_run_id=row.task_run_id,
@@ -131,11 +143,28 @@ def _store_events(snapshot: Snapshot) -> int:
     known = set(LockEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True))
     new = [event_row(event) for event in snapshot.events if event.id not in known]
     LockEvent.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
+    open_rows = LockEvent.objects.filter(closed_at__isnull=True)
     for event in snapshot.events:
-        if event.event.endswith(".released") and event.follows:
-            LockEvent.objects.filter(event_id=event.follows, closed_at__isnull=True).update(
+        limit_id = limit_id_of(event)
+        if event.event == "prefect.concurrency-limit.released" and event.follows:
+            open_rows.filter(event_id=event.follows).update(
                 closed_at=event.occurred, closed_reason="released"
             )
+        elif event.event == "reslock.lock.released" and (
+            lease := _uuid(event.payload.get("lease_id"))
+        ):
+            open_rows.filter(
+                event="reslock.lock.acquired", lease_id=lease, limit_prefect_id=limit_id
+            ).update(
+                closed_at=event.occurred,
+                closed_reason=str(event.payload.get("reason") or "released")[:40],
+            )
+        elif event.event in ("reslock.lock.acquired", "reslock.lock.timed_out") and (
+            wait := _uuid(event.payload.get("wait_id"))
+        ):
+            open_rows.filter(
+                event="reslock.lock.waiting", wait_id=wait, limit_prefect_id=limit_id
+            ).update(closed_at=event.occurred, closed_reason=event.event.rsplit(".", 1)[1])
     return len(new)
 
 

@@ -38,6 +38,12 @@ LIFECYCLE_EVENTS = [
 ]
 ACQUIRED = "prefect.concurrency-limit.acquired"
 RELEASED = "prefect.concurrency-limit.released"
+# reslock's flow-side helper (reslock_web.lock) announces its waits and leases.
+HELPER_WAITING = "reslock.lock.waiting"
+HELPER_ACQUIRED = "reslock.lock.acquired"
+HELPER_RELEASED = "reslock.lock.released"
+HELPER_TIMED_OUT = "reslock.lock.timed_out"
+ACQUIRES = (ACQUIRED, HELPER_ACQUIRED)
 # Events reach Prefect's REST API a few seconds after they occur: re-read this much each time
 # (duplicates are dropped by event id).
 EVENTS_OVERLAP = timedelta(seconds=60)
@@ -311,11 +317,16 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
                 Claim(key=str(run_id), source=Source.TAG_LEASE, certain=True, task_run_id=run_id)
                 for run_id in run_ids
             ]
-    # Global limits: acquires without a release, stored ones plus those read in this pass.
+    # Global limits: acquires without a release, stored ones plus those read in this pass,
+    # and the helper's announced waits, in the order they began.
     for claim_limit, claim in _open_acquires(snapshot.events):
         info = by_id.get(claim_limit)
         if info is not None and kind_of(info.name)[0] == Kind.GLOBAL:
             snapshot.claims.setdefault(info.id, []).append(claim)
+    for wait_limit, item in _open_waits(snapshot.events):
+        info = by_id.get(wait_limit)
+        if info is not None and kind_of(info.name)[0] == Kind.GLOBAL:
+            snapshot.queued.setdefault(info.id, []).append(item)
     # Deployment limits: their Pending/Running flow runs hold, AwaitingConcurrencySlot waits.
     deployment_limits = {
         deployment_id: info
@@ -377,21 +388,54 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
 
 
 def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:
-    """Acquire events not yet released: the ones stored open, plus new ones, minus new releases."""
+    """Acquires not yet released: the ones stored open, plus new ones, minus new releases.
+
+    Prefect's own release `follows` its acquire; reslock's helper releases name the lease
+    (Prefect drops `follows` when the two are more than five minutes apart).
+    """
     released = {e.follows for e in events if e.event == RELEASED and e.follows}
+    released_leases = {str(e.payload.get("lease_id")) for e in events if e.event == HELPER_RELEASED}
     claims: dict[str, tuple[UUID, Claim]] = {}
-    for row in LockEvent.objects.filter(event=ACQUIRED, closed_at__isnull=True).exclude(
+    rows = LockEvent.objects.filter(event__in=ACQUIRES, closed_at__isnull=True).exclude(
         limit_prefect_id=None
-    ):
+    )
+    for row in rows:
         claims[str(row.event_id)] = (row.limit_prefect_id, store.claim_from_row(row))
     for event in events:
-        if event.event == ACQUIRED and event.id not in released:
+        if event.event in ACQUIRES and event.id not in released:
             limit_id = store.limit_id_of(event)
             if limit_id is not None:
                 claims[str(event.id)] = (limit_id, store.claim_from_event(event))
     for event_id in released:
         claims.pop(str(event_id), None)
-    return list(claims.values())
+    return [
+        (limit_id, claim)
+        for limit_id, claim in claims.values()
+        if not (claim.source == Source.HELPER and str(claim.lease_id) in released_leases)
+    ]
+
+
+def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
+    """Helper waits not yet ended by an acquire or a time-out (matched on the wait id)."""
+    ended = {
+        (store.limit_id_of(e), str(e.payload.get("wait_id")))
+        for e in events
+        if e.event in (HELPER_ACQUIRED, HELPER_TIMED_OUT)
+    }
+    waits: dict[tuple[UUID, str], Queued] = {}
+    for row in LockEvent.objects.filter(event=HELPER_WAITING, closed_at__isnull=True).exclude(
+        limit_prefect_id=None
+    ):
+        waits[(row.limit_prefect_id, str(row.wait_id))] = store.queued_from_row(row)
+    for event in events:
+        if event.event == HELPER_WAITING and (limit_id := store.limit_id_of(event)) is not None:
+            row = store.event_row(event)
+            waits[(limit_id, str(row.wait_id))] = store.queued_from_row(row)
+    return [
+        (limit_id, item)
+        for (limit_id, wait), item in waits.items()
+        if (limit_id, wait) not in ended
+    ]
 
 
 def _resolve_runs(api: PrefectAPI, snapshot: Snapshot) -> None:

@@ -182,10 +182,12 @@ class Demo:
             try:
                 if self.api.health():
                     return
-            except PrefectError as error:
-                if time.monotonic() > deadline:
-                    raise
-                log.info("waiting for Prefect at %s (%s)", self.api_url, error)
+                error = PrefectError("its health check is not true", retryable=True)
+            except PrefectError as failed:
+                error = failed
+            if time.monotonic() > deadline:
+                raise error
+            log.info("waiting for Prefect at %s (%s)", self.api_url, error)
             self.stop.wait(2.0)
 
     def tick(self, now: float) -> None:

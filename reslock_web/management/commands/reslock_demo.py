@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import signal
@@ -18,10 +19,9 @@ from reslock_web.prefect_api import PrefectAPI, PrefectError
 
 
 def _count(value: str) -> int:
-    number = int(value)
-    if not 1 <= number <= 10_000:
-        raise ValueError(value)
-    return number
+    if not value.strip().isdigit() or not 1 <= int(value) <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to 10000, not {value!r}")
+    return int(value)
 
 
 class Command(BaseCommand):

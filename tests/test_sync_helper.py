@@ -1,0 +1,67 @@
+"""Locks taken through reslock's flow helper: holder with its lease, waiters in order."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from reslock_web.models import Condition, Limit, Source, Status
+from reslock_web.prefect_api import PrefectAPI
+from reslock_web.sync import sync_all
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def sync_until(server, name, check, timeout=40):
+    def attempt():
+        with PrefectAPI(server.api_url) as api:
+            run = sync_all(api)
+        assert run.ok, run.error
+        limit = Limit.objects.named(name)
+        return limit if limit and check(limit) else None
+
+    return wait_for(attempt, timeout, interval=0.5, what=f"{name} to match")
+
+
+def test_a_helper_holder_and_its_waiters_show_in_the_order_they_began_waiting(
+    prefect_server, flows
+):
+    name = f"db-{uuid.uuid4().hex[:8]}"
+    holder = flows.start("helper_holder", name=name, flow_run_name="first-holder")
+    acquired = holder.wait_event("acquired")
+    waiters = []
+    for order in ("second", "third", "fourth"):
+        waiter = flows.start("helper_holder", name=name, flow_run_name=f"{order}-in-line")
+        waiter.wait_event("want")
+        waiters.append(waiter)
+        # Each begins waiting before the next starts: Prefect records the order.
+        wait_for(lambda w=waiter: w.process.poll() is None and len(w.find_events("want")) == 1, 10)
+    limit = sync_until(
+        prefect_server, name, lambda limit: limit.waiter_count == 3 and limit.holder_count == 1
+    )
+    assert limit.kind == "global" and limit.status == Status.CONTENDED
+    [row] = limit.holders.exclude(condition=Condition.LEAVING)
+    assert row.source == Source.HELPER and row.flow_run_name == "first-holder"
+    assert str(row.lease_id) == acquired["lease_id"] and row.lease_seconds == 60
+    queue = [w.flow_run_name for w in limit.waiters.order_by("position")]
+    assert queue == ["second-in-line", "third-in-line", "fourth-in-line"]
+    holder.release()
+    assert holder.wait() == 0
+    # Prefect serves waiters by retry, not strictly first come: whoever got in is the holder.
+    got_in = wait_for(
+        lambda: next((w for w in waiters if w.find_events("acquired")), None),
+        90,
+        what="a waiter to get in",
+    )
+    lease = got_in.find_events("acquired")[0]["lease_id"]
+    limit = sync_until(
+        prefect_server,
+        name,
+        lambda limit: limit.waiter_count == 2 and str(limit.holders.get().lease_id) == lease,
+    )
+    assert limit.holders.get().flow_run_name == got_in.params["flow_run_name"]
+    assert got_in.params["flow_run_name"] not in [w.flow_run_name for w in limit.waiters.all()]
+    for waiter in waiters:
+        waiter.stop()
