@@ -173,6 +173,7 @@ def _holder_snapshot(holder: Holder) -> dict[str, object]:
         "task_run_id",
         "task_run_name",
         "lease_id",
+        "lease_seconds",
         "state_name",
     ]
     return {

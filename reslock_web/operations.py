@@ -33,6 +33,7 @@ from reslock_web.models import (
     Operation,
     OperationKind,
     OperationStatus,
+    Source,
 )
 from reslock_web.prefect_api import PrefectAPI, PrefectError
 
@@ -109,16 +110,8 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
                 "expires and could let two runs in."
             ),
         )
-    if holder.lease_id:
-        return Plan(
-            False,
-            "Refused: the holder looks alive.",
-            safety=(
-                f"{who!r} is {holder.state_name or 'running'} and renews its lease. Revoking a "
-                "live lease is not offered yet: the holder would keep working while the next "
-                "run gets in. Cancel its flow run in Prefect, or wait for it to finish."
-            ),
-        )
+    if holder.lease_id and holder.source == Source.HELPER:
+        return _plan_fenced(limit, holder, who)
     lease = holder.lease_seconds or assumed_lease()
     free_by = timezone.now() + timedelta(seconds=lease + REPOSSESS_SECONDS)
     return Plan(
@@ -132,6 +125,56 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
             "as a zombie. Otherwise cancel its flow run in Prefect (a deployment run is then "
             "stopped by its worker), or wait for it to finish."
         ),
+    )
+
+
+# A fenced release keeps the limit closed while the revoked holder stops; a Celery job can
+# wait that long (0.75 x lease + margin) only for short leases.
+MAX_FENCED_LEASE = 240
+FENCE_MARGIN = 10
+
+
+def _plan_fenced(limit: Limit, holder: Holder, who: str) -> Plan:
+    lease = holder.lease_seconds or 60
+    stop_within = int(lease * 0.75) + FENCE_MARGIN
+    if lease > MAX_FENCED_LEASE:
+        return Plan(
+            False,
+            "Refused: this lease is too long to fence.",
+            safety=(
+                f"{who!r} renews a {lease} s lease: after a revoke it may run for up to "
+                f"{int(lease * 0.75)} s before it notices, longer than a release job waits. "
+                "Cancel its flow run in Prefect, or wait for it to finish."
+            ),
+        )
+    if limit.active_slots < limit.limit:
+        return Plan(
+            False,
+            "Refused: the limit has free room.",
+            safety=(
+                f"{limit.active_slots} of {limit.limit} slots are used, so the limit is not what "
+                "keeps anyone waiting, and a slot freed now could not be kept closed safely. "
+                "Cancel the run in Prefect if it must stop."
+            ),
+        )
+    return Plan(
+        True,
+        f"Revoke the lease of {who!r} and keep the resource closed until it has stopped.",
+        [
+            "Count one extra, placeholder slot (the limit is full, so nobody can enter meanwhile).",
+            f"Revoke lease {holder.lease_id} (decrement-with-lease): Prefect frees exactly that "
+            "slot, once; the placeholder keeps the limit full.",
+            f"Wait until the holder has stopped: reslock's helper stops the guarded code at its next "
+            f"renewal, at most {int(lease * 0.75)} s later, and reports it (waiting at most {stop_within} s).",
+            "Remove the placeholder slot: the next waiter gets in.",
+        ],
+        "The holder took the resource through reslock's helper, which stops the guarded code as "
+        "soon as its lease is revoked. Until it has stopped, the placeholder keeps the limit "
+        "full, so nobody else can be inside at the same time. A late renewal or release of the "
+        "revoked lease is ignored by Prefect. If this job died half-way, the placeholder would "
+        "show as drift: the resource stays closed rather than open to two runs.",
+        reason_required=True,
+        warning=f"The resource stays closed to everyone for up to {stop_within} s.",
     )
 
 
@@ -208,7 +251,9 @@ def plan_set_limit(limit: Limit, value: int) -> Plan:
     if value == 0:
         warning = (
             "A limit of 0 blocks everything: tasks tagged with this tag fail at once ('will "
-            "deadlock') and concurrency() calls wait forever."
+            "deadlock') and concurrency() calls wait forever. Prefect 3.9 also cannot release a "
+            "slot while the limit is 0 (a division by the limit fails): a holder that finishes "
+            "then leaves its slot counted."
         )
     elif value < limit.active_slots:
         warning = f"{limit.active_slots} slot(s) are in use: nobody is evicted, new runs wait until fewer than {value} hold."
@@ -409,6 +454,8 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
     elif condition == Condition.ZOMBIE:
         if over(task_run) and over(flow_run):
             raise Skip(f"the runs of {who!r} are already over")
+    elif condition == Condition.HOLDING and lease_id and holder.get("source") == Source.HELPER:
+        return _fenced_release(operation, api, info, lease_id, who)
     else:
         raise Skip("the holder is not stale or zombie any more")
     if (
@@ -430,3 +477,56 @@ def _uuid(value: Any) -> UUID | None:
         return UUID(str(value)) if value else None
     except ValueError:
         return None
+
+
+def _fenced_release(operation: Operation, api: PrefectAPI, info: Any, lease_id: UUID, who: str):
+    """Hold a placeholder slot, revoke the lease, wait for the holder to stop, drop the placeholder."""
+    from reslock_web.sync import sync_limit
+
+    sync_limit(api, operation.limit.name)
+    if not Holder.objects.filter(
+        limit=operation.limit, key=operation.holder_key, condition=Condition.HOLDING
+    ).exists():
+        raise Skip(f"{who!r} no longer holds the resource")
+    info = _current(operation, api)
+    if info.active_slots < info.limit:
+        raise Skip("the limit has free room now, so a placeholder could not keep it closed")
+    if not info.active:
+        raise Skip("the limit is inactive: Prefect does not count its slots")
+    lease = int(operation.holder.get("lease_seconds") or 60)
+    started = timezone.now()
+    # Full limit: nobody can acquire between this read and the write, so the count we write
+    # is at least the true one (a release meanwhile only leaves one slot too many: closed).
+    api.update_limit(info.id, {"active_slots": info.active_slots + 1})
+    operation.params = {**operation.params, "placeholder": True}
+    operation.save(update_fields=["params"])
+    try:
+        api.revoke_lease(lease_id)
+        stopped = _wait_for_stop(api, lease_id, started, lease * 0.75 + FENCE_MARGIN)
+    finally:
+        api.decrement(info.name, 1)
+    waited = (timezone.now() - started).total_seconds()
+    how = (
+        f"it reported stopping after {waited:.0f} s"
+        if stopped
+        else f"it did not report back within {waited:.0f} s (a dead process cannot renew a revoked lease)"
+    )
+    after = limit_snapshot(api.read_limit(str(info.id)))
+    return (
+        OperationStatus.SUCCEEDED,
+        f"Revoked the lease of {who!r}; {how}; the resource is open again.",
+        after,
+    )
+
+
+def _wait_for_stop(api: PrefectAPI, lease_id: UUID, since: datetime, seconds: float) -> bool:
+    """True once the helper reports the revoked lease released (its code has stopped)."""
+    import time as clock
+
+    deadline = clock.monotonic() + seconds
+    while clock.monotonic() < deadline:
+        events = api.events(since - timedelta(seconds=5), timezone.now(), ["reslock.lock.released"])
+        if any(str(event.payload.get("lease_id")) == str(lease_id) for event in events):
+            return True
+        clock.sleep(1.0)
+    return False

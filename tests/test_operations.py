@@ -322,3 +322,49 @@ def test_the_audit_page_lists_operations_with_actor_and_outcome(operator_client,
     text = b"".join(csv_response.streaming_content).decode()
     assert text.splitlines()[0].startswith("id,created_at,finished_at,operator,kind")
     assert "olga-operator" in text and "'=cmd" in text  # formulas neutralised
+
+
+def test_releasing_a_live_helper_holder_fences_until_it_has_stopped(
+    prefect_server, flows, celery_worker, operator_client
+):
+    name = unique("db-fenced")
+    holder = flows.start("helper_holder", name=name, flow_run_name="stuck-job")
+    holder.wait_event("acquired")
+    waiter = flows.start("helper_holder", name=name, flow_run_name="next-job")
+    waiter.wait_event("want")
+    limit = sync_until(
+        prefect_server, name, lambda limit: limit.holder_count == 1 and limit.waiter_count == 1
+    )
+    row = limit.holders.get()
+    url = reverse("operate", args=["release", name]) + f"?holder={row.pk}"
+    page = operator_client.get(url).content.decode()
+    assert "keep the resource closed until it has stopped" in page
+    most = []
+    stop = threading.Event()
+
+    def watch():
+        with httpx.Client(base_url=prefect_server.api_url, timeout=5) as http:
+            while not stop.is_set():
+                most.append(http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"])
+                stop.wait(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        operator_client.post(url, {**form(operator_client, url), "reason": "job hangs"})
+        operation = finished(Operation.objects.get(limit=limit).pk, timeout=120)
+        assert operation.status == OperationStatus.SUCCEEDED, operation.message
+        lost = holder.wait_event("lost", timeout=60)
+        acquired = waiter.wait_event("acquired", timeout=60)
+    finally:
+        stop.set()
+        watcher.join()
+    # The stuck holder was stopped before the next one got in, and never were two counted.
+    assert lost["t"] < acquired["t"]
+    assert max(most) <= 1
+    assert "reported stopping" in operation.message and "open again" in operation.message
+    with httpx.Client(base_url=prefect_server.api_url) as http:
+        assert (
+            http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1
+        )  # next-job only
+    waiter.release()

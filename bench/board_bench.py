@@ -1,0 +1,115 @@
+"""How fast the board answers over 5,000 synced resources, next to paging them from Prefect.
+
+Run by hand (not a test):
+
+    .venv/bin/python bench/board_bench.py [--requests 200]
+    .venv/bin/python bench/board_bench.py --postgres postgresql://postgres@127.0.0.1:5432
+
+It reuses the kept Prefect workspace of bench/sync_bench.py (var/bench/prefect: 5,000 limits,
+~500 holders, ~60 waiters), syncs it into a fresh reslock database (SQLite under var/bench, or
+a temporary PostgreSQL database), then times full requests through Django (middleware, view,
+templates, database) as a logged-in viewer:
+
+  board     GET /                      the first page, default sort
+  search    GET /?q=<text>             a substring that matches ~1 in 10 resources
+  facet     GET /?status=held          a status facet
+  rows      GET /?status=held with HX-Target: rows   the 5 s live refresh
+  resource  GET /resources/<name>      a held resource's page
+
+and, interleaved in the same run, paging the same limits straight from Prefect's API. Prints
+p50/p95/max per request and the ratio of each p95 to one Prefect listing; target p95 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench._prefect_fixture import BenchPrefect  # noqa: E402
+from bench.sync_bench import database, setup_django  # noqa: E402
+
+TARGET_P95_MS = 50.0
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=200, help="requests per kind")
+    parser.add_argument("--postgres", default="", help="a PostgreSQL server URL instead of SQLite")
+    args = parser.parse_args()
+    url, drop = database(args)
+    try:
+        with BenchPrefect() as prefect:
+            prefect.prepare()
+            setup_django(url, migrate=True)
+            measure(prefect.api_url, args.requests, "postgresql" if args.postgres else "sqlite")
+    finally:
+        drop()
+
+
+def measure(api_url: str, count: int, engine: str) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from reslock_web.models import Limit
+    from reslock_web.prefect_api import PrefectAPI
+    from reslock_web.sync import sync_all
+
+    with PrefectAPI(api_url) as api:
+        run = sync_all(api)
+    assert run is not None and run.ok, run and run.error
+    held = Limit.objects.filter(is_held=True, kind="tag").order_by("name").first()
+    viewer = User.objects.create_user("bench-viewer", password="x")
+    client = Client()
+    client.force_login(viewer)
+    requests = {
+        "board": ("/", {}),
+        "search": ("/?q=gcl-01", {}),
+        "facet": ("/?status=held", {}),
+        "rows": ("/?status=held", {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "rows"}),
+        "resource": (f"/resources/{held.name}", {}),
+    }
+    timings: dict[str, list[float]] = {kind: [] for kind in [*requests, "prefect paging"]}
+    for path, headers in requests.values():  # warm caches and templates
+        assert client.get(path, **headers).status_code == 200
+    with PrefectAPI(api_url) as api:
+        for index in range(count):
+            for kind, (path, headers) in requests.items():
+                started = time.perf_counter()
+                response = client.get(path, **headers)
+                timings[kind].append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200
+            if index % 10 == 0:  # a listing is slow: sample it every tenth round
+                started = time.perf_counter()
+                api.list_limits()
+                timings["prefect paging"].append((time.perf_counter() - started) * 1000)
+    rows = len(Limit.objects.present())
+    print(f"\n{engine}: {rows} resources synced, {count} requests of each kind")
+    print(
+        f"{'':16} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'p95 / paging':>13}  target p95 <= {TARGET_P95_MS:.0f} ms"
+    )
+    paging = statistics.median(timings["prefect paging"])
+    for kind, values in timings.items():
+        p95 = percentile(values, 0.95)
+        verdict = "" if kind == "prefect paging" else ("PASS" if p95 <= TARGET_P95_MS else "MISS")
+        print(
+            f"{kind:16} {statistics.median(values):8.1f} {p95:8.1f} {max(values):8.1f} {p95 / paging:12.3f}x  {verdict}"
+        )
+    print(
+        "\nprefect paging = PrefectAPI.list_limits(): all 5,000 limits from Prefect's API (26 pages)"
+    )
+
+
+if __name__ == "__main__":
+    main()
