@@ -23,6 +23,7 @@ p50/p95/max per request and the ratio of each p95 to one Prefect listing; target
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -48,11 +49,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per kind")
     parser.add_argument("--postgres", default="", help="a PostgreSQL server URL instead of SQLite")
     args = parser.parse_args()
+    os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1")  # Django's test client
     url, drop = database(args)
     try:
         with BenchPrefect() as prefect:
             prefect.prepare()
             setup_django(url, migrate=True)
+            from django.core.management import call_command
+
+            call_command("collectstatic", interactive=False, verbosity=0)
             measure(prefect.api_url, args.requests, "postgresql" if args.postgres else "sqlite")
     finally:
         drop()

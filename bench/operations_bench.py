@@ -78,6 +78,7 @@ def main() -> None:
         "REDIS_URL": redis_url,
         "PREFECT_API_URL": server.api_url,
         "LOG_LEVEL": "WARNING",
+        "ALLOWED_HOSTS": "testserver,127.0.0.1",
     }
     os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
     worker = None
@@ -88,6 +89,7 @@ def main() -> None:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0, interactive=False)
+        call_command("collectstatic", interactive=False, verbosity=0)
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "reslock_web.celery", "worker", "-P", "solo",
              "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],

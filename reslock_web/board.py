@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Prefetch, QuerySet
+from django.db.models import Count, F, Prefetch, QuerySet, prefetch_related_objects
 from django.http import QueryDict
 
 from reslock_web.models import FACETS, Condition, Holder, Kind, Limit, Waiter, facet_filter
@@ -108,20 +108,26 @@ class BoardQuery:
     def page_of_rows(self) -> Page:
         queryset = self.base().filter(facet_filter(self.status)).order_by(*SORTS[self.sort][1])
         paginator = Paginator(queryset, PAGE_SIZE)
-        number = min(self.page, paginator.num_pages)
-        page = paginator.page(number)
-        ids = [row.pk for row in page.object_list]
-        rows = Limit.objects.filter(pk__in=ids).prefetch_related(
+        page = paginator.page(min(self.page, paginator.num_pages))
+        rows = list(page.object_list)
+        prefetch_related_objects(
+            rows,
             Prefetch(
                 "holders",
                 queryset=Holder.objects.exclude(condition=Condition.LEAVING).order_by(
                     "acquired_at", "id"
                 ),
+                to_attr="shown_holders",
             ),
-            Prefetch("waiters", queryset=Waiter.objects.order_by("position", "id")),
+            Prefetch(
+                "waiters", queryset=Waiter.objects.order_by("position", "id"), to_attr="queue"
+            ),
         )
-        by_id = {row.pk: row for row in rows}
-        page.object_list = [by_id[pk] for pk in ids if pk in by_id]
+        for row in rows:  # what each row shows, worked out once instead of in the template
+            row.first_holder = row.shown_holders[0] if row.shown_holders else None
+            row.more_holders = max(0, len(row.shown_holders) - 1)
+            row.first_waiter = row.queue[0] if row.queue else None
+        page.object_list = rows
         return page
 
 
