@@ -17,6 +17,7 @@ class Freshness:
     last_ok: SyncRun | None
     failing_since: datetime | None  # first failure after the last success
     worker: Heartbeat | None
+    listener: Heartbeat | None
     now: datetime
 
     @property
@@ -37,6 +38,13 @@ class Freshness:
     @property
     def worker_late(self) -> bool:
         return self.worker is None or self.worker.is_late(settings.HEARTBEAT_SECONDS)
+
+    @property
+    def listener_down(self) -> bool:
+        """A listener ran once and has stopped or lost Prefect: live updates are off."""
+        if self.listener is None:
+            return False
+        return not self.listener.detail.get("connected") or self.listener.is_late(5)
 
     @property
     def level(self) -> str:
@@ -62,5 +70,6 @@ def freshness() -> Freshness:
         last_ok=ok,
         failing_since=failing_since,
         worker=Heartbeat.objects.filter(service="worker").first(),
+        listener=Heartbeat.objects.filter(service="listener").first(),
         now=timezone.now(),
     )

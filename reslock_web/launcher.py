@@ -382,6 +382,10 @@ def launch(environ: dict[str, str]) -> int:
                 str(var_dir / "celerybeat-schedule"),
             ],
         )
+        # Live updates: it reconnects by itself while a local Prefect is still starting.
+        launcher.start(
+            "listener", [*manage, "reslock_listen"], log=var_dir / "log" / "listener.log"
+        )
         board = f"http://127.0.0.1:{web_port}/"
         if not wait_until(lambda: http_ok(board + "healthz"), 60, launcher.stopping):
             if launcher.stopping.is_set():

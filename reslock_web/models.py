@@ -13,13 +13,14 @@ from reslock_web import links
 
 
 class HeartbeatQuerySet(models.QuerySet["Heartbeat"]):
-    def beat(self, service: str) -> Heartbeat:
+    def beat(self, service: str, **detail: object) -> Heartbeat:
         heartbeat, _ = self.update_or_create(
             service=service,
             defaults={
                 "last_seen": timezone.now(),
                 "hostname": socket.gethostname(),
                 "pid": os.getpid(),
+                "detail": detail,
             },
         )
         return heartbeat
@@ -32,6 +33,7 @@ class Heartbeat(models.Model):
     last_seen = models.DateTimeField()
     hostname = models.CharField(max_length=255, blank=True)
     pid = models.PositiveIntegerField(null=True)
+    detail = models.JSONField(default=dict, blank=True)  # e.g. the listener's connection state
 
     objects = HeartbeatQuerySet.as_manager()
 
@@ -286,6 +288,16 @@ class SyncState(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class AppliedEvent(models.Model):
+    """An event the live listener has applied: several listeners apply each event once."""
+
+    event_id = models.UUIDField(unique=True)
+    applied_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return str(self.event_id)
 
 
 class SyncRunQuerySet(models.QuerySet["SyncRun"]):

@@ -137,14 +137,20 @@ def claim_from_event(event: EventInfo) -> Claim:
 
 
 def _store_events(snapshot: Snapshot) -> int:
-    if not snapshot.events:
+    return record_events(snapshot.events)
+
+
+def record_events(events: list[EventInfo]) -> int:
+    """Store lock events (idempotent by event id) and close what they end. Returns how many
+    were new. The sync and the live listener both call this."""
+    if not events:
         return 0
-    ids = [event.id for event in snapshot.events]
+    ids = [event.id for event in events]
     known = set(LockEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True))
-    new = [event_row(event) for event in snapshot.events if event.id not in known]
+    new = [event_row(event) for event in events if event.id not in known]
     LockEvent.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
     open_rows = LockEvent.objects.filter(closed_at__isnull=True)
-    for event in snapshot.events:
+    for event in events:
         limit_id = limit_id_of(event)
         if event.event == "prefect.concurrency-limit.released" and event.follows:
             open_rows.filter(event_id=event.follows).update(

@@ -225,3 +225,17 @@ def test_zombie_holders_are_listed_with_their_evidence(viewer_client, rows):
                           flow_run_name="ghost", evidence="the process most likely died")  # fmt: skip
     html = viewer_client.get("/resources/resource:z").content.decode()
     assert "ghost" in html and "the process most likely died" in html
+
+
+def test_the_banner_and_the_api_say_when_live_updates_are_off(viewer_client, rows):
+    from reslock_web.models import Heartbeat
+
+    Heartbeat.objects.beat("listener", connected=True, last_event_at=None, lag_seconds=0.1)
+    assert b"Live updates are off" not in viewer_client.get("/").content
+    assert viewer_client.get("/api/v1/resources").json()["sync"]["listener"]["connected"] is True
+    Heartbeat.objects.beat(
+        "listener", connected=False, last_event_at="2026-11-29T12:00:00+00:00", lag_seconds=None
+    )
+    html = viewer_client.get("/").content.decode()
+    assert "Live updates are off" in html and "is not connected to Prefect" in html
+    assert viewer_client.get("/api/v1/resources").json()["sync"]["listener"]["connected"] is False

@@ -53,10 +53,12 @@ def commands_of(service: dict) -> list[list[str]]:
 
 
 def test_it_has_every_service_a_deployment_needs():
-    assert {"redis", "postgres", "prefect", "migrate", "web", "worker", "beat"} <= set(SERVICES)
+    assert {"redis", "postgres", "prefect", "migrate", "web", "worker", "beat", "listener"} <= set(
+        SERVICES
+    )
     assert SERVICES["prefect"]["image"] == "prefecthq/prefect:3.9.1-python3.11"
     assert command_words(SERVICES["prefect"]) == ["prefect", "server", "start", "--host", "0.0.0.0"]
-    assert set(OURS) == {"migrate", "web", "worker", "beat"}
+    assert set(OURS) == {"migrate", "web", "worker", "beat", "listener"}
     assert all(SERVICES[name]["build"] == "." for name in OURS)
 
 

@@ -1,0 +1,206 @@
+"""The live listener: Prefect's event stream applied to our tables as it happens.
+
+Prefect pushes events over its websocket about 0.1 s after they occur, while its REST API shows
+them only seconds later and the periodic sync runs every `RESLOCK_SYNC_SECONDS`. For each event
+that concerns a lock (a concurrency-limit event, one of the flow helper's `reslock.lock.*`
+events, or a state change of a run that holds or waits), the listener records it and re-syncs
+just that limit. Applying an event is idempotent by its id (`AppliedEvent`), so several
+listeners can run at once, and a listener that restarts catches up from the last event it
+applied (within Prefect's backfill window; the periodic sync covers anything older).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+
+from reslock_web import store
+from reslock_web.models import AppliedEvent, Heartbeat, Holder, Limit, Waiter
+from reslock_web.prefect_api import EventInfo, PrefectAPI
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ["prefect.concurrency-limit.", "reslock.lock.", "prefect.flow-run.", "prefect.task-run."]
+LOCK_PREFIXES = ("prefect.concurrency-limit.", "reslock.lock.")
+DEBOUNCE = 0.15  # seconds: events of one hand-off (release, acquire) share one re-sync
+CATCH_UP = timedelta(minutes=15)  # Prefect's websocket backfill is capped at 15 minutes
+HEARTBEAT = 5.0
+
+
+def limits_touched(event: EventInfo) -> set[str]:
+    """The limit names an event may change."""
+    if event.event.startswith(LOCK_PREFIXES):
+        name = event.resource.get("prefect.resource.name", "")
+        return {name} if name else set()
+    resource_id = event.resource.get("prefect.resource.id", "")
+    kind, _, raw_id = resource_id.rpartition(".")
+    try:
+        run_id = UUID(raw_id)
+    except ValueError:
+        return set()
+    field = {"prefect.flow-run": "flow_run_id", "prefect.task-run": "task_run_id"}.get(kind)
+    if field is None:
+        return set()
+    names = set(Holder.objects.filter(**{field: run_id}).values_list("limit__name", flat=True))
+    names |= set(Waiter.objects.filter(**{field: run_id}).values_list("limit__name", flat=True))
+    if kind == "prefect.task-run" and event.event.endswith(".Pending"):
+        # A new Pending task carrying a tag may be a waiter of that tag's limit.
+        tags = [
+            r.get("prefect.resource.id", "").removeprefix("prefect.tag.")
+            for r in event.related
+            if r.get("prefect.resource.role") == "tag"
+        ]
+        names |= set(
+            Limit.objects.present()
+            .filter(name__in=[f"tag:{t}" for t in tags])
+            .values_list("name", flat=True)
+        )
+    return names
+
+
+def apply(event: EventInfo) -> set[str]:
+    """Record one event once (whoever applies it first); returns the limits to re-sync."""
+    try:
+        with transaction.atomic():
+            AppliedEvent.objects.create(event_id=event.id)
+    except IntegrityError:
+        return set()  # another listener (or an earlier life of this one) applied it
+    if event.event.startswith(LOCK_PREFIXES):
+        store.record_events([event])
+    return limits_touched(event)
+
+
+def resync(api: PrefectAPI, names: Iterable[str]) -> None:
+    from reslock_web.sync import sync_limit
+
+    for name in sorted(names):
+        run = sync_limit(api, name, wait=10)
+        if run is not None and not run.ok:
+            log.warning("re-sync of %s after an event failed: %s", name, run.error)
+
+
+def beat(connected: bool, last_event_at: str | None, lag: float | None) -> None:
+    Heartbeat.objects.beat(
+        "listener", connected=connected, last_event_at=last_event_at, lag_seconds=lag
+    )
+
+
+class Listener:
+    def __init__(self, api_url: str | None = None) -> None:
+        self.api_url = (api_url or settings.PREFECT_API_URL).rstrip("/")
+        self.pending: set[str] = set()
+        self.last_event_at: str | None = None
+        self.lag: float | None = None
+        self.connected = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until `stop` is set; the stream's wait for the next event is cancelled then."""
+        tasks = [asyncio.create_task(self._loop(stop)), asyncio.create_task(self._beats(stop))]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.connected = False
+        await sync_to_async(beat)(False, self.last_event_at, self.lag)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                await self._catch_up()
+                await self._subscribe(stop)
+                backoff = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Prefect down, connection dropped: try again
+                self.connected = False
+                log.warning("event stream lost (%s); reconnecting in %.0f s", error, backoff)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _beats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await sync_to_async(beat)(self.connected, self.last_event_at, self.lag)
+            await _sleep_or_stop(stop, HEARTBEAT)
+
+    async def _catch_up(self) -> None:
+        """Events missed while disconnected, from the REST API (idempotent)."""
+        state = await sync_to_async(lambda: Heartbeat.objects.filter(service="listener").first())()
+        now = timezone.now()
+        since = now - CATCH_UP
+        if state is not None and state.detail.get("last_event_at"):
+            from django.utils.dateparse import parse_datetime
+
+            last = parse_datetime(state.detail["last_event_at"])
+            if last is not None:
+                since = max(since, last - timedelta(seconds=5))
+        with PrefectAPI(
+            self.api_url, settings.PREFECT_API_KEY, settings.PREFECT_TIMEOUT_SECONDS
+        ) as api:
+            events = await asyncio.to_thread(lambda: list(api.events(since, now, PREFIXES)))
+            for event in events:
+                await self._handle(event, api, debounce=False)
+            await asyncio.to_thread(self._flush, api)
+
+    async def _subscribe(self, stop: asyncio.Event) -> None:
+        from prefect.events.clients import PrefectEventSubscriber
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        event_filter = EventFilter(event=EventNameFilter(prefix=PREFIXES))
+        with PrefectAPI(
+            self.api_url, settings.PREFECT_API_KEY, settings.PREFECT_TIMEOUT_SECONDS
+        ) as api:
+            async with PrefectEventSubscriber(
+                api_url=self.api_url, filter=event_filter, reconnection_attempts=3
+            ) as events:
+                self.connected = True
+                log.info("listening to %s", self.api_url)
+                flusher = asyncio.create_task(self._flusher(api, stop))
+                try:
+                    async for raw in events:
+                        if stop.is_set():
+                            return
+                        event = EventInfo.parse(raw.model_dump(mode="json"))
+                        if event is None:
+                            log.warning("skipping a malformed event")
+                            continue
+                        await self._handle(event, api, debounce=True)
+                finally:
+                    flusher.cancel()
+                    self.connected = False
+
+    async def _handle(self, event: EventInfo, api: PrefectAPI, debounce: bool) -> None:
+        try:
+            names = await sync_to_async(apply)(event)
+        except Exception:
+            log.exception("could not apply event %s (%s); skipped", event.id, event.event)
+            return
+        self.last_event_at = event.occurred.isoformat()
+        self.lag = max(0.0, (timezone.now() - event.occurred).total_seconds())
+        self.pending |= names
+
+    async def _flusher(self, api: PrefectAPI, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(DEBOUNCE)
+            if self.pending:
+                await asyncio.to_thread(self._flush, api)
+
+    def _flush(self, api: PrefectAPI) -> None:
+        names, self.pending = self.pending, set()
+        if names:
+            close_old_connections()
+            resync(api, names)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

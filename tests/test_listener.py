@@ -1,0 +1,140 @@
+"""The live listener: changes in Prefect reach our tables within two seconds, without a sync."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from reslock_web.models import AppliedEvent, Condition, Heartbeat, Holder, Limit, Status
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+class ListenerProcess:
+    def __init__(self, server) -> None:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PREFECT_API_URL": server.api_url,
+            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "reslock_listen"],
+            cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        wait_for(
+            lambda: (
+                (beat := Heartbeat.objects.filter(service="listener").first())
+                and beat.pid == self.process.pid
+                and beat.detail.get("connected")
+            ),
+            60,
+            what="the listener to connect",
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+
+def seconds_until(check, since: float, timeout: float = 20) -> float:
+    wait_for(check, timeout, interval=0.05, what="the board to follow Prefect")
+    return time.time() - since
+
+
+def test_acquire_release_and_queue_reach_the_board_within_two_seconds(prefect_server, flows):
+    name = f"db-live-{uuid.uuid4().hex[:8]}"
+    listener = ListenerProcess(prefect_server)
+    try:
+        holder = flows.start("helper_holder", name=name, flow_run_name="live-holder")
+        acquired = holder.wait_event("acquired")
+        took = seconds_until(
+            lambda: Holder.objects.filter(
+                limit__name=name, condition=Condition.HOLDING, flow_run_name="live-holder"
+            ).exists(),
+            acquired["t"],
+        )
+        assert took <= 2.0, took
+        waiter = flows.start("helper_holder", name=name, flow_run_name="live-waiter")
+        want = waiter.wait_event("want")
+        took = seconds_until(
+            lambda: Limit.objects.filter(name=name, waiter_count=1).exists(), want["t"]
+        )
+        assert took <= 2.5, took  # the waiting event is sent just after "want"
+        holder.release()
+        released = holder.wait_event("released")
+        took = seconds_until(
+            lambda: (
+                not Holder.objects.filter(limit__name=name, flow_run_name="live-holder").exists()
+            ),
+            released["t"],
+        )
+        assert took <= 2.0, took
+        waiter.wait_event("acquired", timeout=30)
+        waiter.release()
+        done = waiter.wait_event("released")
+        took = seconds_until(
+            lambda: Limit.objects.filter(name=name, status=Status.FREE).exists(), done["t"]
+        )
+        assert took <= 2.0, took
+        beat = Heartbeat.objects.get(service="listener")
+        assert (
+            beat.detail["connected"]
+            and beat.detail["last_event_at"]
+            and beat.detail["lag_seconds"] < 5
+        )
+    finally:
+        assert listener.stop() == 0
+
+
+def test_a_killed_listener_catches_up_on_restart_without_duplicates(prefect_server, flows):
+    name = f"db-restart-{uuid.uuid4().hex[:8]}"
+    listener = ListenerProcess(prefect_server)
+    listener.stop(signal.SIGKILL)
+    holder = flows.start("helper_holder", name=name, flow_run_name="while-away")
+    holder.wait_event("acquired")
+    time.sleep(2)
+    assert not Holder.objects.filter(limit__name=name).exists()  # nobody applied it yet
+    applied = AppliedEvent.objects.count()
+    listener = ListenerProcess(prefect_server)
+    try:
+        wait_for(
+            lambda: (
+                Holder.objects.filter(limit__name=name, flow_run_name="while-away").count() == 1
+            ),
+            20,
+            what="the missed acquire to be applied after the restart",
+        )
+        assert AppliedEvent.objects.count() > applied
+        second = ListenerProcess.__new__(ListenerProcess)  # a second listener at the same time
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PREFECT_API_URL": prefect_server.api_url,
+               "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}"}  # fmt: skip
+        second.process = subprocess.Popen(
+            [sys.executable, "manage.py", "reslock_listen"], cwd=BASE_DIR, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(
+            lambda: Heartbeat.objects.filter(service="listener", pid=second.process.pid).exists(),
+            60,
+            what="the second listener to start",
+        )
+        holder.release()
+        holder.wait_event("released")
+        wait_for(
+            lambda: not Holder.objects.filter(limit__name=name).exists(), 20, what="the release"
+        )
+        assert second.stop() == 0
+    finally:
+        assert listener.stop() == 0
+    ids = list(AppliedEvent.objects.values_list("event_id", flat=True))
+    assert len(ids) == len(set(ids))
