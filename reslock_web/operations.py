@@ -310,9 +310,11 @@ def run(operation_id: int, api: PrefectAPI) -> None:
             )
             raise TryAgain(str(error)) from error
         operation.finish(OperationStatus.FAILED, f"Prefect error: {error}")
+        _resync(api, operation.limit.name)
         return
-    operation.finish(status, message, after)
+    # The board shows the change before the operation says it is done.
     _resync(api, operation.limit.name)
+    operation.finish(status, message, after)
 
 
 def _resync(api: PrefectAPI, name: str) -> None:

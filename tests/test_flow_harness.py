@@ -237,14 +237,17 @@ def test_nested_tags_deadlock_outer_holds_inner_pends_forever(
     assert task_run(api, inner["id"])["state_type"] == "PENDING"
     assert not process.find_events("inner_entered")
 
-    # Teardown must not hang on it: SIGTERM crashes both task runs and frees the slot.
+    # Teardown must not hang on it: SIGTERM crashes both task runs. The outer's slot is freed;
+    # on a busy machine the inner may grab it in the moment between the two crashes, and then
+    # holds it until its lease expires: never the outer again.
     members = process.pids()
     began = time.monotonic()
     flows.stop_all()
     assert time.monotonic() - began < 6
     assert not any(alive(pid) for pid in members)
     wait_state(api, "task", inner["id"], "CRASHED")
-    assert tag_holders(api, tag) == []
+    assert outer["task_run_id"] not in tag_holders(api, tag)
+    assert set(tag_holders(api, tag)) <= {inner["id"]}
 
 
 # --- 4. deployment concurrency limit --------------------------------------------------------
