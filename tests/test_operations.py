@@ -368,3 +368,43 @@ def test_releasing_a_live_helper_holder_fences_until_it_has_stopped(
             http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1
         )  # next-job only
     waiter.release()
+
+
+def test_an_unreachable_prefect_is_retried_then_reported_in_words(operator):
+    from reslock_web.operations import MAX_ATTEMPTS, TryAgain, run
+
+    limit = Limit.objects.create(
+        prefect_id=uuid.uuid4(),
+        name="resource:far",
+        kind="global",
+        resource="resource:far",
+        limit=1,
+    )
+    operation = Operation.objects.create(
+        kind="activate", limit=limit, limit_name=limit.name, requested_by=operator,
+        requested_by_name=operator.username, token=uuid.uuid4(),
+    )  # fmt: skip
+    down = PrefectAPI("http://127.0.0.1:9/api", timeout=2)  # nothing listens on port 9
+    for attempt in range(1, MAX_ATTEMPTS):
+        with pytest.raises(TryAgain):
+            run(operation.pk, down)
+        operation.refresh_from_db()
+        assert operation.status == OperationStatus.PENDING and operation.attempts == attempt
+        assert "retrying" in operation.message and "cannot reach Prefect" in operation.message
+    run(operation.pk, down)  # the last attempt
+    operation.refresh_from_db()
+    assert operation.status == OperationStatus.FAILED and operation.attempts == MAX_ATTEMPTS
+    assert operation.message.startswith(
+        "Prefect error: cannot reach Prefect at http://127.0.0.1:9/api"
+    )
+    run(operation.pk, down)  # a late redelivery changes nothing
+    operation.refresh_from_db()
+    assert operation.attempts == MAX_ATTEMPTS
+
+
+def test_the_operate_task_retries_a_transient_failure_with_backoff():
+    from reslock_web.operations import TryAgain
+    from reslock_web.tasks import operate
+
+    assert TryAgain in operate.autoretry_for
+    assert operate.retry_backoff and operate.retry_jitter and operate.max_retries >= 4
