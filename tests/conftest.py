@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def prefect_server() -> Iterator[PrefectServer]:
     else:
         os.environ["PREFECT_API_URL"] = saved[2]
     server.stop()
+    shutil.rmtree(server.home, ignore_errors=True)  # its database and logs, a few MB
 
 
 # --- Celery ---------------------------------------------------------------------------
