@@ -184,10 +184,12 @@ def _crash_steps(holder: Holder) -> list[str]:
         steps.append(
             f"Set task run {holder.task_run_name or holder.task_run_id} to Crashed (forced)."
         )
-    if holder.flow_run_id:
+    if holder.flow_run_id and (holder.condition == Condition.ZOMBIE or not holder.task_run_id):
         steps.append(
             f"Set flow run {holder.flow_run_name or holder.flow_run_id} to Crashed (forced) if it is not over."
         )
+    elif holder.flow_run_id:
+        steps.append("Leave its flow run as it is: it may still be running other tasks.")
     return steps
 
 
@@ -468,8 +470,12 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
         api.crash_run("task_run", task_run.id, message)
         done.append("task run crashed")
     if flow_run is not None and not over(flow_run):
-        api.crash_run("flow_run", flow_run.id, message)
-        done.append("flow run crashed")
+        if condition == Condition.ZOMBIE or not task_run_id:
+            api.crash_run("flow_run", flow_run.id, message)
+            done.append("flow run crashed")
+        else:
+            # Its task is over; the flow itself may be busy with other tasks: leave it be.
+            done.append(f"flow run left {flow_run.state_name or 'running'}")
     after = limit_snapshot(api.read_limit(str(info.id)))
     return OperationStatus.SUCCEEDED, f"Released {who!r}: " + ", ".join(done) + ".", after
 

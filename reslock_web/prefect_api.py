@@ -343,45 +343,36 @@ class PrefectAPI:
         return self.tagged_task_runs("PENDING")
 
     def tagged_task_runs(self, state: str) -> list[RunInfo]:
-        runs: list[RunInfo] = []
-        offset = 0
-        while True:
-            body = {
-                "task_runs": {
-                    "tags": {"is_null_": False},
-                    "state": {"type": {"any_": [state]}},
-                },
-                "sort": "EXPECTED_START_TIME_ASC",
-                "limit": PAGE,
-                "offset": offset,
-            }
-            page = self._list("task_runs/filter", body)
-            runs.extend(run for data in page if (run := RunInfo.parse(data)))
-            if len(page) < PAGE:
-                return runs
-            offset += PAGE
+        criteria = {"tags": {"is_null_": False}, "state": {"type": {"any_": [state]}}}
+        return self._paged_runs("task_run", criteria)
 
     def deployment_runs(self, deployment_ids: Iterable[UUID]) -> list[RunInfo]:
         """Pending, Running and AwaitingConcurrencySlot flow runs of these deployments."""
         runs: list[RunInfo] = []
         for chunk in _chunks(sorted({str(i) for i in deployment_ids}), PAGE):
-            offset = 0
-            while True:
-                body = {
-                    "flow_runs": {
-                        "deployment_id": {"any_": chunk},
-                        "state": {"type": {"any_": ["PENDING", "RUNNING", "SCHEDULED"]}},
-                    },
-                    "sort": "EXPECTED_START_TIME_ASC",
-                    "limit": PAGE,
-                    "offset": offset,
-                }
-                page = self._list("flow_runs/filter", body)
-                runs.extend(run for data in page if (run := RunInfo.parse(data)))
-                if len(page) < PAGE:
-                    break
-                offset += PAGE
+            criteria = {
+                "deployment_id": {"any_": chunk},
+                "state": {"type": {"any_": ["PENDING", "RUNNING", "SCHEDULED"]}},
+            }
+            runs += self._paged_runs("flow_run", criteria)
         return runs
+
+    def _paged_runs(self, kind: str, criteria: dict[str, Any]) -> list[RunInfo]:
+        """Every run matching, oldest expected start first, page after page."""
+        runs: list[RunInfo] = []
+        offset = 0
+        while True:
+            body = {
+                f"{kind}s": criteria,
+                "sort": "EXPECTED_START_TIME_ASC",
+                "limit": PAGE,
+                "offset": offset,
+            }
+            page = self._list(f"{kind}s/filter", body)
+            runs.extend(run for data in page if (run := RunInfo.parse(data)))
+            if len(page) < PAGE:
+                return runs
+            offset += PAGE
 
     # --- writes (only operations call these, inside a Celery job) ----------------------
     def crash_run(self, kind: str, run_id: UUID, message: str) -> str:
