@@ -132,6 +132,9 @@ def test_the_beat_schedule_follows_the_settings():
     assert heartbeat["schedule"] == 12.0
     # A late copy expires before the next one is due, so a backed-up queue does not stack runs.
     assert heartbeat["options"]["expires"] < 12
+    sync = schedule["reslock-sync"]
+    assert sync["task"] == "reslock.sync" and sync["schedule"] == 10.0
+    assert sync["options"]["expires"] < 10
 
 
 def test_celery_speaks_json_only():
