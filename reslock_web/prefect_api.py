@@ -9,6 +9,7 @@ that hangs) and reads process-wide settings; here the caller decides when to ret
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -220,8 +221,19 @@ class PrefectAPI:
 
     # --- transport -------------------------------------------------------------------
     def request(self, method: str, path: str, json: Any = None) -> Any:
+        # A read that meets Prefect's "database is busy" (503, SQLite under concurrent writes)
+        # is sent again after a short pause; a write never is: the caller decides.
+        reads = method == "GET" or path.rstrip("/").endswith("filter")
+        for pause in (0.2, 0.5, None) if reads else (None,):
+            response = self._send(method, path, json)
+            if response.status_code != 503 or pause is None:
+                break
+            time.sleep(pause)
+        return self._answer(method, path, response)
+
+    def _send(self, method: str, path: str, json: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path.lstrip("/"), json=json)
+            return self._http.request(method, path.lstrip("/"), json=json)
         except httpx.TimeoutException:
             raise PrefectError(
                 f"Prefect did not answer {method} /{path.lstrip('/')} in time", retryable=True
@@ -230,6 +242,8 @@ class PrefectAPI:
             raise PrefectError(
                 f"cannot reach Prefect at {self.api_url}: {type(error).__name__}", retryable=True
             ) from None
+
+    def _answer(self, method: str, path: str, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             detail = _detail(response)
             raise PrefectError(

@@ -6,7 +6,6 @@ import re
 import threading
 import uuid
 
-import httpx
 import pytest
 from django.db import connection
 from django.test import Client
@@ -14,6 +13,7 @@ from playwright.sync_api import Page, expect
 
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_all
+from tests.support.patient import patient_client
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 XSS = "<img src=x onerror=alert(1)>"
@@ -70,7 +70,7 @@ def prefix() -> str:
 
 
 def create_limits(server, names: list[str]) -> None:
-    with httpx.Client(base_url=server.api_url, timeout=10) as http:
+    with patient_client(server.api_url, timeout=10) as http:
         for name in names:
             if name.startswith("tag:"):
                 body = {"tag": name.removeprefix("tag:"), "concurrency_limit": 1}
@@ -112,7 +112,7 @@ def test_each_facet_shows_its_rows_and_counts(
     settings.GRACE_SECONDS = 0
     p = prefix()
     create_limits(prefect_server, [f"resource:{p}-free", f"resource:{p}-off"])
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         http.patch(
             f"/v2/concurrency_limits/resource:{p}-off", json={"active": False}
         ).raise_for_status()

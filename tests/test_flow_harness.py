@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.flows import FlowRunner
 from tests.support.net import alive, wait_for
+from tests.support.patient import patient_client
 from tests.support.prefect_server import PrefectServer
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
@@ -24,7 +25,7 @@ XSS_NAME = "<img src=x onerror=alert(1)>"
 
 @pytest.fixture
 def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=prefect_server.api_url, timeout=30) as client:
+    with patient_client(prefect_server.api_url, timeout=30) as client:
         yield client
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from reslock_web import lock
 from tests.support.flows import SCRIPTS_DIR, FlowProcess, FlowRunner
+from tests.support.patient import patient_client
 from tests.support.prefect_server import PrefectServer
 
 LEASE = 60  # Prefect's minimum lease; renewals every 45 s
@@ -136,7 +137,7 @@ def assert_never_two_inside(spans: list[tuple[float, float]]) -> None:
 
 @pytest.fixture
 def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=prefect_server.api_url, timeout=30) as client:
+    with patient_client(prefect_server.api_url, timeout=30) as client:
         yield client
 
 
@@ -239,7 +240,7 @@ def background(
 
     def start(scenario: Callable[..., dict]) -> Future:
         runner = FlowRunner(prefect_server, tmp_path_factory.mktemp(scenario.__name__))
-        client = httpx.Client(base_url=prefect_server.api_url, timeout=30)
+        client = patient_client(prefect_server.api_url, timeout=30)
         runners.append(runner)
         clients.append(client)
         return pool.submit(scenario, runner, client, stop)

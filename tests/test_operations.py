@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 
-import httpx
 import pytest
 from django.urls import reverse
 
@@ -13,6 +12,7 @@ from reslock_web.models import Condition, Limit, Operation, OperationStatus, Sta
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_all
 from tests.support.net import wait_for
+from tests.support.patient import patient_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,7 +62,7 @@ class SlotWatch:
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
-        with httpx.Client(base_url=self.server.api_url, timeout=5) as http:
+        with patient_client(self.server.api_url, timeout=5) as http:
             while not self.stop.is_set():
                 limit = http.get(f"/v2/concurrency_limits/tag:{self.tag}")
                 leases = http.get(f"/concurrency_limits/tag/{self.tag}")
@@ -151,7 +151,7 @@ def test_repairing_a_leaked_tag_counter_lowers_it_to_the_live_holders(
 ):
     settings.GRACE_SECONDS = 0
     tag = unique("resource:leak")
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         http.post(
             "/concurrency_limits/", json={"tag": tag, "concurrency_limit": 2}
         ).raise_for_status()
@@ -172,7 +172,7 @@ def test_repairing_a_leaked_tag_counter_lowers_it_to_the_live_holders(
     assert response.status_code == 302
     operation = finished(Operation.objects.get(limit=limit).pk)
     assert operation.status == OperationStatus.SUCCEEDED, operation.message
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         assert http.get(f"/v2/concurrency_limits/tag:{tag}").json()["active_slots"] == 1
     assert operation.after["active_slots"] == 1
     limit.refresh_from_db()
@@ -195,7 +195,7 @@ def test_set_limit_activate_and_deactivate_change_prefect_and_the_board(
     prefect_server, celery_worker, operator_client
 ):
     name = unique("resource:knobs")
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
     sync(prefect_server)
     for action, extra, check in [
@@ -208,7 +208,7 @@ def test_set_limit_activate_and_deactivate_change_prefect_and_the_board(
         assert response.status_code == 302, response.content.decode()[:2000]
         operation = finished(Operation.objects.filter(limit__name=name).latest("id").pk)
         assert operation.status == OperationStatus.SUCCEEDED, operation.message
-        with httpx.Client(base_url=prefect_server.api_url) as http:
+        with patient_client(prefect_server.api_url) as http:
             assert check(http.get(f"/v2/concurrency_limits/{name}").json())
     limit = Limit.objects.named(name)
     assert limit.limit == 3 and limit.active and limit.status == Status.FREE
@@ -218,7 +218,7 @@ def test_a_limit_changed_meanwhile_is_skipped_not_overwritten(
     prefect_server, celery_worker, operator_client
 ):
     name = unique("resource:cas")
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
         sync(prefect_server)
         url = reverse("operate", args=["set-limit", name])
@@ -343,7 +343,7 @@ def test_releasing_a_live_helper_holder_fences_until_it_has_stopped(
     stop = threading.Event()
 
     def watch():
-        with httpx.Client(base_url=prefect_server.api_url, timeout=5) as http:
+        with patient_client(prefect_server.api_url, timeout=5) as http:
             while not stop.is_set():
                 most.append(http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"])
                 stop.wait(0.1)
@@ -363,7 +363,7 @@ def test_releasing_a_live_helper_holder_fences_until_it_has_stopped(
     assert lost["t"] < acquired["t"]
     assert max(most) <= 1
     assert "reported stopping" in operation.message and "open again" in operation.message
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         assert (
             http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1
         )  # next-job only

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import uuid
 
-import httpx
 import pytest
 from django.test import Client
 from playwright.sync_api import Page, expect
@@ -14,6 +13,7 @@ from reslock_web.models import Limit, Operation, OperationStatus
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_all
 from tests.support.net import wait_for
+from tests.support.patient import patient_client
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -62,7 +62,7 @@ def test_an_operator_releases_a_stale_holder_and_watches_it_finish(
     expect(page.locator("#op-status .badge")).to_have_text("succeeded", timeout=60_000)
     expect(page.locator("#op-status")).to_contain_text("task run crashed")
     page.screenshot(path=artifacts / "operation.png", full_page=True)
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         assert http.get(f"/v2/concurrency_limits/tag:{tag}").json()["active_slots"] == 0
     page.get_by_role("link", name="Audit trail").click()
     expect(page.locator("tbody tr").first).to_contain_text("olga-operator")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import uuid
 
-import httpx
 import pytest
 
 from reslock_web.models import Heartbeat
 from tests.support.net import wait_for
+from tests.support.patient import patient_client
 
 
 def test_the_prefect_server_fixture_is_a_real_prefect_server(prefect_server):
     name = f"resource:smoke-{uuid.uuid4().hex[:8]}"
-    with httpx.Client(base_url=prefect_server.api_url, timeout=10) as http:
+    with patient_client(prefect_server.api_url, timeout=10) as http:
         assert http.get("/health").json() is True
         version = http.get("/admin/version").json()
         assert version.startswith("3.9")

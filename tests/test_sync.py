@@ -17,6 +17,7 @@ from reslock_web.models import Condition, Holder, Limit, Status, SyncRun
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_all, try_lock, unlock
 from tests.support.net import wait_for
+from tests.support.patient import patient_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -174,7 +175,7 @@ def test_deployment_runs_awaiting_a_slot_are_its_waiters(prefect_server, flows):
 
 def test_a_limit_deleted_in_prefect_is_kept_and_marked_gone(prefect_server):
     name = unique("resource:old")
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
         sync(prefect_server)
         assert Limit.objects.named(name).gone_at is None
@@ -240,7 +241,7 @@ class CuttingProxy:
 
 def test_prefect_failing_in_the_middle_of_a_sync_changes_nothing_and_is_recorded(prefect_server):
     prefix = unique("resource:bulk")
-    with httpx.Client(base_url=prefect_server.api_url, timeout=30) as http:
+    with patient_client(prefect_server.api_url, timeout=30) as http:
         for index in range(210):  # more than one page of 200
             http.post("/v2/concurrency_limits/", json={"name": f"{prefix}-{index:03}", "limit": 1})
     sync(prefect_server)
@@ -260,7 +261,7 @@ def test_prefect_failing_in_the_middle_of_a_sync_changes_nothing_and_is_recorded
 
 def test_prefect_down_keeps_the_last_good_state(prefect_server):
     name = unique("resource:kept")
-    with httpx.Client(base_url=prefect_server.api_url) as http:
+    with patient_client(prefect_server.api_url) as http:
         http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
     sync(prefect_server)
     count = Limit.objects.present().count()

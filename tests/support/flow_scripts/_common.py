@@ -120,10 +120,21 @@ def run_ids() -> dict[str, str | None]:
     return ids
 
 
+def patient(method: str, url: str, **options: Any) -> httpx.Response:
+    """One HTTP call that rides out Prefect's 503 "database is busy" (SQLite, loaded machine)."""
+    options.setdefault("timeout", 30)
+    for attempt in range(10):
+        response = httpx.request(method, url, **options)
+        if response.status_code != 503 or attempt == 9:
+            return response
+        time.sleep(min(0.1 * 2**attempt, 2.0))
+    return response
+
+
 def ensure_gcl(name: str, limit: int = 1) -> int:
     """Create a global concurrency limit; an existing one (409) is fine. Returns the status."""
-    response = httpx.post(
-        f"{api_url()}/v2/concurrency_limits/", json={"name": name, "limit": limit}, timeout=30
+    response = patient(
+        "POST", f"{api_url()}/v2/concurrency_limits/", json={"name": name, "limit": limit}
     )
     if response.status_code not in (201, 409):
         response.raise_for_status()
@@ -132,10 +143,8 @@ def ensure_gcl(name: str, limit: int = 1) -> int:
 
 def ensure_tag_limit(tag: str, limit: int = 1) -> int:
     """Create (upsert: 201 new, 200 existing) a tag-based concurrency limit."""
-    response = httpx.post(
-        f"{api_url()}/concurrency_limits/",
-        json={"tag": tag, "concurrency_limit": limit},
-        timeout=30,
+    response = patient(
+        "POST", f"{api_url()}/concurrency_limits/", json={"tag": tag, "concurrency_limit": limit}
     )
     response.raise_for_status()
     return response.status_code

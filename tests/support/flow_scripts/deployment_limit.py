@@ -27,8 +27,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
-import httpx
-from _common import api_url, emit, hold, params, run_ids, run_main
+from _common import api_url, emit, hold, params, patient, run_ids, run_main
 from prefect import flow
 from prefect.context import FlowRunContext
 
@@ -87,7 +86,7 @@ def main() -> None:
             "release_all": P.get("release_file") or "",
         },
     )
-    deployment = httpx.get(f"{api_url()}/deployments/{deployment_id}", timeout=30).json()
+    deployment = patient("GET", f"{api_url()}/deployments/{deployment_id}").json()
     emit(
         "deployed",
         deployment_id=str(deployment_id),
@@ -101,8 +100,11 @@ def main() -> None:
         body: dict = {}
         if P.get("flow_run_name"):
             body["name"] = P["flow_run_name"] + (f"-{n + 1}" if runs > 1 else "")
-        response = httpx.post(
-            f"{api_url()}/deployments/{deployment_id}/create_flow_run", json=body, timeout=30
+        response = patient(
+            "POST",
+            f"{api_url()}/deployments/{deployment_id}/create_flow_run",
+            json=body,
+            timeout=30,
         )
         response.raise_for_status()
         flow_run_ids.append(response.json()["id"])

@@ -8,8 +8,7 @@ Events: process_started, limit_created {status}, acquired {name, status, body}, 
 
 from __future__ import annotations
 
-import httpx
-from _common import api_url, emit, ensure_gcl, params, run_main
+from _common import api_url, emit, ensure_gcl, params, patient, run_main
 
 P = params()
 
@@ -18,7 +17,8 @@ def main() -> None:
     name = P["name"]
     if P.get("create", True):
         emit("limit_created", name=name, status=ensure_gcl(name, int(P.get("limit", 1))))
-    response = httpx.post(
+    response = patient(
+        "POST",
         f"{api_url()}/v2/concurrency_limits/increment",
         json={"names": [name], "slots": int(P.get("slots", 1)), "mode": "concurrency"},
         timeout=30,

@@ -13,8 +13,17 @@ released (the body returns; Prefect frees the slot right after), exited.
 
 from __future__ import annotations
 
-import httpx
-from _common import api_url, emit, ensure_tag_limit, hold, params, result, run_ids, run_main
+from _common import (
+    api_url,
+    emit,
+    ensure_tag_limit,
+    hold,
+    params,
+    patient,
+    result,
+    run_ids,
+    run_main,
+)
 from prefect import flow, task
 
 P = params()
@@ -27,7 +36,8 @@ def hold_tag() -> str:
     emit("entered", tag=tag, **ids)
     emit("acquired", tag=tag, release_file=P.get("release_file"), **ids)
     if P.get("reset_override"):
-        response = httpx.post(
+        response = patient(
+            "POST",
             f"{api_url()}/concurrency_limits/tag/{tag}/reset",
             json={"slot_override": [ids["task_run_id"]]},
             timeout=30,
