@@ -12,7 +12,6 @@ from django.db.models import Prefetch
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from reslock_web import links
 from reslock_web.auth import api_user_required
 from reslock_web.models import FACETS, Condition, Heartbeat, Holder, Kind, Limit, SyncRun, Waiter
 
@@ -33,12 +32,12 @@ def _run(row: Holder | Waiter) -> dict[str, Any]:
         "flow_run": {
             "id": _str(row.flow_run_id),
             "name": row.flow_run_name,
-            "url": links.flow_run(row.flow_run_id),
+            "url": row.flow_run_url,
         },
         "task_run": {
             "id": _str(row.task_run_id),
             "name": row.task_run_name,
-            "url": links.task_run(row.task_run_id),
+            "url": row.task_run_url,
         },
         "flow": {"id": _str(row.flow_id), "name": row.flow_name},
         "deployment": {"id": _str(row.deployment_id), "name": row.deployment_name},
@@ -79,7 +78,7 @@ def limit_json(limit: Limit) -> dict[str, Any]:
         "resource": limit.resource,
         "kind": limit.kind,
         "prefect_id": str(limit.prefect_id),
-        "url": links.limit(limit.kind, limit.prefect_id, limit.deployment_id),
+        "url": limit.prefect_url,
         "limit": limit.limit,
         "active": limit.active,
         "active_slots": limit.active_slots,

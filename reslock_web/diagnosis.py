@@ -462,10 +462,3 @@ def _who(verdict: HolderVerdict) -> str:
         return f"{'task' if verdict.claim.task_run_id else 'flow'} run {verdict.run.name!r}"
     name = verdict.claim.names.get("task_run_name") or verdict.claim.names.get("flow_run_name")
     return f"run {name!r}" if name else f"holder {verdict.claim.key}"
-
-
-SOURCES = {
-    Kind.TAG: Source.TAG_LEASE,
-    Kind.DEPLOYMENT: Source.DEPLOYMENT,
-    Kind.GLOBAL: Source.EVENT,
-}

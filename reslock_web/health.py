@@ -46,14 +46,6 @@ class Freshness:
             return False
         return not self.listener.detail.get("connected") or self.listener.is_late(5)
 
-    @property
-    def level(self) -> str:
-        if self.failing or (self.stale and not self.never_synced):
-            return "error"
-        if self.never_synced or self.worker_late:
-            return "warn"
-        return "ok"
-
 
 def freshness() -> Freshness:
     last = SyncRun.objects.last_finished()

@@ -23,10 +23,6 @@ def deployment(deployment_id: UUID | None) -> str:
     return _ui(f"/deployments/deployment/{deployment_id}") if deployment_id else ""
 
 
-def flow(flow_id: UUID | None) -> str:
-    return _ui(f"/flows/flow/{flow_id}") if flow_id else ""
-
-
 def limit(kind: str, prefect_id: UUID, deployment_id: UUID | None = None) -> str:
     if kind == "tag":
         return _ui(f"/concurrency-limits/concurrency-limit/{prefect_id}")

@@ -180,10 +180,6 @@ class RunFields(models.Model):
         abstract = True
 
     @property
-    def run_ended(self) -> bool:
-        return self.state_type in FINAL_STATES
-
-    @property
     def flow_run_url(self) -> str:
         return links.flow_run(self.flow_run_id)
 

@@ -428,6 +428,8 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
     condition = holder.get("condition")
     info = _current(operation, api)
     who = holder.get("flow_run_name") or holder.get("task_run_name") or operation.holder_key
+    if condition == Condition.HOLDING and lease_id and holder.get("source") == Source.HELPER:
+        return _fenced_release(operation, api, lease_id, who)
     message = f"Released from reslock by {operation.requested_by_name}: {operation.reason}"[:900]
     task_runs = api.task_runs([task_run_id]) if task_run_id else {}
     flow_runs = api.flow_runs([flow_run_id]) if flow_run_id else {}
@@ -458,15 +460,9 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
     elif condition == Condition.ZOMBIE:
         if over(task_run) and over(flow_run):
             raise Skip(f"the runs of {who!r} are already over")
-    elif condition == Condition.HOLDING and lease_id and holder.get("source") == Source.HELPER:
-        return _fenced_release(operation, api, info, lease_id, who)
     else:
         raise Skip("the holder is not stale or zombie any more")
-    if (
-        task_run is not None
-        and not over(task_run)
-        and "task run crashed (its lease ended)" not in done
-    ):
+    if task_run is not None and not over(task_run):  # a zombie's: stale ones are over already
         api.crash_run("task_run", task_run.id, message)
         done.append("task run crashed")
     if flow_run is not None and not over(flow_run):
@@ -487,7 +483,7 @@ def _uuid(value: Any) -> UUID | None:
         return None
 
 
-def _fenced_release(operation: Operation, api: PrefectAPI, info: Any, lease_id: UUID, who: str):
+def _fenced_release(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):
     """Hold a placeholder slot, revoke the lease, wait for the holder to stop, drop the placeholder."""
     from reslock_web.sync import sync_limit
 

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from reslock_web import store
 from reslock_web.diagnosis import Claim, Queued, kind_of
-from reslock_web.models import Condition, Kind, Limit, LockEvent, Source, SyncRun, SyncState
+from reslock_web.models import Kind, Limit, LockEvent, Source, SyncRun, SyncState
 from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, PrefectError, RunInfo
 
 log = logging.getLogger(__name__)
@@ -507,6 +507,3 @@ NAMES = NameCache()
 def sync_with_settings() -> SyncRun | None:
     with PrefectAPI.from_settings() as api:
         return sync_all(api)
-
-
-__all__ = ["Condition", "Snapshot", "sync_all", "sync_with_settings"]

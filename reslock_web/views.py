@@ -10,7 +10,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
-from reslock_web import links, timeline
+from reslock_web import timeline
 from reslock_web.board import SORTS, BoardQuery, facets
 from reslock_web.explain import explain
 from reslock_web.health import freshness
@@ -59,7 +59,6 @@ def resource(request: HttpRequest, name: str) -> HttpResponse:
         "explanation": explain(limit, holders, waiters),
         "timeline": timeline.holds(limit, timezone.now()),
         "health": freshness(),
-        "limit_url": links.limit(limit.kind, limit.prefect_id, limit.deployment_id),
         "can_operate": request.user.has_perm("reslock.operate"),
         "operations": limit.operations.order_by("-created_at", "-id")[:20],
     }

@@ -35,11 +35,6 @@ def age(when: datetime | None) -> str:
 
 
 @register.filter
-def seconds(value: int | None) -> str:
-    return humane(value) if value is not None else ""
-
-
-@register.filter
 def after(when: datetime | None, seconds: int | None) -> datetime | None:
     if when is None or seconds is None:
         return None
