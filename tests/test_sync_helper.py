@@ -36,8 +36,10 @@ def test_a_helper_holder_and_its_waiters_show_in_the_order_they_began_waiting(
         waiter = flows.start("helper_holder", name=name, flow_run_name=f"{order}-in-line")
         waiter.wait_event("want")
         waiters.append(waiter)
-        # Each begins waiting before the next starts: Prefect records the order.
-        wait_for(lambda w=waiter: w.process.poll() is None and len(w.find_events("want")) == 1, 10)
+        # Each is seen waiting before the next starts: the helper announces its wait only
+        # after its first try found the limit full, so "want" alone does not fix the order.
+        count = len(waiters)
+        sync_until(prefect_server, name, lambda limit, n=count: limit.waiter_count == n)
     limit = sync_until(
         prefect_server, name, lambda limit: limit.waiter_count == 3 and limit.holder_count == 1
     )
