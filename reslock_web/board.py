@@ -7,6 +7,7 @@ board says so, so that a mangled shared link still opens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import urlencode
 
 from django.core.paginator import Page, Paginator
@@ -74,7 +75,8 @@ class BoardQuery:
         else:
             query.problems.append(f"Unknown sort {sort[:40]!r}: sorted by name.")
         page = params.get("page", "1") or "1"
-        if page.isdigit() and 0 < int(page) < 10**6:
+        # ASCII only and short: int() refuses "²" and numbers of more than 4300 digits.
+        if page.isascii() and page.isdigit() and len(page) < 20 and 0 < int(page) < 10**6:
             query.page = int(page)
         else:
             query.problems.append(f"Page {page[:20]!r} is not a page number: showing page 1.")
@@ -105,11 +107,28 @@ class BoardQuery:
         aggregates = {name: Count("id", filter=facet_filter(name)) for name in FACETS}
         return self.base().aggregate(**aggregates)
 
-    def page_of_rows(self) -> Page:
-        queryset = self.base().filter(facet_filter(self.status)).order_by(*SORTS[self.sort][1])
+    def paged(self, queryset: QuerySet | None = None) -> Page:
+        """The page asked for (the last one when asked for more), rows not yet fetched."""
+        if queryset is None:
+            queryset = self.base()
+        queryset = queryset.filter(facet_filter(self.status)).order_by(*SORTS[self.sort][1])
         paginator = Paginator(queryset, PAGE_SIZE)
-        page = paginator.page(min(self.page, paginator.num_pages))
-        rows = list(page.object_list)
+        return paginator.page(min(self.page, paginator.num_pages))
+
+    def page_of_rows(self) -> Page:
+        page = self.paged()
+        page.object_list = with_people(list(page.object_list))
+        return page
+
+    def page_versions(self) -> list[tuple[int, datetime]]:
+        """(pk, changed_at) of the rows on this page, in order: what a refresh compares."""
+        page = self.paged(self.base().only("pk", "changed_at"))
+        return [(row.pk, row.changed_at) for row in page.object_list]
+
+
+def with_people(rows: list[Limit]) -> list[Limit]:
+    """Attach the holders and waiters a board row shows, in two queries for all rows."""
+    if rows:
         prefetch_related_objects(
             rows,
             Prefetch(
@@ -123,12 +142,11 @@ class BoardQuery:
                 "waiters", queryset=Waiter.objects.order_by("position", "id"), to_attr="queue"
             ),
         )
-        for row in rows:  # what each row shows, worked out once instead of in the template
-            row.first_holder = row.shown_holders[0] if row.shown_holders else None
-            row.more_holders = max(0, len(row.shown_holders) - 1)
-            row.first_waiter = row.queue[0] if row.queue else None
-        page.object_list = rows
-        return page
+    for row in rows:  # what each row shows, worked out once instead of in the template
+        row.first_holder = row.shown_holders[0] if row.shown_holders else None
+        row.more_holders = max(0, len(row.shown_holders) - 1)
+        row.first_waiter = row.queue[0] if row.queue else None
+    return rows
 
 
 def facets(query: BoardQuery, counts: dict[str, int]) -> list[dict[str, object]]:

@@ -286,7 +286,15 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     Limit.objects.bulk_update(changed, LIMIT_FIELDS, batch_size=BATCH)
     counts["created"], counts["updated"] = len(new_limits), len(changed)
 
-    counts["holders"], counts["waiters"] = _write_people(holder_plan, holders, waiters, snapshot)
+    counts["holders"], counts["waiters"], touched = _write_people(
+        holder_plan, holders, waiters, snapshot
+    )
+    # A holder or waiter that came, went or changed (a name resolved, a place in the queue)
+    # is a change the board must redraw, even when the limit's own columns stayed the same.
+    touched -= {row.pk for row in new_limits}
+    touched -= {row.pk for row in changed if row.changed_at == now}
+    for pk_chunk in _chunked(sorted(touched)):
+        Limit.objects.filter(pk__in=pk_chunk).update(changed_at=now)
     counts["gone"] = _mark_gone(snapshot, compact, now)
     if closed_events:
         LockEvent.objects.filter(event_id__in=closed_events, closed_at__isnull=True).update(
@@ -424,8 +432,9 @@ def _write_people(
     holders: dict[int, dict[str, Holder]],
     waiters: dict[int, dict[str, Waiter]],
     snapshot: Snapshot,
-) -> tuple[int, int]:
-    holder_rows = _reconcile(
+) -> tuple[int, int, set[int]]:
+    """Write each limit's holders and waiters; return their counts and the limits touched."""
+    holder_rows, touched = _reconcile(
         Holder, HOLDER_FIELDS, holders,
         ((row, [(v.claim.key, _holder_values(v, snapshot)) for v in verdicts]) for row, verdicts, _ in plan),
     )  # fmt: skip
@@ -441,14 +450,22 @@ def _write_people(
                 ],
             )
         )
-    _reconcile(Waiter, WAITER_FIELDS, waiters, waiter_rows)
+    _, waiters_touched = _reconcile(Waiter, WAITER_FIELDS, waiters, waiter_rows)
     visible = [h for h in holder_rows if h.condition != Condition.LEAVING]
-    return len(visible), sum(len(items) for _, items in waiter_rows)
+    return (
+        len(visible),
+        sum(len(items) for _, items in waiter_rows),
+        touched | waiters_touched,
+    )
 
 
-def _reconcile(model, fields, existing, desired) -> list[Model]:
-    """Create, update or delete rows so that each limit has exactly the desired keys."""
+def _reconcile(model, fields, existing, desired) -> tuple[list[Model], set[int]]:
+    """Create, update or delete rows so that each limit has exactly the desired keys.
+
+    Returns the rows kept and the pks of the limits whose rows changed in any way.
+    """
     create, update, keep, delete = [], [], [], []
+    touched: set[int] = set()
     for limit, items in desired:
         stored = dict(existing.get(limit.pk, {}))
         for key, values in items:
@@ -456,17 +473,21 @@ def _reconcile(model, fields, existing, desired) -> list[Model]:
             if row is None:
                 row = model(limit=limit, key=key, **values)
                 create.append(row)
+                touched.add(limit.pk)
             elif any(getattr(row, name) != value for name, value in values.items()):
                 for name, value in values.items():
                     setattr(row, name, value)
                 update.append(row)
+                touched.add(limit.pk)
             keep.append(row)
+        if stored:
+            touched.add(limit.pk)
         delete.extend(row.pk for row in stored.values())
     if delete:
         model.objects.filter(pk__in=delete).delete()
     model.objects.bulk_create(create, batch_size=BATCH)
     model.objects.bulk_update(update, fields, batch_size=BATCH)
-    return keep
+    return keep, touched
 
 
 def _run_values(

@@ -8,6 +8,7 @@ from reslock_web import api, operate_views, views
 
 urlpatterns = [
     path("", views.board, name="board"),
+    path("board/changes", views.board_changes, name="board-changes"),
     path("resources/<path:name>", views.resource, name="resource"),
     path("operate/bulk-release", operate_views.bulk_release, name="bulk-release"),
     path("operate/<str:action>/<path:name>", operate_views.operate, name="operate"),

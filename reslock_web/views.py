@@ -1,20 +1,25 @@
 from __future__ import annotations
 
+import time
+
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.db.models import Prefetch
+from django.db.models import F, Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import reswap, retarget
 
-from reslock_web import timeline
-from reslock_web.board import SORTS, BoardQuery, facets
+from reslock_web import live, timeline
+from reslock_web.board import SORTS, BoardQuery, facets, with_people
 from reslock_web.explain import explain
 from reslock_web.health import freshness
 from reslock_web.models import Condition, Holder, Kind, Limit, Waiter
+
+REDRAW_SECONDS = 30
 
 
 @require_GET
@@ -22,24 +27,75 @@ from reslock_web.models import Condition, Holder, Kind, Limit, Waiter
 @vary_on_headers("HX-Request", "HX-Target")
 def board(request: HttpRequest) -> HttpResponse:
     query = BoardQuery.from_params(request.GET)
-    context = {
-        "query": query,
-        "facets": facets(query, query.facet_counts()),
-        "page": query.page_of_rows(),
-        "sorts": [(key, label) for key, (label, _) in SORTS.items()],
-        "kinds": Kind.choices,
-        "health": freshness(),
-    }
     template = "board.html"
     if request.htmx and request.htmx.target in ("rows", "results"):
         template = f"board.html#{request.htmx.target}"
-    return render(request, template, context)
+    return render(request, template, _board_context(query))
+
+
+@require_GET
+@login_required
+@never_cache
+def board_changes(request: HttpRequest) -> HttpResponse:
+    """The board's live refresh: nothing, the rows that changed, or the whole result list.
+
+    The page polls this every second with what it shows (see `live`); most answers are an
+    empty 204, and a change redraws only its own rows.
+    """
+    query = BoardQuery.from_params(request.GET)
+    counts, health = query.facet_counts(), freshness()
+    now = live.Seen.of(
+        counts.get(query.status, 0),
+        query.page_versions(),
+        live.facets_digest(counts),
+        live.banner_digest(health),
+    )
+    changes = live.compare(live.Seen.parse(request.GET.get("seen", "")), now)
+    if changes.nothing:
+        return HttpResponse(status=204)
+    if changes.everything:
+        response = render(request, "board.html#results", _board_context(query, counts, health))
+        return reswap(retarget(response, "#results"), "outerHTML")
+    rows = with_people(list(Limit.objects.filter(pk__in=changes.rows)))
+    context = {
+        "query": query,
+        "rows": sorted(rows, key=lambda row: changes.rows.index(row.pk)),
+        "changes": changes,
+        "facets": facets(query, counts),
+        "health": health,
+        "seen": now.encode(),
+        "oob": True,
+    }
+    return render(request, "board_changes.html", context)
+
+
+def _board_context(query: BoardQuery, counts=None, health=None) -> dict[str, object]:
+    counts = query.facet_counts() if counts is None else counts
+    health = freshness() if health is None else health
+    page = query.page_of_rows()
+    seen = live.Seen.of(
+        counts.get(query.status, 0),
+        [(row.pk, row.changed_at) for row in page.object_list],
+        live.facets_digest(counts),
+        live.banner_digest(health),
+    )
+    return {
+        "query": query,
+        "facets": facets(query, counts),
+        "page": page,
+        "sorts": [(key, label) for key, (label, _) in SORTS.items()],
+        "kinds": Kind.choices,
+        "health": health,
+        "seen": seen.encode(),
+    }
 
 
 @require_GET
 @login_required
 @vary_on_headers("HX-Request", "HX-Target")
 def resource(request: HttpRequest, name: str) -> HttpResponse:
+    if request.htmx and request.htmx.target == "live" and _unchanged(name, request.GET):
+        return HttpResponse(status=204)
     limit = Limit.objects.prefetch_related(
         Prefetch(
             "holders",
@@ -61,11 +117,29 @@ def resource(request: HttpRequest, name: str) -> HttpResponse:
         "health": freshness(),
         "can_operate": request.user.has_perm("reslock.operate"),
         "operations": limit.operations.order_by("-created_at", "-id")[:20],
+        "seen": f"{live.version(limit.changed_at)}~{int(time.time())}",
     }
     template = "resource.html"
     if request.htmx and request.htmx.target == "live":
         template = "resource.html#live"
     return render(request, template, context)
+
+
+def _unchanged(name: str, params) -> bool:
+    """The resource page's poll: same version as drawn, and drawn less than 30 s ago.
+
+    The redraw every 30 s keeps the diagnosis' wording ("held for 3 min") current.
+    """
+    stamp, _, drawn = params.get("seen", "").partition("~")
+    if not drawn.isascii() or not drawn.isdigit() or time.time() - int(drawn) > REDRAW_SECONDS:
+        return False
+    changed = (
+        Limit.objects.filter(name=name)
+        .order_by(F("gone_at").desc(nulls_first=True))  # the one `named` would show
+        .values_list("changed_at", flat=True)
+        .first()
+    )
+    return changed is not None and live.version(changed) == stamp
 
 
 @require_GET

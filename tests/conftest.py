@@ -125,3 +125,28 @@ def viewer_client(client, viewer):
 def admin_client(client, admin):
     client.force_login(admin)
     return client
+
+
+# --- Board data and a logged-in browser page -------------------------------------------
+@pytest.fixture
+def rows(db):
+    """The sample board of tests/support/board_data.py; the contended resource."""
+    from tests.support.board_data import sample_rows
+
+    return sample_rows()
+
+
+@pytest.fixture
+def board(page, live_server, viewer):
+    """A logged-in page: the viewer's session cookie, as after the login form."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(viewer)
+    page.context.add_cookies(
+        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
+    )
+    alerts: list[str] = []
+    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+    page.alerts = alerts
+    return page

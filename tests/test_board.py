@@ -10,43 +10,11 @@ from urllib.parse import quote
 import pytest
 from django.utils import timezone
 
-from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncRun, Waiter
+from reslock_web.models import Condition, Holder, LockEvent, Status, SyncRun
 from reslock_web.templatetags.reslock import humane
+from tests.support.board_data import XSS, make_limit
 
 pytestmark = pytest.mark.django_db
-
-XSS = "<img src=x onerror=alert(1)>"
-
-
-def make_limit(name: str, **fields) -> Limit:
-    kind = "tag" if name.startswith("tag:") else "global"
-    defaults = {"kind": kind, "resource": name.removeprefix("tag:"), "limit": 1}
-    return Limit.objects.create(prefect_id=uuid.uuid4(), name=name, **{**defaults, **fields})
-
-
-@pytest.fixture
-def rows():
-    now = timezone.now()
-    held = make_limit(
-        "resource:db-main", status=Status.CONTENDED, is_held=True, has_waiters=True,
-        active_slots=1, holder_count=1, waiter_count=2, held_since=now - timedelta(hours=3, minutes=12),
-    )  # fmt: skip
-    Holder.objects.create(
-        limit=held, key="h", source="event", flow_run_id=uuid.uuid4(), flow_run_name=XSS,
-        flow_name="loader", task_run_name="load-it", state_type="RUNNING", state_name="Running",
-        acquired_at=now - timedelta(hours=3, minutes=12), lease_seconds=60,
-    )  # fmt: skip
-    for position, name in [(1, "second-in-line"), (2, "third-in-line")]:
-        Waiter.objects.create(limit=held, key=name, source="tag_lease", position=position,
-                              flow_run_name=name, waiting_since=now - timedelta(minutes=position))  # fmt: skip
-    make_limit(
-        "tag:reports", kind="tag", status=Status.STALE, is_held=True, is_stale=True, active_slots=1,
-        evidence=[{"flag": "stale", "text": "run 'x' is Completed but still counted"}],
-    )  # fmt: skip
-    make_limit("resource:free-one")
-    make_limit("resource:paused", active=False, status=Status.INACTIVE)
-    SyncRun.objects.create(ok=True, finished_at=now, limits=4, duration_ms=12)
-    return held
 
 
 def row_names(html: str) -> list[str]:

@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 from django.db import connection
-from django.test import Client
 from playwright.sync_api import Page, expect
 
 from reslock_web.prefect_api import PrefectAPI
@@ -49,20 +48,6 @@ class PeriodicSync:
 def syncing(prefect_server):
     with PeriodicSync(prefect_server.api_url) as periodic:
         yield periodic
-
-
-@pytest.fixture
-def board(page: Page, live_server, viewer):
-    """A logged-in page: the viewer's session cookie, as after the login form."""
-    client = Client()
-    client.force_login(viewer)
-    page.context.add_cookies(
-        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
-    )
-    alerts: list[str] = []
-    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
-    page.alerts = alerts  # type: ignore[attr-defined]
-    return page
 
 
 def prefix() -> str:

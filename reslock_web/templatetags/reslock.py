@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from django import template
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 register = template.Library()
 
@@ -32,6 +33,24 @@ def age(when: datetime | None) -> str:
     if when is None:
         return ""
     return humane((timezone.now() - when).total_seconds())
+
+
+@register.simple_tag
+def since(when: datetime | None, blank: str = "") -> str:
+    """How long ago `when` was, as a `<time>` the browser keeps counting up between redraws.
+
+    `data-age` is the age in seconds when drawn, so the browser's own clock, right or wrong,
+    only measures the seconds since.
+    """
+    if when is None:
+        return blank
+    seconds = max(0, (timezone.now() - when).total_seconds())
+    return format_html(
+        '<time datetime="{}" data-age="{}">{}</time>',
+        when.isoformat(),
+        int(seconds),
+        humane(seconds),
+    )
 
 
 @register.filter

@@ -1,0 +1,124 @@
+"""What changed on a board page since the browser last drew it.
+
+The page keeps, in one hidden input, what it shows: each row's pk and the time that row last
+changed, a digest of the facet counts and a digest of the banner. Every second it sends that
+back; the server compares it with the tables and answers with nothing (204), with the rows
+that changed, or, when rows came, went or moved, with the whole result list.
+
+Comparing each row's own `changed_at`, rather than keeping one cursor, matters: a sync stamps
+its rows with the time it read Prefect and commits a second or two later, so a cursor taken
+in between would step over them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from reslock_web.health import Freshness
+
+MAX_ROWS = 500  # a page has 50; anything longer is not ours
+
+
+def version(when: datetime) -> str:
+    """A row's version as the browser keeps it: microseconds since the epoch, base 36."""
+    micros = int(when.timestamp() * 1_000_000)
+    return _base36(micros)
+
+
+def digest(*parts: object) -> str:
+    return hashlib.blake2s(repr(parts).encode(), digest_size=6).hexdigest()
+
+
+def facets_digest(counts: dict[str, int]) -> str:
+    return digest(sorted(counts.items()))
+
+
+def banner_digest(health: Freshness) -> str:
+    """Everything the banner says except ages, which the browser ticks on by itself."""
+    return digest(
+        health.last_ok.pk if health.last_ok else None,
+        health.last_finished.pk if health.last_finished else None,
+        health.failing,
+        health.stale,
+        health.worker_late,
+        health.worker.pk if health.worker else None,
+        health.listener_down,
+        bool(health.listener and health.listener.detail.get("connected")),
+    )
+
+
+@dataclass(frozen=True)
+class Seen:
+    total: int  # rows matching the filters, on every page: the caption and the pager
+    rows: tuple[tuple[int, str], ...]
+    facets: str
+    banner: str
+
+    def encode(self) -> str:
+        rows = ",".join(f"{pk}:{stamp}" for pk, stamp in self.rows)
+        return f"{self.total}.{self.facets}.{self.banner}.{rows}"
+
+    @classmethod
+    def of(cls, total: int, versions: list[tuple[int, datetime]], facets: str, banner: str) -> Seen:
+        return cls(total, tuple((pk, version(when)) for pk, when in versions), facets, banner)
+
+    @classmethod
+    def parse(cls, value: str) -> Seen | None:
+        """The state a page sent back, or None when it is not one we wrote (redraw all)."""
+        parts = value.split(".")
+        if len(parts) != 4 or len(value) > MAX_ROWS * 40 or not _number(parts[0]):
+            return None
+        total, facets, banner, rows = parts
+        pairs = []
+        for item in filter(None, rows.split(",")):
+            pk, _, stamp = item.partition(":")
+            if not _number(pk) or not (stamp.isascii() and stamp.isalnum()):
+                return None
+            pairs.append((int(pk), stamp))
+        return cls(int(total), tuple(pairs), facets, banner)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a refresh must redraw."""
+
+    everything: bool = False
+    rows: tuple[int, ...] = ()
+    facets: bool = False
+    banner: bool = False
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.everything or self.rows or self.facets or self.banner)
+
+
+def compare(seen: Seen | None, now: Seen) -> Changes:
+    if (
+        seen is None
+        or seen.total != now.total
+        or [pk for pk, _ in seen.rows] != [pk for pk, _ in now.rows]
+    ):
+        return Changes(everything=True)
+    return Changes(
+        rows=tuple(
+            pk for (pk, old), (_, new) in zip(seen.rows, now.rows, strict=True) if old != new
+        ),
+        facets=seen.facets != now.facets,
+        banner=seen.banner != now.banner,
+    )
+
+
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) < 19
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
