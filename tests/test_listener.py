@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,9 +29,11 @@ class ListenerProcess:
             "PREFECT_API_URL": server.api_url,
             "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
         }
+        # A file, not a pipe: a listener that logs a lot must never block on a full pipe.
+        self.log = tempfile.NamedTemporaryFile(prefix="reslock-listener-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "reslock_listen"],
-            cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=BASE_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_for(
             lambda: (
