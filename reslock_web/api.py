@@ -149,7 +149,11 @@ def resources(request: HttpRequest) -> JsonResponse:
         queryset = queryset.filter(kind=kind)
     paginator = Paginator(queryset.order_by("resource", "name", "id"), PAGE_SIZE)
     page_text = request.GET.get("page", "1")
-    if not page_text.isdigit() or not 1 <= int(page_text) <= paginator.num_pages:
+    # ASCII only and short: int() refuses "²" and numbers of more than 4300 digits.
+    if (
+        not (page_text.isascii() and page_text.isdigit() and len(page_text) < 20)
+        or not 1 <= int(page_text) <= paginator.num_pages
+    ):
         return _bad(f"page must be a whole number from 1 to {paginator.num_pages}")
     page = paginator.page(int(page_text))
     return JsonResponse(

@@ -101,6 +101,8 @@ class Context:
     long_hold: timedelta
     task_runs: dict[UUID, RunInfo]
     flow_runs: dict[UUID, RunInfo]
+    # Keys of claims whose release we have seen: gone from the count by the book, never lost.
+    released: frozenset[str] = frozenset()
 
     def run_of(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> RunInfo | None:
         if task_run_id is not None:
@@ -169,6 +171,11 @@ def classify_holders(
     seen = {v.claim.key for v in verdicts} | set(closed)
     for key, before in previous.items():
         if key in seen or before.condition == Condition.STALE:
+            continue
+        if key in ctx.released:
+            # Released: a run that goes on (a flow body or a task taking the lock in a loop)
+            # is not a holder that lost its slot.
+            closed.append(key)
             continue
         verdict = _lost_slot(key, before, ctx) if enforced or kind == Kind.TAG else None
         if verdict is None:

@@ -46,7 +46,7 @@ class OperateForm(forms.Form):
         text = (self.cleaned_data.get("value") or "").strip()
         if not text:
             raise forms.ValidationError("Enter the new limit, a whole number from 0 to 10,000.")
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # not "²" or "١٢", which int() mangles
             raise forms.ValidationError(f"{text!r} is not a whole number from 0 to 10,000.")
         number = int(text)
         if number > MAX_LIMIT:

@@ -10,6 +10,11 @@ from django.utils import timezone
 
 from reslock_web.models import Heartbeat, SyncRun
 
+# After this many failed full syncs in a row, beat's periodic syncs slow down: each further
+# failure doubles the wait (from one sync period up to RESLOCK_SYNC_BACKOFF_MAX_SECONDS), so a
+# Prefect that is down or overloaded is not hammered. A sync asked for by hand always runs.
+BACKOFF_AFTER = 3
+
 
 @dataclass
 class Freshness:
@@ -19,6 +24,7 @@ class Freshness:
     worker: Heartbeat | None
     listener: Heartbeat | None
     now: datetime
+    retry_at: datetime | None = None  # when periodic syncs try again, while they back off
 
     @property
     def failing(self) -> bool:
@@ -64,4 +70,41 @@ def freshness() -> Freshness:
         worker=Heartbeat.objects.filter(service="worker").first(),
         listener=Heartbeat.objects.filter(service="listener").first(),
         now=timezone.now(),
+        retry_at=sync_backoff().retry_at if failing_since else None,
     )
+
+
+@dataclass
+class Backoff:
+    failures: int  # failed full syncs since the last good one
+    last_failure: datetime | None
+    wait: timedelta
+
+    @property
+    def retry_at(self) -> datetime | None:
+        if not self.wait or self.last_failure is None:
+            return None
+        return self.last_failure + self.wait
+
+    def skip(self, now: datetime) -> bool:
+        return self.retry_at is not None and now < self.retry_at
+
+
+def backoff_wait(failures: int, period: int, cap: int) -> timedelta:
+    if failures < BACKOFF_AFTER:
+        return timedelta(0)
+    doublings = min(failures - BACKOFF_AFTER + 1, 20)  # the cap is reached long before
+    return timedelta(seconds=min(cap, period * 2**doublings))
+
+
+def sync_backoff() -> Backoff:
+    """How long periodic syncs wait, from the failed full syncs since the last good one."""
+    full = SyncRun.objects.filter(scope="all", finished_at__isnull=False)
+    last_ok = full.filter(ok=True).order_by("-started_at").values_list("started_at", flat=True)
+    failures = full.filter(ok=False)
+    if (ok_at := last_ok.first()) is not None:
+        failures = failures.filter(started_at__gt=ok_at)
+    count = failures.count()
+    last = failures.order_by("-finished_at").values_list("finished_at", flat=True).first()
+    wait = backoff_wait(count, settings.SYNC_SECONDS, settings.SYNC_BACKOFF_MAX_SECONDS)
+    return Backoff(failures=count, last_failure=last, wait=wait)

@@ -307,6 +307,8 @@ def launch(environ: dict[str, str]) -> int:
     (var_dir / "log").mkdir(parents=True, exist_ok=True)
     environ = {**environ, "RESLOCK_VAR_DIR": str(var_dir), "PYTHONUNBUFFERED": "1"}
     environ.setdefault("SECRET_KEY", secret_key(var_dir))
+    # The web server here speaks plain http on 127.0.0.1: HTTPS-only cookies would never return.
+    environ.setdefault("RESLOCK_SECURE_COOKIES", "false")
     launcher = Launcher(environ, var_dir)
 
     def on_signal(signum: int, frame: object) -> None:

@@ -1,9 +1,11 @@
 """What changed on a board page since the browser last drew it.
 
-The page keeps, in one hidden input, what it shows: each row's pk and the time that row last
-changed, a digest of the facet counts and a digest of the banner. Every second it sends that
-back; the server compares it with the tables and answers with nothing (204), with the rows
-that changed, or, when rows came, went or moved, with the whole result list.
+The page keeps, in one hidden input, what it shows: the board's version, each row's pk and the
+time that row last changed, a digest of the facet counts and a digest of the banner. Every
+second it sends that back. When neither the version nor the banner moved, the answer is an
+empty 204 after two small reads, which is what nearly every poll gets; otherwise the server
+compares the rest with the tables and answers with the rows that changed or, when rows came,
+went or moved, with the whole result list.
 
 Comparing each row's own `changed_at`, rather than keeping one cursor, matters: a sync stamps
 its rows with the time it read Prefect and commits a second or two later, so a cursor taken
@@ -41,6 +43,7 @@ def banner_digest(health: Freshness) -> str:
         health.last_ok.pk if health.last_ok else None,
         health.last_finished.pk if health.last_finished else None,
         health.failing,
+        health.retry_at,
         health.stale,
         health.worker_late,
         health.worker.pk if health.worker else None,
@@ -51,6 +54,7 @@ def banner_digest(health: Freshness) -> str:
 
 @dataclass(frozen=True)
 class Seen:
+    version: int  # the board's version (SyncState "board") when drawn
     total: int  # rows matching the filters, on every page: the caption and the pager
     rows: tuple[tuple[int, str], ...]
     facets: str
@@ -58,26 +62,36 @@ class Seen:
 
     def encode(self) -> str:
         rows = ",".join(f"{pk}:{stamp}" for pk, stamp in self.rows)
-        return f"{self.total}.{self.facets}.{self.banner}.{rows}"
+        return f"{self.version}.{self.total}.{self.facets}.{self.banner}.{rows}"
 
     @classmethod
-    def of(cls, total: int, versions: list[tuple[int, datetime]], facets: str, banner: str) -> Seen:
-        return cls(total, tuple((pk, version(when)) for pk, when in versions), facets, banner)
+    def of(
+        cls,
+        board: int,
+        total: int,
+        versions: list[tuple[int, datetime]],
+        facets: str,
+        banner: str,
+    ) -> Seen:
+        rows = tuple((pk, version(when)) for pk, when in versions)
+        return cls(board, total, rows, facets, banner)
 
     @classmethod
     def parse(cls, value: str) -> Seen | None:
         """The state a page sent back, or None when it is not one we wrote (redraw all)."""
         parts = value.split(".")
-        if len(parts) != 4 or len(value) > MAX_ROWS * 40 or not _number(parts[0]):
+        if len(parts) != 5 or len(value) > MAX_ROWS * 40:
             return None
-        total, facets, banner, rows = parts
+        board, total, facets, banner, rows = parts
+        if not (_number(board) and _number(total)):
+            return None
         pairs = []
         for item in filter(None, rows.split(",")):
             pk, _, stamp = item.partition(":")
             if not _number(pk) or not (stamp.isascii() and stamp.isalnum()):
                 return None
             pairs.append((int(pk), stamp))
-        return cls(int(total), tuple(pairs), facets, banner)
+        return cls(int(board), int(total), tuple(pairs), facets, banner)
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,13 @@ def compare(seen: Seen | None, now: Seen) -> Changes:
         facets=seen.facets != now.facets,
         banner=seen.banner != now.banner,
     )
+
+
+def board_version() -> int:
+    from reslock_web.models import SyncState
+
+    found = SyncState.objects.filter(name="board").values_list("version", flat=True).first()
+    return found or 0
 
 
 def _number(text: str) -> bool:

@@ -4,7 +4,7 @@ import hashlib
 import os
 import secrets
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import models
 from django.utils import timezone
@@ -281,6 +281,9 @@ class SyncState(models.Model):
     locked_by = models.CharField(max_length=200, blank=True)
     locked_until = models.DateTimeField(null=True, blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
+    # Row "board": raised by every write that changes what the board shows, inside that
+    # write's transaction, so that versions follow commit order (see live.py).
+    version = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
         return self.name
@@ -490,3 +493,50 @@ class Operation(models.Model):
         self.after = after or {}
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "message", "after", "finished_at"])
+
+
+class LoginFailureQuerySet(models.QuerySet["LoginFailure"]):
+    """Failed log-ins, counted in the database so that every web process sees the same count."""
+
+    def blocked_until(self, username: str, ip: str, now: datetime) -> datetime | None:
+        """When log-ins for this username or from this address may resume; None: they may now."""
+        from django.conf import settings
+
+        limit = settings.LOGIN_FAILURE_LIMIT
+        window = timedelta(seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS)
+        recent = self.filter(at__gt=now - window)
+        until = None
+        for same in (models.Q(username=username), models.Q(ip=ip)):
+            times = list(recent.filter(same).order_by("-at").values_list("at", flat=True)[:limit])
+            if len(times) >= limit:
+                # Attempts resume once the oldest of the last `limit` failures leaves the window.
+                resume = times[-1] + window
+                until = resume if until is None else max(until, resume)
+        return until
+
+    def failed(self, username: str, ip: str, now: datetime) -> None:
+        from django.conf import settings
+
+        self.create(username=username, ip=ip, at=now)
+        self.filter(at__lte=now - timedelta(seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS)).delete()
+
+    def succeeded(self, username: str, ip: str) -> None:
+        # Only this user's own slips from this address: logging into one account must not
+        # wipe out the count of guesses at other accounts from the same address.
+        self.filter(username=username, ip=ip).delete()
+
+
+class LoginFailure(models.Model):
+    """One failed log-in, kept for the throttling window."""
+
+    username = models.CharField(max_length=150)  # case-folded
+    ip = models.CharField(max_length=45)
+    at = models.DateTimeField(db_index=True)
+
+    objects = LoginFailureQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["username", "at"]), models.Index(fields=["ip", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.username} from {self.ip} @ {self.at:%Y-%m-%d %H:%M:%S}"

@@ -60,9 +60,10 @@ def operator_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
 
 
 def dispatch(operation: Operation) -> None:
-    from reslock_web.tasks import operate
+    # After commit; a broker that does not answer leaves the row pending for the sweep.
+    from reslock_web.dispatch import dispatch as send_after_commit
 
-    transaction.on_commit(lambda: operate.delay(operation.pk))
+    send_after_commit(operation)
 
 
 def _plan(kind: str, limit: Limit, holder: Holder | None, form: OperateForm) -> operations.Plan:
@@ -79,7 +80,7 @@ def _plan(kind: str, limit: Limit, holder: Holder | None, form: OperateForm) -> 
 
 
 def _holder_for(limit: Limit, raw: str | None) -> Holder:
-    if not raw or not raw.isdigit():
+    if not raw or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise Http404("Choose a holder to release from the resource page.")
     holder = limit.holders.exclude(condition=Condition.LEAVING).filter(pk=int(raw)).first()
     if holder is None:
@@ -291,13 +292,14 @@ def bulk_release(request: HttpRequest) -> HttpResponse:
             if holder.condition in (Condition.STALE, Condition.ZOMBIE):
                 items.append((limit, holder, operations.plan_release(limit, holder)))
     allowed = [(limit, holder) for limit, holder, plan in items if plan.allowed]
-    reason = params.get("reason", "").strip()[:1000]
+    # Without NUL, which no database takes: a reason of NULs is no reason.
+    reason = params.get("reason", "").replace("\x00", "").strip()[:1000]
     error = ""
     if request.method == "POST":
-        if not reason:
-            error = "Say why: the reason goes into the audit trail."
-        elif not allowed:
+        if not allowed:
             error = "Nothing to release: the board changed meanwhile."
+        elif not reason:
+            error = "Say why: the reason goes into the audit trail."
         else:
             batch = _bulk_token(params.get("token"))
             if Operation.objects.filter(bulk=batch).exists():

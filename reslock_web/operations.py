@@ -311,12 +311,25 @@ def run(operation_id: int, api: PrefectAPI) -> None:
                 message=f"attempt {operation.attempts} failed: {error}; retrying",
             )
             raise TryAgain(str(error)) from error
-        operation.finish(OperationStatus.FAILED, f"Prefect error: {error}")
+        _finish(operation, OperationStatus.FAILED, f"Prefect error: {error}")
         _resync(api, operation.limit.name)
         return
     # The board shows the change before the operation says it is done.
     _resync(api, operation.limit.name)
-    operation.finish(status, message, after)
+    _finish(operation, status, message, after)
+
+
+def _finish(operation: Operation, status: str, message: str, after: dict | None = None) -> None:
+    """Record the outcome only if this claim still owns the operation: the sweep may have
+    ended it meanwhile as abandoned (a worker stalled past its deadline), and one outcome only
+    may stand."""
+    recorded = Operation.objects.filter(
+        pk=operation.pk, status=OperationStatus.RUNNING, started_at=operation.started_at
+    ).update(status=status, message=message[:4000], after=after or {}, finished_at=timezone.now())
+    if not recorded:
+        log.warning(
+            "operation %s was ended meanwhile; its late outcome %s is dropped", operation.pk, status
+        )
 
 
 def _resync(api: PrefectAPI, name: str) -> None:

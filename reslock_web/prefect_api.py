@@ -9,11 +9,12 @@ that hangs) and reads process-wide settings; here the caller decides when to ret
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 from uuid import UUID
@@ -46,13 +47,32 @@ def _when(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return parse_datetime(value)
-    except ValueError:
+        when = parse_datetime(value)
+        # Naive means UTC in Prefect's API; a time that has no UTC equivalent (year 1 at
+        # +23:00) would fail only later, when the database stores it.
+        return when.replace(tzinfo=when.tzinfo or UTC).astimezone(UTC) if when else None
+    except (ValueError, OverflowError):
         return None
 
 
+def _clean(value: str) -> str:
+    """Text any database can store: no NUL, no lone surrogate (JSON allows both)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value.encode("utf-8", "replace").decode() if not value.isascii() else value
+
+
 def _text(value: Any, limit: int = 500) -> str:
-    return value[:limit] if isinstance(value, str) else ""
+    return _clean(value[:limit]) if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> bool:
+    """A JSON number that is a number: not a boolean, not NaN, not infinite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 @dataclass(frozen=True)
@@ -73,10 +93,15 @@ class LimitInfo:
         name = data.get("name")
         if limit_id is None or not isinstance(name, str) or not name:
             return None
+        if _clean(name) != name:
+            # Operations address a limit by its exact name: a changed one would miss it.
+            log.warning("skipped limit %s: its name has a NUL or a lone surrogate", limit_id)
+            return None
 
         def count(key: str) -> int:
+            # Our columns hold up to 2**31 - 1; Prefect on SQLite stores larger numbers.
             value = data.get(key)
-            return max(0, min(int(value), 2**31 - 1)) if isinstance(value, int | float) else 0
+            return max(0, min(int(value), 2**31 - 1)) if _number(value) else 0
 
         decay = data.get("slot_decay_per_second")
         return cls(
@@ -85,7 +110,7 @@ class LimitInfo:
             limit=count("limit"),
             active=data.get("active") is not False,
             active_slots=count("active_slots"),
-            slot_decay_per_second=float(decay) if isinstance(decay, int | float) else 0.0,
+            slot_decay_per_second=float(decay) if _number(decay) and decay > 0 else 0.0,
             created=_when(data.get("created")),
             updated=_when(data.get("updated")),
         )
@@ -137,7 +162,7 @@ class RunInfo:
                 if isinstance(parent, dict) and (parent_id := _uuid(parent.get("id"))) is not None
             ),
             lease_id=_uuid(details.get("deployment_concurrency_lease_id")),
-            tags=tuple(t for t in data.get("tags") or [] if isinstance(t, str)),
+            tags=tuple(_clean(t) for t in _list(data.get("tags")) if isinstance(t, str)),
         )
 
 
@@ -159,14 +184,14 @@ class EventInfo:
         if event_id is None or occurred is None or not isinstance(name, str):
             return None
         resource = data.get("resource") if isinstance(data.get("resource"), dict) else {}
-        related = [r for r in data.get("related") or [] if isinstance(r, dict)]
+        related = [r for r in _list(data.get("related")) if isinstance(r, dict)]
         payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
         return cls(
             id=event_id,
-            event=name,
+            event=_clean(name),
             occurred=occurred,
-            resource={str(k): str(v) for k, v in resource.items()},
-            related=[{str(k): str(v) for k, v in r.items()} for r in related],
+            resource={_clean(str(k)): _clean(str(v)) for k, v in resource.items()},
+            related=[{_clean(str(k)): _clean(str(v)) for k, v in r.items()} for r in related],
             payload=payload,
             follows=_uuid(data.get("follows")),
         )
@@ -194,6 +219,7 @@ class PrefectAPI:
 
     def __init__(self, api_url: str, api_key: str = "", timeout: float = 10.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._api_key = api_key
         self.api_url = api_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.api_url + "/",
@@ -221,6 +247,17 @@ class PrefectAPI:
 
     # --- transport -------------------------------------------------------------------
     def request(self, method: str, path: str, json: Any = None) -> Any:
+        try:
+            return self._request(method, path, json)
+        except PrefectError as error:
+            # An answer may echo the request back (a proxy's error page, a debugging server):
+            # the key sent must not reach a message that is logged, stored or shown.
+            if not self._api_key or self._api_key not in str(error):
+                raise
+            message = str(error).replace(self._api_key, "[redacted]")
+            raise PrefectError(message, retryable=error.retryable, status=error.status) from None
+
+    def _request(self, method: str, path: str, json: Any) -> Any:
         # A read that meets Prefect's "database is busy" (503, SQLite under concurrent writes)
         # is sent again after a short pause; a write never is: the caller decides.
         reads = method == "GET" or path.rstrip("/").endswith("filter")
@@ -273,6 +310,9 @@ class PrefectAPI:
     def list_limits(self) -> LimitListing:
         """Every limit, all pages. Raises rather than return a partial list."""
         listing = LimitListing()
+        # By id: offset paging lists a limit twice when one is created meanwhile, and one
+        # row per limit is all the database takes.
+        found: dict[UUID, LimitInfo] = {}
         offset = 0
         while True:
             page = self._list("v2/concurrency_limits/filter", {"limit": PAGE, "offset": offset})
@@ -281,8 +321,9 @@ class PrefectAPI:
                 if parsed is None:
                     listing.skipped += 1
                 else:
-                    listing.limits.append(parsed)
+                    found[parsed.id] = parsed
             if len(page) < PAGE:
+                listing.limits = list(found.values())
                 return listing
             offset += PAGE
 
@@ -304,7 +345,7 @@ class PrefectAPI:
                 return None
             raise
         slots = data.get("active_slots") if isinstance(data, dict) else None
-        return [run_id for value in slots or [] if (run_id := _uuid(value)) is not None]
+        return [run_id for value in _list(slots) if (run_id := _uuid(value)) is not None]
 
     def tag_holders_many(
         self, tags: Iterable[str], workers: int = 6
@@ -444,11 +485,11 @@ class PrefectAPI:
                 raise PrefectError(
                     "Prefect sent an unexpected answer for /events/filter", retryable=True
                 )
-            for item in data.get("events") or []:
+            for item in _list(data.get("events")):
                 if isinstance(item, dict) and (event := EventInfo.parse(item)) is not None:
                     yield event
             next_page = data.get("next_page")
-            if not next_page:
+            if not next_page or not isinstance(next_page, str):
                 return
             data = self._get_absolute(next_page)
 

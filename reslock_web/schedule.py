@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+SWEEP_SECONDS = 30
 
-def _every(seconds: int, task: str) -> dict[str, Any]:
+
+def _every(seconds: int, task: str, **kwargs: Any) -> dict[str, Any]:
     # `expires` just under the period: if the queue backs up, a late copy is dropped instead
     # of piling up behind the next one.
-    return {"task": task, "schedule": float(seconds), "options": {"expires": seconds * 0.9}}
+    entry = {"task": task, "schedule": float(seconds), "options": {"expires": seconds * 0.9}}
+    if kwargs:
+        entry["kwargs"] = kwargs
+    return entry
 
 
 def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
     return {
         "reslock-heartbeat": _every(settings.HEARTBEAT_SECONDS, "reslock.heartbeat"),
-        "reslock-sync": _every(settings.SYNC_SECONDS, "reslock.sync"),
+        # periodic=True: these copies back off while Prefect keeps failing (see health.py).
+        "reslock-sync": _every(settings.SYNC_SECONDS, "reslock.sync", periodic=True),
+        # Re-sends operations whose message was lost and ends those whose worker died.
+        "reslock-sweep": _every(SWEEP_SECONDS, "reslock.sweep"),
     }

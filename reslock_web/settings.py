@@ -40,6 +40,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "reslock_web.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -48,6 +49,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A locked or unreachable database answers 503 with a plain page, not a stack trace.
+    "reslock_web.dberrors.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "reslock_web.urls"
@@ -124,14 +127,36 @@ STORAGES = {
     },
 }
 
+# --- Security ---
 SESSION_COOKIE_HTTPONLY = True
-# Behind TLS (production) cookies must not travel in clear; a local `make run` serves plain http.
-SECURE_COOKIES = envbool("RESLOCK_SECURE_COOKIES", False)
+# Served over HTTPS (production, behind a TLS proxy): cookies never travel in clear and browsers
+# are told to come back over HTTPS only. On unless DEBUG; `make run` and docker-compose serve
+# plain http and turn it off.
+SECURE_COOKIES = envbool("RESLOCK_SECURE_COOKIES", not DEBUG)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
+if SECURE_COOKIES:
+    # The proxy terminates TLS and says so in X-Forwarded-Proto (it must set that header, not
+    # pass on what clients send); Django then knows the request was HTTPS and adds HSTS.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# htmx runs without eval and without injected styles (see base.html), so nothing inline is needed.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+# Password guessing: after this many failed log-ins for one username, or from one address,
+# within the window, further attempts are refused unchecked until the window has passed.
+LOGIN_FAILURE_LIMIT = 5
+LOGIN_FAILURE_WINDOW_SECONDS = 15 * 60
+# How many proxies in front of the web server append to X-Forwarded-For; 0 trusts no header
+# (the client's address is the connection's).
+TRUSTED_PROXIES = envint("RESLOCK_TRUSTED_PROXIES", 0, minimum=0, maximum=5)
+# Bearer token that Prometheus sends to /metrics; unset, /metrics answers 404.
+METRICS_TOKEN = envstr("RESLOCK_METRICS_TOKEN")
 
 # --- Celery (read by reslock_web.celery through the CELERY_ namespace) ---
 REDIS_URL = envurl("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
@@ -149,10 +174,16 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(BROKER_DIR / "processed"),
         "store_processed": False,
     }
-else:
-    # A killed worker's unacknowledged message comes back after this many seconds; it must be
-    # longer than the slowest task may run, and short enough that work is not lost for an hour.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+# The hard time limit of one job (an operation's fenced release waits up to ~3 minutes). An
+# operation still running this long (plus a margin) after it started lost its worker: the
+# sweep ends it, saying what Prefect shows.
+OPERATION_TIMEOUT_SECONDS = envint("RESLOCK_OPERATION_TIMEOUT", 300, minimum=10, maximum=3600)
+# A killed worker's unacknowledged message comes back after this many seconds. Keep it above
+# RESLOCK_OPERATION_TIMEOUT: a shorter one hands running jobs to a second worker as well, which
+# is harmless (the claim makes it a no-op) but wasted; a much longer one delays recovery.
+VISIBILITY_TIMEOUT_SECONDS = envint("RESLOCK_VISIBILITY_TIMEOUT", 600, minimum=1, maximum=86400)
+if not CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -160,8 +191,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_TIME_LIMIT = 300
-CELERY_TASK_SOFT_TIME_LIMIT = 240
+CELERY_TASK_TIME_LIMIT = OPERATION_TIMEOUT_SECONDS
+CELERY_TASK_SOFT_TIME_LIMIT = OPERATION_TIMEOUT_SECONDS * 4 // 5
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -178,6 +209,8 @@ PREFECT_TIMEOUT_SECONDS = envint("RESLOCK_PREFECT_TIMEOUT", 10, minimum=1, maxim
 
 # --- reslock ---
 SYNC_SECONDS = envint("RESLOCK_SYNC_SECONDS", 10, minimum=2, maximum=3600)
+# The longest wait between periodic syncs while Prefect keeps failing (see health.py).
+SYNC_BACKOFF_MAX_SECONDS = envint("RESLOCK_SYNC_BACKOFF_MAX_SECONDS", 300, minimum=10, maximum=3600)
 HEARTBEAT_SECONDS = envint("RESLOCK_HEARTBEAT_SECONDS", 30, minimum=5, maximum=3600)
 LONG_HOLD_SECONDS = envint("RESLOCK_LONG_HOLD_SECONDS", 3600, minimum=60)
 # How long a lost slot or a count mismatch must last before it is called a zombie or drift:
@@ -195,7 +228,13 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {
+        "plain": {
+            # Blanks out the Prefect API key, should any message or traceback carry it.
+            "()": "reslock_web.security.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db.models import Model
+from django.db.models import F, Model
 
 from reslock_web import diagnosis
 from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, Queued, WaiterVerdict
@@ -98,8 +98,9 @@ def event_row(event: EventInfo) -> LockEvent:
         deployment_name=deployment_name,
         lease_id=_uuid(event.payload.get("lease_id")),
         wait_id=_uuid(event.payload.get("wait_id")),
+        # Any JSON number may come: NaN, infinity or 1e300 would not fit the column.
         lease_seconds=int(lease_seconds)
-        if isinstance(lease_seconds, int | float) and lease_seconds > 0
+        if isinstance(lease_seconds, int | float) and 0 < lease_seconds < 2**31
         else None,
     )
 
@@ -244,9 +245,9 @@ def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
 def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict[str, int]:
     now = snapshot.now
     counts = {"events": _store_events(snapshot), "created": 0, "updated": 0, "gone": 0}
-    ctx = Context(now, grace, long_hold, snapshot.task_runs, snapshot.flow_runs)
     compact = {row[1]: row for row in Limit.objects.values_list(*COMPACT)}
     holders = _grouped(Holder.objects.all())
+    ctx = Context(now, grace, long_hold, snapshot.task_runs, snapshot.flow_runs, _released(holders))
     waiters = _grouped(Waiter.objects.all())
     busy = [
         info
@@ -304,13 +305,43 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         name="events", defaults={"events_until": snapshot.events_until}
     )
     counts["limits"] = len(snapshot.listing)
+    if new_limits or changed or touched or counts["gone"]:
+        raise_board_version()
     return counts
+
+
+def raise_board_version() -> None:
+    """Tell polling pages that the board changed. Called inside the write's transaction: the
+    row lock (PostgreSQL) or the write lock (SQLite) orders versions as the commits."""
+    if not SyncState.objects.filter(name="board").update(version=F("version") + 1):
+        SyncState.objects.get_or_create(name="board", defaults={"version": 1})
 
 
 COMPACT = [
     "pk", "prefect_id", "name", "limit", "active", "active_slots", "slot_decay_per_second",
     "prefect_updated", "status", "drift_since", "gone_at",
 ]  # fmt: skip
+
+
+def _released(holders: dict[int, dict[str, Holder]]) -> frozenset[str]:
+    """Keys of stored event-backed holders whose acquire a release has closed (the events of
+    this pass are recorded before this is asked)."""
+    keys = [
+        key
+        for by_key in holders.values()
+        for key, holder in by_key.items()
+        if holder.source in (Source.HELPER, Source.EVENT)
+    ]
+    ids = [event_id for key in keys if (event_id := _uuid(key)) is not None]
+    released: set[str] = set()
+    for chunk in _chunked(ids):
+        released |= {
+            str(event_id)
+            for event_id in LockEvent.objects.filter(
+                event_id__in=chunk, closed_at__isnull=False
+            ).values_list("event_id", flat=True)
+        }
+    return frozenset(released)
 
 
 def _quiet(info: LimitInfo, stored: tuple | None, snapshot: Snapshot, holders, waiters) -> bool:
@@ -401,7 +432,7 @@ def _apply(
         flow_name = snapshot.flow_names.get(flow_id, "") if flow_id else ""
         resource = f"{flow_name}/{deployment_name}" if flow_name else deployment_name
     row.name, row.kind, row.deployment_id = info.name, kind, deployment_id
-    row.resource = resource[:500]
+    row.resource = (resource or info.name)[:500]  # "tag:" alone names no tag: show the name
     row.search_text = search_text(row.name, row.resource)
     row.limit, row.active, row.active_slots = info.limit, info.active, info.active_slots
     row.slot_decay_per_second = info.slot_decay_per_second

@@ -401,8 +401,9 @@ def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:
     )
     for row in rows:
         claims[str(row.event_id)] = (row.limit_prefect_id, store.claim_from_row(row))
+    ended = _closed_ids([e.id for e in events if e.event in ACQUIRES])
     for event in events:
-        if event.event in ACQUIRES and event.id not in released:
+        if event.event in ACQUIRES and event.id not in released and event.id not in ended:
             limit_id = store.limit_id_of(event)
             if limit_id is not None:
                 claims[str(event.id)] = (limit_id, store.claim_from_event(event))
@@ -413,6 +414,20 @@ def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:
         for limit_id, claim in claims.values()
         if not (claim.source == Source.HELPER and str(claim.lease_id) in released_leases)
     ]
+
+
+def _closed_ids(event_ids: list[UUID]) -> set[UUID]:
+    """Of these events, the ones we already know ended. Prefect's REST API shows events some
+    seconds after its stream does: a pass can read an acquire (or a wait) whose end the
+    listener has already recorded, and must not bring it back to life."""
+    closed: set[UUID] = set()
+    for chunk in (event_ids[i : i + 900] for i in range(0, len(event_ids), 900)):
+        closed |= set(
+            LockEvent.objects.filter(event_id__in=chunk, closed_at__isnull=False).values_list(
+                "event_id", flat=True
+            )
+        )
+    return closed
 
 
 def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
@@ -427,7 +442,10 @@ def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
         limit_prefect_id=None
     ):
         waits[(row.limit_prefect_id, str(row.wait_id))] = store.queued_from_row(row)
+    ended_rows = _closed_ids([e.id for e in events if e.event == HELPER_WAITING])
     for event in events:
+        if event.id in ended_rows:
+            continue
         if event.event == HELPER_WAITING and (limit_id := store.limit_id_of(event)) is not None:
             row = store.event_row(event)
             waits[(limit_id, str(row.wait_id))] = store.queued_from_row(row)
@@ -504,6 +522,19 @@ class NameCache:
 NAMES = NameCache()
 
 
-def sync_with_settings() -> SyncRun | None:
+def sync_with_settings(periodic: bool = False) -> SyncRun | None:
+    """A full sync with the configured Prefect. A periodic one (beat's) is skipped while
+    Prefect keeps failing and the back-off has not run out; one asked for always runs."""
+    if periodic:
+        from reslock_web.health import sync_backoff
+
+        backoff = sync_backoff()
+        if backoff.skip(timezone.now()):
+            log.info(
+                "%s syncs failed in a row; the next periodic sync waits until %s",
+                backoff.failures,
+                backoff.retry_at,
+            )
+            return None
     with PrefectAPI.from_settings() as api:
         return sync_all(api)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reslock_web import dispatch
 from reslock_web.celery import app
 from reslock_web.models import Heartbeat
 from reslock_web.operations import MAX_ATTEMPTS, TryAgain
@@ -16,9 +17,15 @@ def heartbeat() -> None:
 
 
 @app.task(name="reslock.sync", ignore_result=True)
-def sync() -> None:
+def sync(periodic: bool = False) -> None:
     # The lock inside sync_all makes a second copy (another worker, a late beat) return at once.
-    sync_with_settings()
+    # Beat's copies (periodic) back off while Prefect keeps failing; one asked for runs always.
+    sync_with_settings(periodic=periodic)
+
+
+@app.task(name="reslock.sweep", ignore_result=True)
+def sweep() -> None:
+    dispatch.sweep()
 
 
 @app.task(

@@ -144,3 +144,51 @@ def test_compose_sets_only_documented_variables():
     documented = variables_in_the_readme()
     for name in OURS:
         assert set(SERVICES[name]["environment"]) <= documented, name
+
+
+def published_ports(entry: str | int | dict) -> list[int] | None:
+    """The host ports a `ports:` entry may bind (None: an ephemeral port chosen by Docker)."""
+    if isinstance(entry, dict):
+        published = entry.get("published")
+    else:
+        parts = str(entry).rsplit(":", 1)
+        published = parts[0].rsplit(":", 1)[-1] if len(parts) == 2 else None
+    if published in (None, ""):
+        return None
+    first, _, last = str(published).partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+@pytest.mark.parametrize(
+    "entry, ports",
+    [
+        ("8000:8000", [8000]),
+        ("8000-8002:8000", [8000, 8001, 8002]),
+        ("127.0.0.1:8000-8001:8000", [8000, 8001]),
+        ("8000", None),
+        ({"target": 8000, "published": "9000-9001"}, [9000, 9001]),
+    ],
+)
+def test_published_ports_reads_every_form_compose_accepts(entry, ports):
+    assert published_ports(entry) == ports
+
+
+@pytest.mark.parametrize("name", ["web", "worker", "listener"])
+def test_services_that_scale_out_can_run_several_replicas(name):
+    """`docker compose up --scale web=2 --scale worker=2`: a fixed host port or container name
+    would make the second replica fail to start."""
+    service = SERVICES[name]
+    assert "container_name" not in service
+    assert "replicas" not in service.get("deploy", {})  # --scale decides
+    for entry in service.get("ports", []):
+        ports = published_ports(entry)
+        assert ports is None or len(ports) >= 2, f"{name}: {entry} allows a single replica"
+
+
+def test_the_web_servers_publish_a_port_range_and_answer_inside_the_container():
+    [entry] = SERVICES["web"]["ports"]
+    assert published_ports(entry)[0] == 8000  # a lone replica is where the header says
+    assert str(entry).endswith(":8000")
+    assert "0.0.0.0:8000" in command_words(SERVICES["web"])
+    assert "127.0.0.1:8000/healthz" in " ".join(SERVICES["web"]["healthcheck"]["test"])
+    assert "ports" not in SERVICES["worker"] and "ports" not in SERVICES["beat"]

@@ -174,3 +174,21 @@ def test_ancestor_cycles_do_not_hang():
     a, b = uuid.uuid4(), uuid.uuid4()
     queued = [Queued("w", "tag_lease", None, uuid.uuid4(), NOW, parent_ids=(a,))]
     assert order_waiters(queued, [], {a: (b,), b: (a,)}, context())[0].deadlocked_by is None
+
+
+def test_a_released_holder_whose_run_goes_on_is_gone_not_a_zombie():
+    """A flow that takes the lock again and again: its earlier, released holds are over, even
+    though the run is still Running and the slot count no longer backs them."""
+    flow_run = run(name="loops")
+    earlier = Previous(
+        condition=Condition.HOLDING, slot_lost_at=NOW - timedelta(minutes=5),
+        acquired_at=NOW - timedelta(minutes=6), flow_run_id=flow_run.id, task_run_id=None,
+        source="helper", names={},
+    )  # fmt: skip
+    key = str(uuid.uuid4())
+    ctx = context(flow_run)
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [], {key: earlier}, ctx)
+    assert [v.condition for v in verdicts] == [Condition.ZOMBIE]  # no release seen: lost
+    released = Context(ctx.now, ctx.grace, ctx.long_hold, {}, ctx.flow_runs, frozenset({key}))
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [], {key: earlier}, released)
+    assert verdicts == [] and closed == [key]

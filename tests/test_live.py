@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 from django.utils import timezone
 
-from reslock_web import live
+from reslock_web import live, store
 from reslock_web.models import Holder, Limit, Status, SyncRun, Waiter
 from tests.support.board_data import XSS
 
@@ -33,7 +33,9 @@ def oob_rows(html: str) -> list[str]:
 
 
 def touch(limit: Limit, **fields) -> None:
+    """Change a row the way the store's write does: stamped, and the board's version raised."""
     Limit.objects.filter(pk=limit.pk).update(changed_at=timezone.now(), **fields)
+    store.raise_board_version()
 
 
 def test_nothing_changed_is_an_empty_answer(viewer_client, rows):
@@ -161,9 +163,22 @@ def test_ages_are_drawn_for_the_browser_to_count_on(viewer_client, rows):
 
 def test_state_round_trips():
     when = timezone.now()
-    seen = live.Seen.of(7, [(1, when), (2, when - timedelta(seconds=1))], "f", "b")
+    seen = live.Seen.of(1, 7, [(1, when), (2, when - timedelta(seconds=1))], "f", "b")
     assert live.Seen.parse(seen.encode()) == seen
     assert live.compare(seen, seen).nothing
-    moved = live.Seen.of(7, [(1, when), (2, when)], "f", "b")
+    moved = live.Seen.of(1, 7, [(1, when), (2, when)], "f", "b")
     assert live.compare(seen, moved).rows == (2,)
-    assert live.compare(seen, live.Seen.of(8, [(1, when), (2, when)], "f", "b")).everything
+    assert live.compare(seen, live.Seen.of(1, 8, [(1, when), (2, when)], "f", "b")).everything
+
+
+def test_the_board_version_answers_most_polls_without_reading_rows(
+    viewer_client, rows, django_assert_max_num_queries
+):
+    """Writers raise one version with their changes; a poll that finds it (and the banner)
+    as drawn is done after a few small reads, rows never compared."""
+    seen = drawn_state(viewer_client.get("/").content.decode())
+    Limit.objects.filter(pk=rows.pk).update(waiter_count=9, changed_at=timezone.now())
+    with django_assert_max_num_queries(12):  # session, user, version, banner
+        assert poll(viewer_client, "?", seen).status_code == 204
+    store.raise_board_version()
+    assert oob_rows(poll(viewer_client, "?", seen).content.decode()) == [f"limit-{rows.pk}"]

@@ -359,9 +359,11 @@ def test_releasing_a_live_helper_holder_fences_until_it_has_stopped(
     finally:
         stop.set()
         watcher.join()
-    # The stuck holder was stopped before the next one got in, and never were two counted.
+    # The stuck holder was stopped before the next one got in. The placeholder is counted for
+    # the moment between its PATCH and the revocation that gives the old lease's slot back
+    # (two slots, one of them nobody's); a third, a second run inside, never.
     assert lost["t"] < acquired["t"]
-    assert max(most) <= 1
+    assert max(most) <= 2
     assert "reported stopping" in operation.message and "open again" in operation.message
     with patient_client(prefect_server.api_url) as http:
         assert (

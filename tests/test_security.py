@@ -1,0 +1,458 @@
+"""Security headers, HTTPS-only cookies, log-in throttling and a Prefect API key kept secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import time_machine
+from django.conf import settings as django_settings
+from django.contrib import admin as django_admin
+from django.contrib.auth.signals import user_login_failed
+from django.test import Client
+from django.urls import include, path, reverse
+from playwright.sync_api import Page, expect
+
+from reslock_web.models import Limit, LoginFailure, Operation, SyncRun
+from reslock_web.prefect_api import PrefectAPI, PrefectError
+from reslock_web.sync import sync_all
+from tests.conftest import PASSWORD
+from tests.support.net import wait_for
+from tests.support.patient import patient_client
+from tests.test_settings import run_entry_point
+
+# Made at run time: a literal would show up in tracebacks that quote this file's source.
+SECRET = "pnu_secret_" + uuid.uuid4().hex
+
+
+def _boom(request):
+    raise RuntimeError("something broke while the key is configured")
+
+
+# Serves as ROOT_URLCONF for the error-page test: the real URLs plus one view that fails.
+urlpatterns = [path("boom", _boom), path("", include("reslock_web.urls"))]
+
+
+def make_limit(name: str, **fields) -> Limit:
+    return Limit.objects.create(
+        prefect_id=uuid.uuid4(), name=name, kind="global", resource=name, limit=1, **fields
+    )
+
+
+# --- Content-Security-Policy and other headers -------------------------------------------
+@pytest.mark.django_db
+def test_every_kind_of_response_carries_the_security_headers(client, viewer):
+    anonymous = [client.get("/login/"), client.get("/healthz"), client.get("/api/v1/resources")]
+    client.force_login(viewer)
+    pages = [client.get("/"), client.get("/resources/nothing-here"), client.get("/admin/")]
+    for response in anonymous + pages:
+        assert response["Content-Security-Policy"] == django_settings.CONTENT_SECURITY_POLICY
+        assert "script-src 'self';" in response["Content-Security-Policy"]
+        assert "'unsafe-inline'" not in response["Content-Security-Policy"]
+        assert response["X-Frame-Options"] == "DENY"
+        assert response["X-Content-Type-Options"] == "nosniff"
+        assert response["Referrer-Policy"] == "same-origin"
+    assert [r.status_code for r in anonymous + pages] == [200, 200, 401, 200, 404, 302]
+
+
+@pytest.mark.django_db
+def test_no_template_relies_on_inline_scripts_or_styles(admin_client):
+    html = admin_client.get("/").content.decode() + admin_client.get("/login/").content.decode()
+    assert "<script src=" in html
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "inline <script>"
+    assert not re.search(r"<style\b|\sstyle=|\son[a-z]+=", html), "inline style or handler"
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_htmx_search_works_under_the_policy_without_a_single_violation(
+    page: Page, live_server, viewer
+):
+    p = f"csp{uuid.uuid4().hex[:6]}"
+    for suffix in ("alpha", "beta", "gamma"):
+        make_limit(f"resource:{p}-{suffix}")
+    client = Client()
+    client.force_login(viewer)
+    page.context.add_cookies(
+        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
+    )
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    # Runs before any page script, outside the page's policy: records every violation.
+    page.add_init_script(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation', e =>"
+        " window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    response = page.goto(f"{live_server.url}/?q={p}")
+    assert response.headers["content-security-policy"] == django_settings.CONTENT_SECURITY_POLICY
+    rows = page.locator("#rows tr[id^=limit-]")
+    expect(rows).to_have_count(3)
+    page.evaluate("window.__marker = 'same page'")
+    page.get_by_label("Search resources").fill(f"{p}-BE")
+    expect(rows).to_have_count(1)  # htmx fetched and swapped the rows
+    expect(rows.first).to_contain_text(f"resource:{p}-beta")
+    assert page.evaluate("window.__marker") == "same page"  # a swap, not a page load
+    page.wait_for_timeout(300)  # violations are reported asynchronously
+    assert page.evaluate("window.__violations") == []
+    assert not [text for text in console if "Content Security Policy" in text], console
+    # The same listener does see a violation, and the browser enforces the policy.
+    page.evaluate(
+        "document.body.insertAdjacentHTML('beforeend', '<p id=probe style=\"color: red\">x</p>')"
+    )
+    wait_for(lambda: page.evaluate("window.__violations.length"), 5, what="a violation")
+    assert page.locator("#probe").evaluate("e => getComputedStyle(e).color") != "rgb(255, 0, 0)"
+
+
+# --- HTTPS-only cookies and HSTS unless DEBUG ----------------------------------------------
+SHOW_SECURITY = (
+    "import django, json; django.setup(); from django.conf import settings as s; "
+    "print(json.dumps([s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS,"
+    " s.SECURE_PROXY_SSL_HEADER, s.X_FRAME_OPTIONS]))"
+)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"DEBUG": None, "RESLOCK_SECURE_COOKIES": None},
+            [True, True, 31536000, ["HTTP_X_FORWARDED_PROTO", "https"], "DENY"],
+        ),
+        ({"DEBUG": "true", "RESLOCK_SECURE_COOKIES": None}, [False, False, 0, None, "DENY"]),
+        ({"DEBUG": "false", "RESLOCK_SECURE_COOKIES": "false"}, [False, False, 0, None, "DENY"]),
+    ],
+    ids=["production", "debug", "plain-http"],
+)
+def test_cookies_are_https_only_and_hsts_is_on_unless_debug_or_turned_off(env, expected):
+    result = run_entry_point(SHOW_SECURITY, **env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_the_deploy_check_finds_nothing_to_say_about_cookies_or_hsts():
+    result = run_entry_point(
+        "import sys; sys.argv=['manage.py','check','--deploy']; import manage; manage.main()",
+        DEBUG=None,
+        RESLOCK_SECURE_COOKIES=None,
+        DJANGO_ALLOW_ASYNC_UNSAFE=None,  # set for the test process only
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "System check identified" in output, output
+    # HSTS, nosniff, session and CSRF cookies, DEBUG, X-Frame-Options, Referrer-Policy.
+    for warning in ("W004", "W006", "W012", "W016", "W018", "W019", "W022"):
+        assert f"security.{warning}" not in output, output
+
+
+@pytest.mark.django_db
+def test_behind_a_tls_proxy_the_cookies_are_secure_and_hsts_is_sent(client, viewer, settings):
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_HSTS_SECONDS = 31536000
+    https = {"X-Forwarded-Proto": "https"}
+    login = client.get("/login/", headers=https)
+    assert login["Strict-Transport-Security"] == "max-age=31536000"
+    assert login.cookies["csrftoken"]["secure"] is True
+    answer = client.post(
+        "/login/", {"username": viewer.username, "password": PASSWORD}, headers=https
+    )
+    assert answer.status_code == 302
+    assert answer.cookies["sessionid"]["secure"] is True
+    assert "Strict-Transport-Security" not in client.get("/login/")  # plain http: never
+
+
+@pytest.mark.django_db
+def test_plain_http_mode_sends_ordinary_cookies(client, viewer, settings):
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    settings.SECURE_HSTS_SECONDS = 0
+    answer = client.post("/login/", {"username": viewer.username, "password": PASSWORD})
+    assert answer.status_code == 302
+    assert answer.cookies["sessionid"]["secure"] == ""
+    assert "Strict-Transport-Security" not in answer
+
+
+# --- Log-in throttling -----------------------------------------------------------------
+START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def log_in(client: Client, username: str, password: str, ip: str = "10.0.0.1", forwarded: str = ""):
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    return client.post(
+        "/login/", {"username": username, "password": password}, REMOTE_ADDR=ip, headers=headers
+    )
+
+
+@pytest.fixture
+def refused_checks():
+    """How many times the password check ran and failed (Django's user_login_failed)."""
+    calls: list[str] = []
+
+    def record(sender, credentials, **kwargs):
+        calls.append(credentials.get("username"))
+
+    user_login_failed.connect(record)
+    yield calls
+    user_login_failed.disconnect(record)
+
+
+@pytest.mark.django_db
+def test_five_wrong_passwords_lock_the_username_until_the_window_passes(
+    client, viewer, refused_checks
+):
+    with time_machine.travel(START, tick=False) as clock:
+        for _ in range(5):
+            assert log_in(client, viewer.username, "guess").status_code == 200
+        assert len(refused_checks) == 5
+        refused = log_in(client, viewer.username, PASSWORD)
+        assert refused.status_code == 429
+        assert len(refused_checks) == 5  # the password was not even checked
+        assert "_auth_user_id" not in client.session
+        text = refused.content.decode()
+        assert "Too many failed log-ins" in text and "Try again in 15 minutes" in text
+        assert 'name="password"' in text  # the form is shown again
+        assert refused["Retry-After"] == "900"
+        clock.shift(timedelta(minutes=14, seconds=59))
+        assert log_in(client, viewer.username, PASSWORD).status_code == 429
+        assert LoginFailure.objects.count() == 5  # refused attempts are not counted
+        clock.shift(timedelta(seconds=2))
+        assert log_in(client, viewer.username, PASSWORD).status_code == 302
+        assert client.session["_auth_user_id"] == str(viewer.pk)
+
+
+@pytest.mark.django_db
+def test_guessing_one_username_from_many_addresses_is_stopped_too(client, viewer):
+    with time_machine.travel(START, tick=False):
+        for n in range(5):
+            log_in(client, viewer.username.upper(), "guess", ip=f"10.1.0.{n}")
+        assert log_in(client, viewer.username, PASSWORD, ip="10.1.0.99").status_code == 429
+
+
+@pytest.mark.django_db
+def test_one_address_guessing_many_usernames_is_stopped_but_others_get_in(client, viewer):
+    with time_machine.travel(START, tick=False):
+        for n in range(5):
+            log_in(client, f"someone-{n}", "guess", ip="10.2.0.1")
+        assert log_in(client, viewer.username, PASSWORD, ip="10.2.0.1").status_code == 429
+        assert log_in(client, viewer.username, PASSWORD, ip="10.2.0.2").status_code == 302
+
+
+@pytest.mark.django_db
+def test_logging_into_ones_own_account_does_not_reset_guesses_at_others(client, viewer, admin):
+    with time_machine.travel(START, tick=False) as clock:
+        log_in(client, viewer.username, "typo", ip="10.3.0.1")
+        for _ in range(3):
+            clock.shift(timedelta(seconds=10))
+            log_in(client, admin.username, "guess", ip="10.3.0.1")
+        assert log_in(client, viewer.username, PASSWORD, ip="10.3.0.1").status_code == 302
+        assert not LoginFailure.objects.filter(username=viewer.username).exists()
+        other = Client()
+        log_in(other, admin.username, "guess", ip="10.3.0.1")  # the 4th guess: still counted
+        log_in(other, admin.username, "guess", ip="10.3.0.1")  # the 5th
+        assert log_in(other, admin.username, PASSWORD, ip="10.3.0.1").status_code == 429
+
+
+@pytest.mark.django_db
+def test_forwarded_addresses_count_only_behind_a_trusted_proxy(client, viewer, settings):
+    with time_machine.travel(START, tick=False):
+        for n in range(5):
+            log_in(client, f"x{n}", "guess", ip="10.4.0.1", forwarded=f"192.0.2.{n}")
+        # Without a trusted proxy a client cannot escape by inventing X-Forwarded-For.
+        assert LoginFailure.objects.filter(ip="10.4.0.1").count() == 5
+        escape = log_in(client, viewer.username, PASSWORD, ip="10.4.0.1", forwarded="192.0.2.77")
+        assert escape.status_code == 429
+        settings.TRUSTED_PROXIES = 1
+        behind_proxy = log_in(
+            client, viewer.username, PASSWORD, ip="10.4.0.1", forwarded="6.6.6.6, 192.0.2.9"
+        )
+        assert behind_proxy.status_code == 302  # the proxy saw 192.0.2.9: no failures there
+        log_in(Client(), "y", "guess", ip="10.4.0.1", forwarded="192.0.2.9")
+        assert LoginFailure.objects.filter(ip="192.0.2.9").count() == 1
+
+
+@pytest.mark.django_db
+def test_the_admin_login_form_goes_through_the_throttled_one(admin, viewer_client):
+    anonymous = Client()
+    credentials = {"username": admin.username, "password": PASSWORD}
+    answer = anonymous.post("/admin/login/?next=/admin/", credentials)
+    assert answer.status_code == 302
+    assert answer["Location"] == "/login/?next=%2Fadmin%2F"
+    assert "_auth_user_id" not in anonymous.session  # no password was checked there
+    assert anonymous.get("/admin/").url == "/admin/login/?next=/admin/"
+    assert viewer_client.get("/admin/login/").status_code == 403  # logged in, no staff: no loop
+
+
+# --- The Prefect API key is never shown or logged ------------------------------------
+class EchoHandler(BaseHTTPRequestHandler):
+    """Answers 500 with the request's headers in the body, as some proxies' error pages do."""
+
+    def _echo(self) -> None:
+        body = json.dumps({"detail": f"upstream failed; request headers: {dict(self.headers)}"})
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    do_GET = do_POST = _echo
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echo_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def api_key(settings, monkeypatch):
+    settings.PREFECT_API_KEY = SECRET
+    monkeypatch.setenv("PREFECT_API_KEY", SECRET)
+    return SECRET
+
+
+@pytest.mark.django_db
+def test_an_answer_echoing_the_request_cannot_carry_the_key_into_messages(
+    echo_server, api_key, caplog, viewer_client
+):
+    with PrefectAPI(echo_server, api_key, timeout=5) as api, pytest.raises(PrefectError) as error:
+        api.list_limits()
+    assert "Authorization" in str(error.value) and "[redacted]" in str(error.value)
+    assert SECRET not in str(error.value)
+    caplog.set_level(logging.DEBUG)
+    with PrefectAPI(echo_server, api_key, timeout=5) as api:
+        run = sync_all(api)
+    assert run is not None and run.ok is False and "[redacted]" in run.error
+    assert SECRET not in run.error
+    assert SECRET not in caplog.text
+    assert SyncRun.objects.get(pk=run.pk).error == run.error
+    board = viewer_client.get("/").content.decode()
+    assert "[redacted]" in board  # the banner says why the sync fails
+    assert SECRET not in board
+
+
+def test_the_log_format_blanks_out_the_key_in_messages_and_tracebacks(api_key):
+    config = dict(django_settings.LOGGING["formatters"]["plain"])
+    factory = config.pop("()")
+    module, name = factory.rsplit(".", 1)
+    formatter = getattr(__import__(module, fromlist=[name]), name)(config["format"])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("reslock.test.redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("sending %s", {"Authorization": f"Bearer {SECRET}"})
+        try:
+            raise ValueError(f"header Bearer {SECRET} rejected")
+        except ValueError:
+            logger.exception("it failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "Bearer [redacted]" in text and "ValueError" in text
+    assert SECRET not in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_page_and_no_log_line_of_a_sync_or_operation_shows_the_key(
+    prefect_server, celery_worker, api_key, settings, caplog, admin, operator, viewer
+):
+    for logger in ("", "httpx", "httpcore"):  # the HTTP layer's debug lines too
+        caplog.set_level(logging.DEBUG, logger=logger)
+    name = f"resource:key-{uuid.uuid4().hex[:8]}"
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    with PrefectAPI.from_settings() as api:
+        assert api._http.headers["Authorization"] == f"Bearer {SECRET}"  # it is really sent
+        assert sync_all(api).ok
+    operating = Client()
+    operating.force_login(operator)
+    url = reverse("operate", args=["set-limit", name])
+    fields = dict(
+        re.findall(
+            r'type="hidden" name="(\w+)" value="([^"]*)"', operating.get(url).content.decode()
+        )
+    )
+    answer = operating.post(url, {**fields, "value": "2"})
+    op = Operation.objects.get()
+    assert answer.status_code == 302
+    wait_for(lambda: Operation.objects.get(pk=op.pk).finished, 60, what="the operation")
+    assert Operation.objects.get(pk=op.pk).status == "succeeded"
+    bulk = uuid.uuid4()
+    Operation.objects.filter(pk=op.pk).update(bulk=bulk)
+    seen = _every_page(admin, viewer, name, op.pk, bulk)
+    for what, text in seen.items():
+        assert SECRET not in text, what
+    assert len(seen) > 20
+    # The capture really held the HTTP layer's lines, where a header would show (the worker
+    # thread's Celery lines are not always routed here once another test set up its logging).
+    assert "httpcore.http11" in {r.name for r in caplog.records}
+    assert SECRET not in caplog.text
+
+
+def _every_page(admin, viewer, name: str, op_pk: int, bulk: uuid.UUID) -> dict[str, str]:
+    admin_client, viewer_client, anonymous = Client(), Client(), Client()
+    admin_client.force_login(admin)
+    viewer_client.force_login(viewer)
+    htmx = {"HX-Request": "true"}
+    pages = {
+        "board": admin_client.get("/"),
+        "board rows": admin_client.get("/", headers={**htmx, "HX-Target": "rows"}),
+        "resource": admin_client.get(reverse("resource", args=[name])),
+        "resource live": admin_client.get(
+            reverse("resource", args=[name]), headers={**htmx, "HX-Target": "live"}
+        ),
+        "operate": admin_client.get(reverse("operate", args=["deactivate", name])),
+        "operation": admin_client.get(reverse("operation", args=[op_pk])),
+        "bulk": admin_client.get(reverse("bulk", args=[bulk])),
+        "bulk release": admin_client.get(reverse("bulk-release") + "?status=stale"),
+        "audit": admin_client.get("/audit"),
+        "audit csv": admin_client.get("/audit?format=csv"),
+        "api list": admin_client.get("/api/v1/resources"),
+        "api one": admin_client.get(reverse("api-resource", args=[name])),
+        "healthz": anonymous.get("/healthz"),
+        "login": anonymous.get("/login/"),
+        "404": admin_client.get("/resources/no-such-thing"),
+        "403": viewer_client.get(reverse("operate", args=["deactivate", name])),
+        "401": anonymous.get("/api/v1/resources"),
+        "csrf 403": Client(enforce_csrf_checks=True).post("/login/", {"username": "x"}),
+        "admin index": admin_client.get("/admin/"),
+    }
+    for model in django_admin.site._registry:
+        meta = model._meta
+        changelist = f"admin:{meta.app_label}_{meta.model_name}_changelist"
+        pages[f"admin {meta.model_name} list"] = admin_client.get(reverse(changelist))
+        first = model._default_manager.order_by("pk").first()
+        if first is not None:
+            change = f"admin:{meta.app_label}_{meta.model_name}_change"
+            pages[f"admin {meta.model_name}"] = admin_client.get(reverse(change, args=[first.pk]))
+    assert pages["api one"].status_code == 200 and pages["403"].status_code == 403
+    return {
+        what: b"".join(r.streaming_content).decode() if r.streaming else r.content.decode()
+        for what, r in pages.items()
+    }
+
+
+@pytest.mark.django_db
+def test_the_debug_error_page_hides_the_key(admin_client, api_key, settings):
+    settings.DEBUG = True
+    settings.ROOT_URLCONF = "tests.test_security"
+    admin_client.raise_request_exception = False
+    page = admin_client.get("/boom")
+    assert page.status_code == 500
+    text = page.content.decode()
+    assert "PREFECT_API_KEY" in text and "something broke" in text  # the settings are listed
+    assert SECRET not in text
