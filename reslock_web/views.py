@@ -56,8 +56,8 @@ def board_changes(request: HttpRequest) -> HttpResponse:
         live.banner_digest(health),
     )
     changes = live.compare(seen, now)
-    if changes.nothing:
-        return HttpResponse(status=204)
+    # With nothing of this page changed, the answer still carries the new state (the version
+    # moved): without it, every later poll would take this longer way again.
     if changes.everything:
         response = render(
             request, "board.html#results", _board_context(query, counts, health, board)

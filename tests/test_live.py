@@ -182,3 +182,13 @@ def test_the_board_version_answers_most_polls_without_reading_rows(
         assert poll(viewer_client, "?", seen).status_code == 204
     store.raise_board_version()
     assert oob_rows(poll(viewer_client, "?", seen).content.decode()) == [f"limit-{rows.pk}"]
+
+
+def test_a_change_elsewhere_renews_the_state_so_the_next_poll_is_cheap(viewer_client, rows):
+    seen = drawn_state(viewer_client.get("/?q=resource:free").content.decode())
+    touch(Limit.objects.get(name="tag:reports"), waiter_count=4)  # not on this page
+    html = poll(viewer_client, "?q=resource:free", seen).content.decode()
+    assert oob_rows(html) == [] and 'id="facets"' not in html
+    renewed = drawn_state(html.replace(' hx-swap-oob="true"', ""))
+    assert renewed != seen
+    assert poll(viewer_client, "?q=resource:free", renewed).status_code == 204
