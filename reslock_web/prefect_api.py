@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 200  # the server's maximum page size for limits and runs
 EVENTS_PAGE = 50  # the server's maximum for events
+RESOURCES_PER_QUERY = 200  # resource ids in one events filter (see `events`)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -465,7 +466,16 @@ class PrefectAPI:
         exclude: list[str] | None = None,
         resources: list[str] | None = None,
     ) -> Iterator[EventInfo]:
-        """Events in [since, until], oldest first, following every page."""
+        """Events in [since, until], oldest first, following every page.
+
+        With `resources`, one query per RESOURCES_PER_QUERY ids (oldest first within each):
+        Prefect's next-page link carries the whole filter, and with a thousand ids in it the
+        link grows past what a URL may hold.
+        """
+        if resources is not None and len(resources) > RESOURCES_PER_QUERY:
+            for chunk in _chunks(resources, RESOURCES_PER_QUERY):
+                yield from self.events(since, until, prefixes, exclude, chunk)
+            return
         event_filter: dict[str, Any] = {"prefix": prefixes}
         if exclude:
             event_filter["exclude_name"] = exclude
