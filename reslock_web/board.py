@@ -7,14 +7,22 @@ board says so, so that a mangled shared link still opens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from urllib.parse import urlencode
 
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, F, Prefetch, QuerySet, prefetch_related_objects
 from django.http import QueryDict
 
-from reslock_web.models import FACETS, Condition, Holder, Kind, Limit, Waiter, facet_filter
+from reslock_web.models import (
+    FACETS,
+    Condition,
+    Holder,
+    Kind,
+    Limit,
+    Status,
+    Waiter,
+    facet_filter,
+)
 
 PAGE_SIZE = 50
 MAX_SEARCH = 200
@@ -120,11 +128,6 @@ class BoardQuery:
         page.object_list = with_people(list(page.object_list))
         return page
 
-    def page_versions(self) -> list[tuple[int, datetime]]:
-        """(pk, changed_at) of the rows on this page, in order: what a refresh compares."""
-        page = self.paged(self.base().only("pk", "changed_at"))
-        return [(row.pk, row.changed_at) for row in page.object_list]
-
 
 def with_people(rows: list[Limit]) -> list[Limit]:
     """Attach the holders and waiters a board row shows, in two queries for all rows."""
@@ -142,7 +145,10 @@ def with_people(rows: list[Limit]) -> list[Limit]:
                 "waiters", queryset=Waiter.objects.order_by("position", "id"), to_attr="queue"
             ),
         )
+    kinds, statuses = dict(Kind.choices), dict(Status.choices)
     for row in rows:  # what each row shows, worked out once instead of in the template
+        row.kind_label = kinds.get(row.kind, row.kind)
+        row.status_label = statuses.get(row.status, row.status)
         row.first_holder = row.shown_holders[0] if row.shown_holders else None
         row.more_holders = max(0, len(row.shown_holders) - 1)
         row.first_waiter = row.queue[0] if row.queue else None

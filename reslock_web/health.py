@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -53,7 +54,30 @@ class Freshness:
         return not self.listener.detail.get("connected") or self.listener.is_late(5)
 
 
+# Every open page asks for the banner each second. Within one process an answer is reused for
+# this long; rows saved in the same process (a sync run there, a heartbeat) drop it at once
+# (see apps.py), those saved by other processes show at most this much later.
+REUSE_SECONDS = 1.0
+_reused: tuple[float, Freshness] | None = None
+
+
 def freshness() -> Freshness:
+    global _reused
+    reused = _reused
+    if reused is not None and time.monotonic() - reused[0] < REUSE_SECONDS:
+        return replace(reused[1], now=timezone.now())  # what depends on the clock stays exact
+    found = _read_freshness()
+    _reused = (time.monotonic(), found)
+    return found
+
+
+def forget(**_signal: object) -> None:
+    """Drop the reused answer: the next `freshness()` reads the tables."""
+    global _reused
+    _reused = None
+
+
+def _read_freshness() -> Freshness:
     last = SyncRun.objects.last_finished()
     ok = last if last is not None and last.ok else SyncRun.objects.last_ok()
     failing_since = None
@@ -63,12 +87,15 @@ def freshness() -> Freshness:
             failures = failures.filter(started_at__gt=ok.started_at)
         first = failures.order_by("started_at").first()
         failing_since = first.started_at if first else last.started_at
+    beats = {
+        beat.service: beat for beat in Heartbeat.objects.filter(service__in=["worker", "listener"])
+    }
     return Freshness(
         last_finished=last,
         last_ok=ok,
         failing_since=failing_since,
-        worker=Heartbeat.objects.filter(service="worker").first(),
-        listener=Heartbeat.objects.filter(service="listener").first(),
+        worker=beats.get("worker"),
+        listener=beats.get("listener"),
         now=timezone.now(),
         retry_at=sync_backoff().retry_at if failing_since else None,
     )

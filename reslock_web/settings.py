@@ -101,6 +101,18 @@ DATABASE_URL = envurl(
 )
 DATABASES = {"default": _database(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Process-local caches only: nothing here must be shared to be right (see board_cache).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Drawn board rows (~1 kB each, keyed by their change stamp) and pages (~40 kB, keyed by
+    # the board's version): a few MB for a board of several thousand resources.
+    "board": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "reslock-board",
+        "TIMEOUT": 600,
+        "OPTIONS": {"MAX_ENTRIES": 20000},
+    },
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

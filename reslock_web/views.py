@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import reswap, retarget
 
-from reslock_web import live, timeline
+from reslock_web import board_cache, live, timeline
 from reslock_web.board import SORTS, BoardQuery, facets, with_people
 from reslock_web.explain import explain
 from reslock_web.health import freshness
@@ -47,20 +47,14 @@ def board_changes(request: HttpRequest) -> HttpResponse:
     board, health = live.board_version(), freshness()
     if seen and seen.version == board and seen.banner == live.banner_digest(health):
         return HttpResponse(status=204)
-    counts = query.facet_counts()
-    now = live.Seen.of(
-        board,
-        counts.get(query.status, 0),
-        query.page_versions(),
-        live.facets_digest(counts),
-        live.banner_digest(health),
-    )
+    results = board_cache.results(query, board)
+    now = _seen(board, results, query, health)
     changes = live.compare(seen, now)
     # With nothing of this page changed, the answer still carries the new state (the version
     # moved): without it, every later poll would take this longer way again.
     if changes.everything:
         response = render(
-            request, "board.html#results", _board_context(query, counts, health, board)
+            request, "board.html#results", _board_context(query, health, board, results)
         )
         return reswap(retarget(response, "#results"), "outerHTML")
     rows = with_people(list(Limit.objects.filter(pk__in=changes.rows)))
@@ -68,7 +62,7 @@ def board_changes(request: HttpRequest) -> HttpResponse:
         "query": query,
         "rows": sorted(rows, key=lambda row: changes.rows.index(row.pk)),
         "changes": changes,
-        "facets": facets(query, counts),
+        "facets": facets(query, results.counts),
         "health": health,
         "seen": now.encode(),
         "oob": True,
@@ -77,30 +71,32 @@ def board_changes(request: HttpRequest) -> HttpResponse:
 
 
 def _board_context(
-    query: BoardQuery, counts=None, health=None, board: int | None = None
+    query: BoardQuery, health=None, board: int | None = None, results=None
 ) -> dict[str, object]:
     # The version is read before what it stands for: a change committed in between raises
     # it again, so the next poll looks.
     board = live.board_version() if board is None else board
-    counts = query.facet_counts() if counts is None else counts
     health = freshness() if health is None else health
-    page = query.page_of_rows()
-    seen = live.Seen.of(
-        board,
-        counts.get(query.status, 0),
-        [(row.pk, row.changed_at) for row in page.object_list],
-        live.facets_digest(counts),
-        live.banner_digest(health),
-    )
+    results = board_cache.results(query, board) if results is None else results
     return {
         "query": query,
-        "facets": facets(query, counts),
-        "page": page,
+        "facets": facets(query, results.counts),
+        "results": results,
         "sorts": [(key, label) for key, (label, _) in SORTS.items()],
         "kinds": Kind.choices,
         "health": health,
-        "seen": seen.encode(),
+        "seen": _seen(board, results, query, health).encode(),
     }
+
+
+def _seen(board: int, results: board_cache.Results, query: BoardQuery, health) -> live.Seen:
+    return live.Seen.of(
+        board,
+        results.counts.get(query.status, 0),
+        results.versions,
+        live.facets_digest(results.counts),
+        live.banner_digest(health),
+    )
 
 
 @require_GET

@@ -30,6 +30,19 @@ CHROMIUM_ARGS = [
 ]
 
 
+# --- process-local state -------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _nothing_reused_across_tests() -> None:
+    """Each test's database starts over: drop what a process keeps between requests (the
+    banner's answer, drawn board pages), which an earlier test's rows would otherwise fill."""
+    from django.core.cache import caches
+
+    from reslock_web import health
+
+    health.forget()
+    caches["board"].clear()
+
+
 # --- Prefect --------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[PrefectServer]:

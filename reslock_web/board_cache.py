@@ -1,0 +1,130 @@
+"""The board's result lists, counted and drawn once per board version and query.
+
+Counting the facets and drawing fifty rows cost more than everything else a board request
+does, and every open page asks again after each sync. Rows change only together with the
+board's version (every writer raises it in the same transaction), so what was drawn for a
+(version, query) stays true until the version moves: it is kept in a process-local cache and
+shared by every viewer asking the same. Entries written before a change are never read after
+it, since the key carries the version; a reader that reads the version and then rows committed
+after it stores data newer than its key, which the next poll notices and redraws.
+
+Ages ("held for 3 min") are the only part that moves with the clock: they are redrawn from
+their timestamps each time a cached list is served (`redraw_ages`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.cache import caches
+from django.template.loader import get_template, render_to_string
+from django.utils.safestring import SafeString, mark_safe
+
+from reslock_web.board import BoardQuery, with_people
+from reslock_web.live import version
+from reslock_web.models import Limit
+from reslock_web.templatetags.reslock import redraw_ages
+
+CACHE = "board"
+
+
+@dataclass(frozen=True)
+class Results:
+    """One page of the board, drawn: what the results list shows and what a refresh compares."""
+
+    counts: dict[str, int]  # facet counts for the query's search and kind
+    total: int  # rows matching the whole query, on every page
+    number: int  # the page shown (the last one when a higher one was asked for)
+    num_pages: int
+    rows_html: str  # the table body's rows
+    versions: list[tuple[int, datetime]]  # (pk, changed_at) of each row, in order
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.number < self.num_pages
+
+    @property
+    def previous_page_number(self) -> int:
+        return self.number - 1
+
+    @property
+    def next_page_number(self) -> int:
+        return self.number + 1
+
+    def rows(self) -> SafeString:
+        """The rows, their ages as of now. The HTML was escaped when drawn."""
+        return mark_safe(redraw_ages(self.rows_html))  # noqa: S308
+
+
+def results(query: BoardQuery, board_version: int) -> Results:
+    """The page `query` asks for at `board_version`, from the cache when it was drawn before.
+
+    Version 0 means no writer has raised it yet (rows put in place by hand): nothing is kept.
+    """
+    if board_version <= 0:
+        return _draw(query, query.facet_counts(), keep=False)
+    cache = caches[CACHE]
+    key = f"results:{board_version}:{query.params()}"
+    found = cache.get(key)
+    if found is None:
+        found = _draw(query, counts(query, board_version), keep=True)
+        cache.set(key, found)
+    return found
+
+
+def counts(query: BoardQuery, board_version: int) -> dict[str, int]:
+    """Facet counts depend on the search and kind only: one count serves every facet."""
+    if board_version <= 0:
+        return query.facet_counts()
+    cache = caches[CACHE]
+    key = f"counts:{board_version}:{query.params(status='all', sort='name', page=1)}"
+    found = cache.get(key)
+    if found is None:
+        found = query.facet_counts()
+        cache.set(key, found)
+    return found
+
+
+def _draw(query: BoardQuery, counts: dict[str, int], keep: bool) -> Results:
+    page = query.paged(query.base().only("pk", "changed_at"))
+    versions = [(row.pk, row.changed_at) for row in page.object_list]
+    return Results(
+        counts=counts,
+        total=page.paginator.count,
+        number=page.number,
+        num_pages=page.paginator.num_pages,
+        rows_html=render_to_string(
+            "board_rows.html", {"rows": drawn_rows(versions, keep), "query": query}
+        ),
+        versions=versions,
+    )
+
+
+def drawn_rows(versions: list[tuple[int, datetime]], keep: bool = True) -> list[SafeString]:
+    """Each row's HTML, drawn once per (row, changed_at) and shared by every page showing it.
+
+    A row's `changed_at` moves with everything the row shows (the store stamps it when the
+    limit's visible columns, its holders or its waiters change: the live refresh relies on the
+    same), so a row drawn at one stamp is true until the stamp moves.
+    """
+    cache = caches[CACHE]
+    keys = {pk: f"row:{pk}:{version(changed)}" for pk, changed in versions}
+    found = cache.get_many(keys.values()) if keep else {}
+    missing = [pk for pk, key in keys.items() if key not in found]
+    if missing:
+        template = get_template("board_row.html")
+        drawn = {
+            keys[row.pk]: template.render({"limit": row})
+            for row in with_people(list(Limit.objects.filter(pk__in=missing)))
+            if row.pk in keys
+        }
+        if keep:
+            cache.set_many(drawn)
+        found.update(drawn)
+    # A row deleted since its version was read is left out (the next poll redraws the page).
+    return [mark_safe(found[keys[pk]]) for pk, _ in versions if keys[pk] in found]  # noqa: S308
