@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.support.periodic_sync import PeriodicSync  # noqa: E402
 from tests.support.prefect_server import PrefectServer  # noqa: E402
 
 WORK = ROOT / "var" / "bench" / "freshness"
@@ -126,38 +127,6 @@ class BoardWatcher:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
-
-
-class PeriodicSync:
-    """Celery beat's job: sync everything every `period` seconds."""
-
-    def __init__(self, api_url: str, period: float) -> None:
-        self.api_url, self.period = api_url, period
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        from django.db import connection
-
-        from reslock_web.prefect_api import PrefectAPI
-        from reslock_web.sync import sync_all
-
-        try:
-            with PrefectAPI(self.api_url) as api:
-                while not self.stop.is_set():
-                    started = time.monotonic()
-                    sync_all(api)
-                    self.stop.wait(max(0.0, self.period - (time.monotonic() - started)))
-        finally:
-            connection.close()
-
-    def __enter__(self) -> PeriodicSync:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
 
 
 def run_cycles(server: PrefectServer, name: str, cycles: int, hold: float, gap: float) -> None:

@@ -3,45 +3,16 @@
 from __future__ import annotations
 
 import re
-import threading
 import uuid
 
 import pytest
-from django.db import connection
 from playwright.sync_api import Page, expect
 
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
 from tests.support.patient import patient_client
+from tests.support.periodic_sync import PeriodicSync
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 XSS = "<img src=x onerror=alert(1)>"
-
-
-class PeriodicSync:
-    """What Celery beat does in production: sync every `period` seconds, here in a thread."""
-
-    def __init__(self, api_url: str, period: float = 1.0) -> None:
-        self.api_url, self.period = api_url, period
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            with PrefectAPI(self.api_url) as api:
-                while not self.stop.is_set():
-                    sync_all(api)
-                    self.stop.wait(self.period)
-        finally:
-            connection.close()
-
-    def __enter__(self) -> PeriodicSync:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture
