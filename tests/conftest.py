@@ -30,6 +30,17 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.fixture
+def proxy(prefect_server, settings):
+    """Every reslock call to Prefect goes through a hop the test can break (FaultProxy)."""
+    from tests.support.fault_proxy import FaultProxy
+
+    proxy = FaultProxy(prefect_server.api_url)
+    settings.PREFECT_API_URL = proxy.url
+    yield proxy
+    proxy.close()
+
+
 # --- process-local state -------------------------------------------------------------
 @pytest.fixture(autouse=True)
 def _nothing_reused_across_tests() -> None:

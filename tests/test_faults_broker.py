@@ -19,7 +19,6 @@ from reslock_web.dispatch import QUEUED_NOTE, sweep
 from reslock_web.models import Limit, Operation, OperationStatus
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_all
-from tests.support.fault_proxy import FaultProxy
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 from tests.support.redis_process import RedisProcess
@@ -58,14 +57,6 @@ def own_redis():
     yield server
     point_celery_at(saved)
     server.close()
-
-
-@pytest.fixture
-def proxy(prefect_server, settings):
-    proxy = FaultProxy(prefect_server.api_url)
-    settings.PREFECT_API_URL = proxy.url
-    yield proxy
-    proxy.close()
 
 
 def form(client, url: str) -> dict[str, str]:

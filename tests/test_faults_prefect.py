@@ -14,7 +14,6 @@ from django.urls import reverse
 from reslock_web.health import BACKOFF_AFTER, backoff_wait, freshness, sync_backoff
 from reslock_web.models import Limit, SyncRun
 from reslock_web.sync import sync_with_settings
-from tests.support.fault_proxy import FaultProxy
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 
@@ -23,15 +22,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def proxy(prefect_server, settings):
-    """Every reslock call to Prefect goes through the switchable hop."""
-    proxy = FaultProxy(prefect_server.api_url)
-    settings.PREFECT_API_URL = proxy.url
-    yield proxy
-    proxy.close()
 
 
 def create_limit(server, name: str, limit: int = 1) -> None:
