@@ -12,6 +12,7 @@ from django.db.models import Prefetch
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from reslock_web import board_cache, live
 from reslock_web.auth import api_user_required
 from reslock_web.models import FACETS, Condition, Heartbeat, Holder, Kind, Limit, SyncRun, Waiter
 
@@ -144,32 +145,41 @@ def resources(request: HttpRequest) -> JsonResponse:
         return _bad(f"status must be one of: {', '.join(FACETS)}")
     if kind and kind not in Kind.values:
         return _bad(f"kind must be one of: {', '.join(Kind.values)}")
+    page_text = request.GET.get("page", "1")
+    # The same rows answer everyone until the board's version moves (see board_cache).
+    listing = board_cache.kept(
+        "api", live.board_version(), repr((search, status, kind, page_text)),
+        lambda: _listing(search, status, kind, page_text),
+    )  # fmt: skip
+    if isinstance(listing, str):
+        return _bad(listing)
+    return JsonResponse({**listing, "sync": _sync_json()})
+
+
+def _listing(search: str, status: str, kind: str, page_text: str) -> dict[str, Any] | str:
+    """One page of the listing, or what is wrong with the page asked for."""
     queryset = Limit.objects.facet(status).search(search)
     if kind:
         queryset = queryset.filter(kind=kind)
     paginator = Paginator(queryset.order_by("resource", "name", "id"), PAGE_SIZE)
-    page_text = request.GET.get("page", "1")
     # ASCII only and short: int() refuses "²" and numbers of more than 4300 digits.
     if (
         not (page_text.isascii() and page_text.isdigit() and len(page_text) < 20)
         or not 1 <= int(page_text) <= paginator.num_pages
     ):
-        return _bad(f"page must be a whole number from 1 to {paginator.num_pages}")
+        return f"page must be a whole number from 1 to {paginator.num_pages}"
     page = paginator.page(int(page_text))
-    return JsonResponse(
-        {
-            "count": paginator.count,
-            "page": page.number,
-            "pages": paginator.num_pages,
-            "sync": _sync_json(),
-            "results": [
-                limit_json(limit)
-                for limit in _with_people(
-                    Limit.objects.filter(pk__in=[r.pk for r in page])
-                ).order_by("resource", "name", "id")
-            ],
-        }
-    )
+    return {
+        "count": paginator.count,
+        "page": page.number,
+        "pages": paginator.num_pages,
+        "results": [
+            limit_json(limit)
+            for limit in _with_people(Limit.objects.filter(pk__in=[r.pk for r in page])).order_by(
+                "resource", "name", "id"
+            )
+        ],
+    }
 
 
 @require_GET

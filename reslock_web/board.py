@@ -115,12 +115,17 @@ class BoardQuery:
         aggregates = {name: Count("id", filter=facet_filter(name)) for name in FACETS}
         return self.base().aggregate(**aggregates)
 
-    def paged(self, queryset: QuerySet | None = None) -> Page:
-        """The page asked for (the last one when asked for more), rows not yet fetched."""
+    def paged(self, queryset: QuerySet | None = None, count: int | None = None) -> Page:
+        """The page asked for (the last one when asked for more), rows not yet fetched.
+
+        `count`, when the facet counts already say how many rows match, saves counting again.
+        """
         if queryset is None:
             queryset = self.base()
         queryset = queryset.filter(facet_filter(self.status)).order_by(*SORTS[self.sort][1])
         paginator = Paginator(queryset, PAGE_SIZE)
+        if count is not None:
+            paginator.count = count  # a cached_property: set, it is not asked of the database
         return paginator.page(min(self.page, paginator.num_pages))
 
     def page_of_rows(self) -> Page:

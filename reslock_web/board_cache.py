@@ -14,8 +14,11 @@ their timestamps each time a cached list is served (`redraw_ages`).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from django.core.cache import caches
 from django.template.loader import get_template, render_to_string
@@ -27,6 +30,7 @@ from reslock_web.models import Limit
 from reslock_web.templatetags.reslock import redraw_ages
 
 CACHE = "board"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,36 +66,41 @@ class Results:
 
 
 def results(query: BoardQuery, board_version: int) -> Results:
-    """The page `query` asks for at `board_version`, from the cache when it was drawn before.
-
-    Version 0 means no writer has raised it yet (rows put in place by hand): nothing is kept.
-    """
-    if board_version <= 0:
-        return _draw(query, query.facet_counts(), keep=False)
-    cache = caches[CACHE]
-    key = f"results:{board_version}:{query.params()}"
-    found = cache.get(key)
-    if found is None:
-        found = _draw(query, counts(query, board_version), keep=True)
-        cache.set(key, found)
-    return found
+    """The page `query` asks for at `board_version`, from the cache when it was drawn before."""
+    return kept(
+        "results",
+        board_version,
+        query.params(),
+        lambda: _draw(query, counts(query, board_version), keep=board_version > 0),
+    )
 
 
 def counts(query: BoardQuery, board_version: int) -> dict[str, int]:
     """Facet counts depend on the search and kind only: one count serves every facet."""
+    return kept(
+        "counts", board_version, query.params(status="all", sort="name", page=1), query.facet_counts
+    )
+
+
+def kept(kind: str, board_version: int, params: str, compute: Callable[[], T]) -> T:
+    """What `compute` gives for these params at this board version, computed once per process.
+
+    Version 0 means no writer has raised it yet (rows put in place by hand): nothing is kept.
+    """
     if board_version <= 0:
-        return query.facet_counts()
+        return compute()
     cache = caches[CACHE]
-    key = f"counts:{board_version}:{query.params(status='all', sort='name', page=1)}"
+    # Hashed: params hold searches of any length and alphabet.
+    key = f"{kind}:{board_version}:{hashlib.blake2s(params.encode()).hexdigest()}"
     found = cache.get(key)
     if found is None:
-        found = query.facet_counts()
+        found = compute()
         cache.set(key, found)
     return found
 
 
 def _draw(query: BoardQuery, counts: dict[str, int], keep: bool) -> Results:
-    page = query.paged(query.base().only("pk", "changed_at"))
+    page = query.paged(query.base().only("pk", "changed_at"), count=counts.get(query.status, 0))
     versions = [(row.pk, row.changed_at) for row in page.object_list]
     return Results(
         counts=counts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import timedelta
@@ -120,3 +121,19 @@ def test_a_reused_banner_still_goes_stale_with_the_clock(rows, settings):
     assert not health.freshness().stale
     with time_machine.travel(timezone.now() + timedelta(seconds=3 * settings.SYNC_SECONDS + 1)):
         assert health.freshness().stale
+
+
+def test_the_api_listing_is_built_once_per_version(viewer_client, rows):
+    store.raise_board_version()
+    url = "/api/v1/resources?status=contended"
+    first, built = count_queries(viewer_client, url)
+    again, served = count_queries(viewer_client, url)
+    assert json.loads(again)["results"] == json.loads(first)["results"]
+    assert served <= built - 3  # the page, its holders and its waiters: not read again
+    rows.waiters.filter(position=1).update(flow_run_name="promoted")
+    store.raise_board_version()
+    waiters = json.loads(viewer_client.get(url).content)["results"][0]["waiters"]
+    assert waiters[0]["flow_run"]["name"] == "promoted"
+    # A bad page is still refused, from the cache too.
+    for _ in range(2):
+        assert viewer_client.get(url + "&page=9").status_code == 400
