@@ -63,6 +63,19 @@ def test_every_kind_of_response_carries_the_security_headers(client, viewer):
 
 
 @pytest.mark.django_db
+def test_with_debug_on_djangos_own_error_pages_are_readable(client, viewer, settings):
+    """Django's DEBUG pages are styled inline: the policy would leave them unreadable."""
+    client.force_login(viewer)
+    settings.DEBUG = True
+    missing = client.get("/resources/nothing-here")
+    assert missing.status_code == 404 and "Content-Security-Policy" not in missing
+    assert client.get("/")["Content-Security-Policy"] == django_settings.CONTENT_SECURITY_POLICY
+    settings.DEBUG = False
+    missing = client.get("/resources/nothing-here")
+    assert missing["Content-Security-Policy"] == django_settings.CONTENT_SECURITY_POLICY
+
+
+@pytest.mark.django_db
 def test_no_template_relies_on_inline_scripts_or_styles(admin_client):
     html = admin_client.get("/").content.decode() + admin_client.get("/login/").content.decode()
     assert "<script src=" in html
