@@ -8,6 +8,7 @@ that hangs) and reads process-wide settings; here the caller decides when to ret
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 PAGE = 200  # the server's maximum page size for limits and runs
 EVENTS_PAGE = 50  # the server's maximum for events
+# A next-page link grows by about 100 bytes per resource in the filter; at 100 it stays near
+# 11 kB, under the 16 kB the server takes for a request line and its headers.
+RESOURCES_PER_QUERY = 100
 RESOURCES_PER_QUERY = 200  # resource ids in one events filter (see `events`)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -466,48 +470,83 @@ class PrefectAPI:
         exclude: list[str] | None = None,
         resources: list[str] | None = None,
     ) -> Iterator[EventInfo]:
-        """Events in [since, until], oldest first, following every page.
-
-        With `resources`, one query per RESOURCES_PER_QUERY ids (oldest first within each):
-        Prefect's next-page link carries the whole filter, and with a thousand ids in it the
-        link grows past what a URL may hold.
-        """
+        """Events in [since, until], oldest first, following every page."""
         if resources is not None and len(resources) > RESOURCES_PER_QUERY:
-            for chunk in _chunks(resources, RESOURCES_PER_QUERY):
-                yield from self.events(since, until, prefixes, exclude, chunk)
+            # Prefect's next-page link carries the whole filter: asked in slices, each link
+            # stays short enough for a URL.
+            slices = [
+                self.events(since, until, prefixes, exclude, chunk)
+                for chunk in _chunks(resources, RESOURCES_PER_QUERY)
+            ]
+            yield from heapq.merge(*slices, key=lambda event: event.occurred)
             return
-        event_filter: dict[str, Any] = {"prefix": prefixes}
-        if exclude:
-            event_filter["exclude_name"] = exclude
-        body: dict[str, Any] = {
-            "filter": {
-                "occurred": {"since": since.isoformat(), "until": until.isoformat()},
-                "event": event_filter,
-                "order": "ASC",
-            },
-            "limit": EVENTS_PAGE,
-        }
-        if resources is not None:
-            body["filter"]["resource"] = {"id": resources}
-        data = self.request("POST", "events/filter", json=body)
+        data = self.request(
+            "POST", "events/filter", json=_events_body(since, until, prefixes, exclude, resources)
+        )
         while True:
-            if not isinstance(data, dict):
-                raise PrefectError(
-                    "Prefect sent an unexpected answer for /events/filter", retryable=True
-                )
-            for item in _list(data.get("events")):
-                if isinstance(item, dict) and (event := EventInfo.parse(item)) is not None:
-                    yield event
+            yield from _events_of(data)
             next_page = data.get("next_page")
             if not next_page or not isinstance(next_page, str):
                 return
             data = self._get_absolute(next_page)
+
+    def resources_with_events(
+        self, since: datetime, until: datetime, prefixes: list[str], resources: Iterable[str]
+    ) -> set[str]:
+        """Which of these resources have at least one event in [since, until].
+
+        Asks again without the resources already found rather than following next_page: that
+        link carries the whole filter, and hundreds of resource ids make it longer than a URL
+        may be."""
+        todo = list(dict.fromkeys(resources))
+        found: set[str] = set()
+        while todo:
+            body = _events_body(since, until, prefixes, None, todo)
+            data = self.request("POST", "events/filter", json=body)
+            seen = {event.resource.get("prefect.resource.id", "") for event in _events_of(data)}
+            new = seen.intersection(todo) - found
+            found |= new
+            if not data.get("next_page") or not new:
+                return found
+            todo = [resource for resource in todo if resource not in found]
+        return found
 
     def _get_absolute(self, url: str) -> Any:
         # next_page is a full URL on the same server; keep only its path and query.
         parsed = httpx.URL(url)
         path = parsed.raw_path.decode().removeprefix(httpx.URL(self.api_url).raw_path.decode())
         return self.request("GET", path)
+
+
+def _events_body(
+    since: datetime,
+    until: datetime,
+    prefixes: list[str],
+    exclude: list[str] | None,
+    resources: list[str] | None,
+) -> dict[str, Any]:
+    event_filter: dict[str, Any] = {"prefix": prefixes}
+    if exclude:
+        event_filter["exclude_name"] = exclude
+    body: dict[str, Any] = {
+        "filter": {
+            "occurred": {"since": since.isoformat(), "until": until.isoformat()},
+            "event": event_filter,
+            "order": "ASC",
+        },
+        "limit": EVENTS_PAGE,
+    }
+    if resources is not None:
+        body["filter"]["resource"] = {"id": resources}
+    return body
+
+
+def _events_of(data: Any) -> Iterator[EventInfo]:
+    if not isinstance(data, dict):
+        raise PrefectError("Prefect sent an unexpected answer for /events/filter", retryable=True)
+    for item in _list(data.get("events")):
+        if isinstance(item, dict) and (event := EventInfo.parse(item)) is not None:
+            yield event
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

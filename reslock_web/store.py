@@ -7,12 +7,16 @@ the rows that changed.
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db.models import F, Model
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models import F, Field, Model
 
 from reslock_web import diagnosis
 from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, Queued, WaiterVerdict
@@ -261,29 +265,34 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         for row in Limit.objects.filter(pk__in=pk_chunk)
     }
     new_limits: list[Limit] = []
+    new_limit = _NewLimits()
+    alike: dict[tuple, diagnosis.Verdict] = {}
     changed: list[Limit] = []
     holder_plan: list[tuple[Limit, list[HolderVerdict], list[WaiterVerdict]]] = []
     closed_events: list[str] = []
     for info in busy:
         row = limits.get(info.id)
         if row is None:
-            row = Limit(prefect_id=info.id, first_seen=now)
+            row = new_limit(info.id, now)
+            verdict = _judge(info, row, snapshot, {}, ctx, alike)
+            _apply(row, info, verdict, snapshot, now)
+            closed_events += verdict.closed_claims
+            holder_plan.append((row, verdict.holders, verdict.waiters))
+            new_limits.append(row)
+            continue
         before = {name: getattr(row, name) for name in LIMIT_FIELDS}
-        verdict = _judge(info, row, snapshot, holders.get(row.pk, {}), ctx)
+        verdict = _judge(info, row, snapshot, holders.get(row.pk, {}), ctx, alike)
         _apply(row, info, verdict, snapshot, now)
         closed_events += verdict.closed_claims
         holder_plan.append((row, verdict.holders, verdict.waiters))
         after = {name: getattr(row, name) for name in LIMIT_FIELDS}
-        if row.pk is None:
-            row.changed_at = now
-            new_limits.append(row)
-        elif before != after:
+        if before != after:
             if any(before[name] != after[name] for name in VISIBLE_FIELDS) or _holders_moved(
                 holders.get(row.pk, {}), verdict.holders
             ):
                 row.changed_at = now
             changed.append(row)
-    Limit.objects.bulk_create(new_limits, batch_size=BATCH)
+    _insert_limits(new_limits)
     Limit.objects.bulk_update(changed, LIMIT_FIELDS, batch_size=BATCH)
     counts["created"], counts["updated"] = len(new_limits), len(changed)
 
@@ -310,11 +319,106 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     return counts
 
 
+class _NewLimits:
+    """Limits with their fields' defaults, built the way rows read from the database are:
+    keyword construction looks every field's default up one by one, a cost at thousands."""
+
+    def __init__(self) -> None:
+        fields = Limit._meta.concrete_fields
+        self._values = [None if callable(f.default) else f.get_default() for f in fields]
+        # Callable defaults (a new list, the current time) are called for each row.
+        self._made = [(i, f) for i, f in enumerate(fields) if callable(f.default)]
+
+    def __call__(self, prefect_id: UUID, now: datetime) -> Limit:
+        values = list(self._values)
+        for index, field in self._made:
+            values[index] = field.get_default()
+        row = Limit(*values)
+        row.prefect_id, row.first_seen, row.changed_at = prefect_id, now, now
+        return row
+
+
+def _insert_limits(rows: list[Limit]) -> None:
+    """Insert new limits, then read back their ids by Prefect id.
+
+    A first sync inserts thousands: bulk_create passes every value of every row through the
+    field API one call at a time, which costs more than the database's own work. Here each
+    column's conversion is chosen once, and plain values (text, numbers, flags) go as they are.
+    """
+    if not rows:
+        return
+    db = connections[DEFAULT_DB_ALIAS]
+    fields = [field for field in Limit._meta.concrete_fields if not field.primary_key]
+    convert = [(i, how) for i, field in enumerate(fields) if (how := _db_value(field, db))]
+    read = attrgetter(*(field.attname for field in fields))
+    params = []
+    for row in rows:
+        values = list(read(row))
+        for index, how in convert:
+            if values[index] is not None:
+                values[index] = how(values[index])
+        params.append(values)
+    quote = db.ops.quote_name
+    table, pk = quote(Limit._meta.db_table), quote(Limit._meta.pk.column)
+    sql = (
+        f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    with db.cursor() as cursor:
+        # Only the sync writes limits, one at a time (its lock): every id above the highest
+        # one now is a row inserted here.
+        cursor.execute(f"SELECT MAX({pk}) FROM {table}")
+        highest = cursor.fetchone()[0] or 0
+        for chunk in _chunked(params, BATCH):
+            cursor.executemany(sql, chunk)
+        cursor.execute(
+            f"SELECT {quote(Limit._meta.get_field('prefect_id').column)}, {pk} FROM {table} "
+            f"WHERE {pk} > %s",
+            [highest],
+        )
+        pks = dict(cursor.fetchall())  # keyed by the stored form of the Prefect id
+    stored_id = fields.index(Limit._meta.get_field("prefect_id"))
+    for row, values in zip(rows, params, strict=True):
+        row.pk = pks[values[stored_id]]
+        row._state.adding = False
+        row._state.db = db.alias
+
+
+# Columns whose Python value is what every database driver takes as it is.
+_PLAIN = {"CharField", "TextField", "BooleanField", "FloatField", "PositiveIntegerField"}
+
+
+def _db_value(field: Field, db: Any) -> Callable[[Any], Any] | None:
+    """How one column's (non-null) values become what the driver takes, as the field would
+    turn them; None for a column whose values go as they are."""
+    kind = field.get_internal_type()
+    if kind in _PLAIN:
+        return None
+    if kind == "UUIDField" and not db.features.has_native_uuid_field:
+        return lambda value: value.hex
+    if kind == "DateTimeField":
+        adapt = db.ops.adapt_datetimefield_value
+        seen: dict[datetime, Any] = {}  # first_seen and changed_at are one value for all rows
+
+        def moment(value: datetime) -> Any:
+            if value not in seen:
+                seen[value] = adapt(value)
+            return seen[value]
+
+        return moment
+    prepare = field.get_db_prep_save
+    return lambda value: prepare(value, db)
+
+
 def raise_board_version() -> None:
     """Tell polling pages that the board changed. Called inside the write's transaction: the
     row lock (PostgreSQL) or the write lock (SQLite) orders versions as the commits."""
     if not SyncState.objects.filter(name="board").update(version=F("version") + 1):
-        SyncState.objects.get_or_create(name="board", defaults={"version": 1})
+        # A random first version: a database made anew (tests, a restore) does not repeat
+        # versions that running web processes have drawn pages for (board_cache).
+        SyncState.objects.get_or_create(
+            name="board", defaults={"version": secrets.randbelow(2**40) + 1}
+        )
 
 
 COMPACT = [
@@ -386,9 +490,27 @@ def _grouped(rows: Any) -> dict[int, dict[str, Model]]:
 
 
 def _judge(
-    info: LimitInfo, row: Limit, snapshot: Snapshot, stored: dict[str, Holder], ctx: Context
+    info: LimitInfo,
+    row: Limit,
+    snapshot: Snapshot,
+    stored: dict[str, Holder],
+    ctx: Context,
+    alike: dict[tuple, diagnosis.Verdict] | None = None,
 ):
+    """The verdict on one limit. Limits that nobody claims, waits for or held last time are
+    judged on a few of their values only: `alike` keeps one verdict per such set of values
+    (thousands of free limits share a handful), to be read, never changed."""
     kind, _, _ = diagnosis.kind_of(info.name)
+    drift_since = row.drift_since if row.pk else None
+    tag_count = len(snapshot.tag_holders.get(info.name, [])) if kind == Kind.TAG else None
+    key = None
+    if alike is not None and not (
+        stored or snapshot.claims.get(info.id) or snapshot.queued.get(info.id)
+    ):
+        key = (kind, info.active, info.slot_decay_per_second == 0, info.active_slots, tag_count)
+        key += (drift_since,)
+        if key in alike:
+            return alike[key]
     previous = {
         key: Previous(
             condition=holder.condition,
@@ -416,11 +538,12 @@ def _judge(
     waiter_verdicts = diagnosis.order_waiters(
         snapshot.queued.get(info.id, []), holder_verdicts, snapshot.ancestors, ctx
     )
-    tag_count = len(snapshot.tag_holders.get(info.name, [])) if kind == Kind.TAG else None
-    return diagnosis.judge(
-        kind, info, holder_verdicts, waiter_verdicts, closed,
-        row.drift_since if row.pk else None, tag_count, ctx,
-    )  # fmt: skip
+    verdict = diagnosis.judge(
+        kind, info, holder_verdicts, waiter_verdicts, closed, drift_since, tag_count, ctx
+    )
+    if key is not None:
+        alike[key] = verdict
+    return verdict
 
 
 def _apply(

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -152,30 +152,25 @@ def _run(api: PrefectAPI, token: str, only: str | None) -> SyncRun:
 
 
 def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
-    """Read everything from Prefect. Reads that do not depend on the listing run while it
-    pages, so that a sync costs little more than the listing itself."""
+    """Read everything from Prefect. The listing starts first and our own tables are read
+    while it pages; reads that do not depend on the listing run alongside it, and reads that
+    probably will be needed (tagged task runs) are made ahead, so that a sync costs little more
+    than the listing itself."""
     now = timezone.now()
     since = _events_since(now)
-    stored_tasks, stored_flows = store.stored_runs()
-    refresh_all = only is not None or _runs_refresh_due(now)
-    known = {
-        prefect_id: (updated, slots, checked)
-        for prefect_id, updated, slots, checked in Limit.objects.present().values_list(
-            "prefect_id", "prefect_updated", "active_slots", "holders_checked_at"
-        )
-    }
-    known_deployments = set(
-        Limit.objects.present().exclude(deployment_id=None).values_list("deployment_id", flat=True)
-    )
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        listed = pool.submit(_listing, api, only)
         events = pool.submit(lambda: list(api.events(since, now, EVENT_PREFIXES, LIFECYCLE_EVENTS)))
+        stored_tasks, stored_flows = store.stored_runs()
+        claimed = pool.submit(_claimed_runs, api, events, set(stored_tasks), set(stored_flows))
+        refresh_all = only is not None or _runs_refresh_due(now)
         runs = pool.submit(_fresh_runs, api, stored_tasks, stored_flows, since, now, refresh_all)
-        deployment_runs = pool.submit(api.deployment_runs, known_deployments)
+        stored = _stored_limits()
+        deployment_runs = pool.submit(api.deployment_runs, stored.deployments)
+        tagged = TaggedRuns(api, pool, set(stored_flows))
         if only is None:
-            listing = api.list_limits().limits
-        else:
-            one = api.read_limit(only)
-            listing = [one] if one is not None else []
+            tagged.prefetch(stored)
+        listing = listed.result()
         snapshot = Snapshot(
             now=now,
             only=only,
@@ -191,22 +186,141 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
         snapshot.task_runs.update({**stored_tasks, **fresh_tasks})
         snapshot.flow_runs.update({**stored_flows, **fresh_flows})
         snapshot.asked_tasks, snapshot.asked_flows = set(stored_tasks), set(stored_flows)
-        _tag_holders(api, snapshot, known if only is None else {})
         new_deployments = {
             d for info in listing if (d := kind_of(info.name)[2])
-        } - known_deployments
-        runs = deployment_runs.result() + (
-            api.deployment_runs(new_deployments) if new_deployments else []
+        } - stored.deployments
+        more_runs = pool.submit(api.deployment_runs, new_deployments) if new_deployments else None
+        _tag_holders(api, snapshot, stored.known if only is None else {}, tagged)
+        runs = deployment_runs.result() + (more_runs.result() if more_runs else [])
+        full_tags = any(
+            info.name.startswith("tag:") and info.active and 0 < info.limit <= info.active_slots
+            for info in listing
         )
-    full_tags = any(
-        info.name.startswith("tag:") and info.active and 0 < info.limit <= info.active_slots
-        for info in listing
-    )
-    _claims(snapshot, runs, api.pending_tagged_task_runs() if full_tags else [])
+        pending = tagged.pending(snapshot) if full_tags else []
+        _claims(snapshot, runs, pending)
+        claimed.result().merge_into(snapshot)
     _resolve_runs(api, snapshot)
     if refresh_all and only is None:
         SyncState.objects.update_or_create(name="runs", defaults={"checked_at": now})
     return snapshot
+
+
+@dataclass
+class RunsAhead:
+    """Runs looked up before _resolve_runs asks for them, and which ids were asked."""
+
+    task_runs: dict[UUID, RunInfo]
+    flow_runs: dict[UUID, RunInfo]
+    asked_tasks: set[UUID]
+    asked_flows: set[UUID]
+
+    def merge_into(self, snapshot: Snapshot) -> None:
+        # Runs read for a stated reason (holders, waiters, deployments) stay as they are.
+        for run_id, run in self.task_runs.items():
+            snapshot.task_runs.setdefault(run_id, run)
+        for run_id, run in self.flow_runs.items():
+            snapshot.flow_runs.setdefault(run_id, run)
+        snapshot.asked_tasks |= self.asked_tasks
+        snapshot.asked_flows |= self.asked_flows
+
+
+def _claimed_runs(
+    api: PrefectAPI,
+    events: Future[list[EventInfo]],
+    stored_tasks: set[UUID],
+    stored_flows: set[UUID],
+) -> RunsAhead:
+    """The runs that this pass's acquire and wait events name, read while the listing pages
+    (the first sync finds hundreds); the stored ones are left to _fresh_runs as before."""
+    task_ids: set[UUID] = set()
+    flow_ids: set[UUID] = set()
+    for event in events.result():
+        if event.event in ACQUIRES or event.event == HELPER_WAITING:
+            task_ids.add(event.related_id("task-run", "prefect.task-run.")[0])
+            flow_ids.add(event.related_id("flow-run", "prefect.flow-run.")[0])
+    task_ids -= {None, *stored_tasks}
+    tasks = api.task_runs(task_ids)
+    flow_ids |= {run.flow_run_id for run in tasks.values()}
+    flow_ids -= {None, *stored_flows}
+    return RunsAhead(tasks, api.flow_runs(flow_ids), task_ids, flow_ids)
+
+
+def _listing(api: PrefectAPI, only: str | None) -> list[LimitInfo]:
+    if only is None:
+        return api.list_limits().limits
+    one = api.read_limit(only)
+    return [one] if one is not None else []
+
+
+@dataclass
+class StoredLimits:
+    """What the last pass stored about the present limits."""
+
+    known: dict[UUID, tuple[datetime | None, int, datetime | None]]  # updated, slots, checked
+    deployments: set[UUID]
+    held_tags: bool  # a tag limit with a slot in use
+    full_tags: bool  # an active tag limit with every slot in use
+
+
+def _stored_limits() -> StoredLimits:
+    stored = StoredLimits({}, set(), held_tags=False, full_tags=False)
+    rows = Limit.objects.present().values_list(
+        "prefect_id", "name", "limit", "active", "prefect_updated", "active_slots",
+        "holders_checked_at", "deployment_id",
+    )  # fmt: skip
+    for prefect_id, name, limit, active, updated, slots, checked, deployment_id in rows:
+        stored.known[prefect_id] = (updated, slots, checked)
+        if deployment_id is not None:
+            stored.deployments.add(deployment_id)
+        if slots and name.startswith("tag:"):
+            stored.held_tags = True
+            stored.full_tags = stored.full_tags or (active and 0 < limit <= slots)
+    return stored
+
+
+class TaggedRuns:
+    """Running and Pending tagged task runs, each read at most once per pass.
+
+    Whether a pass needs them depends on the listing, yet they cost a request or more each
+    after it: when the stored limits say they probably will be needed (a tag limit held or
+    full last time, or a first sync), they are read while the listing pages, together with
+    the flow runs they belong to. A read that proves unneeded is dropped, its error too.
+    """
+
+    def __init__(self, api: PrefectAPI, pool: ThreadPoolExecutor, stored_flows: set[UUID]):
+        self._api = api
+        self._pool = pool
+        self._stored_flows = stored_flows
+        self._ahead: dict[str, Future[tuple[list[RunInfo], dict[UUID, RunInfo], set[UUID]]]] = {}
+
+    def prefetch(self, stored: StoredLimits) -> None:
+        first = not stored.known
+        if first or stored.held_tags:
+            self._ahead["RUNNING"] = self._pool.submit(self._read, "RUNNING")
+        if first or stored.full_tags:
+            self._ahead["PENDING"] = self._pool.submit(self._read, "PENDING")
+
+    def _read(self, state: str) -> tuple[list[RunInfo], dict[UUID, RunInfo], set[UUID]]:
+        runs = self._api.tagged_task_runs(state)
+        flow_ids = {run.flow_run_id for run in runs if run.flow_run_id} - self._stored_flows
+        return runs, self._api.flow_runs(flow_ids), flow_ids
+
+    def _get(self, state: str, snapshot: Snapshot) -> list[RunInfo]:
+        ahead = self._ahead.get(state)
+        if ahead is None:
+            return self._api.tagged_task_runs(state)
+        runs, flows, asked = ahead.result()
+        # As if _resolve_runs had looked them up: it skips the flow runs already asked for.
+        for run_id, run in flows.items():
+            snapshot.flow_runs.setdefault(run_id, run)
+        snapshot.asked_flows |= asked
+        return runs
+
+    def running(self, snapshot: Snapshot) -> list[RunInfo]:
+        return self._get("RUNNING", snapshot)
+
+    def pending(self, snapshot: Snapshot) -> list[RunInfo]:
+        return self._get("PENDING", snapshot)
 
 
 def _runs_refresh_due(now: datetime) -> bool:
@@ -229,8 +343,8 @@ def _fresh_runs(
             f"prefect.flow-run.{i}" for i in flows
         ]
         changed = {
-            _uuid_of(event.resource.get("prefect.resource.id", ""))
-            for event in api.events(since, now, RUN_EVENT_PREFIXES, resources=resources)
+            _uuid_of(resource)
+            for resource in api.resources_with_events(since, now, RUN_EVENT_PREFIXES, resources)
         }
         tasks = {i: run for i, run in tasks.items() if i in changed}
         flows = {i: run for i, run in flows.items() if i in changed}
@@ -248,6 +362,7 @@ def _tag_holders(
     api: PrefectAPI,
     snapshot: Snapshot,
     known: dict[UUID, tuple[datetime | None, int, datetime | None]],
+    tagged: TaggedRuns,
 ) -> None:
     """Lease holders of tag limits, reading Prefect's per-tag list only where needed.
 
@@ -272,7 +387,7 @@ def _tag_holders(
             moved.append((info, tag, checked))
     by_tag: dict[str, list[UUID]] = {}
     if moved:
-        for run in api.tagged_task_runs("RUNNING"):
+        for run in tagged.running(snapshot):
             snapshot.task_runs[run.id] = run
             for tag in run.tags:
                 by_tag.setdefault(tag, []).append(run.id)
