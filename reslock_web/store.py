@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from reslock_web.sync import Snapshot
 
 BATCH = 500
+NEVER_READ = datetime(1970, 1, 1, tzinfo=UTC)  # holders_checked_at of counted tag holders
 LIMIT_FIELDS = [
     "name", "kind", "resource", "search_text", "deployment_id", "limit", "active", "active_slots",
     "slot_decay_per_second", "prefect_created", "prefect_updated", "gone_at",
@@ -573,6 +574,11 @@ def _apply(
     row.evidence = verdict.evidence
     if info.name in snapshot.tag_checked:
         row.holders_checked_at = now
+    elif info.name in snapshot.tag_counted and row.holders_checked_at is None:
+        # Holders found by counting Running task runs, not yet read from Prefect's own list:
+        # kept while the counter stands still (as a read list is), and first in line for
+        # the per-pass check against that list.
+        row.holders_checked_at = NEVER_READ
 
 
 def _holders_moved(stored: dict[str, Holder], verdicts: list[HolderVerdict]) -> bool:

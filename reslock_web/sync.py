@@ -79,6 +79,7 @@ class Snapshot:
     flow_names: dict[UUID, str] = field(default_factory=dict)
     deployments: dict[UUID, tuple[str, UUID | None]] = field(default_factory=dict)
     ancestors: dict[UUID, tuple[UUID, ...]] = field(default_factory=dict)
+    tag_counted: set[str] = field(default_factory=set)  # names whose holders were counted
 
 
 # --- the lock --------------------------------------------------------------------------
@@ -258,12 +259,12 @@ class StoredLimits:
 
     known: dict[UUID, tuple[datetime | None, int, datetime | None]]  # updated, slots, checked
     deployments: set[UUID]
-    held_tags: bool  # a tag limit with a slot in use
+    unchecked_tags: bool  # a tag limit with a slot in use whose holders were never found
     full_tags: bool  # an active tag limit with every slot in use
 
 
 def _stored_limits() -> StoredLimits:
-    stored = StoredLimits({}, set(), held_tags=False, full_tags=False)
+    stored = StoredLimits({}, set(), unchecked_tags=False, full_tags=False)
     rows = Limit.objects.present().values_list(
         "prefect_id", "name", "limit", "active", "prefect_updated", "active_slots",
         "holders_checked_at", "deployment_id",
@@ -273,7 +274,7 @@ def _stored_limits() -> StoredLimits:
         if deployment_id is not None:
             stored.deployments.add(deployment_id)
         if slots and name.startswith("tag:"):
-            stored.held_tags = True
+            stored.unchecked_tags = stored.unchecked_tags or checked is None
             stored.full_tags = stored.full_tags or (active and 0 < limit <= slots)
     return stored
 
@@ -282,9 +283,10 @@ class TaggedRuns:
     """Running and Pending tagged task runs, each read at most once per pass.
 
     Whether a pass needs them depends on the listing, yet they cost a request or more each
-    after it: when the stored limits say they probably will be needed (a tag limit held or
-    full last time, or a first sync), they are read while the listing pages, together with
-    the flow runs they belong to. A read that proves unneeded is dropped, its error too.
+    after it: when the stored limits say they probably will be needed (a first sync, a held
+    tag limit whose holders were never found, a tag limit full last time: its queue is read
+    on every pass), they are read while the listing pages, together with the flow runs they
+    belong to. A read that proves unneeded is dropped, its error too.
     """
 
     def __init__(self, api: PrefectAPI, pool: ThreadPoolExecutor, stored_flows: set[UUID]):
@@ -295,7 +297,7 @@ class TaggedRuns:
 
     def prefetch(self, stored: StoredLimits) -> None:
         first = not stored.known
-        if first or stored.held_tags:
+        if first or stored.unchecked_tags:
             self._ahead["RUNNING"] = self._pool.submit(self._read, "RUNNING")
         if first or stored.full_tags:
             self._ahead["PENDING"] = self._pool.submit(self._read, "PENDING")
@@ -395,6 +397,7 @@ def _tag_holders(
     for info, tag, checked in moved:
         if len(by_tag.get(tag, [])) == info.active_slots:
             snapshot.tag_holders[info.name] = by_tag[tag]
+            snapshot.tag_counted.add(info.name)
             verifiable.append((checked or datetime.min.replace(tzinfo=snapshot.now.tzinfo), tag))
         else:
             to_read.append(tag)

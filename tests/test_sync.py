@@ -372,3 +372,37 @@ def test_run_events_for_a_thousand_stored_runs_are_all_read(prefect_server):
 
     seen = wait_for(every_run_seen, 30, interval=1, what="an event for each of the 60 runs")
     assert seen == set(runs)
+
+
+def test_counted_tag_holders_are_kept_while_the_counter_stands_still(
+    prefect_server, flows, monkeypatch
+):
+    """Holders found by counting a tag's Running task runs are reused by the next pass, as a
+    list read from Prefect is, instead of counting every run again; they are first in line
+    for the check against Prefect's own list, of which a pass makes only a few."""
+    from reslock_web import sync as sync_module
+    from reslock_web.store import NEVER_READ
+
+    monkeypatch.setattr(sync_module, "VERIFY_PER_PASS", 0)  # as for the 4th counted tag on
+    tag = unique("resource:counted")
+    holder = flows.start("tag_holder", tag=tag, flow_run_name="counted")
+    holder.wait_event("acquired")
+    limit = sync_until(prefect_server, f"tag:{tag}", lambda limit: limit.holder_count == 1)
+    assert [h.flow_run_name for h in holders(limit)] == ["counted"]
+    assert limit.holders_checked_at == NEVER_READ
+
+    asked: list[str] = []
+    original = PrefectAPI.tagged_task_runs
+
+    def tagged_task_runs(api, state):
+        asked.append(state)
+        return original(api, state)
+
+    PrefectAPI.tagged_task_runs = tagged_task_runs
+    try:
+        sync(prefect_server)
+    finally:
+        PrefectAPI.tagged_task_runs = original
+    limit = Limit.objects.named(f"tag:{tag}")
+    assert [h.flow_run_name for h in holders(limit)] == ["counted"]
+    assert "RUNNING" not in asked  # nothing moved: nothing counted again
