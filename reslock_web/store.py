@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -247,24 +248,56 @@ def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
 
 
 # --- the write -------------------------------------------------------------------------
+@dataclass
+class Stored:
+    """What the last pass wrote, as the write compares with it. The sync reads it while
+    Prefect pages the listing: only the sync writes limits, holders and waiters, under its
+    lock, so nothing read before the write can change before it."""
+
+    compact: dict[UUID, tuple]  # Prefect id -> the COMPACT values, every stored limit
+    holders: dict[int, dict[str, Holder]]
+    waiters: dict[int, dict[str, Waiter]]
+    rows: dict[UUID, Limit]  # whole rows of the limits that were not quiet last time
+
+
+def read_stored() -> Stored:
+    compact = {row[1]: row for row in Limit.objects.values_list(*COMPACT)}
+    holders = _grouped(Holder.objects.all())
+    waiters = _grouped(Waiter.objects.all())
+    people = holders.keys() | waiters.keys()
+    quiet = (Status.FREE, Status.INACTIVE)
+    # (pk, _, _, _, _, slots, _, _, status, drift_since, gone_at): likely busy again.
+    likely = [
+        row[0]
+        for row in compact.values()
+        if row[5] or row[8] not in quiet or row[9] is not None or row[10] or row[0] in people
+    ]
+    rows = {
+        row.prefect_id: row
+        for pk_chunk in _chunked(likely)
+        for row in Limit.objects.filter(pk__in=pk_chunk)
+    }
+    return Stored(compact, holders, waiters, rows)
+
+
 def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict[str, int]:
     now = snapshot.now
     counts = {"events": _store_events(snapshot), "created": 0, "updated": 0, "gone": 0}
-    compact = {row[1]: row for row in Limit.objects.values_list(*COMPACT)}
-    holders = _grouped(Holder.objects.all())
+    stored = snapshot.stored or read_stored()
+    compact, holders, waiters = stored.compact, stored.holders, stored.waiters
     ctx = Context(now, grace, long_hold, snapshot.task_runs, snapshot.flow_runs, _released(holders))
-    waiters = _grouped(Waiter.objects.all())
     busy = [
         info
         for info in snapshot.listing
         if not _quiet(info, compact.get(info.id), snapshot, holders, waiters)
     ]
-    pks = [compact[info.id][0] for info in busy if info.id in compact]
-    limits = {
-        row.prefect_id: row
+    limits = {info.id: row for info in busy if (row := stored.rows.get(info.id)) is not None}
+    pks = [compact[info.id][0] for info in busy if info.id in compact and info.id not in limits]
+    limits.update(
+        (row.prefect_id, row)
         for pk_chunk in _chunked(pks)
         for row in Limit.objects.filter(pk__in=pk_chunk)
-    }
+    )
     new_limits: list[Limit] = []
     new_limit = _NewLimits()
     alike: dict[tuple, diagnosis.Verdict] = {}

@@ -80,6 +80,7 @@ class Snapshot:
     deployments: dict[UUID, tuple[str, UUID | None]] = field(default_factory=dict)
     ancestors: dict[UUID, tuple[UUID, ...]] = field(default_factory=dict)
     tag_counted: set[str] = field(default_factory=set)  # names whose holders were counted
+    stored: store.Stored | None = None  # our tables as the last pass left them
 
 
 # --- the lock --------------------------------------------------------------------------
@@ -171,6 +172,7 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
         tagged = TaggedRuns(api, pool, set(stored_flows))
         if only is None:
             tagged.prefetch(stored)
+        written = store.read_stored()  # what the write compares with, read while Prefect pages
         listing = listed.result()
         snapshot = Snapshot(
             now=now,
@@ -182,6 +184,7 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
             events_until=now,
             claims={},
             queued={},
+            stored=written,
         )
         fresh_tasks, fresh_flows = runs.result()
         snapshot.task_runs.update({**stored_tasks, **fresh_tasks})
