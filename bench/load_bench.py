@@ -483,8 +483,12 @@ def around_syncs(samples: list[Sample], syncs: list[dict], after: float = 2.0) -
     windows = [
         (line["at"] - line["ms"] / 1000, line["at"] + after) for line in syncs if line.get("ms")
     ]
-    inside = [s.ms for s in samples if s.kind != "healthz" and any(a <= s.at <= b for a, b in windows)]  # fmt: skip
-    outside = [s.ms for s in samples if s.kind != "healthz" and not any(a <= s.at <= b for a, b in windows)]  # fmt: skip
+    inside: list[float] = []
+    outside: list[float] = []
+    for sample in samples:
+        if sample.kind != "healthz":
+            near = any(start <= sample.at <= end for start, end in windows)
+            (inside if near else outside).append(sample.ms)
     for label, values in (("during a sync or 2 s after", inside), ("between syncs", outside)):
         if values:
             print(f"  requests started {label}: {len(values)}, p50 {statistics.median(values):.1f} ms, "

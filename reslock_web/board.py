@@ -128,11 +128,6 @@ class BoardQuery:
             paginator.count = count  # a cached_property: set, it is not asked of the database
         return paginator.page(min(self.page, paginator.num_pages))
 
-    def page_of_rows(self) -> Page:
-        page = self.paged()
-        page.object_list = with_people(list(page.object_list))
-        return page
-
 
 def with_people(rows: list[Limit]) -> list[Limit]:
     """Attach the holders and waiters a board row shows, in two queries for all rows."""

@@ -8,7 +8,6 @@ that hangs) and reads process-wide settings; here the caller decides when to ret
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import time
@@ -27,10 +26,6 @@ log = logging.getLogger(__name__)
 
 PAGE = 200  # the server's maximum page size for limits and runs
 EVENTS_PAGE = 50  # the server's maximum for events
-# A next-page link grows by about 100 bytes per resource in the filter; at 100 it stays near
-# 11 kB, under the 16 kB the server takes for a request line and its headers.
-RESOURCES_PER_QUERY = 100
-RESOURCES_PER_QUERY = 200  # resource ids in one events filter (see `events`)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -468,20 +463,10 @@ class PrefectAPI:
         until: datetime,
         prefixes: list[str],
         exclude: list[str] | None = None,
-        resources: list[str] | None = None,
     ) -> Iterator[EventInfo]:
         """Events in [since, until], oldest first, following every page."""
-        if resources is not None and len(resources) > RESOURCES_PER_QUERY:
-            # Prefect's next-page link carries the whole filter: asked in slices, each link
-            # stays short enough for a URL.
-            slices = [
-                self.events(since, until, prefixes, exclude, chunk)
-                for chunk in _chunks(resources, RESOURCES_PER_QUERY)
-            ]
-            yield from heapq.merge(*slices, key=lambda event: event.occurred)
-            return
         data = self.request(
-            "POST", "events/filter", json=_events_body(since, until, prefixes, exclude, resources)
+            "POST", "events/filter", json=_events_body(since, until, prefixes, exclude, None)
         )
         while True:
             yield from _events_of(data)

@@ -266,7 +266,7 @@ def read_stored() -> Stored:
     waiters = _grouped(Waiter.objects.all())
     people = holders.keys() | waiters.keys()
     quiet = (Status.FREE, Status.INACTIVE)
-    # (pk, _, _, _, _, slots, _, _, status, drift_since, gone_at): likely busy again.
+    # (pk, _, _, _, _, slots, _, _, status, drift_since, gone_at, ...): likely busy again.
     likely = [
         row[0]
         for row in compact.values()
@@ -457,7 +457,7 @@ def raise_board_version() -> None:
 
 COMPACT = [
     "pk", "prefect_id", "name", "limit", "active", "active_slots", "slot_decay_per_second",
-    "prefect_updated", "status", "drift_since", "gone_at",
+    "prefect_updated", "status", "drift_since", "gone_at", "holders_checked_at", "deployment_id",
 ]  # fmt: skip
 
 
@@ -491,7 +491,7 @@ def _quiet(info: LimitInfo, stored: tuple | None, snapshot: Snapshot, holders, w
         or snapshot.queued.get(info.id)
     ):
         return False
-    pk, _, name, limit, active, slots, decay, updated, status, drift_since, gone_at = stored
+    pk, _, name, limit, active, slots, decay, updated, status, drift_since, gone_at, *_ = stored
     return (
         not holders.get(pk)
         and not waiters.get(pk)

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from django.utils import timezone
 
 from reslock_web import store
 from reslock_web.diagnosis import Claim, Queued, kind_of
-from reslock_web.models import Kind, Limit, LockEvent, Source, SyncRun, SyncState
+from reslock_web.models import Kind, LockEvent, Source, SyncRun, SyncState
 from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, PrefectError, RunInfo
 
 log = logging.getLogger(__name__)
@@ -167,12 +168,12 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
         claimed = pool.submit(_claimed_runs, api, events, set(stored_tasks), set(stored_flows))
         refresh_all = only is not None or _runs_refresh_due(now)
         runs = pool.submit(_fresh_runs, api, stored_tasks, stored_flows, since, now, refresh_all)
-        stored = _stored_limits()
+        written = store.read_stored()  # what the write compares with, read while Prefect pages
+        stored = _stored_limits(written.compact.values())
         deployment_runs = pool.submit(api.deployment_runs, stored.deployments)
         tagged = TaggedRuns(api, pool, set(stored_flows))
         if only is None:
             tagged.prefetch(stored)
-        written = store.read_stored()  # what the write compares with, read while Prefect pages
         listing = listed.result()
         snapshot = Snapshot(
             now=now,
@@ -266,16 +267,18 @@ class StoredLimits:
     full_tags: bool  # an active tag limit with every slot in use
 
 
-def _stored_limits() -> StoredLimits:
+def _stored_limits(compact: Iterable[tuple]) -> StoredLimits:
+    """What the gather needs of the stored limits, from the rows `store.read_stored` read."""
     stored = StoredLimits({}, set(), unchecked_tags=False, full_tags=False)
-    rows = Limit.objects.present().values_list(
-        "prefect_id", "name", "limit", "active", "prefect_updated", "active_slots",
-        "holders_checked_at", "deployment_id",
-    )  # fmt: skip
-    for prefect_id, name, limit, active, updated, slots, checked, deployment_id in rows:
-        stored.known[prefect_id] = (updated, slots, checked)
-        if deployment_id is not None:
-            stored.deployments.add(deployment_id)
+    at = {name: index for index, name in enumerate(store.COMPACT)}
+    for row in compact:
+        if row[at["gone_at"]] is not None:
+            continue
+        name, limit, active = row[at["name"]], row[at["limit"]], row[at["active"]]
+        slots, checked = row[at["active_slots"]], row[at["holders_checked_at"]]
+        stored.known[row[at["prefect_id"]]] = (row[at["prefect_updated"]], slots, checked)
+        if row[at["deployment_id"]] is not None:
+            stored.deployments.add(row[at["deployment_id"]])
         if slots and name.startswith("tag:"):
             stored.unchecked_tags = stored.unchecked_tags or checked is None
             stored.full_tags = stored.full_tags or (active and 0 < limit <= slots)
