@@ -184,6 +184,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(BROKER_DIR / "messages"),
         "data_folder_out": str(BROKER_DIR / "messages"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        # Exchange tables; kombu's default is "control" under the current directory.
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
 # The hard time limit of one job (an operation's fenced release waits up to ~3 minutes). An

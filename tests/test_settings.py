@@ -143,3 +143,32 @@ def test_celery_speaks_json_only():
     assert app.conf.accept_content == ["json"]
     assert app.conf.task_serializer == "json"
     assert app.conf.beat_schedule["reslock-heartbeat"]["task"] == "reslock.heartbeat"
+
+
+def test_the_file_transport_writes_only_under_its_broker_folder(tmp_path):
+    """`make run` without Redis: every folder kombu writes sits under RESLOCK_BROKER_DIR, none
+    in the directory the process was started from (kombu's default puts `control/` there)."""
+    cwd, broker = tmp_path / "cwd", tmp_path / "broker"
+    cwd.mkdir()
+    for sub in ("messages", "processed"):  # as the launcher makes them
+        (broker / sub).mkdir(parents=True)
+    code = (
+        "import django; django.setup();"
+        "from reslock_web.celery import app;"
+        "app.send_task('reslock.heartbeat')"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    clean.update(
+        SECRET_KEY="x" * 50,
+        DJANGO_SETTINGS_MODULE="reslock_web.settings",
+        PYTHONPATH=str(BASE_DIR),
+        CELERY_BROKER_URL="filesystem://",
+        RESLOCK_BROKER_DIR=str(broker),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=clean, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(cwd.iterdir()) == []
+    assert list((broker / "messages").iterdir()), "the message went to the broker folder"
+    assert (broker / "control" / "celery.exchange").exists()
