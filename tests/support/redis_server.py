@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import socket
 import subprocess
@@ -10,6 +11,10 @@ import tempfile
 import time
 
 from tests.support.net import free_port
+
+# Two suites on one machine (say, a full run and a single file) each need a database of their
+# own: RESLOCK_TEST_REDIS_DB picks it.
+DB = int(os.environ.get("RESLOCK_TEST_REDIS_DB", "15"))
 
 
 def _answers(port: int) -> bool:
@@ -23,7 +28,7 @@ def _answers(port: int) -> bool:
 
 def ensure_redis_url() -> str:
     if _answers(6379):
-        return "redis://127.0.0.1:6379/15"
+        return f"redis://127.0.0.1:6379/{DB}"
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -54,4 +59,4 @@ def ensure_redis_url() -> str:
         if time.monotonic() > deadline:
             raise RuntimeError("redis-server started for the tests did not answer")
         time.sleep(0.1)
-    return f"redis://127.0.0.1:{port}/15"
+    return f"redis://127.0.0.1:{port}/{DB}"
