@@ -21,10 +21,11 @@ from datetime import datetime
 from typing import TypeVar
 
 from django.core.cache import caches
-from django.template.loader import get_template, render_to_string
+from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from reslock_web.board import BoardQuery, with_people
+from reslock_web.board_row import board_row
 from reslock_web.live import version
 from reslock_web.models import Limit
 from reslock_web.templatetags.reslock import redraw_ages
@@ -126,9 +127,8 @@ def drawn_rows(versions: list[tuple[int, datetime]], keep: bool = True) -> list[
     found = cache.get_many(keys.values()) if keep else {}
     missing = [pk for pk, key in keys.items() if key not in found]
     if missing:
-        template = get_template("board_row.html")
         drawn = {
-            keys[row.pk]: template.render({"limit": row})
+            keys[row.pk]: board_row(row)
             for row in with_people(list(Limit.objects.filter(pk__in=missing)))
             if row.pk in keys
         }

@@ -86,6 +86,13 @@ def resource_url(name: str) -> str:
     return reverse("resource", args=[name])
 
 
+@register.simple_tag
+def board_row(limit: object, oob: bool = False) -> str:
+    from reslock_web.board_row import board_row as draw  # it uses the helpers above
+
+    return draw(limit, oob)  # type: ignore[arg-type]
+
+
 @register.filter
 def evidence_text(evidence: list[dict[str, str]] | None) -> str:
     return " ".join(item.get("text", "") for item in evidence or [])

@@ -1,0 +1,82 @@
+"""One board row as HTML.
+
+The row is the board's hottest fragment: a page draws 50 of them whenever a sync changed them,
+and the live refresh sends them one by one. Built here with `escape` rather than through a
+template, it costs a tenth of the template's time (the template engine resolves each of the
+row's ~40 variables and tags through its generic machinery). Every value from Prefect or the
+database goes through `escape`; numbers are written without localisation, as everywhere on
+the board.
+"""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from reslock_web.models import Limit
+from reslock_web.templatetags.reslock import evidence_text, since
+
+MUTED_DASH = '<span class="muted">—</span>'
+
+
+def board_row(limit: Limit, oob: bool = False) -> SafeString:
+    """`limit` as a `<tr>`; `limit` comes through `board.with_people` (labels, first holder...)."""
+    swap = ' hx-swap-oob="true"' if oob else ""
+    name = ""
+    if limit.resource != limit.name:
+        name = f'\n    <span class="sub">{escape(limit.name)}</span>'
+    title = ""
+    if limit.evidence:
+        title = f' title="{escape(evidence_text(limit.evidence))}"'
+    used, size = int(limit.active_slots), int(limit.limit)
+    held = since(limit.held_since) if limit.held_since else MUTED_DASH
+    status = escape(limit.status)
+    return mark_safe(  # noqa: S308 - every value above and below is escaped or a number
+        f'<tr id="limit-{int(limit.pk)}" class="row-{status}"{swap}>\n'
+        f'  <th scope="row" class="resource">\n'
+        f'    <a href="{escape(reverse("resource", args=[limit.name]))}">{escape(limit.resource)}</a>'
+        f"{name}\n  </th>\n"
+        f'  <td class="col-kind"><span class="kind kind-{escape(limit.kind)}">'
+        f"{escape(limit.kind_label)}</span></td>\n"
+        f'  <td class="used">\n'
+        f'    <meter min="0" max="{size or 1}" value="{used}" aria-label="{used} of {size} slots used">'
+        f"</meter>\n    <span>{used}/{size}</span>\n  </td>\n"
+        f'  <td class="holder">\n    {_holder(limit)}\n  </td>\n'
+        f'  <td class="col-held">{held}</td>\n'
+        f'  <td class="col-waiters">\n    {_waiters(limit)}\n  </td>\n'
+        f'  <td><span class="badge badge-{status}"{title}>{escape(limit.status_label)}</span></td>\n'
+        f"</tr>"
+    )
+
+
+def _holder(limit: Limit) -> str:
+    holder = limit.first_holder
+    if holder is None:
+        return MUTED_DASH
+    parts = []
+    if holder.flow_name:
+        parts.append(f'<span class="flow">{escape(holder.flow_name)}</span> / ')
+    if holder.flow_run_id:
+        shown = holder.flow_run_name or holder.flow_run_id
+        parts.append(
+            f'<a href="{escape(holder.flow_run_url)}" rel="noopener" target="_blank">'
+            f"{escape(shown)}</a>"
+        )
+    else:
+        parts.append(escape(holder.flow_run_name or "(no run)"))
+    if holder.task_run_name:
+        parts.append(f'\n    <span class="sub">task {escape(holder.task_run_name)}</span>')
+    if limit.more_holders:
+        parts.append(f'\n    <span class="sub">+{int(limit.more_holders)} more</span>')
+    return "".join(parts)
+
+
+def _waiters(limit: Limit) -> str:
+    if not limit.waiter_count:
+        return '<span class="muted">0</span>'
+    first = limit.first_waiter
+    if first is None:
+        return str(int(limit.waiter_count))
+    shown = first.flow_run_name or first.task_run_name
+    return f'{int(limit.waiter_count)}<span class="sub">next: {escape(shown)}</span>'
