@@ -43,6 +43,13 @@ class BadSetting(LaunchError):
     """A variable with a value of the wrong form (exit code 2, like the Django entry points)."""
 
 
+# The launcher's own variables, read without Django but refused in the same words as
+# reslock_web.env refuses the settings'.
+CONFIG_ERROR = "reslock: configuration error: "  # = reslock_web.startup's prefix
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
 def env_port(env: dict[str, str], name: str, default: int) -> int:
     value = env.get(name, "").strip()
     if not value:
@@ -50,6 +57,61 @@ def env_port(env: dict[str, str], name: str, default: int) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise BadSetting(f"{name}={value!r} is not valid: expected a port number (1-65535)")
     return int(value)
+
+
+def env_bool(env: dict[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if value.lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.lower() in TRUE_WORDS
+    raise BadSetting(
+        f"{name}={value!r} is not valid: expected one of true/false, yes/no, on/off, 1/0"
+    )
+
+
+def env_int(env: dict[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not minimum <= int(value) <= maximum:
+        raise BadSetting(
+            f"{name}={value!r} is not valid: expected a whole number >= {minimum} <= {maximum}"
+        )
+    return int(value)
+
+
+def demo_resources(env: dict[str, str]) -> int:
+    return env_int(env, "RESLOCK_DEMO_RESOURCES", 300, minimum=1, maximum=10_000)
+
+
+def check_settings(environ: dict[str, str]) -> None:
+    """Refuse a bad value before anything starts: a Prefect server or a redis-server started
+    for a launch that then fails on DEBUG=maybe would only hide the one line that matters."""
+    env_port(environ, "RESLOCK_WEB_PORT", 8000)
+    env_port(environ, "RESLOCK_PREFECT_PORT", 4200)
+    env_bool(environ, "RESLOCK_START_REDIS", True)
+    demo_resources(environ)
+    check_django_settings(environ)
+
+
+def check_django_settings(environ: dict[str, str]) -> None:
+    """Load the settings in a child, the way every process started later will load them."""
+    # The key `make run` generates is not written yet: stand in for it, not for one given empty.
+    env = {"SECRET_KEY": "launcher-check-" + "x" * 40, **environ}
+    result = subprocess.run(
+        [PYTHON, "-c", "from reslock_web.startup import configure_or_exit; configure_or_exit()"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = result.stderr.strip().splitlines()
+    if result.returncode == 2 and len(lines) == 1 and lines[0].startswith(CONFIG_ERROR):
+        raise BadSetting(lines[0].removeprefix(CONFIG_ERROR))
+    if result.returncode != 0:
+        raise LaunchError(f"the settings do not load:\n{result.stderr.strip()}")
 
 
 @dataclass
@@ -262,7 +324,7 @@ def choose_broker(launcher: Launcher) -> tuple[str, str]:
 
 def _why_not_start_redis(env: dict[str, str], redis_url: str) -> str | None:
     parts = urlsplit(redis_url)
-    if env.get("RESLOCK_START_REDIS", "true").strip().lower() in ("0", "false", "no", "off"):
+    if not env_bool(env, "RESLOCK_START_REDIS", True):
         return "RESLOCK_START_REDIS is off"
     if not shutil.which("redis-server", path=env.get("PATH")):
         return "no redis-server is installed"
@@ -304,11 +366,19 @@ def _start_redis(launcher: Launcher, redis_url: str) -> str:
 # --- main ------------------------------------------------------------------------------
 def launch(environ: dict[str, str]) -> int:
     var_dir = Path(environ.get("RESLOCK_VAR_DIR") or BASE_DIR / "var").resolve()
-    (var_dir / "log").mkdir(parents=True, exist_ok=True)
     environ = {**environ, "RESLOCK_VAR_DIR": str(var_dir), "PYTHONUNBUFFERED": "1"}
-    environ.setdefault("SECRET_KEY", secret_key(var_dir))
     # The web server here speaks plain http on 127.0.0.1: HTTPS-only cookies would never return.
     environ.setdefault("RESLOCK_SECURE_COOKIES", "false")
+    try:
+        check_settings(environ)
+    except BadSetting as error:
+        refuse(error)
+        return 2
+    except LaunchError as error:
+        say(f"error: {error}")
+        return 1
+    (var_dir / "log").mkdir(parents=True, exist_ok=True)
+    environ.setdefault("SECRET_KEY", secret_key(var_dir))
     launcher = Launcher(environ, var_dir)
 
     def on_signal(signum: int, frame: object) -> None:
@@ -397,14 +467,23 @@ def launch(environ: dict[str, str]) -> int:
         threading.Thread(target=_report_prefect, args=(launcher, prefect_url), daemon=True).start()
         say("Press Ctrl-C to stop everything.")
         return launcher.supervise()
+    except BadSetting as error:
+        refuse(error)
+        return 2
     except LaunchError as error:
         say(f"error: {error}")
-        return 2 if isinstance(error, BadSetting) else 1
+        return 1
     finally:
         if launcher.children:
             say("stopping " + ", ".join(child.name for child in launcher.children))
             launcher.stop_all()
             say("stopped")
+
+
+def refuse(error: BadSetting) -> None:
+    """One line on stderr, the same as every Django entry point writes for a bad value."""
+    sys.stderr.write(f"{CONFIG_ERROR}{error}\n")
+    sys.stderr.flush()
 
 
 def _report_prefect(launcher: Launcher, url: str) -> None:
@@ -446,7 +525,8 @@ def _start_demo(launcher: Launcher, url: str) -> None:
         return
     log = launcher.var_dir / "log" / "demo.log"
     launcher.environ[LOCAL_PREFECT_ENV] = url  # the demo refuses any other Prefect
-    child = launcher.start("demo", [PYTHON, "manage.py", "reslock_demo"], log=log, optional=True)
+    command = ["manage.py", "reslock_demo", "--resources", str(demo_resources(launcher.environ))]
+    child = launcher.start("demo", [PYTHON, *command], log=log, optional=True)
     if launcher.stopping.is_set():  # Ctrl-C came while it started: stop_all may have missed it
         _signal_group(child.process, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -454,7 +534,7 @@ def _start_demo(launcher: Launcher, url: str) -> None:
         _signal_group(child.process, signal.SIGKILL)
         return
     say(
-        "Demo:    started `manage.py reslock_demo` on this empty Prefect: ~300 resources and "
+        f"Demo:    started `{' '.join(command)}` on this empty Prefect: resources and "
         "flows that hold, queue for, leak, crash on and deadlock over some of them "
         f"(log: {log})"
     )

@@ -116,7 +116,7 @@ def test_the_dockerfile_serves_the_same_wsgi_app_as_compose():
 
 
 SETTING_CALL = re.compile(
-    r"(?:envstr|envbool|envint|envurl|envlist|env_port)\(\s*(?:env(?:iron)?,\s*)?\"([A-Z_]+)\"|"
+    r"(?:envstr|envbool|envint|envurl|envlist|env_port|env_bool|env_int)\(\s*(?:env(?:iron)?,\s*)?\"([A-Z_]+)\"|"
     r"env(?:iron)?\.get\(\"([A-Z_]+)\""
 )
 
@@ -136,7 +136,9 @@ def variables_in_the_readme() -> set[str]:
 
 def test_the_readme_documents_every_variable_the_code_reads():
     read = variables_read_by_the_code()
-    assert {"DATABASE_URL", "PREFECT_UI_URL", "SECRET_KEY"} <= read  # the scan itself works
+    # The scan itself works, for the settings and for the launcher's own helpers.
+    assert {"DATABASE_URL", "PREFECT_UI_URL", "SECRET_KEY", "RESLOCK_START_REDIS"} <= read
+    assert "RESLOCK_DEMO_RESOURCES" in read
     assert read == variables_in_the_readme()
 
 
@@ -192,3 +194,28 @@ def test_the_web_servers_publish_a_port_range_and_answer_inside_the_container():
     assert "0.0.0.0:8000" in command_words(SERVICES["web"])
     assert "127.0.0.1:8000/healthz" in " ".join(SERVICES["web"]["healthcheck"]["test"])
     assert "ports" not in SERVICES["worker"] and "ports" not in SERVICES["beat"]
+
+
+TOP_LEVEL = {
+    ".ci",
+    ".gitignore",
+    "Dockerfile",
+    "Makefile",
+    "README.md",
+    "bench",
+    "docker-compose.yml",
+    "manage.py",
+    "pyproject.toml",
+    "reslock_web",
+    "static",
+    "templates",
+    "tests",
+}
+
+
+def test_the_repository_top_level_holds_only_what_the_project_is_made_of():
+    """A stray folder at the top (a scratch copy, a second app) must not slip into a commit."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=BASE_DIR, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert {path.split("/", 1)[0] for path in tracked} == TOP_LEVEL
