@@ -6,10 +6,13 @@ plan safe still hold. The rule above all: no operation may let two runs hold a s
 once. So a slot is only ever freed when nothing live stands behind it:
 
 - a tag holder whose task run is over (its lease is ended by crashing that task run, which
-  frees exactly that lease; Prefect's tag reset is never used);
+  frees exactly that lease; Prefect's tag reset is never used); its flow run is crashed too
+  unless it holds a deployment slot of its own;
 - a zombie, whose slot is already free (we only mark its runs crashed);
 - counted slots no lease backs (drift), lowered by exactly that many;
 - a live holder is never released: its process would go on working while the next run gets in.
+  That includes a Running deployment run: crashing its flow run frees its slot at once, but
+  Prefect's engine only notices at its next lease renewal (every 225 s of a 300 s lease).
 """
 
 from __future__ import annotations
@@ -62,10 +65,19 @@ class Plan:
 def plan_release(limit: Limit, holder: Holder) -> Plan:
     who = holder.flow_run_name or holder.task_run_name or holder.key
     if holder.condition == Condition.ZOMBIE:
+        steps = _crash_steps(holder)
+        if limit.kind == Kind.DEPLOYMENT:
+            # Prefect frees a slot by name when a deployment run whose lease expired ends.
+            steps.insert(
+                0,
+                "Count one placeholder slot first: when a deployment run whose lease has "
+                "expired ends, Prefect frees one slot of the deployment by name, and the "
+                "placeholder takes that release instead of the run now holding the slot.",
+            )
         return Plan(
             True,
             f"Mark the dead run {who!r} crashed.",
-            _crash_steps(holder),
+            steps,
             "Its slot is already free: Prefect let its lease expire because the process stopped "
             "renewing it. Nothing can be admitted twice; this only stops Prefect from showing a "
             "dead run as Running.",
@@ -93,12 +105,14 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
                 "renewal or release of that lease is ignored by Prefect.",
                 reason_required=True,
             )
-        lease = holder.lease_seconds or assumed_lease()
+        deployment = limit.kind == Kind.DEPLOYMENT
+        lease = DEPLOYMENT_LEASE if deployment else holder.lease_seconds or assumed_lease()
+        how = "its state no longer names it" if deployment else "it used plain concurrency()"
         return Plan(
             False,
             "Refused: this slot will free itself.",
             safety=(
-                f"The run is over, but its lease id is unknown (it used plain concurrency()). "
+                f"The run is over, but its lease id is unknown ({how}). "
                 f"Its lease (Prefect's default is {lease} s) frees the slot by itself within "
                 f"{lease + REPOSSESS_SECONDS} s of the run's end"
                 + (
@@ -112,6 +126,8 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
         )
     if holder.lease_id and holder.source == Source.HELPER:
         return _plan_fenced(limit, holder, who)
+    if limit.kind == Kind.DEPLOYMENT:
+        return _plan_live_deployment_run(holder, who)
     lease = holder.lease_seconds or assumed_lease()
     free_by = timezone.now() + timedelta(seconds=lease + REPOSSESS_SECONDS)
     return Plan(
@@ -124,6 +140,31 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
             f"frees the slot by itself by {_at(free_by)} at the latest, and reslock then shows it "
             "as a zombie. Otherwise cancel its flow run in Prefect (a deployment run is then "
             "stopped by its worker), or wait for it to finish."
+        ),
+    )
+
+
+# Prefect's flow engine keeps a deployment slot with a 300 s lease, renewed every 0.75 of it,
+# and stops the run only when a renewal fails (prefect/flow_engine.py).
+DEPLOYMENT_LEASE = 300
+
+
+def _plan_live_deployment_run(holder: Holder, who: str) -> Plan:
+    """A Running deployment run is refused: crashing it frees the slot before its process stops."""
+    renewal = int(DEPLOYMENT_LEASE * 0.75)
+    free_by = timezone.now() + timedelta(seconds=DEPLOYMENT_LEASE + REPOSSESS_SECONDS)
+    return Plan(
+        False,
+        "Refused: the deployment run looks alive.",
+        safety=(
+            f"{who!r} is {holder.state_name or 'running'}. Crashing its flow run would free the "
+            "deployment's slot at once, but its process would not stop: Prefect's engine only "
+            f"notices at its next lease renewal, up to {renewal} s later, and the next run "
+            "would work alongside it until then. Cancel the flow run in Prefect instead: "
+            "Prefect keeps the slot while the run is Cancelling and frees it once its worker "
+            "has stopped the process. If the process has died, its lease "
+            f"({DEPLOYMENT_LEASE} s) frees the slot by itself by {_at(free_by)} at the latest; "
+            "reslock then shows the run as a zombie, and marking it crashed is offered."
         ),
     )
 
@@ -189,7 +230,18 @@ def _crash_steps(holder: Holder) -> list[str]:
             f"Set flow run {holder.flow_run_name or holder.flow_run_id} to Crashed (forced) if it is not over."
         )
     elif holder.flow_run_id:
-        steps.append("Leave its flow run as it is: it may still be running other tasks.")
+        # PREFECT_LOCKS 7.1: a flow run left Running would go on showing a holder that is not.
+        # One that holds a deployment slot is left alone: crashing it would free that slot
+        # while its process may still be working.
+        steps.append(
+            f"Set flow run {holder.flow_run_name or holder.flow_run_id} to Crashed (forced) too "
+            "if it is not over, so that it stops showing Running; unless it holds a deployment "
+            "slot, which crashing it would free while its process may still work: then it is "
+            "left as it is."
+        )
+    steps.append(
+        "Each state message names you and your reason: the run's history shows who did it."
+    )
     return steps
 
 
@@ -311,12 +363,27 @@ def run(operation_id: int, api: PrefectAPI) -> None:
                 message=f"attempt {operation.attempts} failed: {error}; retrying",
             )
             raise TryAgain(str(error)) from error
-        _finish(operation, OperationStatus.FAILED, f"Prefect error: {error}")
+        _finish(operation, OperationStatus.FAILED, _in_words(error))
         _resync(api, operation.limit.name)
         return
     # The board shows the change before the operation says it is done.
     _resync(api, operation.limit.name)
     _finish(operation, status, message, after)
+
+
+def _in_words(error: PrefectError) -> str:
+    """A failure retrying cannot fix, said so that the operator knows what happened."""
+    if error.retryable:
+        return f"Prefect error: {error}"
+    if error.status == 404:
+        return (
+            "Failed: Prefect no longer has what this operation changes (deleted meanwhile); "
+            f"nothing more was changed. Not retried. Prefect said: {error}"
+        )
+    return (
+        f"Failed: Prefect refused the change (HTTP {error.status or 'error'}); retrying would "
+        f"not help, so it was not retried. Prefect said: {error}"
+    )
 
 
 def _finish(operation: Operation, status: str, message: str, after: dict | None = None) -> None:
@@ -360,13 +427,24 @@ def limit_snapshot(info: Any) -> dict[str, Any]:
 
 def _current(operation: Operation, api: PrefectAPI):
     info = api.read_limit(str(operation.limit.prefect_id))
+    if info is None and operation.kind in CHANGES:
+        # The change asked for cannot be made: that is a failure, not "nothing to do".
+        raise Fail("the limit no longer exists in Prefect (it was deleted after this was asked)")
     if info is None:
-        raise Skip("the limit no longer exists in Prefect")
+        raise Skip("the limit no longer exists in Prefect, and its holders with it")
     return info
 
 
+# Operations that change a limit's settings; the others free slots.
+CHANGES = {OperationKind.SET_LIMIT, OperationKind.ACTIVATE, OperationKind.DEACTIVATE}
+
+
 class Skip(Exception):
-    pass
+    """Nothing to do any more (the holder left, the value is already there)."""
+
+
+class Fail(Exception):
+    """The change cannot be made, and trying again would not help."""
 
 
 def _skipping(handler):
@@ -375,6 +453,8 @@ def _skipping(handler):
             return handler(operation, api)
         except Skip as skip:
             return OperationStatus.SKIPPED, f"Skipped: {skip}.", {}
+        except Fail as fail:
+            return OperationStatus.FAILED, f"Failed: {fail}; nothing was changed.", {}
 
     return wrapper
 
@@ -449,9 +529,6 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
     task_run = task_runs.get(task_run_id) if task_run_id else None
     flow_run = flow_runs.get(flow_run_id) if flow_run_id else None
 
-    def over(run) -> bool:
-        return run is None or run.state_type in FINAL_STATES
-
     done: list[str] = []
     if condition == Condition.STALE and operation.limit.kind == Kind.TAG and task_run_id:
         leases = api.tag_holders(operation.limit.resource) or []
@@ -459,34 +536,101 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
             raise Skip(
                 f"Prefect no longer lists the task run of {who!r} as a holder: it already left"
             )
-        if not over(task_run):
+        if not _over(task_run):
             raise Skip(
                 f"the task run of {who!r} is {task_run.state_name} again: it may be working, so its slot stays"
             )
         api.crash_run("task_run", task_run_id, message)
         done.append("task run crashed (its lease ended)")
     elif condition == Condition.STALE and lease_id:
-        if not over(flow_run if not task_run_id else task_run):
+        if not _over(flow_run if not task_run_id else task_run):
             raise Skip(f"the run of {who!r} is running again: its lease stays")
         api.revoke_lease(lease_id)
         done.append(f"lease {lease_id} revoked")
     elif condition == Condition.ZOMBIE:
-        if over(task_run) and over(flow_run):
-            raise Skip(f"the runs of {who!r} are already over")
+        if _over(task_run) and _over(flow_run):
+            raise Skip(f"the runs of {who!r} are already over: it already left")
+        _still_zombie(operation, api, who)
     else:
         raise Skip("the holder is not stale or zombie any more")
-    if task_run is not None and not over(task_run):  # a zombie's: stale ones are over already
+    if task_run is not None and not _over(task_run):  # a zombie's: stale ones are over already
         api.crash_run("task_run", task_run.id, message)
         done.append("task run crashed")
-    if flow_run is not None and not over(flow_run):
-        if condition == Condition.ZOMBIE or not task_run_id:
-            api.crash_run("flow_run", flow_run.id, message)
-            done.append("flow run crashed")
-        else:
-            # Its task is over; the flow itself may be busy with other tasks: leave it be.
-            done.append(f"flow run left {flow_run.state_name or 'running'}")
+    if flow_run is not None and not _over(flow_run):
+        done.append(_crash_flow_run(operation, api, flow_run, message))
     after = limit_snapshot(api.read_limit(str(info.id)))
     return OperationStatus.SUCCEEDED, f"Released {who!r}: " + ", ".join(done) + ".", after
+
+
+def _over(run) -> bool:
+    return run is None or run.state_type in FINAL_STATES
+
+
+def _still_zombie(operation: Operation, api: PrefectAPI, who: str) -> None:
+    """A zombie's slot must really be free before its runs are crashed: sync, then look again."""
+    from reslock_web.sync import sync_limit
+
+    sync_limit(api, operation.limit.name)
+    row = Holder.objects.filter(limit=operation.limit, key=operation.holder_key).first()
+    if row is None:
+        raise Skip(f"{who!r} is no longer on the board: it already left")
+    if row.condition != Condition.ZOMBIE:
+        raise Skip(f"{who!r} is {row.condition} now, not a zombie: nothing was changed")
+
+
+def _crash_flow_run(operation: Operation, api: PrefectAPI, flow_run, message: str) -> str:
+    """Crash a flow run that still shows Running, never freeing a slot somebody else holds.
+
+    Prefect 3.9 frees a deployment slot whenever a deployment's run leaves Running: its own
+    lease if that still exists, else one slot of the deployment's limit by name. A run of a
+    deployment is therefore crashed only as a zombie of that deployment's own limit (its
+    lease is gone), behind a placeholder slot that absorbs the by-name decrement.
+    """
+    if flow_run.deployment_id is None:
+        api.crash_run("flow_run", flow_run.id, message)
+        return "flow run crashed"
+    own = (
+        operation.limit.kind == Kind.DEPLOYMENT
+        and operation.holder.get("condition") == Condition.ZOMBIE
+    )
+    if not own:
+        return (
+            f"flow run left {flow_run.state_name or 'running'}: it is a deployment run, and "
+            "crashing it would free its deployment slot while its process may still work"
+        )
+    _placeholder(api, operation.limit.name)
+    api.crash_run("flow_run", flow_run.id, message)
+    return (
+        "flow run crashed (a placeholder slot took Prefect's by-name release of its expired lease)"
+    )
+
+
+def _placeholder(api: PrefectAPI, name: str) -> None:
+    """Count one extra slot on a limit without ever losing somebody else's.
+
+    An increment is atomic but a full limit refuses it (423). A PATCH of the count read plus
+    one is safe only while that read shows the limit full: nobody can acquire then, and a
+    release in between only leaves a slot too many (closed, never open to two)."""
+    for _ in range(5):
+        try:
+            api.request(
+                "POST",
+                "v2/concurrency_limits/increment",
+                json={"names": [name], "slots": 1, "mode": "concurrency"},
+            )
+            return
+        except PrefectError as error:
+            if error.status != 423:
+                raise
+        info = api.read_limit(name)
+        if info is None:
+            raise Skip("the limit no longer exists in Prefect")
+        if info.active_slots >= info.limit:
+            api.update_limit(info.id, {"active_slots": info.active_slots + 1})
+            return
+    raise PrefectError(
+        "the limit kept changing: no placeholder slot could be counted", retryable=True
+    )
 
 
 def _uuid(value: Any) -> UUID | None:
@@ -504,7 +648,7 @@ def _fenced_release(operation: Operation, api: PrefectAPI, lease_id: UUID, who: 
     if not Holder.objects.filter(
         limit=operation.limit, key=operation.holder_key, condition=Condition.HOLDING
     ).exists():
-        raise Skip(f"{who!r} no longer holds the resource")
+        raise Skip(f"{who!r} no longer holds the resource: it already left")
     info = _current(operation, api)
     if info.active_slots < info.limit:
         raise Skip("the limit has free room now, so a placeholder could not keep it closed")

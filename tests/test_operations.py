@@ -89,6 +89,13 @@ def test_releasing_a_stale_tag_holder_lets_the_waiter_in_once(
             "tag_holder", tag=tag, reset_override=True, hold=0.5, flow_run_name="ended"
         )
         assert stale.wait(timeout=90) == 0
+        ended = stale.wait_event("acquired")
+        with patient_client(prefect_server.api_url) as http:
+            # Its flow still shown Running (busy with other tasks): the release crashes it too.
+            http.post(
+                f"/flow_runs/{ended['flow_run_id']}/set_state",
+                json={"state": {"type": "RUNNING"}, "force": True},
+            ).raise_for_status()
         waiter = flows.start("tag_holder", tag=tag, flow_run_name="waiting-one")
         waiter.wait_event("started")
         limit = sync_until(
@@ -108,6 +115,16 @@ def test_releasing_a_stale_tag_holder_lets_the_waiter_in_once(
         operation = finished(operation.pk)
         assert operation.status == OperationStatus.SUCCEEDED, operation.message
         assert "task run crashed" in operation.message
+        assert "flow run crashed" in operation.message
+        with patient_client(prefect_server.api_url) as http:
+            for kind, run_id in [
+                ("task_runs", ended["task_run_id"]),
+                ("flow_runs", ended["flow_run_id"]),
+            ]:
+                state = http.get(f"/{kind}/{run_id}").json()["state"]
+                assert state["type"] == "CRASHED", (kind, state)
+                assert "olga-operator" in state["message"], state["message"]
+                assert "task finished, slot stuck" in state["message"]
         acquired = waiter.wait_event("acquired", timeout=60)
         assert acquired["flow_run_name"] == "waiting-one"
         waiter.release()
