@@ -399,9 +399,8 @@ def launch(environ: dict[str, str]) -> int:
         say(f"Broker:  {broker_why}")
 
         manage = [PYTHON, "manage.py"]
-        launcher.run_step("migrate", [*manage, "migrate", "--noinput"])
-        launcher.run_step("collectstatic", [*manage, "collectstatic", "--noinput"])
-        credentials = launcher.run_step("admin user", [*manage, "reslock_admin"]).strip()
+        # Migrate, static files (only when changed), admin user: one Django start-up.
+        credentials = launcher.run_step("prepare", [*manage, "reslock_prepare"]).strip()
 
         launcher.start(
             "web",
