@@ -51,3 +51,47 @@
   document.addEventListener("DOMContentLoaded", tick);
   setInterval(tick, 1000);
 })();
+
+// A facet or pager link is redrawn together with what it controls: by the answer it asked for
+// (the result list) and by the live refresh whenever the counts move. htmx gives focus back
+// only to elements with an id, so a keyboard user who picks a facet, or rests on one while a
+// count changes, would be sent back to the top of the page. Focus its redrawn twin instead.
+(function () {
+  "use strict";
+  var wanted = null;
+  function twins(element) {
+    var facet = element.closest("#facets a");
+    if (facet) {
+      for (var i = 0; i < facet.classList.length; i++) {
+        var name = facet.classList[i];
+        if (name.indexOf("facet-") === 0) return ["#facets a." + name];
+      }
+      return null;
+    }
+    var page = element.closest(".pager a[rel]");
+    // On the last page "Next" is gone: the pager's remaining link is the nearest place.
+    if (page) return ['.pager a[rel="' + page.getAttribute("rel") + '"]', ".pager a"];
+    return null;
+  }
+  document.addEventListener("htmx:beforeSwap", function () {
+    var focused = document.activeElement;
+    wanted = null;
+    if (focused && focused !== document.body) {
+      var selectors = twins(focused);
+      if (selectors) wanted = { element: focused, selectors: selectors };
+    }
+  });
+  document.addEventListener("htmx:afterSwap", function () {
+    if (!wanted || wanted.element.isConnected) return;
+    var focused = document.activeElement;
+    if (focused && focused !== document.body) return;
+    for (var i = 0; i < wanted.selectors.length; i++) {
+      var twin = document.querySelector(wanted.selectors[i]);
+      if (twin) {
+        twin.focus({ preventScroll: true });
+        break;
+      }
+    }
+    wanted = null;
+  });
+})();
