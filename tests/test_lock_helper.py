@@ -1,15 +1,21 @@
 """The flow-side helper (reslock_web/lock.py) against the session's real Prefect server.
 
-Real flows run in subprocesses (tests/support/flow_scripts/helper_*.py). The two slow cases
-(a SIGKILLed holder whose lease must expire, a revoked holder stopped at its next renewal)
-start in background threads when the module starts and are checked by the last two tests,
-so their minute of waiting overlaps the other tests.
+Real flows run in subprocesses (tests/support/flow_scripts/helper_*.py). The three slow cases
+(a SIGKILLed holder whose lease must expire, a revoked holder stopped at its next renewal, a
+holder that keeps its slot past its lease by renewing it) start in background threads when
+the module starts and are checked by the last three tests, so their minute or so of waiting
+overlaps the other tests.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +29,9 @@ import httpx
 import pytest
 
 from reslock_web import lock
+from reslock_web.models import Limit
+from reslock_web.prefect_api import PrefectAPI
+from reslock_web.sync import sync_limit
 from tests.support.flows import SCRIPTS_DIR, FlowProcess, FlowRunner
 from tests.support.patient import patient_client
 from tests.support.prefect_server import PrefectServer
@@ -30,13 +39,15 @@ from tests.support.prefect_server import PrefectServer
 LEASE = 60  # Prefect's minimum lease; renewals every 45 s
 RENEWAL = LEASE * lock.RENEWAL_FRACTION
 REPOSSESS = 15  # Prefect's repossessor frees an expired lease within this
+HOLD_PAST_LEASE = LEASE + REPOSSESS + 5  # without renewals the slot would be freed before this
 EXAMPLES = [
     "helper_example_task",
     "helper_example_block",
     "helper_example_several",
     "helper_example_timeout",
 ]
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 SECTION = "## Guarding a resource in your flows"
 
 
@@ -135,6 +146,18 @@ def assert_never_two_inside(spans: list[tuple[float, float]]) -> None:
         assert right >= left, f"two holders at once: one entered at {right} before {left}"
 
 
+def released_event(api: httpx.Client, limit_id: str, lease_id: str) -> dict:
+    """The helper's released event for that lease (events reach the REST API a few s late)."""
+
+    def find() -> dict | None:
+        for event in prefect_events(api, [lock.EVENT_RELEASED], [resource_id(limit_id)]):
+            if event["payload"]["lease_id"] == lease_id:
+                return event
+        return None
+
+    return poll(find, 20, f"the released event of lease {lease_id}")
+
+
 @pytest.fixture
 def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
     with patient_client(prefect_server.api_url, timeout=30) as client:
@@ -229,6 +252,52 @@ def revoke_scenario(runner: FlowRunner, api: httpx.Client, stop: threading.Event
     }
 
 
+def renew_scenario(runner: FlowRunner, api: httpx.Client, stop: threading.Event) -> dict:
+    """A holder with the shortest lease stays inside well past it; a second one waits."""
+    name = unique("helper-renew")
+    holder = runner.start("helper_holder", name=name, lease_duration=LEASE, hold=HOLD_PAST_LEASE)
+    holder_in = holder.wait_event("acquired", timeout=90)
+    waiter = runner.start("helper_holder", name=name, lease_duration=LEASE, hold=0)
+    samples = []
+    while not holder.find_events("leaving"):
+        if stop.is_set():
+            raise RuntimeError("cancelled")
+        if time.time() > holder_in["t"] + HOLD_PAST_LEASE + 60:
+            break
+        # `t` is taken before looking: a sample that starts before the holder's "leaving"
+        # saw the slot while the holder was still inside.
+        started = time.time()
+        samples.append(
+            {
+                "t": started,
+                "slots": slots(api, name),
+                "waiter_in": bool(waiter.find_events("acquired")),
+            }
+        )
+        time.sleep(max(0.0, started + 1 - time.time()))
+    leaving = holder.wait_event("leaving", timeout=30)
+    waiter_in = waiter.wait_event("acquired", timeout=30)
+    rcs = [holder.wait(timeout=30), waiter.wait(timeout=60)]
+    waiter_run = waiter_in["flow_run_id"]
+
+    def waiter_waited() -> list | None:
+        found = prefect_events(
+            api, [lock.EVENT_WAITING], [resource_id(holder_in["limit_ids"][name])]
+        )
+        return [e for e in found if run_of(e) == waiter_run] or None
+
+    return {
+        "holder_in": holder_in,
+        "leaving": leaving,
+        "waiter_want": waiter.wait_event("want"),
+        "waiter_in": waiter_in,
+        "waiter_waited": poll(waiter_waited, 20, "the waiter's waiting event", stop),
+        "samples": [sample for sample in samples if sample["t"] < leaving["t"]],
+        "rcs": rcs,
+        "slots_after": slots(api, name),
+    }
+
+
 @pytest.fixture(scope="module", autouse=True)
 def background(
     prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
@@ -236,7 +305,7 @@ def background(
     stop = threading.Event()
     runners: list[FlowRunner] = []
     clients: list[httpx.Client] = []
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="helper-scenario")
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="helper-scenario")
 
     def start(scenario: Callable[..., dict]) -> Future:
         runner = FlowRunner(prefect_server, tmp_path_factory.mktemp(scenario.__name__))
@@ -245,7 +314,11 @@ def background(
         clients.append(client)
         return pool.submit(scenario, runner, client, stop)
 
-    futures = {"kill": start(kill_scenario), "revoke": start(revoke_scenario)}
+    futures = {
+        "kill": start(kill_scenario),
+        "revoke": start(revoke_scenario),
+        "renew": start(renew_scenario),
+    }
     try:
         yield futures
     finally:
@@ -305,8 +378,9 @@ def test_it_checks_options_and_templates_up_front() -> None:
 
 
 # --- contention ------------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)  # the board's sync writes what it found
 def test_five_processes_take_turns_and_their_waits_show_in_start_order(
-    flows: FlowRunner, api: httpx.Client, tmp_path: Path
+    flows: FlowRunner, api: httpx.Client, prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
     name = unique("helper-hammer")
     gate = tmp_path / "first-may-leave"
@@ -328,6 +402,14 @@ def test_five_processes_take_turns_and_their_waits_show_in_start_order(
         return order if len(order) >= 4 else None
 
     assert poll(waits_seen, 30, "4 waiting events")[:4] == run_ids
+    # The board, synced by the project's own code, queues them in that order behind the
+    # first process, whose lease it knows (what a release from the board revokes).
+    with PrefectAPI(prefect_server.api_url) as board_api:
+        synced = sync_limit(board_api, name)
+    assert synced is not None and synced.ok, synced and synced.error
+    board = Limit.objects.named(name)
+    assert [str(w.flow_run_id) for w in board.waiters.order_by("position")] == run_ids
+    assert str(board.holders.get().lease_id) == first.wait_event("enter")["lease_id"]
     gate.touch()
     everyone = [first, *waiters]
     for process in everyone:
@@ -509,6 +591,152 @@ def test_several_names_are_taken_all_or_nothing(flows: FlowRunner, api: httpx.Cl
         assert event["payload"]["names"] == [first, second]
 
 
+# --- importable from any flow environment ----------------------------------------------------
+# Run in a fresh interpreter with no Django settings, where any `import django` fails: the
+# helper must import, take and release a lock, and never have tried to import Django.
+NO_DJANGO = """
+import importlib.abc
+import json
+import os
+import sys
+
+
+class NoDjango(importlib.abc.MetaPathFinder):
+    asked = []
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] == "django":
+            NoDjango.asked.append(fullname)
+            raise ImportError(f"no Django in this environment ({fullname})")
+        return None
+
+
+def django_modules():
+    return sorted(name for name in sys.modules if name.split(".")[0] == "django")
+
+
+already = django_modules()
+sys.meta_path.insert(0, NoDjango())
+from reslock_web.lock import resource_lock
+
+guard = resource_lock(sys.argv[1])
+with guard as held:
+    lease_id = str(held.lease_id)
+report = {
+    "already": already,
+    "asked": list(NoDjango.asked),
+    "loaded": django_modules(),
+    "settings": os.environ.get("DJANGO_SETTINGS_MODULE"),
+    "names": list(guard.names),
+    "lease_id": lease_id,
+}
+try:  # the block itself works: Django really cannot be imported here
+    import django.conf
+except ImportError:
+    report["blocked"] = True
+print(json.dumps(report))
+"""
+
+
+def test_the_helper_imports_and_locks_without_django(
+    prefect_server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    name = unique("helper-no-django")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": prefect_server.api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", NO_DJANGO, name],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {
+        "already": [],
+        "asked": [],
+        "loaded": [],
+        "settings": None,
+        "names": [name],
+        "lease_id": report["lease_id"],
+        "blocked": True,
+    }
+    assert (gcl(api, name)["limit"], slots(api, name)) == (1, 0)  # created, taken, released
+
+
+# --- released on errors and cancellation ------------------------------------------------------
+def test_an_error_in_the_body_frees_the_slot_and_propagates_unchanged(
+    flows: FlowRunner, api: httpx.Client
+) -> None:
+    names = {form: unique(f"helper-error-{form}") for form in ("sync", "async")}
+    processes = {
+        form: flows.start("helper_failing", name=name, form=form) for form, name in names.items()
+    }
+    for form, failing in processes.items():
+        name = names[form]
+        acquired = failing.wait_event("acquired", timeout=90)
+        caught = failing.wait_event("caught", timeout=30)
+        # Checked while the process still runs: the helper released the slot itself, at once.
+        assert slots(api, name) == 0, form
+        message = f"the body failed while holding {name}"
+        assert {key: caught[key] for key in ("same", "type", "message", "cause", "context")} == {
+            "same": True,  # the very exception raised inside, not wrapped or replaced
+            "type": "GuardedBodyFailed",
+            "message": message,
+            "cause": "None",
+            "context": "None",
+        }, form
+        failing.release()
+        assert failing.wait(timeout=60) == 1, failing.describe()
+        assert failing.wait_event("error")["error"] == f"GuardedBodyFailed({message!r})"
+        assert f"GuardedBodyFailed: {message}" in failing.log_file.read_text()
+        released = released_event(api, acquired["limit_ids"][name], acquired["lease_id"])
+        assert released["payload"]["reason"] == "error", form
+
+
+def test_a_cancelled_async_holder_frees_the_slot(flows: FlowRunner, api: httpx.Client) -> None:
+    names = {how: unique(f"helper-cancel-{how}") for how in ("asyncio", "anyio")}
+    processes = {
+        how: flows.start("helper_cancelled", name=name, how=how) for how, name in names.items()
+    }
+    outcomes = {"asyncio": "CancelledError", "anyio": "scope cancelled"}
+    for how, cancelled in processes.items():
+        name = names[how]
+        acquired = cancelled.wait_event("acquired", timeout=90)
+        assert cancelled.wait_event("cancelled", timeout=30)["outcome"] == outcomes[how]
+        # Checked while the process still runs: the cancelled block released on its way out.
+        assert slots(api, name) == 0, how
+        cancelled.release()
+        assert cancelled.wait(timeout=60) == 0, cancelled.describe()
+        assert not cancelled.find_events("body_finished")
+        released = released_event(api, acquired["limit_ids"][name], acquired["lease_id"])
+        assert released["payload"]["reason"] == "cancelled", how
+
+
+def test_a_sigterm_to_a_holding_flow_frees_the_slot(flows: FlowRunner, api: httpx.Client) -> None:
+    name = unique("helper-sigterm")
+    holder = flows.start("helper_holder", name=name)
+    acquired = holder.wait_event("acquired", timeout=90)
+    # One SIGTERM to the flow's process, as a worker cancelling the run sends it: Prefect
+    # raises TerminationSignal inside the guarded block.
+    os.kill(holder.pid, signal.SIGTERM)
+    holder.wait_event("terminating", timeout=30)  # the signal has left the guarded block
+    assert slots(api, name) == 0
+    holder.wait(timeout=30)
+    assert not holder.find_events("leaving")
+    released = released_event(api, acquired["limit_ids"][name], acquired["lease_id"])
+    assert released["payload"]["reason"] == "cancelled"
+
+
 # --- event schema and holders --------------------------------------------------------------
 def test_the_holder_is_the_task_run_the_flow_run_or_nobody(
     flows: FlowRunner, api: httpx.Client
@@ -658,3 +886,25 @@ def test_a_revoked_holder_is_stopped_at_its_next_renewal_and_cannot_free_another
     assert stopped - seen["async_revoked"] <= RENEWAL + 5
     assert "released" not in seen["async_events"]
     assert seen["async_rc"] == 0
+
+
+def test_a_holder_keeps_its_slot_past_its_lease_by_renewing_it(
+    background: dict[str, Future],
+) -> None:
+    seen = background["renew"].result(timeout=HOLD_PAST_LEASE + 200)
+    holder_in, leaving = seen["holder_in"]["t"], seen["leaving"]["t"]
+    # Inside for longer than an unrenewed lease would last, repossessor delay included.
+    assert leaving - holder_in >= LEASE + REPOSSESS
+    # Looked at every second, from the start to the end of the hold: still one holder, and
+    # the second process (waiting since well before the lease would have expired) not in.
+    times = [sample["t"] for sample in seen["samples"]]
+    assert times[0] <= holder_in + 5 and times[-1] >= leaving - 3
+    assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= 3
+    assert {sample["slots"] for sample in seen["samples"]} == {1}
+    assert not any(sample["waiter_in"] for sample in seen["samples"])
+    assert seen["waiter_want"]["t"] <= holder_in + LEASE / 2
+    assert seen["waiter_waited"]
+    # It got in once the holder left, within one retry.
+    assert leaving <= seen["waiter_in"]["t"] <= leaving + lock.MAX_RETRY_WAIT + 5
+    assert seen["rcs"] == [0, 0]
+    assert seen["slots_after"] == 0
