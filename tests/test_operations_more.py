@@ -3,14 +3,20 @@ Prefect errors, superusers, and the audit page's filters."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
+import time
 import uuid
 
 import pytest
 from django.urls import reverse
 
-from reslock_web.models import Limit, Operation, OperationStatus
+from reslock_web.models import Condition, Limit, Operation, OperationStatus
+from tests.support.net import wait_for
 from tests.support.patient import patient_client
-from tests.test_operations import form, sync, sync_until, unique
+from tests.test_operations import finished, form, sync, sync_until, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,3 +172,254 @@ def test_the_audit_filters_by_operator_and_kind_and_shows_before_and_after(
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert len(lines) == 2 and "olga sets" in lines[1]
     assert "{'limit': 1}" in lines[1] and "{'limit': 7}" in lines[1]
+
+
+class CounterWatch:
+    """Polls one limit's active_slots in Prefect throughout a test (every 0.1 s)."""
+
+    def __init__(self, server, name: str) -> None:
+        self.server, self.name = server, name
+        self.samples: list[tuple[float, int]] = []  # (time.time(), active_slots)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        import time
+
+        with patient_client(self.server.api_url, timeout=5) as http:
+            while not self.stop.is_set():
+                response = http.get(f"/v2/concurrency_limits/{self.name}")
+                if response.status_code == 200:
+                    self.samples.append((time.time(), response.json()["active_slots"]))
+                self.stop.wait(0.1)
+
+    def between(self, start: float, end: float) -> list[int]:
+        return [slots for t, slots in self.samples if start <= t <= end]
+
+    def __enter__(self) -> CounterWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP: the process neither renews nor releases anything until it is continued."""
+    os.kill(pid, signal.SIGSTOP)
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_revoking_a_stale_helper_lease_lets_the_waiter_in_and_ignores_the_old_lease(
+    prefect_server, flows, celery_worker, operator_client
+):
+    name = unique("db-stale")
+    old = flows.start("helper_holder", name=name, where="flow", flow_run_name="frozen-job")
+    held = old.wait_event("acquired")
+    # Its announcement reaches Prefect from a background thread: wait until the board has it.
+    sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    # The process hangs (it can neither renew nor release) and its run is then ended from
+    # outside: the helper's 60 s lease is still live, so only a revoke frees the slot early.
+    freeze(held["pid"])
+    try:
+        with patient_client(prefect_server.api_url) as http:
+            http.post(
+                f"/flow_runs/{held['flow_run_id']}/set_state",
+                json={"state": {"type": "COMPLETED"}, "force": True},
+            ).raise_for_status()
+        waiter = flows.start("helper_holder", name=name, flow_run_name="next-job")
+        waiter.wait_event("want")
+        limit = sync_until(prefect_server, name, lambda limit: limit.is_stale)
+        row = limit.holders.get(condition=Condition.STALE)
+        assert str(row.lease_id) == held["lease_id"]
+        url = reverse("operate", args=["release", name]) + f"?holder={row.pk}"
+        assert "Revoke the lease of" in operator_client.get(url).content.decode()
+        with CounterWatch(prefect_server, name) as watch:
+            operator_client.post(url, {**form(operator_client, url), "reason": "job hung"})
+            operation = finished(Operation.objects.get(limit=limit).pk)
+            assert operation.status == OperationStatus.SUCCEEDED, operation.message
+            assert f"lease {held['lease_id']} revoked" in operation.message
+            acquired = waiter.wait_event("acquired", timeout=30)
+            # The revoke freed the slot, not the lease running out (60 s after it was taken).
+            assert acquired["t"] - operation.started_at.timestamp() < 15
+            assert acquired["t"] < held["t"] + 60
+            with patient_client(prefect_server.api_url) as http:
+                # The old process wakes up late and renews, then releases, its revoked lease.
+                renew = http.post(
+                    f"/v2/concurrency_limits/leases/{held['lease_id']}/renew",
+                    json={"lease_duration": 60},
+                )
+                assert renew.status_code == 410, renew.text
+                http.post(
+                    "/v2/concurrency_limits/decrement-with-lease",
+                    json={"lease_id": held["lease_id"]},
+                ).raise_for_status()
+                os.kill(held["pid"], signal.SIGCONT)
+                old.release()  # it leaves its block and releases the revoked lease itself
+                wait_for(
+                    lambda: old.find_events("released") or old.find_events("lost"),
+                    30,
+                    what="the old holder to leave",
+                )
+                old.wait(timeout=60)
+                assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1
+            assert not waiter.find_events("lost")  # next-job is still inside, alone
+            waiter.release()
+            waiter.wait_event("released", timeout=30)
+        assert max(slots for _, slots in watch.samples) <= 1
+    finally:
+        kill(held["pid"])
+
+
+def test_a_global_drift_repair_lowers_a_leaked_slot_once_no_lease_can_be_live(
+    prefect_server, flows, celery_worker, operator_client, settings
+):
+    settings.GRACE_SECONDS = 0
+    # Any lease taken when the slot appeared, announced or not, has run out 5 s + Prefect's
+    # repossessor delay later: the repair is allowed then, and only then.
+    settings.ASSUMED_LEASE_SECONDS = 5
+    name = unique("resource:leak-old")
+    assert flows.start("raw_increment_leak", name=name).wait() == 0
+    limit = sync_until(prefect_server, name, lambda limit: limit.has_drift)
+    url = reverse("operate", args=["repair", name])
+    assert "Refused for now" in operator_client.get(url).content.decode()
+    wait_for(
+        lambda: "Lower the counter of" in operator_client.get(url).content.decode(),
+        60,
+        interval=1,
+        what="the repair to be allowed",
+    )
+    response = operator_client.post(url, {**form(operator_client, url), "reason": "leaked"})
+    assert response.status_code == 302
+    operation = finished(Operation.objects.get(limit=limit).pk)
+    assert operation.status == OperationStatus.SUCCEEDED, operation.message
+    assert "Lowered used slots by 1" in operation.message
+    with patient_client(prefect_server.api_url) as http:
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 0
+    assert operation.before["active_slots"] == 1 and operation.after["active_slots"] == 0
+    limit.refresh_from_db()
+    assert not limit.has_drift and limit.active_slots == 0
+
+
+class DeploymentZombie:
+    """A deployment with concurrency_limit 1 whose first run's process hung and whose lease
+    ran out, so that Prefect shows it Running without a slot; the next run holds the slot
+    legitimately, and any further runs wait (AwaitingConcurrencySlot)."""
+
+    def __init__(self, server, flows, runs: int) -> None:
+        self.runner = flows.start("deployment_limit", runs=runs, flow_run_name=unique("dep-zombie"))
+        self.name = f"deployment:{self.runner.wait_event('deployed')['deployment_id']}"
+        self.dead = self.runner.wait_event("acquired")
+        # The process hangs: it renews nothing and never reports an end.
+        freeze(self.dead["pid"])
+        with patient_client(server.api_url) as http:
+            state = http.get(f"/flow_runs/{self.dead['flow_run_id']}").json()["state"]
+            lease_id = state["state_details"]["deployment_concurrency_lease_id"]
+            # Its 300 s lease runs out: what Prefect's repossessor then does (lower the count
+            # by the lease and revoke it), done now instead of five minutes from now.
+            http.post(
+                "/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease_id}
+            ).raise_for_status()
+        # The next run gets the free slot with a lease of its own when its
+        # AwaitingConcurrencySlot time is due, within 30 s.
+        [self.live] = wait_for(self.others_in, 90, what="the next run to get the slot")
+        self.limit = sync_until(
+            server,
+            self.name,
+            lambda limit: (
+                limit.has_zombie and limit.holders.filter(condition=Condition.HOLDING).count() == 1
+            ),
+        )
+        self.zombie = self.limit.holders.get(condition=Condition.ZOMBIE)
+        assert str(self.zombie.flow_run_id) == self.dead["flow_run_id"]
+
+    def others_in(self) -> list[dict]:
+        """The "acquired" events of every run but the hung one, in order."""
+        return [
+            event
+            for event in self.runner.find_events("acquired")
+            if event["flow_run_id"] != self.dead["flow_run_id"]
+        ]
+
+    def end(self) -> None:
+        kill(self.dead["pid"])
+
+
+def test_releasing_a_deployment_zombie_frees_nobody_elses_slot(
+    prefect_server, flows, celery_worker, operator_client, settings
+):
+    settings.GRACE_SECONDS = 0
+    setup = DeploymentZombie(prefect_server, flows, runs=3)
+    runner, name, dead, others_in = setup.runner, setup.name, setup.dead, setup.others_in
+    try:
+        url = reverse("operate", args=["release", name]) + f"?holder={setup.zombie.pk}"
+        page = operator_client.get(url).content.decode()
+        assert "Mark the dead run" in page and "placeholder" in page
+        with CounterWatch(prefect_server, name) as watch:
+            operator_client.post(url, {**form(operator_client, url), "reason": "worker died"})
+            operation = finished(Operation.objects.get(limit=setup.limit).pk)
+            assert operation.status == OperationStatus.SUCCEEDED, operation.message
+            assert "a placeholder slot took Prefect's by-name release" in operation.message
+            with patient_client(prefect_server.api_url) as http:
+                state = http.get(f"/flow_runs/{dead['flow_run_id']}").json()["state"]
+                assert state["type"] == "CRASHED", state
+                assert "olga-operator" in state["message"] and "worker died" in state["message"]
+                # No placeholder left: the count is the one live run again.
+                assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1
+            # Crashing the zombie made Prefect lower the count by name: without the
+            # placeholder that would have been the live run's slot, and the third run would
+            # get in at its next try (within 30 s) while the live one still works.
+            time.sleep(35)
+            assert len(others_in()) == 1, "a run got in while the live one still held the slot"
+            assert min(slots for _, slots in watch.samples) >= 1
+            runner.release(setup.live)
+            [_, last] = wait_for(
+                lambda: len(others_in()) == 2 and others_in(), 90, what="the last run to get in"
+            )
+            assert last["t"] > runner.find_events("released")[0]["t"]
+            runner.release(last)
+            wait_for(
+                lambda: len(runner.find_events("released")) == 2, 30, what="the last run to end"
+            )
+        with patient_client(prefect_server.api_url) as http:
+            assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 0
+        assert max(slots for _, slots in watch.samples) <= 2  # the placeholder, nobody else
+    finally:
+        setup.end()
+
+
+def test_a_zombie_that_prefects_count_backs_again_is_left_alone(
+    prefect_server, flows, operator_client, settings
+):
+    from reslock_web.tasks import operate
+
+    settings.GRACE_SECONDS = 0
+    setup = DeploymentZombie(prefect_server, flows, runs=2)
+    try:
+        url = reverse("operate", args=["release", setup.name]) + f"?holder={setup.zombie.pk}"
+        response = operator_client.post(url, {**form(operator_client, url), "reason": "dead"})
+        assert response.status_code == 302
+        operation = Operation.objects.get(limit=setup.limit)
+        with patient_client(prefect_server.api_url) as http:
+            # Before the worker runs, Prefect counts a second slot again (the limit is full, so
+            # set the count): two used slots, two runs Running, and nothing shows any more
+            # that the first run's slot is gone.
+            http.patch(
+                f"/v2/concurrency_limits/{setup.name}", json={"active_slots": 2}
+            ).raise_for_status()
+            operate.apply(args=[operation.pk])
+            operation.refresh_from_db()
+            assert operation.status == OperationStatus.SKIPPED, operation.message
+            assert "not a zombie" in operation.message
+            state = http.get(f"/flow_runs/{setup.dead['flow_run_id']}").json()["state"]
+            assert state["type"] == "RUNNING"  # the board's older verdict was not acted on
+            assert http.get(f"/v2/concurrency_limits/{setup.name}").json()["active_slots"] == 2
+        assert "placeholder" not in operation.params
+        setup.runner.release(setup.live)
+    finally:
+        setup.end()
