@@ -129,20 +129,28 @@ class BoardQuery:
         return paginator.page(min(self.page, paginator.num_pages))
 
 
+# What `board_row` reads of a row's first holder and first waiter.
+ROW_HOLDER_FIELDS = ("limit_id", "flow_name", "flow_run_id", "flow_run_name", "task_run_name")
+ROW_WAITER_FIELDS = ("limit_id", "flow_run_name", "task_run_name")
+
+
 def with_people(rows: list[Limit]) -> list[Limit]:
     """Attach the holders and waiters a board row shows, in two queries for all rows."""
     if rows:
         prefetch_related_objects(
             rows,
+            # Only the columns a row shows: a holder has ~30, and each datetime read costs.
             Prefetch(
                 "holders",
-                queryset=Holder.objects.exclude(condition=Condition.LEAVING).order_by(
-                    "acquired_at", "id"
-                ),
+                queryset=Holder.objects.exclude(condition=Condition.LEAVING)
+                .order_by("acquired_at", "id")
+                .only(*ROW_HOLDER_FIELDS),
                 to_attr="shown_holders",
             ),
             Prefetch(
-                "waiters", queryset=Waiter.objects.order_by("position", "id"), to_attr="queue"
+                "waiters",
+                queryset=Waiter.objects.order_by("position", "id").only(*ROW_WAITER_FIELDS),
+                to_attr="queue",
             ),
         )
     kinds, statuses = dict(Kind.choices), dict(Status.choices)

@@ -101,8 +101,10 @@ def kept(kind: str, board_version: int, params: str, compute: Callable[[], T]) -
 
 
 def _draw(query: BoardQuery, counts: dict[str, int], keep: bool) -> Results:
-    page = query.paged(query.base().only("pk", "changed_at"), count=counts.get(query.status, 0))
-    versions = [(row.pk, row.changed_at) for row in page.object_list]
+    page = query.paged(
+        query.base().values_list("pk", "changed_at"), count=counts.get(query.status, 0)
+    )
+    versions = list(page.object_list)
     return Results(
         counts=counts,
         total=page.paginator.count,
