@@ -39,6 +39,7 @@ class Claim:
     lease_id: UUID | None = None
     lease_seconds: int | None = None
     names: dict[str, str] = field(default_factory=dict)  # names an event carried
+    process: dict = field(default_factory=dict)  # the helper's process identity (liveness.py)
 
 
 @dataclass

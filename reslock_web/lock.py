@@ -25,7 +25,8 @@ Events (one per limit; a lock on several names emits one event per limit, each n
 other limits as related resources with role "concurrency-limit"):
 
     reslock.lock.waiting    the first try found the limit full
-    reslock.lock.acquired   payload lease_id: what the board revokes (decrement-with-lease)
+    reslock.lock.acquired   payload lease_id: what the board revokes (decrement-with-lease);
+                            process: who holds it (see liveness.py), absent without /proc
     reslock.lock.released   payload lease_id; reason exit | error | cancelled | lease_lost
     reslock.lock.timed_out  `timeout=` expired; no slot is held
 
@@ -71,6 +72,8 @@ from prefect.settings import (
     PREFECT_CLIENT_MAX_RETRIES,
     temporary_settings,
 )
+
+from reslock_web.liveness import process_identity
 
 __all__ = [
     "EVENT_ACQUIRED",
@@ -474,6 +477,9 @@ def _acquire_steps(
                 "names": list(names),
                 "waited_seconds": round(hold.waited_seconds, 3),
             }
+            identity = process_identity()
+            if identity is not None:  # lets the board prove, on this machine, that we died
+                payload["process"] = identity
             return _emit_all(EVENT_ACQUIRED, outcome.limit_ids, payload, waiting)
         now = time.monotonic()
         if waiting is None:

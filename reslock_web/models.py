@@ -207,6 +207,8 @@ class Holder(RunFields):
     acquired_at = models.DateTimeField(null=True, blank=True)
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # The helper's process identity (liveness.py): lets a release prove the holder is dead.
+    process = models.JSONField(default=dict, blank=True)
     slot_lost_at = models.DateTimeField(null=True, blank=True)
     evidence = models.TextField(blank=True)
     first_seen = models.DateTimeField(default=timezone.now)
@@ -261,6 +263,7 @@ class LockEvent(models.Model):
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
     wait_id = models.UUIDField(null=True, blank=True)  # the helper's waiting -> acquired link
+    process = models.JSONField(default=dict, blank=True)  # a helper acquire's process identity
     # Set on an acquire once it is over: released, or its run ended without a release.
     closed_at = models.DateTimeField(null=True, blank=True)
     closed_reason = models.CharField(max_length=40, blank=True)

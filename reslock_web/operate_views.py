@@ -177,10 +177,13 @@ def _holder_snapshot(holder: Holder) -> dict[str, object]:
         "lease_seconds",
         "state_name",
     ]
-    return {
+    snapshot: dict[str, object] = {
         name: str(getattr(holder, name)) if getattr(holder, name) is not None else None
         for name in fields
     }
+    # Kept as JSON: the worker checks, where it runs, whether that process has ended.
+    snapshot["process"] = holder.process or {}
+    return snapshot
 
 
 @require_GET

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from reslock_web.diagnosis import REPOSSESS_SECONDS, TAG_LEASE_SECONDS
+from reslock_web.liveness import describe, process_gone
 from reslock_web.models import (
     FINAL_STATES,
     Condition,
@@ -124,6 +125,8 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
                 "expires and could let two runs in."
             ),
         )
+    if holder.lease_id and holder.source == Source.HELPER and process_gone(holder.process):
+        return _plan_ended_process(holder, who)
     if holder.lease_id and holder.source == Source.HELPER:
         return _plan_fenced(limit, holder, who)
     if limit.kind == Kind.DEPLOYMENT:
@@ -173,6 +176,27 @@ def _plan_live_deployment_run(holder: Holder, who: str) -> Plan:
 # wait that long (0.75 x lease + margin) only for short leases.
 MAX_FENCED_LEASE = 240
 FENCE_MARGIN = 10
+
+
+def _plan_ended_process(holder: Holder, who: str) -> Plan:
+    """A helper holder whose process provably ended here: nothing is left to fence."""
+    where = describe(holder.process)
+    return Plan(
+        True,
+        f"Revoke the lease of {who!r}: its process has ended.",
+        [
+            f"Check once more, right before revoking, that its process ({where}) has ended; "
+            "if that can no longer be proved, keep the resource closed until it has stopped, "
+            "as for a live holder.",
+            f"Revoke lease {holder.lease_id} (decrement-with-lease): Prefect frees exactly that "
+            "slot, once, and the next waiter gets in.",
+        ],
+        f"Its process ({where}) has ended: revoking its lease frees the slot at once and "
+        "nothing can still be inside. Prefect still shows its run Running because a killed "
+        "process reports nothing. A late renewal or release of the revoked lease is ignored "
+        "by Prefect.",
+        reason_required=True,
+    )
 
 
 def _plan_fenced(limit: Limit, holder: Holder, who: str) -> Plan:
@@ -522,7 +546,9 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
     info = _current(operation, api)
     who = holder.get("flow_run_name") or holder.get("task_run_name") or operation.holder_key
     if condition == Condition.HOLDING and lease_id and holder.get("source") == Source.HELPER:
-        return _fenced_release(operation, api, lease_id, who)
+        if process_gone(holder.get("process")):
+            return _release_ended_process(operation, api, lease_id, who)
+        return _fence(operation, api, lease_id, who)
     message = f"Released from reslock by {operation.requested_by_name}: {operation.reason}"[:900]
     task_runs = api.task_runs([task_run_id]) if task_run_id else {}
     flow_runs = api.flow_runs([flow_run_id]) if flow_run_id else {}
@@ -638,6 +664,41 @@ def _uuid(value: Any) -> UUID | None:
         return UUID(str(value)) if value else None
     except ValueError:
         return None
+
+
+def _release_ended_process(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):
+    """Revoke the lease of a helper holder whose process has provably ended: no placeholder,
+    no wait, since no code of that process can still be inside."""
+    from reslock_web.sync import sync_limit
+
+    sync_limit(api, operation.limit.name)
+    if not Holder.objects.filter(
+        limit=operation.limit, key=operation.holder_key, condition=Condition.HOLDING
+    ).exists():
+        raise Skip(f"{who!r} no longer holds the resource: it already left")
+    identity = operation.holder.get("process")
+    if not process_gone(identity):  # checked again last thing, on the machine that revokes
+        return _fence(operation, api, lease_id, who)
+    api.revoke_lease(lease_id)
+    after = limit_snapshot(api.read_limit(str(operation.limit.prefect_id)))
+    return (
+        OperationStatus.SUCCEEDED,
+        f"Revoked the lease of {who!r} at once: its process ({describe(identity)}) had ended, "
+        "so nothing could still be inside; the resource is open again.",
+        after,
+    )
+
+
+def _fence(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):
+    """The fenced release, for a holder that may be alive. Its plan refused a lease too long
+    to wait for; one planned as ended elsewhere (another machine's view) is refused here."""
+    lease = int(operation.holder.get("lease_seconds") or 60)
+    if lease > MAX_FENCED_LEASE:
+        raise Skip(
+            f"{who!r} could not be shown to have ended where this job runs, and its {lease} s "
+            "lease is too long to keep the resource closed while it stops; nothing was changed"
+        )
+    return _fenced_release(operation, api, lease_id, who)
 
 
 def _fenced_release(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):

@@ -19,7 +19,7 @@ from uuid import UUID
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import F, Field, Model
 
-from reslock_web import diagnosis
+from reslock_web import diagnosis, liveness
 from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, Queued, WaiterVerdict
 from reslock_web.models import (
     Condition,
@@ -68,6 +68,7 @@ HOLDER_FIELDS = [
     "acquired_at",
     "lease_id",
     "lease_seconds",
+    "process",
     "slot_lost_at",
     "evidence",
 ]
@@ -108,7 +109,16 @@ def event_row(event: EventInfo) -> LockEvent:
         lease_seconds=int(lease_seconds)
         if isinstance(lease_seconds, int | float) and 0 < lease_seconds < 2**31
         else None,
+        process=_process_of(event),
     )
+
+
+def _process_of(event: EventInfo) -> dict[str, Any]:
+    """The holder's process identity from a helper acquire, checked (Prefect's data is not
+    ours to trust): a malformed one is dropped, and the holder is then never "provably dead"."""
+    if event.event != "reslock.lock.acquired":
+        return {}
+    return liveness.valid_identity(event.payload.get("process")) or {}
 
 
 def queued_from_row(row: LockEvent) -> Queued:
@@ -131,6 +141,7 @@ def claim_from_row(row: LockEvent) -> Claim:
         acquired_at=row.occurred,
         lease_id=row.lease_id,
         lease_seconds=row.lease_seconds,
+        process=row.process or {},
         names={
             "flow_run_name": row.flow_run_name,
             "task_run_name": row.task_run_name,
@@ -721,6 +732,7 @@ def _holder_values(verdict: HolderVerdict, snapshot: Snapshot) -> dict[str, Any]
         "acquired_at": claim.acquired_at,
         "lease_id": claim.lease_id,
         "lease_seconds": claim.lease_seconds,
+        "process": claim.process,
         "slot_lost_at": verdict.slot_lost_at,
         "evidence": verdict.evidence,
     }

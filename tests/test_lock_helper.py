@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from reslock_web import lock
+from reslock_web.liveness import process_gone, process_identity
 from reslock_web.models import Limit
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_limit
@@ -777,7 +778,14 @@ def test_the_holder_is_the_task_run_the_flow_run_or_nobody(
             "holder": got[where]["holder"],
             "names": [name],
             "waited_seconds": acquired["payload"]["waited_seconds"],
+            "process": acquired["payload"]["process"],
         }
+        # The holder's process, as a release on this machine can check it is gone.
+        here = process_identity()
+        process = acquired["payload"]["process"]
+        assert (process["boot_id"], process["pid_ns"]) == (here["boot_id"], here["pid_ns"])
+        assert process["pid"] != here["pid"]
+        assert process_gone(process)  # its script has ended by now
         assert released["follows"] == acquired["id"]
         assert released["payload"]["lease_id"] == got[where]["lease_id"]
         assert released["payload"]["reason"] == "exit"
