@@ -129,7 +129,11 @@ class BoardQuery:
         return paginator.page(min(self.page, paginator.num_pages))
 
 
-# What `board_row` reads of a row's first holder and first waiter.
+# What `board_row` reads of a limit, of its first holder and of its first waiter.
+ROW_LIMIT_FIELDS = (
+    "name", "resource", "kind", "status", "active_slots", "limit", "held_since",
+    "waiter_count", "evidence",
+)  # fmt: skip
 ROW_HOLDER_FIELDS = ("limit_id", "flow_name", "flow_run_id", "flow_run_name", "task_run_name")
 ROW_WAITER_FIELDS = ("limit_id", "flow_run_name", "task_run_name")
 

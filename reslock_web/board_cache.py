@@ -24,7 +24,7 @@ from django.core.cache import caches
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
-from reslock_web.board import BoardQuery, with_people
+from reslock_web.board import ROW_LIMIT_FIELDS, BoardQuery, with_people
 from reslock_web.board_row import board_row
 from reslock_web.live import version
 from reslock_web.models import Limit
@@ -131,7 +131,9 @@ def drawn_rows(versions: list[tuple[int, datetime]], keep: bool = True) -> list[
     if missing:
         drawn = {
             keys[row.pk]: board_row(row)
-            for row in with_people(list(Limit.objects.filter(pk__in=missing)))
+            for row in with_people(
+                list(Limit.objects.filter(pk__in=missing).only(*ROW_LIMIT_FIELDS))
+            )
             if row.pk in keys
         }
         if keep:
