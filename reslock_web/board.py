@@ -6,11 +6,12 @@ board says so, so that a mangled shared link still opens.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Prefetch, QuerySet, prefetch_related_objects
+from django.db.models import Count, F, QuerySet
 from django.http import QueryDict
 
 from reslock_web.models import (
@@ -139,31 +140,35 @@ ROW_WAITER_FIELDS = ("limit_id", "flow_run_name", "task_run_name")
 
 
 def with_people(rows: list[Limit]) -> list[Limit]:
-    """Attach the holders and waiters a board row shows, in two queries for all rows."""
+    """Attach what a board row shows of its holders and waiters.
+
+    One query for the holders of all rows; one for the waiters of the rows that count any (a
+    row names its first waiter only then), so most pages of free resources need none.
+    """
+    holders: dict[int, list[Holder]] = defaultdict(list)
     if rows:
-        prefetch_related_objects(
-            rows,
-            # Only the columns a row shows: a holder has ~30, and each datetime read costs.
-            Prefetch(
-                "holders",
-                queryset=Holder.objects.exclude(condition=Condition.LEAVING)
-                .order_by("acquired_at", "id")
-                .only(*ROW_HOLDER_FIELDS),
-                to_attr="shown_holders",
-            ),
-            Prefetch(
-                "waiters",
-                queryset=Waiter.objects.order_by("position", "id").only(*ROW_WAITER_FIELDS),
-                to_attr="queue",
-            ),
+        shown = (
+            Holder.objects.filter(limit_id__in=[row.pk for row in rows])
+            .exclude(condition=Condition.LEAVING)
+            .order_by("acquired_at", "id")
+            .only(*ROW_HOLDER_FIELDS)  # a holder has ~30 columns, and each datetime read costs
         )
+        for holder in shown:
+            holders[holder.limit_id].append(holder)
+    first_waiters: dict[int, Waiter] = {}
+    waiting = [row.pk for row in rows if row.waiter_count]
+    if waiting:
+        queued = Waiter.objects.filter(limit_id__in=waiting).order_by("position", "id")
+        for waiter in queued.only(*ROW_WAITER_FIELDS):
+            first_waiters.setdefault(waiter.limit_id, waiter)
     kinds, statuses = dict(Kind.choices), dict(Status.choices)
     for row in rows:  # what each row shows, worked out once instead of in the template
         row.kind_label = kinds.get(row.kind, row.kind)
         row.status_label = statuses.get(row.status, row.status)
-        row.first_holder = row.shown_holders[0] if row.shown_holders else None
-        row.more_holders = max(0, len(row.shown_holders) - 1)
-        row.first_waiter = row.queue[0] if row.queue else None
+        own = holders.get(row.pk, [])
+        row.first_holder = own[0] if own else None
+        row.more_holders = max(0, len(own) - 1)
+        row.first_waiter = first_waiters.get(row.pk)
     return rows
 
 
