@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 import time
 import uuid
 
@@ -16,6 +15,7 @@ from django.urls import reverse
 from reslock_web.models import Condition, Limit, Operation, OperationStatus
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
+from tests.support.slot_watch import CounterWatch
 from tests.test_operations import finished, form, sync, sync_until, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -172,37 +172,6 @@ def test_the_audit_filters_by_operator_and_kind_and_shows_before_and_after(
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert len(lines) == 2 and "olga sets" in lines[1]
     assert "{'limit': 1}" in lines[1] and "{'limit': 7}" in lines[1]
-
-
-class CounterWatch:
-    """Polls one limit's active_slots in Prefect throughout a test (every 0.1 s)."""
-
-    def __init__(self, server, name: str) -> None:
-        self.server, self.name = server, name
-        self.samples: list[tuple[float, int]] = []  # (time.time(), active_slots)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        import time
-
-        with patient_client(self.server.api_url, timeout=5) as http:
-            while not self.stop.is_set():
-                response = http.get(f"/v2/concurrency_limits/{self.name}")
-                if response.status_code == 200:
-                    self.samples.append((time.time(), response.json()["active_slots"]))
-                self.stop.wait(0.1)
-
-    def between(self, start: float, end: float) -> list[int]:
-        return [slots for t, slots in self.samples if start <= t <= end]
-
-    def __enter__(self) -> CounterWatch:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def freeze(pid: int) -> None:

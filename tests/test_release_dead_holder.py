@@ -7,7 +7,6 @@ real flow processes, a real Celery worker.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -20,36 +19,13 @@ from reslock_web.liveness import process_gone, process_identity
 from reslock_web.models import Condition, Operation, OperationStatus
 from reslock_web.prefect_api import EventInfo
 from tests.support.patient import patient_client
+from tests.support.slot_watch import CounterWatch
 from tests.test_lock_helper import LEASE, REPOSSESS, slots
 from tests.test_operations import finished, form, sync, sync_until, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PROMPT_ENTRY = 10  # seconds: a waiter polls a full limit at most every few seconds
-
-
-class SlotPeak:
-    """Polls a limit's active_slots in Prefect throughout: the most it ever showed."""
-
-    def __init__(self, server, name: str) -> None:
-        self.server, self.name = server, name
-        self.seen: list[int] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        with patient_client(self.server.api_url, timeout=5) as http:
-            while not self.stop.is_set():
-                self.seen.append(slots(http, self.name))
-                self.stop.wait(0.1)
-
-    def __enter__(self) -> SlotPeak:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def test_a_killed_helper_holder_released_from_the_board_lets_the_waiter_in_at_once(
@@ -72,7 +48,7 @@ def test_a_killed_helper_holder_released_from_the_board_lets_the_waiter_in_at_on
     assert "keep the resource closed until it has stopped" in alive
     assert "placeholder slot" in alive and "has ended" not in alive
 
-    with SlotPeak(prefect_server, name) as peak:
+    with CounterWatch(prefect_server, name) as peak:
         holder.kill()  # SIGKILL, and reaped: its run still shows Running, its lease lives on
         sync(prefect_server)
         row.refresh_from_db()
@@ -102,7 +78,7 @@ def test_a_killed_helper_holder_released_from_the_board_lets_the_waiter_in_at_on
             assert late.status_code < 300, late.text
             time.sleep(2)
             assert slots(http, name) == 1  # next-job, still inside
-    assert max(peak.seen) <= 1, peak.seen
+    assert max(peak.counts) <= 1, peak.counts
     assert not waiter.find_events("lost")
     waiter.release()
     assert waiter.wait() == 0
