@@ -74,6 +74,21 @@ def main() -> None:
         drop()
 
 
+def fresh_statistics() -> None:
+    """Planner statistics for the tables the first sync just filled.
+
+    A database in use has them: PostgreSQL's autovacuum analyzes a table within a minute of a
+    bulk load. Measured right after the load, without them, the planner takes 5,000 rows for
+    3 and sorts them all for each page of 50 instead of reading the (gone_at, resource) index.
+    SQLite plans without statistics either way.
+    """
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+
+
 def as_after_a_sync(pks: list[int], changed: int = 50) -> None:
     """What a sync that changed `changed` limits leaves: their rows stamped anew and the board
     version raised, in one transaction, as the store writes them."""
@@ -102,6 +117,7 @@ def measure(api_url: str, count: int, engine: str) -> None:
     with PrefectAPI(api_url) as api:
         run = sync_all(api)
     assert run is not None and run.ok, run and run.error
+    fresh_statistics()
     held = Limit.objects.filter(is_held=True, kind="tag").order_by("name").first()
     viewer = User.objects.create_user("bench-viewer", password="x")
     client = Client()
