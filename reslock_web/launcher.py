@@ -371,12 +371,8 @@ def launch(environ: dict[str, str]) -> int:
     environ.setdefault("RESLOCK_SECURE_COOKIES", "false")
     try:
         check_settings(environ)
-    except BadSetting as error:
-        refuse(error)
-        return 2
     except LaunchError as error:
-        say(f"error: {error}")
-        return 1
+        return failed(error)
     (var_dir / "log").mkdir(parents=True, exist_ok=True)
     environ.setdefault("SECRET_KEY", secret_key(var_dir))
     launcher = Launcher(environ, var_dir)
@@ -466,12 +462,8 @@ def launch(environ: dict[str, str]) -> int:
         threading.Thread(target=_report_prefect, args=(launcher, prefect_url), daemon=True).start()
         say("Press Ctrl-C to stop everything.")
         return launcher.supervise()
-    except BadSetting as error:
-        refuse(error)
-        return 2
     except LaunchError as error:
-        say(f"error: {error}")
-        return 1
+        return failed(error)
     finally:
         if launcher.children:
             say("stopping " + ", ".join(child.name for child in launcher.children))
@@ -479,10 +471,15 @@ def launch(environ: dict[str, str]) -> int:
             say("stopped")
 
 
-def refuse(error: BadSetting) -> None:
-    """One line on stderr, the same as every Django entry point writes for a bad value."""
-    sys.stderr.write(f"{CONFIG_ERROR}{error}\n")
-    sys.stderr.flush()
+def failed(error: LaunchError) -> int:
+    """Say why the launch stopped; the exit code. A bad value gets the one stderr line (and
+    code 2) that every Django entry point gives it."""
+    if isinstance(error, BadSetting):
+        sys.stderr.write(f"{CONFIG_ERROR}{error}\n")
+        sys.stderr.flush()
+        return 2
+    say(f"error: {error}")
+    return 1
 
 
 def _report_prefect(launcher: Launcher, url: str) -> None:

@@ -185,7 +185,8 @@ def test_the_page_keeps_its_scroll_position_while_rows_change(board, live_server
     board.screenshot(path=artifacts / "board-scrolled-after-change.png")
 
 
-def test_a_poll_waits_while_focus_is_in_the_rows_and_applies_after_it_leaves(board, live_server):
+def three_rows_polled(board: Page, live_server) -> tuple[Limit, list[str]]:
+    """A board of three free rows whose polls are counted; the first row and the poll URLs."""
     p = prefix()
     first, *_ = free_rows(p, 3)
     requests: list[str] = []
@@ -193,6 +194,11 @@ def test_a_poll_waits_while_focus_is_in_the_rows_and_applies_after_it_leaves(boa
     board.goto(f"{live_server.url}/?q={p}")
     expect(rows(board)).to_have_count(3, timeout=WAIT)
     board.evaluate(COUNT_POLLS)
+    return first, requests
+
+
+def test_a_poll_waits_while_focus_is_in_the_rows_and_applies_after_it_leaves(board, live_server):
+    first, requests = three_rows_polled(board, live_server)
     link = row_of(board, first).locator(".resource a")
     link.evaluate("el => { el.focus(); el.sameLink = true; }")
     take(first)
@@ -205,13 +211,7 @@ def test_a_poll_waits_while_focus_is_in_the_rows_and_applies_after_it_leaves(boa
 
 
 def test_a_poll_waits_while_a_menu_is_open_and_applies_after_it_closes(board, live_server):
-    p = prefix()
-    first, *_ = free_rows(p, 3)
-    requests: list[str] = []
-    board.on("request", lambda r: "/board/changes" in r.url and requests.append(r.url))
-    board.goto(f"{live_server.url}/?q={p}")
-    expect(rows(board)).to_have_count(3, timeout=WAIT)
-    board.evaluate(COUNT_POLLS)
+    first, requests = three_rows_polled(board, live_server)
     # The board draws no <details> menu of its own today; reslock.js promises to hold every
     # poll while any details[open] is on the page, so one is added the way a menu would be.
     board.evaluate(

@@ -16,13 +16,13 @@ from reslock_web.schedule import beat_schedule
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-def run_entry_point(code: str, **env: str) -> subprocess.CompletedProcess:
+def run_entry_point(code: str, cwd: Path = BASE_DIR, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE"}}
     clean.update({"SECRET_KEY": "x" * 50, "DJANGO_SETTINGS_MODULE": "reslock_web.settings"})
-    clean.update(env)
+    clean.update({"PYTHONPATH": str(BASE_DIR)}, **env)  # the project, from any directory
     clean = {k: v for k, v in clean.items() if v is not None}
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=cwd, env=clean, capture_output=True, text=True
     )
 
 
@@ -157,16 +157,8 @@ def test_the_file_transport_writes_only_under_its_broker_folder(tmp_path):
         "from reslock_web.celery import app;"
         "app.send_task('reslock.heartbeat')"
     )
-    clean = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    clean.update(
-        SECRET_KEY="x" * 50,
-        DJANGO_SETTINGS_MODULE="reslock_web.settings",
-        PYTHONPATH=str(BASE_DIR),
-        CELERY_BROKER_URL="filesystem://",
-        RESLOCK_BROKER_DIR=str(broker),
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=clean, capture_output=True, text=True
+    done = run_entry_point(
+        code, cwd=cwd, CELERY_BROKER_URL="filesystem://", RESLOCK_BROKER_DIR=str(broker)
     )
     assert done.returncode == 0, done.stderr
     assert list(cwd.iterdir()) == []
