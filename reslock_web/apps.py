@@ -9,9 +9,12 @@ class ReslockConfig(AppConfig):
     verbose_name = "reslock"
 
     def ready(self) -> None:
+        from django.core.checks import register
         from django.db.models.signals import post_delete, post_save
 
-        from reslock_web import health
+        from reslock_web import fence, health
+
+        register(fence.check_operation_timeout)
         from reslock_web.models import Heartbeat, SyncRun
 
         # The banner's answer is reused for a second (health.freshness); a change saved in

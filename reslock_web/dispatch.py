@@ -87,13 +87,41 @@ def sweep(now: datetime | None = None) -> dict[str, int]:
         .filter(status=OperationStatus.RUNNING, started_at__lt=now - deadline())
         .order_by("started_at")[:SWEEP_BATCH]
     )
-    ended = 0
-    if abandoned:
+    fencing = list(
+        Operation.objects.select_related("limit")
+        .filter(status=OperationStatus.FENCING)
+        .order_by("started_at")[:SWEEP_BATCH]
+    )
+    ended = fenced = 0
+    if abandoned or fencing:
         with PrefectAPI.from_settings() as api:
             ended = sum(end_abandoned(operation, api) for operation in abandoned)
-    if requeued or ended:
-        log.info("sweep: %s operation(s) sent again, %s abandoned one(s) ended", requeued, ended)
-    return {"requeued": requeued, "ended": ended}
+            fenced = sum(follow_fence(operation, api) for operation in fencing)
+    if requeued or ended or fenced:
+        log.info(
+            "sweep: %s operation(s) sent again, %s abandoned one(s) ended, %s fence(s) lifted",
+            requeued,
+            ended,
+            fenced,
+        )
+    return {"requeued": requeued, "ended": ended, "fenced": fenced}
+
+
+def follow_fence(operation: Operation, api: PrefectAPI) -> bool:
+    """Look again at an operation that keeps a resource closed; True if that has ended."""
+    from reslock_web import fence
+    from reslock_web.operations import finish_claimed
+
+    now = timezone.now()
+    claimed = Operation.objects.filter(pk=operation.pk, status=OperationStatus.FENCING).update(
+        status=OperationStatus.RUNNING, started_at=now
+    )
+    if not claimed:
+        return False
+    operation.status, operation.started_at = OperationStatus.RUNNING, now
+    status, message = fence.follow_up(operation, api)
+    finish_claimed(operation, api, status, message)
+    return status != OperationStatus.FENCING
 
 
 def end_abandoned(operation: Operation, api: PrefectAPI) -> bool:
@@ -106,11 +134,25 @@ def end_abandoned(operation: Operation, api: PrefectAPI) -> bool:
         seen = _what_prefect_shows(operation, info)
     except PrefectError as error:
         info, after, seen = None, {}, f"Prefect could not be read to check ({error})."
+    from reslock_web import fence
+
+    if fence.resumable(operation):
+        # A revoke may have been applied: the placeholder stays until the holder is shown to
+        # have stopped, whatever happened to the job.
+        return bool(
+            Operation.objects.filter(
+                pk=operation.pk, status=OperationStatus.RUNNING, started_at=operation.started_at
+            ).update(
+                status=OperationStatus.FENCING,
+                message=f"{WORKER_STOPPED}; the lease may have been revoked, so the resource "
+                "stays closed until the holder is shown to have stopped. " + seen,
+            )
+        )
     status = OperationStatus.FAILED
     if info is not None and _goal_reached(operation, info):
         status = OperationStatus.SUCCEEDED
         seen = f"{seen} That is what was asked for: the change was made."
-    elif operation.params.get("placeholder"):
+    elif operation.params.get("placeholder") or operation.params.get("fence"):
         seen += (
             " The placeholder slot it counted may still be counted: the resource then shows "
             "drift (closed to everyone, never open to two) and can be repaired from its page."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
-from reslock_web.models import Limit, OperationKind
+from reslock_web.models import Condition, Holder, Kind, Limit, OperationKind
 from reslock_web.operations import MAX_LIMIT
 
 REASON_REQUIRED = {OperationKind.RELEASE_HOLDER, OperationKind.REPAIR_DRIFT}
@@ -22,8 +22,20 @@ class OperateForm(forms.Form):
     reason = forms.CharField(
         label="Reason", required=False, max_length=1000, widget=forms.Textarea(attrs={"rows": 2})
     )
+    crash_flow_run = forms.BooleanField(
+        label="Also mark its flow run crashed: only if the whole flow run is dead (a live flow "
+        "run would be stopped in the middle of its other tasks)",
+        required=False,
+    )
+    accept_risk = forms.BooleanField(
+        label="I take the risk: a run reslock cannot see may stand behind these slots, and "
+        "would then share the resource with the next run",
+        required=False,
+    )
 
-    def __init__(self, *args: object, kind: str, limit: Limit, **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, kind: str, limit: Limit, holder: Holder | None = None, **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.kind, self.limit = kind, limit
         if kind in REASON_REQUIRED:
@@ -33,6 +45,22 @@ class OperateForm(forms.Form):
             )
         if kind != OperationKind.SET_LIMIT:
             del self.fields["value"], self.fields["confirm_zero"], self.fields["expected"]
+        if not (
+            kind == OperationKind.RELEASE_HOLDER
+            and holder is not None
+            and holder.condition == Condition.STALE
+            and holder.flow_run_id
+        ):
+            del self.fields["crash_flow_run"]
+        if kind == OperationKind.REPAIR_DRIFT and limit.kind != Kind.TAG:
+            # Prefect cannot list the leases of a global or deployment limit: nobody can show
+            # that none stands behind a counted slot, so lowering it is the operator's call.
+            self.fields["accept_risk"].required = True
+            self.fields["accept_risk"].error_messages["required"] = (
+                "Lowering this counter needs your explicit acceptance of the risk."
+            )
+        else:
+            del self.fields["accept_risk"]
 
     def clean_limit_id(self):
         value = self.cleaned_data["limit_id"]

@@ -6,7 +6,7 @@ import secrets
 import socket
 from datetime import datetime, timedelta
 
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from reslock_web import links
@@ -430,22 +430,37 @@ class OperationStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
     SKIPPED = "skipped", "skipped"
+    # The holder's lease was (or may have been) revoked and a placeholder slot keeps the
+    # resource closed until the holder is shown to have stopped; the sweep checks again.
+    FENCING = "fencing", "keeping closed"
 
 
+# An operation in one of these acts on its limit now: at most one per limit at a time.
+ACTIVE_OPERATION_STATUSES = ("running", "fencing")
 FINAL_OPERATION_STATUSES = frozenset({"succeeded", "failed", "skipped"})
 
 
 class OperationQuerySet(models.QuerySet["Operation"]):
     def claim(self, operation_id: int) -> bool:
-        """Compare-and-set: only one worker moves an operation from pending to running."""
-        return (
-            self.filter(pk=operation_id, status=OperationStatus.PENDING).update(
-                status=OperationStatus.RUNNING,
-                started_at=timezone.now(),
-                attempts=models.F("attempts") + 1,
-            )
-            == 1
-        )
+        """Compare-and-set: only one worker moves an operation from pending to running, and
+        only while no other operation acts on the same limit (the database refuses a second
+        one, so two workers cannot both pass a check and then both act)."""
+        try:
+            with transaction.atomic():
+                return (
+                    self.filter(pk=operation_id, status=OperationStatus.PENDING).update(
+                        status=OperationStatus.RUNNING,
+                        started_at=timezone.now(),
+                        attempts=models.F("attempts") + 1,
+                    )
+                    == 1
+                )
+        except IntegrityError:
+            return False
+
+    def acting_on(self, limit_id: int) -> Operation | None:
+        """The operation that acts on this limit now, if any."""
+        return self.filter(limit_id=limit_id, status__in=ACTIVE_OPERATION_STATUSES).first()
 
 
 class Operation(models.Model):
@@ -483,6 +498,15 @@ class Operation(models.Model):
         ordering = ["-created_at", "-id"]
         permissions = [("operate", "Can release, repair, change, activate and deactivate limits")]
         indexes = [models.Index(fields=["status", "created_at"])]
+        constraints = [
+            # Two operations acting on one limit at once would overwrite each other's counts
+            # (a placeholder PATCH, a repair): the second one waits, pending.
+            models.UniqueConstraint(
+                fields=["limit"],
+                condition=models.Q(status__in=ACTIVE_OPERATION_STATUSES),
+                name="one_active_operation_per_limit",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.limit_name} ({self.status})"

@@ -110,7 +110,7 @@ def operate(request: HttpRequest, action: str, name: str) -> HttpResponse:
         "holder": holder.pk if holder else None,
         "expected": limit.limit,
     }
-    form = OperateForm(request.POST or None, kind=kind, limit=limit, initial=initial)
+    form = OperateForm(request.POST or None, kind=kind, limit=limit, holder=holder, initial=initial)
     plan = _plan(kind, limit, holder, form)
     if request.method == "POST" and form.is_valid() and plan.allowed:
         operation = _record(request, kind, limit, holder, form)
@@ -139,6 +139,13 @@ def _record(
         }
         if params["expected"] is None:
             params["expected"] = limit.limit
+    if form.cleaned_data.get("crash_flow_run"):
+        params["crash_flow_run"] = True
+    if kind == OperationKind.REPAIR_DRIFT:
+        # What the operator was shown: the worker never lowers by more.
+        params["shown_extra"] = max(0, limit.active_slots - limit.holder_count)
+        if form.cleaned_data.get("accept_risk"):
+            params["risk_accepted"] = str(form.fields["accept_risk"].label)
     try:
         with transaction.atomic():
             operation = Operation.objects.create(
@@ -176,6 +183,7 @@ def _holder_snapshot(holder: Holder) -> dict[str, object]:
         "lease_id",
         "lease_seconds",
         "state_name",
+        "acquired_at",
     ]
     snapshot: dict[str, object] = {
         name: str(getattr(holder, name)) if getattr(holder, name) is not None else None

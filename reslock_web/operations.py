@@ -26,9 +26,11 @@ from uuid import UUID
 from django.conf import settings
 from django.utils import timezone
 
+from reslock_web import fence
 from reslock_web.diagnosis import REPOSSESS_SECONDS, TAG_LEASE_SECONDS
 from reslock_web.liveness import describe, process_gone
 from reslock_web.models import (
+    FINAL_OPERATION_STATUSES,
     FINAL_STATES,
     Condition,
     Holder,
@@ -174,7 +176,7 @@ def _plan_live_deployment_run(holder: Holder, who: str) -> Plan:
 
 # A fenced release keeps the limit closed while the revoked holder stops; a Celery job can
 # wait that long (0.75 x lease + margin) only for short leases.
-MAX_FENCED_LEASE = 240
+MAX_FENCED_LEASE = fence.MAX_FENCED_LEASE
 FENCE_MARGIN = 10
 
 
@@ -201,7 +203,6 @@ def _plan_ended_process(holder: Holder, who: str) -> Plan:
 
 def _plan_fenced(limit: Limit, holder: Holder, who: str) -> Plan:
     lease = holder.lease_seconds or 60
-    stop_within = int(lease * 0.75) + FENCE_MARGIN
     if lease > MAX_FENCED_LEASE:
         return Plan(
             False,
@@ -210,6 +211,21 @@ def _plan_fenced(limit: Limit, holder: Holder, who: str) -> Plan:
                 f"{who!r} renews a {lease} s lease: after a revoke it may run for up to "
                 f"{int(lease * 0.75)} s before it notices, longer than a release job waits. "
                 "Cancel its flow run in Prefect, or wait for it to finish."
+            ),
+        )
+    others = sorted(
+        Holder.objects.filter(lease_id=holder.lease_id)
+        .exclude(limit=limit)
+        .values_list("limit__name", flat=True)
+    )
+    if others:
+        return Plan(
+            False,
+            "Refused: this lease holds other resources too.",
+            safety=(
+                f"{who!r} took {', '.join(map(repr, others))} with the same lease. Revoking it "
+                "would open those at once while the holder may still be inside them. Cancel its "
+                "flow run in Prefect, or wait for it to finish."
             ),
         )
     if limit.active_slots < limit.limit:
@@ -222,24 +238,33 @@ def _plan_fenced(limit: Limit, holder: Holder, who: str) -> Plan:
                 "Cancel the run in Prefect if it must stop."
             ),
         )
+    notices = int(lease * 0.75)
     return Plan(
         True,
         f"Revoke the lease of {who!r} and keep the resource closed until it has stopped.",
         [
+            "Re-read Prefect, and refuse if the lease also holds other resources.",
             "Count one extra, placeholder slot (the limit is full, so nobody can enter meanwhile).",
             f"Revoke lease {holder.lease_id} (decrement-with-lease): Prefect frees exactly that "
             "slot, once; the placeholder keeps the limit full.",
-            f"Wait until the holder has stopped: reslock's helper stops the guarded code at its next "
-            f"renewal, at most {int(lease * 0.75)} s later, and reports it (waiting at most {stop_within} s).",
-            "Remove the placeholder slot: the next waiter gets in.",
+            f"Wait until the holder is shown to have stopped: reslock's helper notices the revoke "
+            f"at its next renewal (at most {notices} s later) and stops the guarded code; code "
+            "blocked in a long call stops only when that call returns, and the helper says so "
+            "every few seconds until then.",
+            "Remove the placeholder slot once the holder reports that it stopped, its process is "
+            "shown ended, or it has gone silent (dead): the next waiter gets in.",
         ],
         "The holder took the resource through reslock's helper, which stops the guarded code as "
-        "soon as its lease is revoked. Until it has stopped, the placeholder keeps the limit "
-        "full, so nobody else can be inside at the same time. A late renewal or release of the "
-        "revoked lease is ignored by Prefect. If this job died half-way, the placeholder would "
-        "show as drift: the resource stays closed rather than open to two runs.",
+        "soon as it learns that its lease is revoked. Until it is shown to have stopped, the "
+        "placeholder keeps the limit full, so nobody else can be inside at the same time; no "
+        "error or time-out removes it early. A late renewal or release of the revoked lease is "
+        "ignored by Prefect. If this job stopped half-way, the resource stays closed (shown as "
+        "drift or as this operation keeping it closed), never open to two.",
         reason_required=True,
-        warning=f"The resource stays closed to everyone for up to {stop_within} s.",
+        warning=(
+            f"The resource stays closed to everyone until the holder has stopped: usually "
+            f"within {notices + FENCE_MARGIN} s, longer if its code is blocked in a long call."
+        ),
     )
 
 
@@ -254,14 +279,13 @@ def _crash_steps(holder: Holder) -> list[str]:
             f"Set flow run {holder.flow_run_name or holder.flow_run_id} to Crashed (forced) if it is not over."
         )
     elif holder.flow_run_id:
-        # PREFECT_LOCKS 7.1: a flow run left Running would go on showing a holder that is not.
-        # One that holds a deployment slot is left alone: crashing it would free that slot
-        # while its process may still be working.
+        # A stale holder's flow run often lives on, running other tasks: crashing it would
+        # stop them. Only on the operator's word, and never a deployment's run, whose slot
+        # that would free while its process may still work.
         steps.append(
-            f"Set flow run {holder.flow_run_name or holder.flow_run_id} to Crashed (forced) too "
-            "if it is not over, so that it stops showing Running; unless it holds a deployment "
-            "slot, which crashing it would free while its process may still work: then it is "
-            "left as it is."
+            f"Only if you tick the box below: set flow run {holder.flow_run_name or holder.flow_run_id} "
+            "to Crashed (forced) too, so that it stops showing Running (unless it holds a "
+            "deployment slot, which crashing it would free while its process may still work)."
         )
     steps.append(
         "Each state message names you and your reason: the run's history shows who did it."
@@ -274,6 +298,11 @@ def longest_lease(limit: Limit) -> int:
         return TAG_LEASE_SECONDS
     known = [h.lease_seconds for h in limit.holders.all() if h.lease_seconds]
     return max([assumed_lease(), *known])
+
+
+def known_slots(limit: Limit) -> int:
+    """Slots the holders reslock knows take (several for `concurrency(..., occupy=N)`)."""
+    return limit.holder_count
 
 
 def plan_repair(limit: Limit, now: datetime) -> Plan:
@@ -289,7 +318,7 @@ def plan_repair(limit: Limit, now: datetime) -> Plan:
             "Refused: the limit is inactive.",
             safety="Prefect ignores decrements on an inactive limit: activate it first.",
         )
-    extra = limit.active_slots - limit.holder_count
+    extra = limit.active_slots - known_slots(limit)
     if extra <= 0:
         return Plan(
             False,
@@ -308,20 +337,53 @@ def plan_repair(limit: Limit, now: datetime) -> Plan:
                 f"Try again after {_at(safe_after)}."
             ),
         )
-    why = (
-        "Prefect lists the task runs with a lease on a tag limit: the extra slots have none."
-        if limit.kind == Kind.TAG
-        else f"The extra slots have had no holder for over {lease + REPOSSESS_SECONDS} s, longer "
-        "than any lease reslock knows of could live without a holder announcing itself."
+    summary = (
+        f"Lower the counter of {limit.name} by at most {extra} "
+        f"(from {limit.active_slots} to {limit.active_slots - extra})."
     )
+    if limit.kind == Kind.TAG:
+        return Plan(
+            True,
+            summary,
+            [
+                "Re-read Prefect twice, "
+                f"{TAG_OBSERVATION_GAP} s apart: each time the lease holders, the counter, and "
+                "the lease holders again.",
+                "Lower used slots by the slots that had no lease in both readings, and never "
+                f"by more than the {extra} shown here.",
+            ],
+            "Prefect lists the task runs with a lease on a tag limit. A lease that has just "
+            "expired but is not yet taken back (Prefect does that every 15 s) or is renewed late "
+            "is missing from one reading but not from both, so only slots no lease backs are "
+            "lowered. A slot without a lease never frees itself; lowering by a count (not to an "
+            "absolute value) stays right while holders come and go.",
+            reason_required=True,
+        )
     return Plan(
         True,
-        f"Lower the counter of {limit.name} by {extra} (from {limit.active_slots} to {limit.holder_count}).",
-        [f"Re-read Prefect; lower used slots by exactly the slots no lease backs (now {extra})."],
-        why + " A slot without a lease never frees itself, and lowering by the leaked count "
-        "(not to an absolute value) stays right even if holders come and go meanwhile.",
+        summary,
+        [
+            "Re-read Prefect; refuse if that fails.",
+            f"Lower used slots by the slots no known holder takes, never by more than {extra}.",
+        ],
+        f"The extra slots have had no holder reslock knows of for over "
+        f"{lease + REPOSSESS_SECONDS} s. reslock cannot show that no lease stands behind them: "
+        "Prefect does not list the leases of a global or deployment limit, and a holder that "
+        "announced nothing (a script calling Prefect's REST API, an acquire whose event was "
+        "lost or is late, a hold older than Prefect's 7 days of events) is invisible to it.",
         reason_required=True,
+        warning=(
+            "If a live run does stand behind one of these slots, lowering the counter lets the "
+            "next run in beside it. Confirm only if you know that no such run exists: the audit "
+            "trail records that you took this risk."
+        ),
     )
+
+
+# Tag leases missing from one reading of Prefect but not from another this far apart were
+# about to be taken back by Prefect or renewed late: never lowered (its repossessor runs every
+# 15 s).
+TAG_OBSERVATION_GAP = 20
 
 
 def plan_set_limit(limit: Limit, value: int) -> Plan:
@@ -344,9 +406,30 @@ def plan_set_limit(limit: Limit, value: int) -> Plan:
     )
 
 
+def uncounted_holders(limit: Limit) -> list[Holder]:
+    """Runs inside an inactive limit: Prefect did not count them, but when their leases end it
+    lowers the counter of the limit, active again by then, under somebody else."""
+    return [h for h in limit.holders.all() if h.condition != Condition.LEAVING]
+
+
+def _uncounted_words(inside: list[Holder]) -> str:
+    names = ", ".join(repr(h.flow_run_name or h.task_run_name or h.key) for h in inside[:5])
+    more = f" and {len(inside) - 5} more" if len(inside) > 5 else ""
+    return (
+        f"{len(inside)} run(s) took this resource while the limit was inactive ({names}{more}). "
+        "Prefect did not count them: activated now, it would let the next run in beside them, "
+        "and their releases would later lower the counter under somebody else. Activate it "
+        "once they have finished"
+    )
+
+
 def plan_toggle(limit: Limit, active: bool) -> Plan:
     if limit.active == active:
         return Plan(False, f"Refused: the limit is already {'active' if active else 'inactive'}.")
+    if active and (inside := uncounted_holders(limit)):
+        return Plan(
+            False, "Refused for now: runs are inside.", safety=_uncounted_words(inside) + "."
+        )
     if active:
         return Plan(
             True,
@@ -375,7 +458,7 @@ class TryAgain(Exception):
 def run(operation_id: int, api: PrefectAPI) -> None:
     """Claim, execute, record. A second delivery of the same operation does nothing."""
     if not Operation.objects.claim(operation_id):
-        log.info("operation %s is not pending: nothing to do", operation_id)
+        _note_waiting(operation_id)
         return
     operation = Operation.objects.select_related("limit").get(pk=operation_id)
     try:
@@ -393,6 +476,44 @@ def run(operation_id: int, api: PrefectAPI) -> None:
     # The board shows the change before the operation says it is done.
     _resync(api, operation.limit.name)
     _finish(operation, status, message, after)
+
+
+def finish_claimed(operation: Operation, api: PrefectAPI, status: str, message: str) -> None:
+    """Record what a look taken outside `run` (the sweep's) found, the board first."""
+    info = _read_quietly(api, operation) if status != OperationStatus.FENCING else None
+    _resync(api, operation.limit.name)
+    _finish(operation, status, message, limit_snapshot(info) if info else None)
+
+
+def _note_waiting(operation_id: int) -> None:
+    """Not claimed: already taken, or another operation acts on the same limit now. In the
+    second case it stays pending, says so, and is sent again when that one ends."""
+    operation = Operation.objects.filter(pk=operation_id).first()
+    if operation is None or operation.status != OperationStatus.PENDING:
+        log.info("operation %s is not pending: nothing to do", operation_id)
+        return
+    busy = Operation.objects.acting_on(operation.limit_id)
+    if busy is None:  # it ended in between: the next message or the sweep claims it
+        return
+    log.info("operation %s waits for operation %s on the same limit", operation_id, busy.pk)
+    Operation.objects.filter(pk=operation_id, status=OperationStatus.PENDING).update(
+        message=f"Waiting: operation #{busy.pk} ({busy.get_kind_display()}) acts on this "
+        "resource now; this one starts when it has ended."
+    )
+
+
+def send_next(limit_id: int) -> None:
+    """Once an operation on a limit has ended, the next one waiting for it goes at once."""
+    from reslock_web.dispatch import send
+
+    waiting = (
+        Operation.objects.filter(limit_id=limit_id, status=OperationStatus.PENDING)
+        .order_by("created_at", "id")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if waiting is not None:
+        send(waiting)
 
 
 def _in_words(error: PrefectError) -> str:
@@ -414,13 +535,21 @@ def _finish(operation: Operation, status: str, message: str, after: dict | None 
     """Record the outcome only if this claim still owns the operation: the sweep may have
     ended it meanwhile as abandoned (a worker stalled past its deadline), and one outcome only
     may stand."""
+    final = status in FINAL_OPERATION_STATUSES
     recorded = Operation.objects.filter(
         pk=operation.pk, status=OperationStatus.RUNNING, started_at=operation.started_at
-    ).update(status=status, message=message[:4000], after=after or {}, finished_at=timezone.now())
+    ).update(
+        status=status,
+        message=message[:4000],
+        after=after or {},
+        finished_at=timezone.now() if final else None,
+    )
     if not recorded:
         log.warning(
             "operation %s was ended meanwhile; its late outcome %s is dropped", operation.pk, status
         )
+    elif final:
+        send_next(operation.limit_id)
 
 
 def _resync(api: PrefectAPI, name: str) -> None:
@@ -505,6 +634,13 @@ def _toggle(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, 
     active = operation.kind == OperationKind.ACTIVATE
     if info.active == active:
         raise Skip(f"the limit is already {'active' if active else 'inactive'}")
+    if active:
+        from reslock_web.sync import sync_limit_or_raise
+
+        sync_limit_or_raise(api, operation.limit.name)
+        inside = uncounted_holders(Limit.objects.get(pk=operation.limit_id))
+        if inside:
+            raise Skip(_uncounted_words(inside))
     api.update_limit(info.id, {"active": active})
     after = limit_snapshot(api.read_limit(str(info.id)))
     return OperationStatus.SUCCEEDED, f"Limit {'activated' if active else 'deactivated'}.", after
@@ -512,21 +648,25 @@ def _toggle(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, 
 
 @_skipping
 def _repair(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, Any]]:
-    from reslock_web.sync import sync_limit
+    from reslock_web.sync import sync_limit_or_raise
 
-    sync_limit(api, operation.limit.name)  # fresh holders before deciding
+    sync_limit_or_raise(api, operation.limit.name)  # fresh holders before deciding
     limit = Limit.objects.get(pk=operation.limit_id)
     info = _current(operation, api)
+    shown = operation.params.get("shown_extra")
     if limit.kind == Kind.TAG:
-        leases = api.tag_holders(limit.resource) or []
-        extra = info.active_slots - len(leases)
+        extra = _unleased_tag_slots(api, limit)
     else:
-        extra = info.active_slots - limit.holder_count
+        if not operation.params.get("risk_accepted"):
+            raise Fail("lowering a global or deployment counter needs the operator's acceptance")
+        plan = plan_repair(limit, timezone.now())
+        if not plan.allowed:
+            raise Skip(plan.safety)
+        extra = info.active_slots - known_slots(limit)
+    if isinstance(shown, int):
+        extra = min(extra, shown)
     if extra <= 0:
         raise Skip("Prefect's counter already matches the holders")
-    plan = plan_repair(limit, timezone.now())
-    if not plan.allowed and limit.kind != Kind.TAG:
-        raise Skip(plan.safety)
     api.decrement(info.name, extra)
     after = limit_snapshot(api.read_limit(str(info.id)))
     return (
@@ -534,6 +674,26 @@ def _repair(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, 
         f"Lowered used slots by {extra} (slots without a lease).",
         after,
     )
+
+
+def _unleased_tag_slots(api: PrefectAPI, limit: Limit) -> int:
+    """Slots of a tag limit that no lease backed in two readings far enough apart."""
+    import time as clock
+
+    first = _tag_reading(api, limit)
+    clock.sleep(TAG_OBSERVATION_GAP)
+    return min(first, _tag_reading(api, limit))
+
+
+def _tag_reading(api: PrefectAPI, limit: Limit) -> int:
+    """Counted slots minus every lease seen around the count: a lease ending or beginning
+    between the reads can only make this smaller, never larger."""
+    before = api.tag_holders(limit.resource)
+    info = api.read_limit(str(limit.prefect_id))
+    after = api.tag_holders(limit.resource)
+    if before is None or after is None or info is None:
+        raise Skip("the limit no longer exists in Prefect")
+    return info.active_slots - len(set(before) | set(after))
 
 
 @_skipping
@@ -562,6 +722,7 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
             raise Skip(
                 f"Prefect no longer lists the task run of {who!r} as a holder: it already left"
             )
+        _known(task_run, who, "task run")
         if not _over(task_run):
             raise Skip(
                 f"the task run of {who!r} is {task_run.state_name} again: it may be working, so its slot stays"
@@ -569,7 +730,9 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
         api.crash_run("task_run", task_run_id, message)
         done.append("task run crashed (its lease ended)")
     elif condition == Condition.STALE and lease_id:
-        if not _over(flow_run if not task_run_id else task_run):
+        run = task_run if task_run_id else flow_run
+        _known(run, who, "task run" if task_run_id else "flow run")
+        if not _over(run):
             raise Skip(f"the run of {who!r} is running again: its lease stays")
         api.revoke_lease(lease_id)
         done.append(f"lease {lease_id} revoked")
@@ -583,9 +746,24 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
         api.crash_run("task_run", task_run.id, message)
         done.append("task run crashed")
     if flow_run is not None and not _over(flow_run):
-        done.append(_crash_flow_run(operation, api, flow_run, message))
+        # A zombie's process is gone. A stale holder's flow run often lives on, running other
+        # tasks: it is crashed only when the operator asked for it.
+        if condition == Condition.ZOMBIE or operation.params.get("crash_flow_run"):
+            done.append(_crash_flow_run(operation, api, flow_run, message))
+        else:
+            done.append(f"flow run left {flow_run.state_name or 'running'} (not asked to crash it)")
     after = limit_snapshot(api.read_limit(str(info.id)))
     return OperationStatus.SUCCEEDED, f"Released {who!r}: " + ", ".join(done) + ".", after
+
+
+def _known(run, who: str, what: str) -> None:
+    """A run Prefect does not return is not over: Prefect writes task runs a little after they
+    start (later under load), and its process may hold the slot and work meanwhile."""
+    if run is None:
+        raise Skip(
+            f"Prefect does not return the {what} of {who!r}: it may not have been written yet "
+            "while its process already works, so its slot stays; nothing was changed"
+        )
 
 
 def _over(run) -> bool:
@@ -594,9 +772,9 @@ def _over(run) -> bool:
 
 def _still_zombie(operation: Operation, api: PrefectAPI, who: str) -> None:
     """A zombie's slot must really be free before its runs are crashed: sync, then look again."""
-    from reslock_web.sync import sync_limit
+    from reslock_web.sync import sync_limit_or_raise
 
-    sync_limit(api, operation.limit.name)
+    sync_limit_or_raise(api, operation.limit.name)
     row = Holder.objects.filter(limit=operation.limit, key=operation.holder_key).first()
     if row is None:
         raise Skip(f"{who!r} is no longer on the board: it already left")
@@ -669,9 +847,9 @@ def _uuid(value: Any) -> UUID | None:
 def _release_ended_process(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):
     """Revoke the lease of a helper holder whose process has provably ended: no placeholder,
     no wait, since no code of that process can still be inside."""
-    from reslock_web.sync import sync_limit
+    from reslock_web.sync import sync_limit_or_raise
 
-    sync_limit(api, operation.limit.name)
+    sync_limit_or_raise(api, operation.limit.name)
     if not Holder.objects.filter(
         limit=operation.limit, key=operation.holder_key, condition=Condition.HOLDING
     ).exists():
@@ -690,65 +868,25 @@ def _release_ended_process(operation: Operation, api: PrefectAPI, lease_id: UUID
 
 
 def _fence(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):
-    """The fenced release, for a holder that may be alive. Its plan refused a lease too long
-    to wait for; one planned as ended elsewhere (another machine's view) is refused here."""
+    """The fenced release (fence.py), for a holder that may be alive. Its plan refused a lease
+    too long to wait for; one planned as ended elsewhere (another machine's view) is refused
+    here."""
     lease = int(operation.holder.get("lease_seconds") or 60)
     if lease > MAX_FENCED_LEASE:
         raise Skip(
             f"{who!r} could not be shown to have ended where this job runs, and its {lease} s "
             "lease is too long to keep the resource closed while it stops; nothing was changed"
         )
-    return _fenced_release(operation, api, lease_id, who)
-
-
-def _fenced_release(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):
-    """Hold a placeholder slot, revoke the lease, wait for the holder to stop, drop the placeholder."""
-    from reslock_web.sync import sync_limit
-
-    sync_limit(api, operation.limit.name)
-    if not Holder.objects.filter(
-        limit=operation.limit, key=operation.holder_key, condition=Condition.HOLDING
-    ).exists():
-        raise Skip(f"{who!r} no longer holds the resource: it already left")
-    info = _current(operation, api)
-    if info.active_slots < info.limit:
-        raise Skip("the limit has free room now, so a placeholder could not keep it closed")
-    if not info.active:
-        raise Skip("the limit is inactive: Prefect does not count its slots")
-    lease = int(operation.holder.get("lease_seconds") or 60)
-    started = timezone.now()
-    # Full limit: nobody can acquire between this read and the write, so the count we write
-    # is at least the true one (a release meanwhile only leaves one slot too many: closed).
-    api.update_limit(info.id, {"active_slots": info.active_slots + 1})
-    operation.params = {**operation.params, "placeholder": True}
-    operation.save(update_fields=["params"])
     try:
-        api.revoke_lease(lease_id)
-        stopped = _wait_for_stop(api, lease_id, started, lease * 0.75 + FENCE_MARGIN)
-    finally:
-        api.decrement(info.name, 1)
-    waited = (timezone.now() - started).total_seconds()
-    how = (
-        f"it reported stopping after {waited:.0f} s"
-        if stopped
-        else f"it did not report back within {waited:.0f} s (a dead process cannot renew a revoked lease)"
-    )
-    after = limit_snapshot(api.read_limit(str(info.id)))
-    return (
-        OperationStatus.SUCCEEDED,
-        f"Revoked the lease of {who!r}; {how}; the resource is open again.",
-        after,
-    )
+        status, message = fence.start(operation, api, lease_id, who)
+    except fence.Refused as refused:
+        raise Skip(str(refused)) from None
+    return status, message, limit_snapshot(_read_quietly(api, operation))
 
 
-def _wait_for_stop(api: PrefectAPI, lease_id: UUID, since: datetime, seconds: float) -> bool:
-    """True once the helper reports the revoked lease released (its code has stopped)."""
-    import time as clock
-
-    deadline = clock.monotonic() + seconds
-    while clock.monotonic() < deadline:
-        events = api.events(since - timedelta(seconds=5), timezone.now(), ["reslock.lock.released"])
-        if any(str(event.payload.get("lease_id")) == str(lease_id) for event in events):
-            return True
-        clock.sleep(1.0)
-    return False
+def _read_quietly(api: PrefectAPI, operation: Operation):
+    """The limit as Prefect shows it now, for the record; None if Prefect cannot say."""
+    try:
+        return api.read_limit(str(operation.limit.prefect_id))
+    except PrefectError:
+        return None

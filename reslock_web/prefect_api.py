@@ -463,10 +463,12 @@ class PrefectAPI:
         until: datetime,
         prefixes: list[str],
         exclude: list[str] | None = None,
+        resources: list[str] | None = None,
     ) -> Iterator[EventInfo]:
-        """Events in [since, until], oldest first, following every page."""
+        """Events in [since, until], oldest first, following every page; `resources` keeps
+        only the events about those resource ids."""
         data = self.request(
-            "POST", "events/filter", json=_events_body(since, until, prefixes, exclude, None)
+            "POST", "events/filter", json=_events_body(since, until, prefixes, exclude, resources)
         )
         while True:
             yield from _events_of(data)

@@ -124,6 +124,24 @@ def sync_limit(api: PrefectAPI, name: str, wait: float = 30.0) -> SyncRun | None
     return _run(api, token, only=name)
 
 
+def sync_limit_or_raise(api: PrefectAPI, name: str) -> SyncRun:
+    """Sync one limit before a decision that depends on it: a decision on the last good state
+    instead of Prefect's present one could free a slot somebody took meanwhile."""
+    run = sync_limit(api, name)
+    if run is None:
+        raise PrefectError(
+            "another sync kept our tables busy, so the limit could not be read again before "
+            "deciding; nothing was changed",
+            retryable=True,
+        )
+    if not run.ok:
+        raise PrefectError(
+            f"the limit could not be read again before deciding ({run.error}); nothing was changed",
+            retryable=True,
+        )
+    return run
+
+
 def _run(api: PrefectAPI, token: str, only: str | None) -> SyncRun:
     run = SyncRun.objects.create(scope=only[:500] if only else "all")
     started = time.monotonic()

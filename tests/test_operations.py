@@ -10,46 +10,10 @@ from django.urls import reverse
 
 from reslock_web.models import Condition, Limit, Operation, OperationStatus, Status
 from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
-from tests.support.net import wait_for
+from tests.support.operating import finished, form, sync, sync_until, unique
 from tests.support.patient import patient_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def sync(server) -> None:
-    with PrefectAPI(server.api_url) as api:
-        run = sync_all(api)
-    assert run is not None and run.ok, run and run.error
-
-
-def sync_until(server, name, check, timeout=30):
-    def attempt():
-        sync(server)
-        limit = Limit.objects.named(name)
-        return limit if limit and check(limit) else None
-
-    return wait_for(attempt, timeout, interval=0.5, what=f"{name} to match")
-
-
-def form(client, url: str) -> dict[str, str]:
-    """The hidden fields of the confirmation page, as a browser would post them back."""
-    import re
-
-    html = client.get(url).content.decode()
-    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', html))
-
-
-def finished(operation_id: int, timeout: float = 60) -> Operation:
-    return wait_for(
-        lambda: (op := Operation.objects.get(pk=operation_id)).finished and op,
-        timeout,
-        what=f"operation {operation_id} to finish",
-    )
 
 
 class SlotWatch:
@@ -80,8 +44,9 @@ class SlotWatch:
         self.thread.join()
 
 
+@pytest.mark.parametrize("crash_flow_run", [False, True], ids=["flow-run-left", "flow-run-too"])
 def test_releasing_a_stale_tag_holder_lets_the_waiter_in_once(
-    prefect_server, flows, celery_worker, operator_client
+    prefect_server, flows, celery_worker, operator_client, crash_flow_run
 ):
     tag = unique("resource:ops")
     with SlotWatch(prefect_server, tag) as watch:
@@ -91,7 +56,7 @@ def test_releasing_a_stale_tag_holder_lets_the_waiter_in_once(
         assert stale.wait(timeout=90) == 0
         ended = stale.wait_event("acquired")
         with patient_client(prefect_server.api_url) as http:
-            # Its flow still shown Running (busy with other tasks): the release crashes it too.
+            # Its flow still shown Running (busy with other tasks): crashed only when asked.
             http.post(
                 f"/flow_runs/{ended['flow_run_id']}/set_state",
                 json={"state": {"type": "RUNNING"}, "force": True},
@@ -107,6 +72,8 @@ def test_releasing_a_stale_tag_holder_lets_the_waiter_in_once(
         assert b"Release the slot held by the finished task run" in page.content
         fields = form(operator_client, url)
         body = {**fields, "reason": "task finished, slot stuck"}
+        if crash_flow_run:
+            body["crash_flow_run"] = "on"
         first = operator_client.post(url, body)
         second = operator_client.post(url, body)  # a double click
         assert first.status_code == second.status_code == 302
@@ -115,12 +82,16 @@ def test_releasing_a_stale_tag_holder_lets_the_waiter_in_once(
         operation = finished(operation.pk)
         assert operation.status == OperationStatus.SUCCEEDED, operation.message
         assert "task run crashed" in operation.message
-        assert "flow run crashed" in operation.message
+        assert ("flow run crashed" in operation.message) is crash_flow_run
+        assert operation.params.get("crash_flow_run", False) is crash_flow_run
         with patient_client(prefect_server.api_url) as http:
-            for kind, run_id in [
-                ("task_runs", ended["task_run_id"]),
-                ("flow_runs", ended["flow_run_id"]),
-            ]:
+            crashed = [("task_runs", ended["task_run_id"])]
+            if crash_flow_run:
+                crashed.append(("flow_runs", ended["flow_run_id"]))
+            else:  # a flow run that may be busy with other tasks is left as it is
+                state = http.get(f"/flow_runs/{ended['flow_run_id']}").json()["state"]
+                assert state["type"] == "RUNNING", state
+            for kind, run_id in crashed:
                 state = http.get(f"/{kind}/{run_id}").json()["state"]
                 assert state["type"] == "CRASHED", (kind, state)
                 assert "olga-operator" in state["message"], state["message"]
@@ -381,7 +352,11 @@ def test_releasing_a_live_helper_holder_fences_until_it_has_stopped(
     # (two slots, one of them nobody's); a third, a second run inside, never.
     assert lost["t"] < acquired["t"]
     assert max(most) <= 2
-    assert "reported stopping" in operation.message and "open again" in operation.message
+    # Its release event, or its process seen ended (whichever reslock notices first).
+    assert "reported that its block had stopped" in operation.message or (
+        "has ended" in operation.message
+    )
+    assert "open again" in operation.message
     with patient_client(prefect_server.api_url) as http:
         assert (
             http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1

@@ -14,9 +14,9 @@ from django.urls import reverse
 
 from reslock_web.models import Condition, Limit, Operation, OperationStatus
 from tests.support.net import wait_for
+from tests.support.operating import finished, form, sync, sync_until, unique
 from tests.support.patient import patient_client
 from tests.support.slot_watch import CounterWatch
-from tests.test_operations import finished, form, sync, sync_until, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -246,7 +246,7 @@ def test_revoking_a_stale_helper_lease_lets_the_waiter_in_and_ignores_the_old_le
 
 
 def test_a_global_drift_repair_lowers_a_leaked_slot_once_no_lease_can_be_live(
-    prefect_server, flows, celery_worker, operator_client, settings
+    prefect_server, flows, celery_worker, operator_client, settings, proxy
 ):
     settings.GRACE_SECONDS = 0
     # Any lease taken when the slot appeared, announced or not, has run out 5 s + Prefect's
@@ -263,11 +263,32 @@ def test_a_global_drift_repair_lowers_a_leaked_slot_once_no_lease_can_be_live(
         interval=1,
         what="the repair to be allowed",
     )
+    page = operator_client.get(url).content.decode()
+    assert "reslock cannot show that no lease stands behind them" in page
+    # Nobody can show that no lease stands behind the slot: the operator must say they take
+    # the risk, and the audit trail keeps that.
     response = operator_client.post(url, {**form(operator_client, url), "reason": "leaked"})
+    assert response.status_code == 400
+    assert "needs your explicit acceptance of the risk" in response.content.decode()
+    assert not Operation.objects.exists()
+    # The worker decides only on a fresh read of Prefect: while that fails, nothing changes.
+    proxy.fail(500, paths={"/events/filter"})
+    body = {**form(operator_client, url), "reason": "leaked", "accept_risk": "on"}
+    response = operator_client.post(url, body)
     assert response.status_code == 302
-    operation = finished(Operation.objects.get(limit=limit).pk)
+    operation = Operation.objects.get(limit=limit)
+    wait_for(
+        lambda: "could not be read again" in Operation.objects.get(pk=operation.pk).message,
+        60,
+        what="the failed re-read",
+    )
+    with patient_client(prefect_server.api_url) as http:
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1
+    proxy.ok()
+    operation = finished(operation.pk, timeout=90)
     assert operation.status == OperationStatus.SUCCEEDED, operation.message
     assert "Lowered used slots by 1" in operation.message
+    assert operation.params["risk_accepted"].startswith("I take the risk")
     with patient_client(prefect_server.api_url) as http:
         assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 0
     assert operation.before["active_slots"] == 1 and operation.after["active_slots"] == 0

@@ -18,10 +18,10 @@ from reslock_web import store
 from reslock_web.liveness import process_gone, process_identity
 from reslock_web.models import Condition, Operation, OperationStatus
 from reslock_web.prefect_api import EventInfo
+from tests.support.operating import finished, form, sync, sync_until, unique
 from tests.support.patient import patient_client
 from tests.support.slot_watch import CounterWatch
 from tests.test_lock_helper import LEASE, REPOSSESS, slots
-from tests.test_operations import finished, form, sync, sync_until, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

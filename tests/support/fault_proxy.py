@@ -4,9 +4,10 @@
 answers with Prefect's answer. Switch it at any time:
 
 - `ok()`: forward faithfully;
-- `fail(500)`: answer that status without asking Prefect;
-- `slow(seconds, methods=...)`: forward, then hold the answer (Prefect did the work but answers
-  late; a client that gives up earlier never sees it);
+- `fail(500)`: answer that status without asking Prefect (`paths=` limits it to requests
+  whose path ends with one of those, e.g. {"/events/filter"}; the rest go through);
+- `slow(seconds, methods=..., paths=...)`: forward, then hold the answer (Prefect did the work
+  but answers late; a client that gives up earlier never sees it);
 - `down()`: close the port (connections are refused); `up()` opens the same port again.
 
 It counts the requests Prefect actually received, by method, so a test can tell how many
@@ -34,6 +35,7 @@ class FaultProxy:
         self.status = 500
         self.delay = 0.0
         self.slow_methods: set[str] | None = None
+        self.affected_paths: set[str] | None = None
         self.forwarded: Counter[str] = Counter()
         self._release = threading.Event()  # set when closing: every held answer goes out now
         self._lock = threading.Lock()
@@ -48,13 +50,16 @@ class FaultProxy:
 
     # --- switches ---------------------------------------------------------------------
     def ok(self) -> None:
-        self.mode = "ok"
+        self.mode, self.affected_paths = "ok", None
 
-    def fail(self, status: int = 500) -> None:
-        self.mode, self.status = "fail", status
+    def fail(self, status: int = 500, paths: set[str] | None = None) -> None:
+        self.mode, self.status, self.affected_paths = "fail", status, paths
 
-    def slow(self, seconds: float, methods: set[str] | None = None) -> None:
+    def slow(
+        self, seconds: float, methods: set[str] | None = None, paths: set[str] | None = None
+    ) -> None:
         self.mode, self.delay, self.slow_methods = "slow", seconds, methods
+        self.affected_paths = paths
 
     def down(self) -> None:
         if self._server is not None:
@@ -93,7 +98,9 @@ class FaultProxy:
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("content-length") or 0))
         method = handler.command
-        if self.mode == "fail":
+        path = handler.path.split("?", 1)[0].rstrip("/")
+        affected = self.affected_paths is None or any(path.endswith(p) for p in self.affected_paths)
+        if self.mode == "fail" and affected:
             self._answer(handler, self.status, b'{"detail": "proxy says: internal error"}', {})
             return
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_HEADERS}
@@ -104,7 +111,11 @@ class FaultProxy:
             return  # dropped without an answer, as a dying server would
         with self._lock:
             self.forwarded[method] += 1
-        if self.mode == "slow" and (self.slow_methods is None or method in self.slow_methods):
+        if (
+            self.mode == "slow"
+            and affected
+            and (self.slow_methods is None or method in self.slow_methods)
+        ):
             self._release.wait(self.delay)
         kept = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
         kept.pop("content-encoding", None)  # httpx already decoded the body

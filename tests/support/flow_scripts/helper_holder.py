@@ -3,10 +3,12 @@
 Params: names (list of resource names) or name, where ("task": inside a @task, the default;
 "flow": in the flow body; "async_task": `async with` in an async @task; "none": outside any
 run), limit (1), lease_duration (60), timeout (None), go_file (wait for this file, after the
-imports, before taking the lock), release_file / hold.
+imports, before taking the lock), release_file / hold, block (seconds of one time.sleep() call
+at the start of the body: code a revoke cannot stop before the call returns).
 Events: process_started, ready, started {flow_run_id}, want {t}, acquired {lease_id,
 limit_ids, names, holder, waited_seconds, flow_run_id, task_run_id, flow_run_name,
-release_file}, released {reason}, lost {reason, lease_id} (the lease was revoked: the block
+release_file}, left {t} (the body's last instant inside the lock, however it ended), released {reason},
+lost {reason, lease_id} (the lease was revoked: the block
 was stopped, ResourceLockLost caught), timed_out {message, holders}, exited.
 """
 
@@ -53,8 +55,13 @@ def guarded_body() -> str:
     try:
         with lock() as held:
             acquired(held)
-            reason = hold(P.get("release_file"), P.get("hold"), float(P.get("max_hold", 600)))
-            emit("leaving", reason=reason)
+            try:
+                if P.get("block"):
+                    time.sleep(float(P["block"]))
+                reason = hold(P.get("release_file"), P.get("hold"), float(P.get("max_hold", 600)))
+                emit("leaving", reason=reason)
+            finally:
+                emit("left")
     except ResourceLockLost as exc:
         emit("lost", reason=exc.reason, lease_id=str(exc.lease_id), message=str(exc))
         return "lost"

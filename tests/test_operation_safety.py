@@ -1,0 +1,148 @@
+"""Operations that would let a second run in are refused, on the real stack (a real Prefect
+server, real holders in subprocesses, a real Celery worker on real Redis)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from reslock_web.dispatch import send
+from reslock_web.models import Condition, Operation, OperationKind, OperationStatus
+from reslock_web.operate_views import _holder_snapshot
+from tests.support.board_data import make_limit
+from tests.support.operating import finished, form, sync_until, unique
+from tests.support.patient import patient_client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def operation_for(limit, kind: str, holder: dict | None = None, **params) -> Operation:
+    """An operation as the confirmation page records it, for what the board showed."""
+    return Operation.objects.create(
+        kind=kind,
+        limit=limit,
+        limit_name=limit.name,
+        holder_key=(holder or {}).get("key", ""),
+        holder=holder or {},
+        params=params,
+        reason="test",
+        requested_by_name="olga-operator",
+        token=uuid.uuid4(),
+    )
+
+
+def test_operations_on_one_limit_take_turns():
+    limit = make_limit("resource:turns")
+    first = operation_for(limit, OperationKind.SET_LIMIT, value=2, expected=1)
+    second = operation_for(limit, OperationKind.ACTIVATE)
+    other = operation_for(make_limit("resource:other"), OperationKind.ACTIVATE)
+    assert Operation.objects.claim(first.pk)
+    assert not Operation.objects.claim(second.pk)  # the database refuses a second one
+    assert Operation.objects.get(pk=second.pk).status == OperationStatus.PENDING
+    assert Operation.objects.claim(other.pk)  # another limit is not held up
+    assert Operation.objects.acting_on(limit.pk).pk == first.pk
+    # Keeping a resource closed counts as acting on it, too.
+    Operation.objects.filter(pk=first.pk).update(status=OperationStatus.FENCING)
+    assert not Operation.objects.claim(second.pk)
+    Operation.objects.filter(pk=first.pk).update(status=OperationStatus.SUCCEEDED)
+    assert Operation.objects.claim(second.pk)
+
+
+def test_a_stale_release_of_a_run_prefect_does_not_return_changes_nothing(
+    prefect_server, flows, celery_worker
+):
+    """Prefect writes task runs a little after they start: one it does not return may be a
+    live holder's. Its lease must not be revoked."""
+    name = unique("db-unwritten")
+    holder = flows.start("helper_holder", name=name)
+    acquired = holder.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    row = limit.holders.get()
+    snapshot = {
+        **_holder_snapshot(row),
+        "key": row.key,
+        "condition": Condition.STALE,
+        "task_run_id": str(uuid.uuid4()),  # a task run Prefect has not (yet) written
+    }
+    operation = operation_for(limit, OperationKind.RELEASE_HOLDER, holder=snapshot)
+    send(operation.pk)
+    done = finished(operation.pk)
+    assert done.status == OperationStatus.SKIPPED, done.message
+    assert "may not have been written yet" in done.message
+    with patient_client(prefect_server.api_url) as http:
+        renewed = http.post(
+            f"/v2/concurrency_limits/leases/{acquired['lease_id']}/renew",
+            json={"lease_duration": 60},
+        )
+        assert renewed.status_code == 204  # the live holder's lease was left alone
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1
+    holder.release()
+    assert holder.wait() == 0
+    assert not holder.find_events("lost")
+
+
+def test_activating_a_limit_with_runs_inside_is_refused_until_they_have_left(
+    prefect_server, flows, celery_worker, operator_client
+):
+    """Prefect does not count a run that entered an inactive limit, yet lowers the counter
+    when its lease ends: activated meanwhile, the limit would let a second run in."""
+    name = unique("resource:inactive")
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+        http.patch(f"/v2/concurrency_limits/{name}", json={"active": False}).raise_for_status()
+    inside = flows.start("gcl_holder", name=name, create=False, flow_run_name="while-off")
+    inside.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    url = reverse("operate", args=["activate", name])
+    page = operator_client.get(url).content.decode()
+    assert "Refused for now: runs are inside." in page and "while-off" in page
+    assert operator_client.post(url, form(operator_client, url)).status_code == 400
+    # The worker checks again itself, on a fresh read.
+    operation = operation_for(limit, OperationKind.ACTIVATE)
+    send(operation.pk)
+    done = finished(operation.pk)
+    assert done.status == OperationStatus.SKIPPED, done.message
+    assert "while the limit was inactive" in done.message
+    with patient_client(prefect_server.api_url) as http:
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["active"] is False
+    inside.release()
+    assert inside.wait() == 0
+    sync_until(prefect_server, name, lambda limit: limit.holder_count == 0)
+    assert "Activate " in operator_client.get(url).content.decode()
+    response = operator_client.post(url, form(operator_client, url))
+    assert response.status_code == 302
+    done = finished(Operation.objects.exclude(pk=operation.pk).get(limit=limit).pk)
+    assert done.status == OperationStatus.SUCCEEDED, done.message
+
+
+def test_a_tag_repair_never_lowers_more_than_the_operator_was_shown(
+    prefect_server, flows, celery_worker, operator_client, settings
+):
+    settings.GRACE_SECONDS = 0
+    tag = unique("resource:shown")
+    leak = {"names": [f"tag:{tag}"], "slots": 1, "mode": "concurrency"}
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/concurrency_limits/", json={"tag": tag, "concurrency_limit": 3})
+        holder = flows.start("tag_holder", tag=tag, create=False)
+        holder.wait_event("acquired")
+        http.post("/v2/concurrency_limits/increment", json=leak).raise_for_status()
+        limit = sync_until(prefect_server, f"tag:{tag}", lambda limit: limit.active_slots == 2)
+        url = reverse("operate", args=["repair", limit.name])
+        body = {**form(operator_client, url), "reason": "one leaked increment"}
+        assert "by at most 1 " in operator_client.get(url).content.decode()
+        # A second leak after the operator looked: not what they agreed to lower.
+        http.post("/v2/concurrency_limits/increment", json=leak).raise_for_status()
+        started = timezone.now()
+        assert operator_client.post(url, body).status_code == 302
+        done = finished(Operation.objects.get(limit=limit).pk, timeout=90)
+        assert done.status == OperationStatus.SUCCEEDED, done.message
+        assert "Lowered used slots by 1" in done.message
+        # Two readings of Prefect, far enough apart for its repossessor to have run between.
+        assert (done.finished_at - started).total_seconds() >= 20
+        assert http.get(f"/v2/concurrency_limits/tag:{tag}").json()["active_slots"] == 2
+    assert done.params["shown_extra"] == 1
+    holder.release()
+    assert holder.wait() == 0
