@@ -401,10 +401,18 @@ def _tag_holders(
     moved = []
     reuse: set[str] = set()
     verifiable: list[tuple[datetime, str]] = []
+    to_read: list[str] = []
     for info in snapshot.listing:
-        if not info.name.startswith("tag:") or info.active_slots == 0:
+        if not info.name.startswith("tag:"):
             continue
         tag = info.name.removeprefix("tag:")
+        if not info.active:
+            # Runs inside an inactive limit hold leases Prefect does not count: its counter
+            # says nothing about them, so its list is read every pass.
+            to_read.append(tag)
+            continue
+        if info.active_slots == 0:
+            continue
         updated, slots, checked = known.get(info.id, (None, -1, None))
         if updated == info.updated and slots == info.active_slots and checked is not None:
             reuse.add(info.name)
@@ -417,7 +425,6 @@ def _tag_holders(
             snapshot.task_runs[run.id] = run
             for tag in run.tags:
                 by_tag.setdefault(tag, []).append(run.id)
-    to_read: list[str] = []
     for info, tag, checked in moved:
         if len(by_tag.get(tag, [])) == info.active_slots:
             snapshot.tag_holders[info.name] = by_tag[tag]

@@ -1,0 +1,61 @@
+"""The adversarial suite's fixed-seed slice (tests/support/safety.py; bench/safety_soak.py
+runs hundreds): real holders, faults and operator actions on the real stack, checked against
+the bodies' own enter and leave times and the board's verdicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from reslock_web.prefect_api import PrefectAPI
+from reslock_web.sync import sync_all
+from tests.support.safety import FAULTS, Runner, generate
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# The in-process worker cannot be killed and restarted: tests/test_faults_worker.py does that.
+IN_PROCESS_FAULTS = tuple(fault for fault in FAULTS if fault != "kill_worker")
+# Chosen for their spread: a helper blocked in a long call released while Prefect's events
+# fail to the worker and its jobs are short (the fence goes on in the sweep); a release whose
+# revoke answer is lost; a lease over two names; tag tasks under a deactivate and activate.
+SEEDS = [20, 31, 23, 6]
+
+
+@pytest.fixture
+def runner(prefect_server, flows, celery_worker, operator_client, proxy, settings):
+    from reslock_web.celery import app
+
+    # Jobs hand a fence to the sweep after a few seconds: the soft time limit path, every time.
+    settings.OPERATION_TIMEOUT_SECONDS = 40
+    settings.PREFECT_TIMEOUT_SECONDS = 3
+    settings.GRACE_SECONDS = 5
+
+    def sync() -> None:
+        with PrefectAPI(prefect_server.api_url) as api:
+            sync_all(api)  # None while another sync runs: that one is as good
+
+    return Runner(
+        prefect_server,
+        flows,
+        operator_client,
+        proxy,
+        sync=sync,
+        sweep=lambda: app.send_task("reslock.sweep"),
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_no_scenario_lets_two_runs_in_or_calls_a_live_holder_stale(runner, artifacts, seed):
+    scenario = generate(seed, IN_PROCESS_FAULTS)
+    outcome = runner.run(scenario)
+    with (artifacts / "safety_suite.log").open("a") as log:  # what each scenario did
+        log.write(f"{scenario}: {outcome.seconds:.0f} s, refused {outcome.refused}, ")
+        log.write(f"operations {outcome.operations}\n")
+    assert not outcome.double_admissions, (str(scenario), outcome)
+    assert not outcome.false_verdicts, (str(scenario), outcome)
+    # Every operation asked for ended, one way or another, and said why.
+    assert all(status in ("succeeded", "failed", "skipped") for _, status, _ in outcome.operations)
+    assert all(message for _, _, message in outcome.operations), outcome.operations
+    if scenario.action == "toggle":  # made inactive by the operator, active again once safe
+        assert ("activate", "succeeded") in [
+            (kind, status) for kind, status, _ in outcome.operations
+        ]
