@@ -100,6 +100,7 @@ def main() -> int:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0, interactive=False)
+        call_command("collectstatic", interactive=False, verbosity=0)  # the pages' assets
         worker = Worker(env)
         return soak(server, proxy, worker, args.first_seed, args.scenarios)
     finally:

@@ -146,3 +146,73 @@ def test_a_tag_repair_never_lowers_more_than_the_operator_was_shown(
     assert done.params["shown_extra"] == 1
     holder.release()
     assert holder.wait() == 0
+
+
+def test_the_fence_is_refused_on_a_limit_with_free_room_and_for_a_long_lease(
+    prefect_server, flows, operator_client
+):
+    roomy, long_lease = unique("db-roomy"), unique("db-long-lease")
+    holders = [
+        flows.start("helper_holder", name=roomy, limit=2, flow_run_name="roomy-job"),
+        flows.start("helper_holder", name=long_lease, lease_duration=300, flow_run_name="long"),
+    ]
+    for holder in holders:
+        holder.wait_event("acquired")
+    for name, refusal in [
+        (roomy, "Refused: the limit has free room."),
+        (long_lease, "Refused: this lease is too long to fence."),
+    ]:
+        limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+        url = reverse("operate", args=["release", name]) + f"?holder={limit.holders.get().pk}"
+        assert refusal in operator_client.get(url).content.decode()
+        response = operator_client.post(url, {**form(operator_client, url), "reason": "stuck"})
+        assert response.status_code == 400
+    assert not Operation.objects.exists()
+    for holder in holders:
+        holder.release()
+        assert holder.wait() == 0
+
+
+def test_a_stale_tag_holder_running_again_is_left_alone(
+    prefect_server, flows, celery_worker, operator_client
+):
+    tag = unique("resource:again")
+    stale = flows.start("tag_holder", tag=tag, reset_override=True, hold=0.5)
+    assert stale.wait(timeout=90) == 0
+    ended = stale.wait_event("acquired")
+    limit = sync_until(prefect_server, f"tag:{tag}", lambda limit: limit.is_stale)
+    holder = limit.holders.get(condition=Condition.STALE)
+    with patient_client(prefect_server.api_url) as http:
+        # Prefect shows it running again after the board looked (a retry, a late state).
+        http.post(
+            f"/task_runs/{ended['task_run_id']}/set_state",
+            json={"state": {"type": "RUNNING"}, "force": True},
+        ).raise_for_status()
+        url = reverse("operate", args=["release", limit.name]) + f"?holder={holder.pk}"
+        response = operator_client.post(url, {**form(operator_client, url), "reason": "stuck"})
+        assert response.status_code == 302
+        done = finished(Operation.objects.get(limit=limit).pk)
+        assert done.status == OperationStatus.SKIPPED, done.message
+        assert "again: it may be working, so its slot stays" in done.message
+        state = http.get(f"/task_runs/{ended['task_run_id']}").json()["state"]
+        assert state["type"] == "RUNNING"  # not crashed
+        assert http.get(f"/v2/concurrency_limits/tag:{tag}").json()["active_slots"] == 1
+
+
+def test_the_sync_lock_frees_itself_once_it_expires():
+    from datetime import timedelta
+
+    from reslock_web.models import SyncState
+    from reslock_web.sync import LOCK_SECONDS, try_lock, unlock
+
+    now = timezone.now()
+    first = try_lock(now)
+    assert first is not None
+    assert try_lock(now + timedelta(seconds=LOCK_SECONDS - 1)) is None  # held
+    # Its holder died without unlocking: the lock frees itself when it expires.
+    second = try_lock(now + timedelta(seconds=LOCK_SECONDS + 1))
+    assert second is not None and second != first
+    unlock(first)  # the dead one's late unlock cannot free the new holder's lock
+    assert SyncState.objects.get(name="sync").locked_by == second
+    unlock(second)
+    assert try_lock(now + timedelta(seconds=LOCK_SECONDS + 2)) is not None
