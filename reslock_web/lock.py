@@ -11,7 +11,8 @@
 
 A resource name is the name of a Prefect global concurrency limit: `resource_lock("db-42")`
 guards the limit named exactly `db-42`, created with a limit of 1 on first use (`limit=` for
-another size; an existing limit keeps its own size). The slot is taken with a lease whose
+another size). An existing limit must be active, not a rate limit, and of that size, or the
+block raises `ResourceLockMisconfigured` before taking anything. The slot is taken with a lease whose
 holder is the current task run (or flow run outside a task; none outside a run), renewed every
 0.75 x `lease_duration` and released on exit. A lease revoked from the board (or lost because
 Prefect could not be reached before it expired) stops the body: sync code gets Prefect's
@@ -83,6 +84,7 @@ __all__ = [
     "Hold",
     "ResourceLock",
     "ResourceLockLost",
+    "ResourceLockMisconfigured",
     "ResourceLockTimeout",
     "guarded",
     "held_names",
@@ -147,6 +149,47 @@ class ResourceLockLost(RuntimeError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.names, self.lease_id, self.reason))
+
+
+class ResourceLockMisconfigured(ValueError):
+    """The limit under a resource name exists but would not make the lock exclusive as asked:
+    another size than `limit=`, inactive, or a rate limit (its slots decay). No slot is held."""
+
+    def __init__(self, name: str, expected: int, problems: tuple[str, ...]) -> None:
+        self.name = name
+        self.expected = expected
+        self.problems = problems
+        super().__init__(f"limit {name!r} " + "; it ".join(problems))
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.name, self.expected, self.problems))
+
+
+def _misconfiguration(name: str, expected: int, found: dict[str, Any]) -> tuple[str, ...]:
+    """What is wrong with the limit `found` (Prefect's JSON) for `resource_lock(name,
+    limit=expected)`; empty when it is right."""
+    call = f"resource_lock({name!r}" + (f", limit={expected})" if expected != 1 else ")")
+    problems = []
+    size = found.get("limit")
+    if size != expected:
+        problems.append(
+            f"allows {size} holders at once; {call} expects {expected}: pass limit={size} if "
+            f"that is meant, or set the limit to {expected} (prefect gcl update {name} "
+            f"--limit {expected})"
+        )
+    if found.get("active", True) is not True:
+        problems.append(
+            f"is inactive, so Prefect lets every caller in at once: enable it "
+            f"(prefect gcl enable {name}) or use another name"
+        )
+    decay = found.get("slot_decay_per_second") or 0
+    if decay != 0:
+        problems.append(
+            f"is a rate limit (slot_decay_per_second={decay:g}): its slots free themselves "
+            f"while still held: set it to 0 (prefect gcl update {name} "
+            f"--slot-decay-per-second 0) or use another name"
+        )
+    return tuple(problems)
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -242,7 +285,9 @@ def held_names() -> frozenset[str]:
 # --- Prefect client --------------------------------------------------------------------------
 _clients: dict[tuple[Any, ...], SyncPrefectClient] = {}
 _clients_lock = threading.Lock()
-_limit_ids: dict[tuple[str, str], uuid.UUID] = {}  # (api url, name) -> limit id
+# (api url, name) -> (limit id, the `limit=` it was checked against): each limit is read and
+# checked once per process; a limit recreated under its name (another id) is checked again.
+_limit_ids: dict[tuple[str, str], tuple[uuid.UUID, int]] = {}
 
 
 def _api_settings() -> tuple[Any, ...]:
@@ -275,14 +320,16 @@ def _limit_ids_for(
     client: SyncPrefectClient, url: str, names: tuple[str, ...], limit: int
 ) -> dict[str, uuid.UUID]:
     """Ids of the limits, created (limit `limit`) when missing. Safe when many processes race:
-    a 409 "already exists" means another process created it first."""
+    a 409 "already exists" means another process created it first. An existing limit must be
+    what the caller asked for (`ResourceLockMisconfigured` otherwise), or the lock would not
+    be exclusive."""
     found: dict[str, uuid.UUID] = {}
     for name in names:
         known = _limit_ids.get((url, name))
-        if known is None:
-            known = _create_or_read(client, name, limit)
+        if known is None or known[1] != limit:
+            known = (_create_or_read(client, name, limit), limit)
             _limit_ids[(url, name)] = known
-        found[name] = known
+        found[name] = known[0]
     return found
 
 
@@ -292,17 +339,24 @@ def _create_or_read(client: SyncPrefectClient, name: str, limit: int) -> uuid.UU
             response = client.request(
                 "POST", "/v2/concurrency_limits/", json={"name": name, "limit": limit}
             )
-            return uuid.UUID(response.json()["id"])
+            return _checked(name, limit, response.json())
         except Exception as exc:
             if _status(exc) != 409:
                 raise
         try:
             response = client.request("GET", f"/v2/concurrency_limits/{quote(name, safe='')}")
-            return uuid.UUID(response.json()["id"])
+            return _checked(name, limit, response.json())
         except Exception as exc:
             if _status(exc) != 404:  # deleted between the two calls: create it again
                 raise
     raise RuntimeError(f"could not create or read the concurrency limit {name!r}")
+
+
+def _checked(name: str, limit: int, found: dict[str, Any]) -> uuid.UUID:
+    problems = _misconfiguration(name, limit, found)
+    if problems:
+        raise ResourceLockMisconfigured(name, limit, problems)
+    return uuid.UUID(found["id"])
 
 
 def _forget(url: str, names: Iterable[str]) -> None:
@@ -358,6 +412,7 @@ def _attempt(
     client: SyncPrefectClient,
     url: str,
     names: tuple[str, ...],
+    limit: int,
     lease_duration: float,
     holder: dict[str, str] | None,
     grants: list[_Grant],
@@ -390,14 +445,24 @@ def _attempt(
         limit_ids={item["name"]: uuid.UUID(item["id"]) for item in data.get("limits", [])},
     )
     grants.append(grant)  # from here on, a failure or cancellation releases it
-    for name, limit_id in grant.limit_ids.items():  # a limit recreated under its name
-        _limit_ids[(url, name)] = limit_id
-    missing = [name for name in names if name not in grant.limit_ids]
-    if missing:
+    # A limit deleted since we read it (missing), or deleted and created again under its name
+    # (another id, not checked yet): give the slot back, read the limit again, try again.
+    changed = [
+        name
+        for name in names
+        if name not in grant.limit_ids
+        or _limit_ids.get((url, name), (None, 0))[0] != grant.limit_ids[name]
+    ]
+    if changed:
         grants.remove(grant)
         _release(client, grant.lease_id)
-        _forget(url, missing)
+        _forget(url, changed)
         return None
+    for item in data.get("limits", []):  # resized since we checked it: the grant is released
+        if "limit" in item and item["limit"] != limit:
+            _forget(url, [item["name"]])
+            problems = _misconfiguration(item["name"], limit, {"limit": item["limit"]})
+            raise ResourceLockMisconfigured(item["name"], limit, problems)
     return grant
 
 
@@ -457,7 +522,9 @@ def _acquire_steps(
     recreated = 0
     while True:
         outcome = yield _Call(
-            lambda: _attempt(client, url, names, spec.lease_duration, hold.holder, grants)
+            lambda: _attempt(
+                client, url, names, spec.limit, spec.lease_duration, hold.holder, grants
+            )
         )
         if outcome is None:  # a limit was deleted under us: create it again, retry at once
             recreated += 1
@@ -869,7 +936,7 @@ def resource_lock(
 ) -> ResourceLock:
     """Hold every named resource (all or none) for the duration of a `with` block.
 
-    `limit`: slots of a limit this call creates (an existing limit keeps its size).
+    `limit`: the limit's size: created with it, or an existing limit must have it.
     `lease_duration`: seconds (60 to 86400) a crashed holder keeps the slot.
     `timeout`: seconds to wait before raising `ResourceLockTimeout` (None: forever).
     """
