@@ -869,6 +869,20 @@ async def _hold_async(spec: ResourceLock) -> AsyncIterator[Hold]:
         raise ResourceLockLost(needed, hold.lease_id, hold.lost)
 
 
+def _refuse_inside_event_loop(spec: ResourceLock) -> None:
+    """A sync block in a thread that runs an event loop would block that loop while it waits,
+    and stopping its body on a lost lease would throw into the loop itself."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"`with {spec!r}` inside a running event loop (an async function, or a sync task "
+        f"called from one): use `async with {spec!r}` there, or run the sync code in a worker "
+        f"thread (e.g. `await anyio.to_thread.run_sync(...)`)"
+    )
+
+
 class ResourceLock:
     """`with` / `async with` guard on one or more resources; see `resource_lock()`."""
 
@@ -902,6 +916,7 @@ class ResourceLock:
     def __enter__(self) -> Hold:
         if self._sync is not None:
             raise RuntimeError(f"{self!r} is already entered; create another resource_lock()")
+        _refuse_inside_event_loop(self)
         self._sync = _hold_sync(self)
         try:
             return self._sync.__enter__()

@@ -8,11 +8,14 @@ lock inside a running event loop is refused at once.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from reslock_web import lock
@@ -41,6 +44,7 @@ def in_process(prefect_server: PrefectServer) -> Iterator[None]:
     """The helper, called from the test process itself, talks to the test server."""
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
         yield
+        EventsWorker.drain_all(timeout=10)  # sent while the server is still there
 
 
 # --- item 13: an existing limit must make the lock exclusive ---------------------------------
@@ -118,3 +122,35 @@ def test_a_limit_changed_after_this_process_checked_it_is_refused_without_keepin
     ):
         pytest.fail("entered an inactive limit")
     assert gcl(api, recreated)["active_slots"] == 0
+
+
+# --- item 12 (part): a sync lock cannot be taken inside a running event loop -----------------
+def test_a_sync_lock_inside_a_running_event_loop_is_refused_at_once(
+    api: httpx.Client, in_process: None
+) -> None:
+    name = unique("safety-in-loop")
+
+    @lock.guarded(name)
+    def sync_work() -> None:
+        pytest.fail("a guarded sync function ran inside the event loop")
+
+    async def inside_a_loop() -> list[float]:
+        took = []
+        for enter in (lambda: lock.resource_lock(name).__enter__(), sync_work):
+            started = time.monotonic()
+            with pytest.raises(RuntimeError) as caught:
+                enter()
+            took.append(time.monotonic() - started)
+            assert str(caught.value).startswith(
+                f"`with resource_lock({name!r})` inside a running event loop (an async "
+                f"function, or a sync task called from one): use `async with "
+                f"resource_lock({name!r})` there"
+            )
+        async with lock.resource_lock(name) as held:  # the right way, in the same place
+            assert gcl(api, name)["active_slots"] == 1
+            assert held.lease_id is not None
+        return took
+
+    took = asyncio.run(inside_a_loop())
+    assert max(took) < 0.5  # refused before any call to Prefect
+    assert gcl(api, name)["active_slots"] == 0
