@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import anyio
+import httpx
 from prefect import Flow, Task
 from prefect._internal.concurrency.cancellation import WatcherThreadCancelScope, shield
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -108,6 +109,11 @@ RENEWAL_FRACTION = 0.75  # renew like Prefect: every 0.75 x lease_duration
 LOST_MARGIN = 5.0  # stop the body this long before a lease we could not renew expires
 RENEW_RETRY = 2.0  # seconds between renewal attempts after a transient failure
 REQUEST_TIMEOUT = 10.0  # seconds, for renewals and the holder lookup
+ACQUIRE_TIMEOUT = 30.0  # seconds, for one increment-with-lease
+ACQUIRE_LEASE_SECONDS = MIN_LEASE_SECONDS  # the lease asked for; renewed at once to the full one
+ACQUIRE_ATTEMPTS = 6  # unanswered acquires in a row before giving up (Prefect's client: 6)
+UNSENT_STATUSES = frozenset({408, 429})  # the server refused to handle the request
+UNKNOWN_STATUSES = frozenset({502, 503, 504})  # a gateway may have passed it on
 MIN_RETRY_WAIT = 0.1
 MAX_RETRY_WAIT = 10.0  # Prefect's Retry-After may say up to 30 s; hand-offs come sooner
 BANNED_CHARACTERS = "/%&<>"  # Prefect: names must match ^[^/%&><]+$
@@ -406,6 +412,16 @@ class _Sleep:
 class _Grant:
     lease_id: uuid.UUID
     limit_ids: dict[str, uuid.UUID]
+    requested_at: float  # monotonic, before the request: the lease may start any time after
+    lease_seconds: float  # what the lease was granted for
+
+
+@dataclass
+class _Unanswered:
+    """The acquire got no usable answer; `maybe_granted`: Prefect may have applied it."""
+
+    error: Exception
+    maybe_granted: bool
 
 
 def _attempt(
@@ -413,36 +429,62 @@ def _attempt(
     url: str,
     names: tuple[str, ...],
     limit: int,
-    lease_duration: float,
     holder: dict[str, str] | None,
     grants: list[_Grant],
-) -> _Grant | float | None:
+) -> _Grant | float | None | _Unanswered:
     """One increment-with-lease on every name at once (all or nothing).
 
-    Returns the grant, the server's Retry-After when a limit is full, or None when a limit
-    has vanished since we cached its id (it was deleted): the caller creates it again.
+    Returns the grant, the server's Retry-After when a limit is full, None when a limit has
+    vanished or changed since we checked it (the caller reads it again), or `_Unanswered`.
+
+    The request is sent once, never retried by Prefect's client: Prefect creates the lease
+    when the request arrives, so a request whose answer was lost may have left a lease we
+    never got the id of, and a blind retry would then queue behind it (or take a second
+    one). Prefect 3.9 gives no way to find such a lease again (leases of a global limit are
+    listed nowhere; only `tag:` limits list their holders) and a decrement by name would be
+    applied twice (once more when that lease expires), so the orphan is bounded instead: the
+    lease is asked for with Prefect's shortest duration (60 s) and the renewer extends it to
+    the caller's `lease_duration` right after. An orphan is never renewed, so it holds a
+    slot for at most 60 s (+ up to 15 s until Prefect's repossessor frees it), whatever
+    `lease_duration` was asked; the caller retries, and waits behind it at most that long.
     """
     body: dict[str, Any] = {
         "names": list(names),
         "slots": 1,
         "mode": "concurrency",
-        "lease_duration": lease_duration,
+        "lease_duration": ACQUIRE_LEASE_SECONDS,
     }
     if holder is not None:
         body["holder"] = holder
+    requested_at = time.monotonic()
     try:
-        response = client.request("POST", "/v2/concurrency_limits/increment-with-lease", json=body)
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+            response = client.request(
+                "POST",
+                "/v2/concurrency_limits/increment-with-lease",
+                json=body,
+                timeout=ACQUIRE_TIMEOUT,
+            )
     except Exception as exc:
-        if _status(exc) != 423:
-            raise
-        try:
-            return float(exc.response.headers.get("Retry-After", 1.0))  # type: ignore[attr-defined]
-        except ValueError:
-            return 1.0
+        status = _status(exc)
+        if status == 423:
+            try:
+                return float(exc.response.headers.get("Retry-After", 1.0))  # type: ignore[attr-defined]
+            except ValueError:
+                return 1.0
+        if status in UNSENT_STATUSES or isinstance(
+            exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+        ):
+            return _Unanswered(exc, maybe_granted=False)
+        if status in UNKNOWN_STATUSES or (status is None and isinstance(exc, httpx.TransportError)):
+            return _Unanswered(exc, maybe_granted=True)
+        raise
     data = response.json()
     grant = _Grant(
         lease_id=uuid.UUID(data["lease_id"]),
         limit_ids={item["name"]: uuid.UUID(item["id"]) for item in data.get("limits", [])},
+        requested_at=requested_at,
+        lease_seconds=ACQUIRE_LEASE_SECONDS,
     )
     grants.append(grant)  # from here on, a failure or cancellation releases it
     # A limit deleted since we read it (missing), or deleted and created again under its name
@@ -519,13 +561,9 @@ def _acquire_steps(
         lambda: _limit_ids_for(client, url, names, spec.limit)
     )
     waiting: dict[str, Event | None] | None = None
-    recreated = 0
+    recreated = unanswered = 0
     while True:
-        outcome = yield _Call(
-            lambda: _attempt(
-                client, url, names, spec.limit, spec.lease_duration, hold.holder, grants
-            )
-        )
+        outcome = yield _Call(lambda: _attempt(client, url, names, spec.limit, hold.holder, grants))
         if outcome is None:  # a limit was deleted under us: create it again, retry at once
             recreated += 1
             if recreated > 3:
@@ -549,7 +587,16 @@ def _acquire_steps(
                 payload["process"] = identity
             return _emit_all(EVENT_ACQUIRED, outcome.limit_ids, payload, waiting)
         now = time.monotonic()
-        if waiting is None:
+        if isinstance(outcome, _Unanswered):
+            unanswered += 1
+            if unanswered >= ACQUIRE_ATTEMPTS:
+                raise outcome.error
+            pause = min(RENEW_RETRY * 2 ** (unanswered - 1), MAX_RETRY_WAIT)
+            _warn_unanswered(names, outcome, pause)
+        else:
+            unanswered = 0
+            pause = min(max(outcome, MIN_RETRY_WAIT), MAX_RETRY_WAIT)
+        if waiting is None and not isinstance(outcome, _Unanswered):
             _run_logger().info("Waiting for resource lock on %s", ", ".join(names))
             payload = {
                 "lease_duration": spec.lease_duration,
@@ -575,10 +622,30 @@ def _acquire_steps(
             )
             holders = yield _Call(functools.partial(_describe_holders, client, limit_ids))
             raise ResourceLockTimeout(names, float(spec.timeout or 0), holders)
-        pause = min(max(outcome, MIN_RETRY_WAIT), MAX_RETRY_WAIT)
         if deadline is not None:
             pause = min(pause, deadline - now)
         yield _Sleep(max(pause, 0.0))
+
+
+def _warn_unanswered(names: tuple[str, ...], outcome: _Unanswered, pause: float) -> None:
+    if outcome.maybe_granted:
+        _run_logger().warning(
+            "Prefect did not answer the request for %s (%r). It may have granted a lease "
+            "whose id never reached us: such a lease is not renewed and holds its slot for at "
+            "most %g s (+ up to 15 s until Prefect frees it); if the limit is full, that is how "
+            "long this call waits behind it. Trying again in %.1f s.",
+            ", ".join(names),
+            outcome.error,
+            ACQUIRE_LEASE_SECONDS,
+            pause,
+        )
+    else:
+        _run_logger().warning(
+            "Could not reach Prefect to request %s (%r); trying again in %.1f s.",
+            ", ".join(names),
+            outcome.error,
+            pause,
+        )
 
 
 def _drive_sync(steps: Generator[_Call | _Sleep, Any, Any]) -> Any:
@@ -684,11 +751,16 @@ class _Renewer:
         client: SyncPrefectClient,
         hold: Hold,
         acquired_at: float,
+        lease_seconds: float,
         on_lost: Callable[[], None],
     ) -> None:
         self.client = client
         self.hold = hold
-        self.expires = acquired_at + hold.lease_duration
+        self.expires = acquired_at + lease_seconds
+        # A lease granted shorter than asked (see _attempt) is extended at once.
+        self.first_wait = (
+            lease_seconds * RENEWAL_FRACTION if lease_seconds >= hold.lease_duration else 0.0
+        )
         self.on_lost = on_lost
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -711,7 +783,7 @@ class _Renewer:
     def _run(self) -> None:
         hold = self.hold
         assert hold.lease_id is not None
-        wait = hold.lease_duration * RENEWAL_FRACTION
+        wait = self.first_wait
         with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # we retry, within the lease
             while not self._stop.wait(wait):
                 started = time.monotonic()
@@ -787,12 +859,13 @@ def _hold_sync(spec: ResourceLock) -> Iterator[Hold]:
                 _release_quietly(client, grant.lease_id, needed)
         raise
     assert hold.lease_id is not None
-    acquired_at = time.monotonic()
+    grant = grants[-1]
+    acquired_at = grant.requested_at  # the lease may have started as soon as it was asked for
     token = _HELD.set((*_HELD.get(), hold))
     error: BaseException | None = None
     try:
         with WatcherThreadCancelScope(name=f"reslock {', '.join(needed)}") as scope:
-            renewer = _Renewer(client, hold, acquired_at, scope.cancel)
+            renewer = _Renewer(client, hold, acquired_at, grant.lease_seconds, scope.cancel)
             renewer.start()
             try:
                 yield hold
@@ -835,14 +908,19 @@ async def _hold_async(spec: ResourceLock) -> AsyncIterator[Hold]:
                 await anyio.to_thread.run_sync(_release_quietly, client, grant.lease_id, needed)
         raise
     assert hold.lease_id is not None
-    acquired_at = time.monotonic()
+    grant = grants[-1]
+    acquired_at = grant.requested_at
     token = _HELD.set((*_HELD.get(), hold))
     loop = asyncio.get_running_loop()
     error: BaseException | None = None
     try:
         with anyio.CancelScope() as scope:  # cancelled by the renewer if the lease is lost
             renewer = _Renewer(
-                client, hold, acquired_at, lambda: loop.call_soon_threadsafe(scope.cancel)
+                client,
+                hold,
+                acquired_at,
+                grant.lease_seconds,
+                lambda: loop.call_soon_threadsafe(scope.cancel),
             )
             renewer.start()
             try:

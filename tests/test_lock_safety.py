@@ -1,17 +1,21 @@
 """The helper (reslock_web/lock.py) never lets two holders in, against the session's real Prefect.
 
-A limit that would make the lock non-exclusive is refused; a lost lease keeps being announced
-while the body is still inside; the renewal deadline holds even while a renewal hangs; a lost
-answer to the acquire does not leave our own lease blocking us for a whole long lease; a sync
-lock inside a running event loop is refused at once.
+A limit that would make the lock non-exclusive is refused; a lost answer to the acquire does
+not leave our own lease blocking us for a whole long lease; a sync lock inside a running event
+loop is refused at once.
+
+The slow cases (waiting for a lease to expire) start in background threads when the first of
+them is asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -19,8 +23,15 @@ from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from reslock_web import lock
+from tests.support.flows import FlowRunner
+from tests.support.net import wait_for
 from tests.support.patient import patient_client
 from tests.support.prefect_server import PrefectServer
+from tests.support.routed_faults import RoutedFaultProxy
+
+LEASE = 60  # Prefect's shortest lease: renewals every 45 s
+RENEWAL = LEASE * lock.RENEWAL_FRACTION
+REPOSSESS = 15  # Prefect's repossessor frees an expired lease within this
 
 
 def unique(prefix: str) -> str:
@@ -154,3 +165,84 @@ def test_a_sync_lock_inside_a_running_event_loop_is_refused_at_once(
     took = asyncio.run(inside_a_loop())
     assert max(took) < 0.5  # refused before any call to Prefect
     assert gcl(api, name)["active_slots"] == 0
+
+
+# --- the slow cases, started together in the background -------------------------------------
+def orphan_scenario(
+    runner: FlowRunner, api: httpx.Client, stop: threading.Event, server: PrefectServer
+) -> dict:
+    """Prefect grants the first acquire but its answer is lost; the holder asked a 600 s lease."""
+    proxy = RoutedFaultProxy(server.api_url)
+    runner.env["PREFECT_API_URL"] = proxy.url
+    try:
+        name = unique("safety-orphan")
+        proxy.route("/increment-with-lease", "drop", times=1)
+        holder = runner.start("helper_sleeper", name=name, where="none", lease_duration=600, hold=1)
+        wait_for(lambda: proxy.received_at("/increment-with-lease"), 90, what="the first acquire")
+        # The orphan: Prefect counts a slot that nobody knows the lease of.
+        orphan_held = wait_for(
+            lambda: gcl(api, name)["active_slots"] == 1 and not holder.find_events("acquired"),
+            10,
+            what="the orphan lease's slot",
+        )
+        acquired = holder.wait_event("acquired", timeout=LEASE + REPOSSESS + 60)
+        rc = holder.wait(timeout=60)
+        return {
+            "attempts": proxy.received_at("/increment-with-lease"),
+            "orphan_held": orphan_held,
+            "acquired": acquired,
+            "rc": rc,
+            "log": holder.log_file.read_text() if holder.log_file else "",
+            "slots_after": gcl(api, name)["active_slots"],
+        }
+    finally:
+        proxy.close()
+
+
+@pytest.fixture(scope="module")
+def background(
+    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future]]:
+    stop = threading.Event()
+    runners: list[FlowRunner] = []
+    clients: list[httpx.Client] = []
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="safety-scenario")
+
+    def start(scenario: Callable[..., dict], *extra: object) -> Future:
+        runner = FlowRunner(prefect_server, tmp_path_factory.mktemp(scenario.__name__))
+        client = patient_client(prefect_server.api_url, timeout=30)
+        runners.append(runner)
+        clients.append(client)
+        return pool.submit(scenario, runner, client, stop, *extra)
+
+    futures = {
+        "orphan": start(orphan_scenario, prefect_server),
+    }
+    try:
+        yield futures
+    finally:
+        stop.set()
+        for runner in runners:
+            runner.stop_all()
+        pool.shutdown(wait=True)
+        for client in clients:
+            client.close()
+
+
+# --- item 14: a lost answer to the acquire ---------------------------------------------------
+def test_a_lost_answer_to_the_acquire_blocks_the_holder_at_most_one_short_lease(
+    background: dict[str, Future],
+) -> None:
+    seen = background["orphan"].result(timeout=LEASE + REPOSSESS + 250)
+    first, *later = seen["attempts"]
+    # Prefect applied the first acquire (a slot taken under a lease nobody knows) ...
+    assert seen["orphan_held"]
+    assert later, "the helper asked again"
+    # ... so the helper waited behind its own orphan, but only for the shortest lease (the
+    # orphan was granted 60 s, not the 600 s the caller asked for) and the repossessor's delay.
+    waited = seen["acquired"]["t"] - first
+    assert LEASE - 10 <= waited <= LEASE + REPOSSESS + lock.MAX_RETRY_WAIT + 5
+    assert "Prefect did not answer the request for " in seen["log"]
+    assert "It may have granted a lease whose id never reached us" in seen["log"]
+    assert seen["rc"] == 0
+    assert seen["slots_after"] == 0
