@@ -641,7 +641,7 @@ def _warn_unanswered(names: tuple[str, ...], outcome: _Unanswered, pause: float)
         )
     else:
         _run_logger().warning(
-            "Could not reach Prefect to request %s (%r); trying again in %.1f s.",
+            "Prefect did not take the request for %s (%r); trying again in %.1f s.",
             ", ".join(names),
             outcome.error,
             pause,
@@ -742,9 +742,24 @@ def _describe_event_holder(event: dict[str, Any]) -> str:
 
 
 # --- keeping the lease -----------------------------------------------------------------------
+@dataclass
+class _Renewal:
+    """One renewal request, sent from a thread of its own so that the deadline never waits."""
+
+    started: float
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
+
+
 class _Renewer:
-    """Renews a lease every 0.75 x lease_duration in a daemon thread; calls `on_lost` when the
-    lease is revoked (410) or could not be renewed before it was about to expire."""
+    """Keeps a lease in a daemon thread and stops the body when the lease is lost.
+
+    Renews every 0.75 x lease_duration (at once when the lease was granted shorter than asked:
+    see `_attempt`). The lease is lost when Prefect answers 410 (revoked, e.g. from the board)
+    or when it has not been renewed by `expires - LOST_MARGIN`. That deadline is kept by the
+    clock, not between attempts: the body is stopped on time even while a renewal request is
+    still in flight, and a renewal answered after that does not revive the hold.
+    """
 
     def __init__(
         self,
@@ -757,12 +772,13 @@ class _Renewer:
         self.client = client
         self.hold = hold
         self.expires = acquired_at + lease_seconds
-        # A lease granted shorter than asked (see _attempt) is extended at once.
-        self.first_wait = (
+        self.next_renewal = acquired_at + (
             lease_seconds * RENEWAL_FRACTION if lease_seconds >= hold.lease_duration else 0.0
         )
         self.on_lost = on_lost
-        self._stop = threading.Event()
+        self.lost_at: float | None = None
+        self._stopped = False  # the block has exited
+        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -777,43 +793,91 @@ class _Renewer:
         self._thread.start()
 
     def stop(self) -> None:
+        """The block has exited: no loss from now on."""
         with self._lock:
-            self._stop.set()
+            self._stopped = True
+        self._wake.set()
 
     def _run(self) -> None:
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # we retry, within the lease
+            self._keep()
+
+    def _keep(self) -> bool:
+        """Renew until the block exits (False) or the lease is lost (True, body stopped)."""
+        hold = self.hold
+        request: _Renewal | None = None
+        last_error: Exception | None = None
+        while True:
+            with self._lock:
+                if self._stopped:
+                    return False
+            now = time.monotonic()
+            if request is not None and request.done.is_set():
+                if request.error is None:
+                    self.expires = request.started + hold.lease_duration
+                    self.next_renewal = now + hold.lease_duration * RENEWAL_FRACTION
+                elif _status(request.error) == 410:
+                    return self._lose("the lease was revoked (released from the board?)")
+                else:
+                    last_error = request.error
+                    logger.warning(
+                        "Renewing lease %s failed (%r); retrying", hold.lease_id, last_error
+                    )
+                    self.next_renewal = now + RENEW_RETRY
+                request = None
+                continue
+            deadline = self.expires - LOST_MARGIN
+            if now >= deadline:
+                if request is not None:
+                    why = f"a renewal still unanswered after {now - request.started:.1f} s"
+                else:
+                    why = repr(last_error)
+                return self._lose(f"could not renew the lease before it expired ({why})")
+            if request is None and now >= self.next_renewal:
+                request = self._send()
+                continue
+            wake_at = deadline if request is not None else min(deadline, self.next_renewal)
+            self._wake.wait(max(wake_at - now, 0.0))
+            self._wake.clear()  # whatever woke us is checked at the top of the loop
+
+    def _send(self) -> _Renewal:
+        request = _Renewal(started=time.monotonic())
         hold = self.hold
         assert hold.lease_id is not None
-        wait = self.first_wait
-        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # we retry, within the lease
-            while not self._stop.wait(wait):
-                started = time.monotonic()
-                try:
-                    _renew(self.client, hold.lease_id, hold.lease_duration)
-                except Exception as exc:
-                    if _status(exc) == 410:
-                        self._lose("the lease was revoked (released from the board?)")
-                        return
-                    left = self.expires - time.monotonic() - LOST_MARGIN
-                    if left <= 0:
-                        self._lose(f"could not renew the lease before it expired ({exc!r})")
-                        return
-                    logger.warning("Renewing lease %s failed (%r); retrying", hold.lease_id, exc)
-                    wait = min(RENEW_RETRY, left)
-                    continue
-                self.expires = started + hold.lease_duration
-                wait = hold.lease_duration * RENEWAL_FRACTION
 
-    def _lose(self, reason: str) -> None:
+        def send() -> None:
+            try:
+                _renew(self.client, hold.lease_id, hold.lease_duration)  # type: ignore[arg-type]
+            except Exception as exc:
+                request.error = exc
+            finally:
+                request.done.set()
+                self._wake.set()
+
+        context = contextvars.copy_context()  # no retries by Prefect's client: see _run
+        threading.Thread(
+            target=context.run, args=(send,), name=f"reslock-renew-{hold.lease_id}", daemon=True
+        ).start()
+        return request
+
+    def _lose(self, reason: str) -> bool:
         with self._lock:
-            if self._stop.is_set():
-                return  # the block already ended; its release is a no-op
+            if self._stopped:
+                return False  # the block already ended; its release is a no-op
             self.hold.lost = reason
+            self.lost_at = time.monotonic()
         _run_logger().error(
             "Resource lock on %s lost: %s. Stopping the guarded block.",
             ", ".join(self.hold.names),
             reason,
         )
-        self.on_lost()
+        try:
+            self.on_lost()
+        except Exception:  # e.g. the event loop of an `async with` has closed
+            logger.warning(
+                "Could not stop the block of lease %s", self.hold.lease_id, exc_info=True
+            )
+        return True
 
 
 # --- the context managers --------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """The helper (reslock_web/lock.py) never lets two holders in, against the session's real Prefect.
 
-A limit that would make the lock non-exclusive is refused; a lost answer to the acquire does
-not leave our own lease blocking us for a whole long lease; a sync lock inside a running event
-loop is refused at once.
+A limit that would make the lock non-exclusive is refused; the renewal deadline holds even
+while a renewal hangs; a lost answer to the acquire does not leave our own lease blocking us
+for a whole long lease; a sync lock inside a running event loop is refused at once.
 
-The slow cases (waiting for a lease to expire) start in background threads when the first of
-them is asked for.
+The slow cases (each waits for a renewal 45 s after the acquire, or for a lease to expire)
+start together in background threads when the first of them is asked for, so their minute
+or so of waiting overlaps.
 """
 
 from __future__ import annotations
@@ -168,6 +169,43 @@ def test_a_sync_lock_inside_a_running_event_loop_is_refused_at_once(
 
 
 # --- the slow cases, started together in the background -------------------------------------
+def deadline_scenario(
+    runner: FlowRunner, api: httpx.Client, stop: threading.Event, server: PrefectServer
+) -> dict:
+    """Renewals fail, then one hangs past the deadline and is answered (renewed) late."""
+    proxy = RoutedFaultProxy(server.api_url)
+    runner.env["PREFECT_API_URL"] = proxy.url
+    try:
+        name = unique("safety-deadline")
+        holder = runner.start("helper_sleeper", name=name, where="none", hold=200)
+        acquired = holder.wait_event("acquired", timeout=90)
+        requested = proxy.received_at("/increment-with-lease")[-1]
+        proxy.route("/renew", "fail", status=500)  # each renewal fails at once...
+        while time.time() < requested + LEASE - lock.LOST_MARGIN - 3:
+            if stop.wait(0.1):
+                raise RuntimeError("cancelled")
+        # ...until one is passed on to Prefect (which renews the lease) and answered 9.5 s
+        # later, after the deadline, within the helper's 10 s request timeout.
+        proxy.route("/renew", "hold", seconds=9.5)
+        switched = time.time()
+        exited = holder.wait_event("exit", timeout=40)
+        lost = holder.wait_event("lost", timeout=30)
+        rc = holder.wait(timeout=30)
+        return {
+            "requested": requested,
+            "acquired": acquired,
+            "want": holder.wait_event("want"),
+            "switched": switched,
+            "exit": exited,
+            "lost": lost,
+            "rc": rc,
+            "renewals": proxy.received_at("/renew"),
+            "slots_after": gcl(api, name)["active_slots"],
+        }
+    finally:
+        proxy.close()
+
+
 def orphan_scenario(
     runner: FlowRunner, api: httpx.Client, stop: threading.Event, server: PrefectServer
 ) -> dict:
@@ -216,6 +254,7 @@ def background(
         return pool.submit(scenario, runner, client, stop, *extra)
 
     futures = {
+        "deadline": start(deadline_scenario, prefect_server),
         "orphan": start(orphan_scenario, prefect_server),
     }
     try:
@@ -227,6 +266,28 @@ def background(
         pool.shutdown(wait=True)
         for client in clients:
             client.close()
+
+
+# --- item 14: the renewal deadline is kept by a timer ----------------------------------------
+def test_the_body_is_stopped_at_the_renewal_deadline_even_while_a_renewal_hangs(
+    background: dict[str, Future],
+) -> None:
+    seen = background["deadline"].result(timeout=LEASE + 200)
+    deadline = seen["requested"] - lock.LOST_MARGIN + LEASE  # Prefect got the acquire then
+    stopped = seen["exit"]["t"]
+    # Stopped at expires - LOST_MARGIN (counted from before the acquire request), while the
+    # renewal sent after the switch was still waiting for its answer.
+    assert seen["want"]["t"] + LEASE - lock.LOST_MARGIN - 0.5 <= stopped <= deadline + 1.0
+    hung = [t for t in seen["renewals"] if t >= seen["switched"]]
+    assert hung and hung[0] < stopped < hung[0] + 9.5
+    assert len([t for t in seen["renewals"] if t < seen["switched"]]) >= 3  # the fast failures
+    # Its late success did not revive the hold: the block raised ResourceLockLost...
+    assert seen["lost"]["reason"].startswith(
+        "could not renew the lease before it expired (a renewal still unanswered after "
+    )
+    assert seen["rc"] == 0
+    # ...and the release on the way out gave back the lease Prefect had renewed.
+    assert seen["slots_after"] == 0
 
 
 # --- item 14: a lost answer to the acquire ---------------------------------------------------
