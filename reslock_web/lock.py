@@ -27,8 +27,12 @@ other limits as related resources with role "concurrency-limit"):
 
     reslock.lock.waiting    the first try found the limit full
     reslock.lock.acquired   payload lease_id: what the board revokes (decrement-with-lease);
-                            process: who holds it (see liveness.py), absent without /proc
+                            process: who holds it (see liveness.py), absent without /proc;
+                            protocol: 2 (this helper announces stopping, see below)
+    reslock.lock.stopping   the lease was lost and the block has not exited yet: at once, then
+                            every 5 s; payload lease_id, wait_id, names, reason, lost_seconds
     reslock.lock.released   payload lease_id; reason exit | error | cancelled | lease_lost
+                            (lease_lost: sent once the body has really stopped)
     reslock.lock.timed_out  `timeout=` expired; no slot is held
 
 resource = {"prefect.resource.id": "prefect.concurrency-limit.<limit id>",
@@ -80,8 +84,11 @@ from reslock_web.liveness import process_identity
 __all__ = [
     "EVENT_ACQUIRED",
     "EVENT_RELEASED",
+    "EVENT_STOPPING",
     "EVENT_TIMED_OUT",
     "EVENT_WAITING",
+    "PROTOCOL",
+    "STOPPING_PERIOD_SECONDS",
     "Hold",
     "ResourceLock",
     "ResourceLockLost",
@@ -99,6 +106,15 @@ EVENT_WAITING = "reslock.lock.waiting"
 EVENT_ACQUIRED = "reslock.lock.acquired"
 EVENT_RELEASED = "reslock.lock.released"
 EVENT_TIMED_OUT = "reslock.lock.timed_out"
+# The contract with the board's worker (operations.py), which keeps a revoked holder's
+# resource closed until the holder says its block has stopped: an acquired payload with
+# "protocol": PROTOCOL promises that, once the lease is lost and while the block has not
+# exited, the renewer emits EVENT_STOPPING at once and then every STOPPING_PERIOD_SECONDS
+# (one event per limit), and that EVENT_RELEASED (reason lease_lost) comes only after the
+# body has really stopped. Silence after EVENT_STOPPING is evidence of a dead process.
+EVENT_STOPPING = "reslock.lock.stopping"
+STOPPING_PERIOD_SECONDS = 5.0
+PROTOCOL = 2
 PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
 PREFECT_RELEASED = "prefect.concurrency-limit.released"
 
@@ -581,6 +597,7 @@ def _acquire_steps(
                 "holder": hold.holder,
                 "names": list(names),
                 "waited_seconds": round(hold.waited_seconds, 3),
+                "protocol": PROTOCOL,
             }
             identity = process_identity()
             if identity is not None:  # lets the board prove, on this machine, that we died
@@ -758,7 +775,8 @@ class _Renewer:
     see `_attempt`). The lease is lost when Prefect answers 410 (revoked, e.g. from the board)
     or when it has not been renewed by `expires - LOST_MARGIN`. That deadline is kept by the
     clock, not between attempts: the body is stopped on time even while a renewal request is
-    still in flight, and a renewal answered after that does not revive the hold.
+    still in flight, and a renewal answered after that does not revive the hold. Once the
+    lease is lost, EVENT_STOPPING is announced until the block has exited (`stop()`).
     """
 
     def __init__(
@@ -793,14 +811,15 @@ class _Renewer:
         self._thread.start()
 
     def stop(self) -> None:
-        """The block has exited: no loss from now on."""
+        """The block has exited: no loss and no announcement from now on."""
         with self._lock:
             self._stopped = True
         self._wake.set()
 
     def _run(self) -> None:
         with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # we retry, within the lease
-            self._keep()
+            if self._keep():
+                self._announce()
 
     def _keep(self) -> bool:
         """Renew until the block exits (False) or the lease is lost (True, body stopped)."""
@@ -878,6 +897,31 @@ class _Renewer:
                 "Could not stop the block of lease %s", self.hold.lease_id, exc_info=True
             )
         return True
+
+    def _announce(self) -> None:
+        """EVENT_STOPPING now and every STOPPING_PERIOD_SECONDS until the block has exited.
+
+        A body blocked in time.sleep() or a C call only stops when that call returns; until
+        then these say "still inside", and their end without a release says "died inside"."""
+        hold = self.hold
+        assert self.lost_at is not None
+        beat = 0
+        while True:
+            with self._lock:  # stop() waits for an announcement under way: none comes after it
+                if self._stopped:
+                    return
+                payload = {
+                    "lease_id": str(hold.lease_id),
+                    "wait_id": str(hold.wait_id),
+                    "names": list(hold.acquired),
+                    "reason": hold.lost,
+                    "lost_seconds": round(time.monotonic() - self.lost_at, 1),
+                }
+                _emit_all(EVENT_STOPPING, hold.limit_ids, payload)
+            beat += 1
+            next_at = self.lost_at + beat * STOPPING_PERIOD_SECONDS
+            self._wake.wait(max(next_at - time.monotonic(), 0.0))
+            self._wake.clear()
 
 
 # --- the context managers --------------------------------------------------------------------

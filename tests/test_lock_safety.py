@@ -1,12 +1,13 @@
 """The helper (reslock_web/lock.py) never lets two holders in, against the session's real Prefect.
 
-A limit that would make the lock non-exclusive is refused; the renewal deadline holds even
-while a renewal hangs; a lost answer to the acquire does not leave our own lease blocking us
-for a whole long lease; a sync lock inside a running event loop is refused at once.
+A limit that would make the lock non-exclusive is refused; a lost lease keeps being announced
+while the body is still inside; the renewal deadline holds even while a renewal hangs; a lost
+answer to the acquire does not leave our own lease blocking us for a whole long lease; a sync
+lock inside a running event loop is refused at once.
 
-The slow cases (each waits for a renewal 45 s after the acquire, or for a lease to expire)
-start together in background threads when the first of them is asked for, so their minute
-or so of waiting overlaps.
+The three slow cases (each waits for a renewal 45 s after the acquire, or for a lease to
+expire) start together in background threads when the first of them is asked for, so their
+minute or so of waiting overlaps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from reslock_web import lock
 from tests.support.flows import FlowRunner
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
+from tests.support.prefect_events import limit_resource, occurred, prefect_events
 from tests.support.prefect_server import PrefectServer
 from tests.support.routed_faults import RoutedFaultProxy
 
@@ -169,6 +171,43 @@ def test_a_sync_lock_inside_a_running_event_loop_is_refused_at_once(
 
 
 # --- the slow cases, started together in the background -------------------------------------
+def stopping_scenario(runner: FlowRunner, api: httpx.Client, stop: threading.Event) -> dict:
+    """Revoke a holder whose body sleeps in 30 s time.sleep() calls, as the board revokes."""
+    first, second = sorted([unique("safety-stopping"), unique("safety-stopping")])
+    holder = runner.start("helper_sleeper", names=[first, second], sleep=30, hold=120)
+    acquired = holder.wait_event("acquired", timeout=90)
+    api.post(
+        "/v2/concurrency_limits/decrement-with-lease", json={"lease_id": acquired["lease_id"]}
+    ).raise_for_status()
+    revoked = time.time()
+    lost = holder.wait_event("lost", timeout=RENEWAL + 60)
+    rc = holder.wait(timeout=30)
+    ids = [limit_resource(limit_id) for limit_id in acquired["limit_ids"].values()]
+    names = [lock.EVENT_ACQUIRED, lock.EVENT_STOPPING, lock.EVENT_RELEASED]
+
+    def all_in() -> list[dict] | None:
+        if stop.is_set():
+            raise RuntimeError("cancelled")
+        found = [
+            event
+            for event in prefect_events(api, names, ids)
+            if event["payload"].get("lease_id") == acquired["lease_id"]
+        ]
+        released = [event for event in found if event["event"] == lock.EVENT_RELEASED]
+        return found if len(released) == 2 else None
+
+    return {
+        "names": [first, second],
+        "acquired": acquired,
+        "revoked": revoked,
+        "enter": holder.wait_event("enter"),
+        "exit": holder.wait_event("exit"),
+        "lost": lost,
+        "rc": rc,
+        "events": wait_for(all_in, 30, interval=1, what="the released events in Prefect"),
+    }
+
+
 def deadline_scenario(
     runner: FlowRunner, api: httpx.Client, stop: threading.Event, server: PrefectServer
 ) -> dict:
@@ -254,6 +293,7 @@ def background(
         return pool.submit(scenario, runner, client, stop, *extra)
 
     futures = {
+        "stopping": start(stopping_scenario),
         "deadline": start(deadline_scenario, prefect_server),
         "orphan": start(orphan_scenario, prefect_server),
     }
@@ -266,6 +306,65 @@ def background(
         pool.shutdown(wait=True)
         for client in clients:
             client.close()
+
+
+# --- item 1, the helper's side: a lost lease is announced until the body has stopped ---------
+def test_a_revoked_holder_blocked_in_sleep_announces_stopping_until_its_body_has_left(
+    background: dict[str, Future],
+) -> None:
+    seen = background["stopping"].result(timeout=RENEWAL + 200)
+    first, second = seen["names"]
+    acquired, enter, exit_ = seen["acquired"], seen["enter"]["t"], seen["exit"]["t"]
+    lease_id = acquired["lease_id"]
+    events = seen["events"]
+    by_kind: dict[str, list[dict]] = {}
+    for event in events:
+        by_kind.setdefault(event["event"], []).append(event)
+    # The revoke was noticed at the renewal (45 s after the acquire); the body, blocked in
+    # time.sleep(30), only left when its second sleep returned, 60 s after it entered.
+    assert exit_ - seen["revoked"] >= RENEWAL - 5
+    assert exit_ >= enter + 59
+    assert seen["lost"]["reason"] == "the lease was revoked (released from the board?)"
+    assert seen["rc"] == 0
+    stopping = by_kind.get(lock.EVENT_STOPPING, [])
+    for name in (first, second):  # one event per limit, each beat
+        beats = sorted(
+            (e for e in stopping if e["resource"]["prefect.resource.name"] == name), key=occurred
+        )
+        times = [occurred(e) for e in beats]
+        assert 3 <= len(beats) <= 4, times
+        # At once when the renewal found the lease revoked, then every 5 s while inside.
+        assert acquired["t"] + RENEWAL - 2 <= times[0] <= acquired["t"] + RENEWAL + 3
+        for before, after in zip(times, times[1:], strict=False):
+            assert lock.STOPPING_PERIOD_SECONDS - 0.7 <= after - before <= 5.7
+        assert enter < times[0] and times[-1] <= exit_ + 0.5
+        assert times[-1] >= exit_ - lock.STOPPING_PERIOD_SECONDS - 0.7
+        assert [e["payload"]["lost_seconds"] for e in beats] == pytest.approx(
+            [5.0 * n for n in range(len(beats))], abs=0.3
+        )
+        for event in beats:
+            assert event["payload"] == {
+                "lease_id": lease_id,
+                "wait_id": event["payload"]["wait_id"],
+                "names": [first, second],
+                "reason": "the lease was revoked (released from the board?)",
+                "lost_seconds": event["payload"]["lost_seconds"],
+            }
+            other = second if name == first else first
+            assert [
+                r["prefect.resource.name"]
+                for r in event["related"]
+                if r.get("prefect.resource.role") == "concurrency-limit"
+            ] == [other]
+    # The acquire said this helper announces stopping.
+    assert [e["payload"]["protocol"] for e in by_kind[lock.EVENT_ACQUIRED]] == [2, 2]
+    wait_ids = {e["payload"]["wait_id"] for e in events}
+    assert len(wait_ids) == 1  # acquired, stopping and released of one wait
+    # "released" (lease_lost) only once the body had really left.
+    released = by_kind[lock.EVENT_RELEASED]
+    assert [e["payload"]["reason"] for e in released] == ["lease_lost", "lease_lost"]
+    assert all(occurred(e) >= exit_ for e in released)
+    assert all(occurred(e) >= max(occurred(s) for s in stopping) for e in released)
 
 
 # --- item 14: the renewal deadline is kept by a timer ----------------------------------------
