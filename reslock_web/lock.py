@@ -127,9 +127,13 @@ RENEW_RETRY = 2.0  # seconds between renewal attempts after a transient failure
 REQUEST_TIMEOUT = 10.0  # seconds, for renewals and the holder lookup
 ACQUIRE_TIMEOUT = 30.0  # seconds, for one increment-with-lease
 ACQUIRE_LEASE_SECONDS = MIN_LEASE_SECONDS  # the lease asked for; renewed at once to the full one
-ACQUIRE_ATTEMPTS = 6  # unanswered acquires in a row before giving up (Prefect's client: 6)
-UNSENT_STATUSES = frozenset({408, 429})  # the server refused to handle the request
-UNKNOWN_STATUSES = frozenset({502, 503, 504})  # a gateway may have passed it on
+ACQUIRE_RETRY_FIRST = 0.25  # seconds before retrying an unanswered acquire; doubles, up to 10
+ACQUIRE_GIVE_UP = (
+    60.0  # seconds of unanswered acquires in a row before raising (as Prefect's client)
+)
+# Not handled: 408, 429, and 503 (Prefect's own "database is busy" rolls the acquire back).
+UNSENT_STATUSES = frozenset({408, 429, 503})
+UNKNOWN_STATUSES = frozenset({502, 504})  # a gateway may have passed it on
 MIN_RETRY_WAIT = 0.1
 MAX_RETRY_WAIT = 10.0  # Prefect's Retry-After may say up to 30 s; hand-offs come sooner
 BANNED_CHARACTERS = "/%&<>"  # Prefect: names must match ^[^/%&><]+$
@@ -578,6 +582,7 @@ def _acquire_steps(
     )
     waiting: dict[str, Event | None] | None = None
     recreated = unanswered = 0
+    unanswered_since: float | None = None
     while True:
         outcome = yield _Call(lambda: _attempt(client, url, names, spec.limit, hold.holder, grants))
         if outcome is None:  # a limit was deleted under us: create it again, retry at once
@@ -605,13 +610,15 @@ def _acquire_steps(
             return _emit_all(EVENT_ACQUIRED, outcome.limit_ids, payload, waiting)
         now = time.monotonic()
         if isinstance(outcome, _Unanswered):
-            unanswered += 1
-            if unanswered >= ACQUIRE_ATTEMPTS:
+            # Retried soon (Prefect's "database is busy" passes quickly), then less often.
+            unanswered_since = now if unanswered_since is None else unanswered_since
+            if now - unanswered_since >= ACQUIRE_GIVE_UP:
                 raise outcome.error
-            pause = min(RENEW_RETRY * 2 ** (unanswered - 1), MAX_RETRY_WAIT)
+            pause = min(ACQUIRE_RETRY_FIRST * 2**unanswered, MAX_RETRY_WAIT)
+            unanswered += 1
             _warn_unanswered(names, outcome, pause)
         else:
-            unanswered = 0
+            unanswered, unanswered_since = 0, None
             pause = min(max(outcome, MIN_RETRY_WAIT), MAX_RETRY_WAIT)
         if waiting is None and not isinstance(outcome, _Unanswered):
             _run_logger().info("Waiting for resource lock on %s", ", ".join(names))
@@ -656,8 +663,8 @@ def _warn_unanswered(names: tuple[str, ...], outcome: _Unanswered, pause: float)
             ACQUIRE_LEASE_SECONDS,
             pause,
         )
-    else:
-        _run_logger().warning(
+    else:  # nothing was granted: as quiet as Prefect's own client retries
+        logger.debug(
             "Prefect did not take the request for %s (%r); trying again in %.1f s.",
             ", ".join(names),
             outcome.error,
@@ -905,7 +912,6 @@ class _Renewer:
         then these say "still inside", and their end without a release says "died inside"."""
         hold = self.hold
         assert self.lost_at is not None
-        beat = 0
         while True:
             with self._lock:  # stop() waits for an announcement under way: none comes after it
                 if self._stopped:
@@ -918,8 +924,9 @@ class _Renewer:
                     "lost_seconds": round(time.monotonic() - self.lost_at, 1),
                 }
                 _emit_all(EVENT_STOPPING, hold.limit_ids, payload)
-            beat += 1
-            next_at = self.lost_at + beat * STOPPING_PERIOD_SECONDS
+            # On the beat counted from the loss; a beat missed (a stalled process) is skipped.
+            beats = (time.monotonic() - self.lost_at) // STOPPING_PERIOD_SECONDS + 1
+            next_at = self.lost_at + beats * STOPPING_PERIOD_SECONDS
             self._wake.wait(max(next_at - time.monotonic(), 0.0))
             self._wake.clear()
 
