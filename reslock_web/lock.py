@@ -11,7 +11,8 @@
 
 A resource name is the name of a Prefect global concurrency limit: `resource_lock("db-42")`
 guards the limit named exactly `db-42`, created with a limit of 1 on first use (`limit=` for
-another size; an existing limit keeps its own size). The slot is taken with a lease whose
+another size). An existing limit must be active, not a rate limit, and of that size, or the
+block raises `ResourceLockMisconfigured` before taking anything. The slot is taken with a lease whose
 holder is the current task run (or flow run outside a task; none outside a run), renewed every
 0.75 x `lease_duration` and released on exit. A lease revoked from the board (or lost because
 Prefect could not be reached before it expired) stops the body: sync code gets Prefect's
@@ -26,8 +27,12 @@ other limits as related resources with role "concurrency-limit"):
 
     reslock.lock.waiting    the first try found the limit full
     reslock.lock.acquired   payload lease_id: what the board revokes (decrement-with-lease);
-                            process: who holds it (see liveness.py), absent without /proc
+                            process: who holds it (see liveness.py), absent without /proc;
+                            protocol: 2 (this helper announces stopping, see below)
+    reslock.lock.stopping   the lease was lost and the block has not exited yet: at once, then
+                            every 5 s; payload lease_id, wait_id, names, reason, lost_seconds
     reslock.lock.released   payload lease_id; reason exit | error | cancelled | lease_lost
+                            (lease_lost: sent once the body has really stopped)
     reslock.lock.timed_out  `timeout=` expired; no slot is held
 
 resource = {"prefect.resource.id": "prefect.concurrency-limit.<limit id>",
@@ -58,6 +63,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import anyio
+import httpx
 from prefect import Flow, Task
 from prefect._internal.concurrency.cancellation import WatcherThreadCancelScope, shield
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -78,11 +84,15 @@ from reslock_web.liveness import process_identity
 __all__ = [
     "EVENT_ACQUIRED",
     "EVENT_RELEASED",
+    "EVENT_STOPPING",
     "EVENT_TIMED_OUT",
     "EVENT_WAITING",
+    "PROTOCOL",
+    "STOPPING_PERIOD_SECONDS",
     "Hold",
     "ResourceLock",
     "ResourceLockLost",
+    "ResourceLockMisconfigured",
     "ResourceLockTimeout",
     "guarded",
     "held_names",
@@ -96,6 +106,15 @@ EVENT_WAITING = "reslock.lock.waiting"
 EVENT_ACQUIRED = "reslock.lock.acquired"
 EVENT_RELEASED = "reslock.lock.released"
 EVENT_TIMED_OUT = "reslock.lock.timed_out"
+# The contract with the board's worker (operations.py), which keeps a revoked holder's
+# resource closed until the holder says its block has stopped: an acquired payload with
+# "protocol": PROTOCOL promises that, once the lease is lost and while the block has not
+# exited, the renewer emits EVENT_STOPPING at once and then every STOPPING_PERIOD_SECONDS
+# (one event per limit), and that EVENT_RELEASED (reason lease_lost) comes only after the
+# body has really stopped. Silence after EVENT_STOPPING is evidence of a dead process.
+EVENT_STOPPING = "reslock.lock.stopping"
+STOPPING_PERIOD_SECONDS = 5.0
+PROTOCOL = 2
 PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
 PREFECT_RELEASED = "prefect.concurrency-limit.released"
 
@@ -106,6 +125,15 @@ RENEWAL_FRACTION = 0.75  # renew like Prefect: every 0.75 x lease_duration
 LOST_MARGIN = 5.0  # stop the body this long before a lease we could not renew expires
 RENEW_RETRY = 2.0  # seconds between renewal attempts after a transient failure
 REQUEST_TIMEOUT = 10.0  # seconds, for renewals and the holder lookup
+ACQUIRE_TIMEOUT = 30.0  # seconds, for one increment-with-lease
+ACQUIRE_LEASE_SECONDS = MIN_LEASE_SECONDS  # the lease asked for; renewed at once to the full one
+ACQUIRE_RETRY_FIRST = 0.25  # seconds before retrying an unanswered acquire; doubles, up to 10
+ACQUIRE_GIVE_UP = (
+    60.0  # seconds of unanswered acquires in a row before raising (as Prefect's client)
+)
+# Not handled: 408, 429, and 503 (Prefect's own "database is busy" rolls the acquire back).
+UNSENT_STATUSES = frozenset({408, 429, 503})
+UNKNOWN_STATUSES = frozenset({502, 504})  # a gateway may have passed it on
 MIN_RETRY_WAIT = 0.1
 MAX_RETRY_WAIT = 10.0  # Prefect's Retry-After may say up to 30 s; hand-offs come sooner
 BANNED_CHARACTERS = "/%&<>"  # Prefect: names must match ^[^/%&><]+$
@@ -147,6 +175,47 @@ class ResourceLockLost(RuntimeError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.names, self.lease_id, self.reason))
+
+
+class ResourceLockMisconfigured(ValueError):
+    """The limit under a resource name exists but would not make the lock exclusive as asked:
+    another size than `limit=`, inactive, or a rate limit (its slots decay). No slot is held."""
+
+    def __init__(self, name: str, expected: int, problems: tuple[str, ...]) -> None:
+        self.name = name
+        self.expected = expected
+        self.problems = problems
+        super().__init__(f"limit {name!r} " + "; it ".join(problems))
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.name, self.expected, self.problems))
+
+
+def _misconfiguration(name: str, expected: int, found: dict[str, Any]) -> tuple[str, ...]:
+    """What is wrong with the limit `found` (Prefect's JSON) for `resource_lock(name,
+    limit=expected)`; empty when it is right."""
+    call = f"resource_lock({name!r}" + (f", limit={expected})" if expected != 1 else ")")
+    problems = []
+    size = found.get("limit")
+    if size != expected:
+        problems.append(
+            f"allows {size} holders at once; {call} expects {expected}: pass limit={size} if "
+            f"that is meant, or set the limit to {expected} (prefect gcl update {name} "
+            f"--limit {expected})"
+        )
+    if found.get("active", True) is not True:
+        problems.append(
+            f"is inactive, so Prefect lets every caller in at once: enable it "
+            f"(prefect gcl enable {name}) or use another name"
+        )
+    decay = found.get("slot_decay_per_second") or 0
+    if decay != 0:
+        problems.append(
+            f"is a rate limit (slot_decay_per_second={decay:g}): its slots free themselves "
+            f"while still held: set it to 0 (prefect gcl update {name} "
+            f"--slot-decay-per-second 0) or use another name"
+        )
+    return tuple(problems)
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -242,7 +311,9 @@ def held_names() -> frozenset[str]:
 # --- Prefect client --------------------------------------------------------------------------
 _clients: dict[tuple[Any, ...], SyncPrefectClient] = {}
 _clients_lock = threading.Lock()
-_limit_ids: dict[tuple[str, str], uuid.UUID] = {}  # (api url, name) -> limit id
+# (api url, name) -> (limit id, the `limit=` it was checked against): each limit is read and
+# checked once per process; a limit recreated under its name (another id) is checked again.
+_limit_ids: dict[tuple[str, str], tuple[uuid.UUID, int]] = {}
 
 
 def _api_settings() -> tuple[Any, ...]:
@@ -275,14 +346,16 @@ def _limit_ids_for(
     client: SyncPrefectClient, url: str, names: tuple[str, ...], limit: int
 ) -> dict[str, uuid.UUID]:
     """Ids of the limits, created (limit `limit`) when missing. Safe when many processes race:
-    a 409 "already exists" means another process created it first."""
+    a 409 "already exists" means another process created it first. An existing limit must be
+    what the caller asked for (`ResourceLockMisconfigured` otherwise), or the lock would not
+    be exclusive."""
     found: dict[str, uuid.UUID] = {}
     for name in names:
         known = _limit_ids.get((url, name))
-        if known is None:
-            known = _create_or_read(client, name, limit)
+        if known is None or known[1] != limit:
+            known = (_create_or_read(client, name, limit), limit)
             _limit_ids[(url, name)] = known
-        found[name] = known
+        found[name] = known[0]
     return found
 
 
@@ -292,17 +365,24 @@ def _create_or_read(client: SyncPrefectClient, name: str, limit: int) -> uuid.UU
             response = client.request(
                 "POST", "/v2/concurrency_limits/", json={"name": name, "limit": limit}
             )
-            return uuid.UUID(response.json()["id"])
+            return _checked(name, limit, response.json())
         except Exception as exc:
             if _status(exc) != 409:
                 raise
         try:
             response = client.request("GET", f"/v2/concurrency_limits/{quote(name, safe='')}")
-            return uuid.UUID(response.json()["id"])
+            return _checked(name, limit, response.json())
         except Exception as exc:
             if _status(exc) != 404:  # deleted between the two calls: create it again
                 raise
     raise RuntimeError(f"could not create or read the concurrency limit {name!r}")
+
+
+def _checked(name: str, limit: int, found: dict[str, Any]) -> uuid.UUID:
+    problems = _misconfiguration(name, limit, found)
+    if problems:
+        raise ResourceLockMisconfigured(name, limit, problems)
+    return uuid.UUID(found["id"])
 
 
 def _forget(url: str, names: Iterable[str]) -> None:
@@ -352,52 +432,99 @@ class _Sleep:
 class _Grant:
     lease_id: uuid.UUID
     limit_ids: dict[str, uuid.UUID]
+    requested_at: float  # monotonic, before the request: the lease may start any time after
+    lease_seconds: float  # what the lease was granted for
+
+
+@dataclass
+class _Unanswered:
+    """The acquire got no usable answer; `maybe_granted`: Prefect may have applied it."""
+
+    error: Exception
+    maybe_granted: bool
 
 
 def _attempt(
     client: SyncPrefectClient,
     url: str,
     names: tuple[str, ...],
-    lease_duration: float,
+    limit: int,
     holder: dict[str, str] | None,
     grants: list[_Grant],
-) -> _Grant | float | None:
+) -> _Grant | float | None | _Unanswered:
     """One increment-with-lease on every name at once (all or nothing).
 
-    Returns the grant, the server's Retry-After when a limit is full, or None when a limit
-    has vanished since we cached its id (it was deleted): the caller creates it again.
+    Returns the grant, the server's Retry-After when a limit is full, None when a limit has
+    vanished or changed since we checked it (the caller reads it again), or `_Unanswered`.
+
+    The request is sent once, never retried by Prefect's client: Prefect creates the lease
+    when the request arrives, so a request whose answer was lost may have left a lease we
+    never got the id of, and a blind retry would then queue behind it (or take a second
+    one). Prefect 3.9 gives no way to find such a lease again (leases of a global limit are
+    listed nowhere; only `tag:` limits list their holders) and a decrement by name would be
+    applied twice (once more when that lease expires), so the orphan is bounded instead: the
+    lease is asked for with Prefect's shortest duration (60 s) and the renewer extends it to
+    the caller's `lease_duration` right after. An orphan is never renewed, so it holds a
+    slot for at most 60 s (+ up to 15 s until Prefect's repossessor frees it), whatever
+    `lease_duration` was asked; the caller retries, and waits behind it at most that long.
     """
     body: dict[str, Any] = {
         "names": list(names),
         "slots": 1,
         "mode": "concurrency",
-        "lease_duration": lease_duration,
+        "lease_duration": ACQUIRE_LEASE_SECONDS,
     }
     if holder is not None:
         body["holder"] = holder
+    requested_at = time.monotonic()
     try:
-        response = client.request("POST", "/v2/concurrency_limits/increment-with-lease", json=body)
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+            response = client.request(
+                "POST",
+                "/v2/concurrency_limits/increment-with-lease",
+                json=body,
+                timeout=ACQUIRE_TIMEOUT,
+            )
     except Exception as exc:
-        if _status(exc) != 423:
-            raise
-        try:
-            return float(exc.response.headers.get("Retry-After", 1.0))  # type: ignore[attr-defined]
-        except ValueError:
-            return 1.0
+        status = _status(exc)
+        if status == 423:
+            try:
+                return float(exc.response.headers.get("Retry-After", 1.0))  # type: ignore[attr-defined]
+            except ValueError:
+                return 1.0
+        if status in UNSENT_STATUSES or isinstance(
+            exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+        ):
+            return _Unanswered(exc, maybe_granted=False)
+        if status in UNKNOWN_STATUSES or (status is None and isinstance(exc, httpx.TransportError)):
+            return _Unanswered(exc, maybe_granted=True)
+        raise
     data = response.json()
     grant = _Grant(
         lease_id=uuid.UUID(data["lease_id"]),
         limit_ids={item["name"]: uuid.UUID(item["id"]) for item in data.get("limits", [])},
+        requested_at=requested_at,
+        lease_seconds=ACQUIRE_LEASE_SECONDS,
     )
     grants.append(grant)  # from here on, a failure or cancellation releases it
-    for name, limit_id in grant.limit_ids.items():  # a limit recreated under its name
-        _limit_ids[(url, name)] = limit_id
-    missing = [name for name in names if name not in grant.limit_ids]
-    if missing:
+    # A limit deleted since we read it (missing), or deleted and created again under its name
+    # (another id, not checked yet): give the slot back, read the limit again, try again.
+    changed = [
+        name
+        for name in names
+        if name not in grant.limit_ids
+        or _limit_ids.get((url, name), (None, 0))[0] != grant.limit_ids[name]
+    ]
+    if changed:
         grants.remove(grant)
         _release(client, grant.lease_id)
-        _forget(url, missing)
+        _forget(url, changed)
         return None
+    for item in data.get("limits", []):  # resized since we checked it: the grant is released
+        if "limit" in item and item["limit"] != limit:
+            _forget(url, [item["name"]])
+            problems = _misconfiguration(item["name"], limit, {"limit": item["limit"]})
+            raise ResourceLockMisconfigured(item["name"], limit, problems)
     return grant
 
 
@@ -454,11 +581,10 @@ def _acquire_steps(
         lambda: _limit_ids_for(client, url, names, spec.limit)
     )
     waiting: dict[str, Event | None] | None = None
-    recreated = 0
+    recreated = unanswered = 0
+    unanswered_since: float | None = None
     while True:
-        outcome = yield _Call(
-            lambda: _attempt(client, url, names, spec.lease_duration, hold.holder, grants)
-        )
+        outcome = yield _Call(lambda: _attempt(client, url, names, spec.limit, hold.holder, grants))
         if outcome is None:  # a limit was deleted under us: create it again, retry at once
             recreated += 1
             if recreated > 3:
@@ -476,13 +602,25 @@ def _acquire_steps(
                 "holder": hold.holder,
                 "names": list(names),
                 "waited_seconds": round(hold.waited_seconds, 3),
+                "protocol": PROTOCOL,
             }
             identity = process_identity()
             if identity is not None:  # lets the board prove, on this machine, that we died
                 payload["process"] = identity
             return _emit_all(EVENT_ACQUIRED, outcome.limit_ids, payload, waiting)
         now = time.monotonic()
-        if waiting is None:
+        if isinstance(outcome, _Unanswered):
+            # Retried soon (Prefect's "database is busy" passes quickly), then less often.
+            unanswered_since = now if unanswered_since is None else unanswered_since
+            if now - unanswered_since >= ACQUIRE_GIVE_UP:
+                raise outcome.error
+            pause = min(ACQUIRE_RETRY_FIRST * 2**unanswered, MAX_RETRY_WAIT)
+            unanswered += 1
+            _warn_unanswered(names, outcome, pause)
+        else:
+            unanswered, unanswered_since = 0, None
+            pause = min(max(outcome, MIN_RETRY_WAIT), MAX_RETRY_WAIT)
+        if waiting is None and not isinstance(outcome, _Unanswered):
             _run_logger().info("Waiting for resource lock on %s", ", ".join(names))
             payload = {
                 "lease_duration": spec.lease_duration,
@@ -508,10 +646,30 @@ def _acquire_steps(
             )
             holders = yield _Call(functools.partial(_describe_holders, client, limit_ids))
             raise ResourceLockTimeout(names, float(spec.timeout or 0), holders)
-        pause = min(max(outcome, MIN_RETRY_WAIT), MAX_RETRY_WAIT)
         if deadline is not None:
             pause = min(pause, deadline - now)
         yield _Sleep(max(pause, 0.0))
+
+
+def _warn_unanswered(names: tuple[str, ...], outcome: _Unanswered, pause: float) -> None:
+    if outcome.maybe_granted:
+        _run_logger().warning(
+            "Prefect did not answer the request for %s (%r). It may have granted a lease "
+            "whose id never reached us: such a lease is not renewed and holds its slot for at "
+            "most %g s (+ up to 15 s until Prefect frees it); if the limit is full, that is how "
+            "long this call waits behind it. Trying again in %.1f s.",
+            ", ".join(names),
+            outcome.error,
+            ACQUIRE_LEASE_SECONDS,
+            pause,
+        )
+    else:  # nothing was granted: as quiet as Prefect's own client retries
+        logger.debug(
+            "Prefect did not take the request for %s (%r); trying again in %.1f s.",
+            ", ".join(names),
+            outcome.error,
+            pause,
+        )
 
 
 def _drive_sync(steps: Generator[_Call | _Sleep, Any, Any]) -> Any:
@@ -608,22 +766,44 @@ def _describe_event_holder(event: dict[str, Any]) -> str:
 
 
 # --- keeping the lease -----------------------------------------------------------------------
+@dataclass
+class _Renewal:
+    """One renewal request, sent from a thread of its own so that the deadline never waits."""
+
+    started: float
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
+
+
 class _Renewer:
-    """Renews a lease every 0.75 x lease_duration in a daemon thread; calls `on_lost` when the
-    lease is revoked (410) or could not be renewed before it was about to expire."""
+    """Keeps a lease in a daemon thread and stops the body when the lease is lost.
+
+    Renews every 0.75 x lease_duration (at once when the lease was granted shorter than asked:
+    see `_attempt`). The lease is lost when Prefect answers 410 (revoked, e.g. from the board)
+    or when it has not been renewed by `expires - LOST_MARGIN`. That deadline is kept by the
+    clock, not between attempts: the body is stopped on time even while a renewal request is
+    still in flight, and a renewal answered after that does not revive the hold. Once the
+    lease is lost, EVENT_STOPPING is announced until the block has exited (`stop()`).
+    """
 
     def __init__(
         self,
         client: SyncPrefectClient,
         hold: Hold,
         acquired_at: float,
+        lease_seconds: float,
         on_lost: Callable[[], None],
     ) -> None:
         self.client = client
         self.hold = hold
-        self.expires = acquired_at + hold.lease_duration
+        self.expires = acquired_at + lease_seconds
+        self.next_renewal = acquired_at + (
+            lease_seconds * RENEWAL_FRACTION if lease_seconds >= hold.lease_duration else 0.0
+        )
         self.on_lost = on_lost
-        self._stop = threading.Event()
+        self.lost_at: float | None = None
+        self._stopped = False  # the block has exited
+        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -638,43 +818,117 @@ class _Renewer:
         self._thread.start()
 
     def stop(self) -> None:
+        """The block has exited: no loss and no announcement from now on."""
         with self._lock:
-            self._stop.set()
+            self._stopped = True
+        self._wake.set()
 
     def _run(self) -> None:
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # we retry, within the lease
+            if self._keep():
+                self._announce()
+
+    def _keep(self) -> bool:
+        """Renew until the block exits (False) or the lease is lost (True, body stopped)."""
+        hold = self.hold
+        request: _Renewal | None = None
+        last_error: Exception | None = None
+        while True:
+            with self._lock:
+                if self._stopped:
+                    return False
+            now = time.monotonic()
+            if request is not None and request.done.is_set():
+                if request.error is None:
+                    self.expires = request.started + hold.lease_duration
+                    self.next_renewal = now + hold.lease_duration * RENEWAL_FRACTION
+                elif _status(request.error) == 410:
+                    return self._lose("the lease was revoked (released from the board?)")
+                else:
+                    last_error = request.error
+                    logger.warning(
+                        "Renewing lease %s failed (%r); retrying", hold.lease_id, last_error
+                    )
+                    self.next_renewal = now + RENEW_RETRY
+                request = None
+                continue
+            deadline = self.expires - LOST_MARGIN
+            if now >= deadline:
+                if request is not None:
+                    why = f"a renewal still unanswered after {now - request.started:.1f} s"
+                else:
+                    why = repr(last_error)
+                return self._lose(f"could not renew the lease before it expired ({why})")
+            if request is None and now >= self.next_renewal:
+                request = self._send()
+                continue
+            wake_at = deadline if request is not None else min(deadline, self.next_renewal)
+            self._wake.wait(max(wake_at - now, 0.0))
+            self._wake.clear()  # whatever woke us is checked at the top of the loop
+
+    def _send(self) -> _Renewal:
+        request = _Renewal(started=time.monotonic())
         hold = self.hold
         assert hold.lease_id is not None
-        wait = hold.lease_duration * RENEWAL_FRACTION
-        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # we retry, within the lease
-            while not self._stop.wait(wait):
-                started = time.monotonic()
-                try:
-                    _renew(self.client, hold.lease_id, hold.lease_duration)
-                except Exception as exc:
-                    if _status(exc) == 410:
-                        self._lose("the lease was revoked (released from the board?)")
-                        return
-                    left = self.expires - time.monotonic() - LOST_MARGIN
-                    if left <= 0:
-                        self._lose(f"could not renew the lease before it expired ({exc!r})")
-                        return
-                    logger.warning("Renewing lease %s failed (%r); retrying", hold.lease_id, exc)
-                    wait = min(RENEW_RETRY, left)
-                    continue
-                self.expires = started + hold.lease_duration
-                wait = hold.lease_duration * RENEWAL_FRACTION
 
-    def _lose(self, reason: str) -> None:
+        def send() -> None:
+            try:
+                _renew(self.client, hold.lease_id, hold.lease_duration)  # type: ignore[arg-type]
+            except Exception as exc:
+                request.error = exc
+            finally:
+                request.done.set()
+                self._wake.set()
+
+        context = contextvars.copy_context()  # no retries by Prefect's client: see _run
+        threading.Thread(
+            target=context.run, args=(send,), name=f"reslock-renew-{hold.lease_id}", daemon=True
+        ).start()
+        return request
+
+    def _lose(self, reason: str) -> bool:
         with self._lock:
-            if self._stop.is_set():
-                return  # the block already ended; its release is a no-op
+            if self._stopped:
+                return False  # the block already ended; its release is a no-op
             self.hold.lost = reason
+            self.lost_at = time.monotonic()
         _run_logger().error(
             "Resource lock on %s lost: %s. Stopping the guarded block.",
             ", ".join(self.hold.names),
             reason,
         )
-        self.on_lost()
+        try:
+            self.on_lost()
+        except Exception:  # e.g. the event loop of an `async with` has closed
+            logger.warning(
+                "Could not stop the block of lease %s", self.hold.lease_id, exc_info=True
+            )
+        return True
+
+    def _announce(self) -> None:
+        """EVENT_STOPPING now and every STOPPING_PERIOD_SECONDS until the block has exited.
+
+        A body blocked in time.sleep() or a C call only stops when that call returns; until
+        then these say "still inside", and their end without a release says "died inside"."""
+        hold = self.hold
+        assert self.lost_at is not None
+        while True:
+            with self._lock:  # stop() waits for an announcement under way: none comes after it
+                if self._stopped:
+                    return
+                payload = {
+                    "lease_id": str(hold.lease_id),
+                    "wait_id": str(hold.wait_id),
+                    "names": list(hold.acquired),
+                    "reason": hold.lost,
+                    "lost_seconds": round(time.monotonic() - self.lost_at, 1),
+                }
+                _emit_all(EVENT_STOPPING, hold.limit_ids, payload)
+            # On the beat counted from the loss; a beat missed (a stalled process) is skipped.
+            beats = (time.monotonic() - self.lost_at) // STOPPING_PERIOD_SECONDS + 1
+            next_at = self.lost_at + beats * STOPPING_PERIOD_SECONDS
+            self._wake.wait(max(next_at - time.monotonic(), 0.0))
+            self._wake.clear()
 
 
 # --- the context managers --------------------------------------------------------------------
@@ -720,12 +974,13 @@ def _hold_sync(spec: ResourceLock) -> Iterator[Hold]:
                 _release_quietly(client, grant.lease_id, needed)
         raise
     assert hold.lease_id is not None
-    acquired_at = time.monotonic()
+    grant = grants[-1]
+    acquired_at = grant.requested_at  # the lease may have started as soon as it was asked for
     token = _HELD.set((*_HELD.get(), hold))
     error: BaseException | None = None
     try:
         with WatcherThreadCancelScope(name=f"reslock {', '.join(needed)}") as scope:
-            renewer = _Renewer(client, hold, acquired_at, scope.cancel)
+            renewer = _Renewer(client, hold, acquired_at, grant.lease_seconds, scope.cancel)
             renewer.start()
             try:
                 yield hold
@@ -768,14 +1023,19 @@ async def _hold_async(spec: ResourceLock) -> AsyncIterator[Hold]:
                 await anyio.to_thread.run_sync(_release_quietly, client, grant.lease_id, needed)
         raise
     assert hold.lease_id is not None
-    acquired_at = time.monotonic()
+    grant = grants[-1]
+    acquired_at = grant.requested_at
     token = _HELD.set((*_HELD.get(), hold))
     loop = asyncio.get_running_loop()
     error: BaseException | None = None
     try:
         with anyio.CancelScope() as scope:  # cancelled by the renewer if the lease is lost
             renewer = _Renewer(
-                client, hold, acquired_at, lambda: loop.call_soon_threadsafe(scope.cancel)
+                client,
+                hold,
+                acquired_at,
+                grant.lease_seconds,
+                lambda: loop.call_soon_threadsafe(scope.cancel),
             )
             renewer.start()
             try:
@@ -800,6 +1060,20 @@ async def _hold_async(spec: ResourceLock) -> AsyncIterator[Hold]:
         )
     if hold.lost:
         raise ResourceLockLost(needed, hold.lease_id, hold.lost)
+
+
+def _refuse_inside_event_loop(spec: ResourceLock) -> None:
+    """A sync block in a thread that runs an event loop would block that loop while it waits,
+    and stopping its body on a lost lease would throw into the loop itself."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"`with {spec!r}` inside a running event loop (an async function, or a sync task "
+        f"called from one): use `async with {spec!r}` there, or run the sync code in a worker "
+        f"thread (e.g. `await anyio.to_thread.run_sync(...)`)"
+    )
 
 
 class ResourceLock:
@@ -835,6 +1109,7 @@ class ResourceLock:
     def __enter__(self) -> Hold:
         if self._sync is not None:
             raise RuntimeError(f"{self!r} is already entered; create another resource_lock()")
+        _refuse_inside_event_loop(self)
         self._sync = _hold_sync(self)
         try:
             return self._sync.__enter__()
@@ -869,7 +1144,7 @@ def resource_lock(
 ) -> ResourceLock:
     """Hold every named resource (all or none) for the duration of a `with` block.
 
-    `limit`: slots of a limit this call creates (an existing limit keeps its size).
+    `limit`: the limit's size: created with it, or an existing limit must have it.
     `lease_duration`: seconds (60 to 86400) a crashed holder keeps the slot.
     `timeout`: seconds to wait before raising `ResourceLockTimeout` (None: forever).
     """

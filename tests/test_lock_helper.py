@@ -778,6 +778,7 @@ def test_the_holder_is_the_task_run_the_flow_run_or_nobody(
             "holder": got[where]["holder"],
             "names": [name],
             "waited_seconds": acquired["payload"]["waited_seconds"],
+            "protocol": 2,
             "process": acquired["payload"]["process"],
         }
         # The holder's process, as a release on this machine can check it is gone.

@@ -1,0 +1,44 @@
+"""Read events back from the test's Prefect server (POST /events/filter, every page)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+
+def prefect_events(
+    api: httpx.Client, names: list[str], resource_ids: list[str] | None = None
+) -> list[dict]:
+    """Events of the last hour with these names (optionally on these resources), oldest first."""
+    now = datetime.now(UTC)
+    query: dict[str, Any] = {
+        "occurred": {
+            "since": (now - timedelta(hours=1)).isoformat(),
+            "until": (now + timedelta(minutes=5)).isoformat(),
+        },
+        "event": {"name": names},
+        "order": "ASC",
+    }
+    if resource_ids is not None:
+        query["resource"] = {"id": resource_ids}
+    response = api.post("/events/filter", json={"filter": query, "limit": 50})
+    response.raise_for_status()
+    page = response.json()
+    found = list(page["events"])
+    while page.get("next_page"):
+        response = api.get(page["next_page"])
+        response.raise_for_status()
+        page = response.json()
+        found += page["events"]
+    return found
+
+
+def occurred(event: dict) -> float:
+    """When the event happened (stamped by the emitting process), as time.time()."""
+    return datetime.fromisoformat(event["occurred"]).timestamp()
+
+
+def limit_resource(limit_id: str) -> str:
+    return f"prefect.concurrency-limit.{limit_id}"
