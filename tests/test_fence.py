@@ -115,7 +115,7 @@ def test_a_revoke_whose_answer_is_lost_counts_as_applied_and_keeps_the_resource_
 ):
     # Prefect applies the revoke but its answer comes after the worker has given up on it.
     settings.PREFECT_TIMEOUT_SECONDS = 2
-    proxy.slow(20, paths={"/decrement-with-lease"})
+    proxy.route("/decrement-with-lease", "hold", seconds=20)
     name = unique("db-lost-answer")
     holder, waiter, limit = holder_and_waiter(flows, prefect_server, name)
     operation = ask_release(operator_client, limit)
@@ -146,7 +146,7 @@ def test_prefect_failing_while_the_fence_waits_never_opens_the_resource(
         interval=0.05,
         what="the revoke",
     )
-    proxy.fail(500, paths={"/events/filter"})  # the fence can no longer see the holder
+    proxy.route("/events/filter", "fail", status=500)  # the fence can no longer see the holder
     fencing = status_becomes(operation, OperationStatus.FENCING, timeout=60)
     assert "looking failed" in fencing.message, fencing.message
     lost = holder.wait_event("lost", timeout=90)

@@ -25,12 +25,12 @@ from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from reslock_web import lock
+from tests.support.fault_proxy import FaultProxy
 from tests.support.flows import FlowRunner
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 from tests.support.prefect_events import limit_resource, occurred, prefect_events
 from tests.support.prefect_server import PrefectServer
-from tests.support.routed_faults import RoutedFaultProxy
 
 LEASE = 60  # Prefect's shortest lease: renewals every 45 s
 RENEWAL = LEASE * lock.RENEWAL_FRACTION
@@ -212,7 +212,7 @@ def deadline_scenario(
     runner: FlowRunner, api: httpx.Client, stop: threading.Event, server: PrefectServer
 ) -> dict:
     """Renewals fail, then one hangs past the deadline and is answered (renewed) late."""
-    proxy = RoutedFaultProxy(server.api_url)
+    proxy = FaultProxy(server.api_url)
     runner.env["PREFECT_API_URL"] = proxy.url
     try:
         name = unique("safety-deadline")
@@ -249,7 +249,7 @@ def orphan_scenario(
     runner: FlowRunner, api: httpx.Client, stop: threading.Event, server: PrefectServer
 ) -> dict:
     """Prefect grants the first acquire but its answer is lost; the holder asked a 600 s lease."""
-    proxy = RoutedFaultProxy(server.api_url)
+    proxy = FaultProxy(server.api_url)
     runner.env["PREFECT_API_URL"] = proxy.url
     try:
         name = unique("safety-orphan")

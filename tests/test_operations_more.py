@@ -272,7 +272,7 @@ def test_a_global_drift_repair_lowers_a_leaked_slot_once_no_lease_can_be_live(
     assert "needs your explicit acceptance of the risk" in response.content.decode()
     assert not Operation.objects.exists()
     # The worker decides only on a fresh read of Prefect: while that fails, nothing changes.
-    proxy.fail(500, paths={"/events/filter"})
+    proxy.route("/events/filter", "fail", status=500)
     body = {**form(operator_client, url), "reason": "leaked", "accept_risk": "on"}
     response = operator_client.post(url, body)
     assert response.status_code == 302

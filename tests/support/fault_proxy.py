@@ -4,26 +4,45 @@
 answers with Prefect's answer. Switch it at any time:
 
 - `ok()`: forward faithfully;
-- `fail(500)`: answer that status without asking Prefect (`paths=` limits it to requests
-  whose path ends with one of those, e.g. {"/events/filter"}; the rest go through);
-- `slow(seconds, methods=..., paths=...)`: forward, then hold the answer (Prefect did the work
-  but answers late; a client that gives up earlier never sees it);
-- `down()`: close the port (connections are refused); `up()` opens the same port again.
+- `fail(500)`: answer that status without asking Prefect;
+- `slow(seconds, methods=...)`: forward, then hold the answer (Prefect did the work but answers
+  late; a client that gives up earlier never sees it);
+- `down()`: close the port (connections are refused); `up()` opens the same port again;
+- `route(path_part, action, ...)`: a fault for the requests whose path contains `path_part`
+  only, the rest forwarded faithfully: "fail" (answer `status` without asking Prefect, after
+  `seconds`), "drop" (Prefect does it, the caller never hears back) or "hold" (Prefect does it,
+  the answer comes `seconds` later); `times=N` for the next N such requests only. `clear()`
+  and `ok()` end routes.
+
+    proxy.route("/increment-with-lease", "drop", times=1)
+    proxy.route("/events/filter", "fail", status=500)
+    proxy.route("/decrement-with-lease", "hold", seconds=20)
 
 It counts the requests Prefect actually received, by method, so a test can tell how many
-times a change reached Prefect.
+times a change reached Prefect, and `received` lists (time.time(), method, path) of every
+request that reached the proxy.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import httpx
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+@dataclass
+class Route:
+    action: str  # "drop" | "fail" | "hold"
+    status: int = 500
+    seconds: float = 0.0
+    times: int | None = None  # how many requests it applies to (None: all)
 
 
 class FaultProxy:
@@ -35,8 +54,9 @@ class FaultProxy:
         self.status = 500
         self.delay = 0.0
         self.slow_methods: set[str] | None = None
-        self.affected_paths: set[str] | None = None
         self.forwarded: Counter[str] = Counter()
+        self.routes: dict[str, Route] = {}
+        self.received: list[tuple[float, str, str]] = []
         self._release = threading.Event()  # set when closing: every held answer goes out now
         self._lock = threading.Lock()
         self._upstream = httpx.Client(base_url=self.origin, timeout=60)
@@ -50,16 +70,41 @@ class FaultProxy:
 
     # --- switches ---------------------------------------------------------------------
     def ok(self) -> None:
-        self.mode, self.affected_paths = "ok", None
+        self.mode = "ok"
+        self.clear()
 
-    def fail(self, status: int = 500, paths: set[str] | None = None) -> None:
-        self.mode, self.status, self.affected_paths = "fail", status, paths
+    def route(self, path_part: str, action: str, **options: object) -> None:
+        if action not in ("drop", "fail", "hold"):
+            raise ValueError(action)
+        with self._lock:
+            self.routes[path_part] = Route(action, **options)  # type: ignore[arg-type]
 
-    def slow(
-        self, seconds: float, methods: set[str] | None = None, paths: set[str] | None = None
-    ) -> None:
+    def clear(self, path_part: str | None = None) -> None:
+        with self._lock:
+            if path_part is None:
+                self.routes.clear()
+            else:
+                self.routes.pop(path_part, None)
+
+    def received_at(self, path_part: str) -> list[float]:
+        return [when for when, _, path in list(self.received) if path_part in path]
+
+    def _take(self, path: str) -> Route | None:
+        with self._lock:
+            for part, route in self.routes.items():
+                if part in path:
+                    if route.times is not None:
+                        route.times -= 1
+                        if route.times <= 0:
+                            del self.routes[part]
+                    return route
+        return None
+
+    def fail(self, status: int = 500) -> None:
+        self.mode, self.status = "fail", status
+
+    def slow(self, seconds: float, methods: set[str] | None = None) -> None:
         self.mode, self.delay, self.slow_methods = "slow", seconds, methods
-        self.affected_paths = paths
 
     def down(self) -> None:
         if self._server is not None:
@@ -96,11 +141,15 @@ class FaultProxy:
 
     # --- the hop ----------------------------------------------------------------------
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        self.received.append((time.time(), handler.command, handler.path))
         body = handler.rfile.read(int(handler.headers.get("content-length") or 0))
         method = handler.command
-        path = handler.path.split("?", 1)[0].rstrip("/")
-        affected = self.affected_paths is None or any(path.endswith(p) for p in self.affected_paths)
-        if self.mode == "fail" and affected:
+        route = self._take(handler.path)
+        if route is not None and route.action == "fail":
+            time.sleep(route.seconds)
+            self._answer(handler, route.status, b'{"detail": "proxy says: failed"}', {})
+            return
+        if route is None and self.mode == "fail":
             self._answer(handler, self.status, b'{"detail": "proxy says: internal error"}', {})
             return
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_HEADERS}
@@ -111,11 +160,12 @@ class FaultProxy:
             return  # dropped without an answer, as a dying server would
         with self._lock:
             self.forwarded[method] += 1
-        if (
-            self.mode == "slow"
-            and affected
-            and (self.slow_methods is None or method in self.slow_methods)
-        ):
+        if route is not None and route.action == "drop":  # Prefect did it; no answer comes
+            handler.close_connection = True
+            return
+        if route is not None:  # "hold"
+            self._release.wait(route.seconds)
+        elif self.mode == "slow" and (self.slow_methods is None or method in self.slow_methods):
             self._release.wait(self.delay)
         kept = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
         kept.pop("content-encoding", None)  # httpx already decoded the body

@@ -198,10 +198,10 @@ class Runner:
             killed[processes[0].pid] = time.time()
             self.sync()
         elif scenario.fault == "events_failing":
-            self.proxy.fail(500, paths={"/events/filter"})
+            self.proxy.route("/events/filter", "fail", status=500)
             threading.Timer(20, self.proxy.ok).start()
         elif scenario.fault == "revoke_answer_lost":
-            self.proxy.slow(30, paths={"/decrement-with-lease"})
+            self.proxy.route("/decrement-with-lease", "hold", seconds=30)
 
     # --- the operator ------------------------------------------------------------------
     def _act(self, scenario, limit, outcome: Outcome, exempt, rng) -> int | None:
