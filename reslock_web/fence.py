@@ -35,17 +35,16 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from reslock_web.liveness import describe, process_gone
+from reslock_web.lock import EVENT_ACQUIRED, EVENT_RELEASED, EVENT_STOPPING
 from reslock_web.models import Condition, Holder, Operation, OperationStatus
 from reslock_web.prefect_api import EventInfo, PrefectAPI, PrefectError
 
 log = logging.getLogger(__name__)
 
-# The helper's events (reslock_web/lock.py is their other side).
-ACQUIRED = "reslock.lock.acquired"
-RELEASED = "reslock.lock.released"
-STOPPING = "reslock.lock.stopping"
-# From this protocol on, a helper whose lease was lost announces `stopping` every few seconds
-# for as long as its block is still inside: then silence means it died.
+# The helper's events: lock.py is their home. From protocol 2 on, a helper whose lease was
+# lost announces `stopping` every few seconds for as long as its block is still inside: then
+# silence means it died.
+ACQUIRED, RELEASED, STOPPING = EVENT_ACQUIRED, EVENT_RELEASED, EVENT_STOPPING
 ANNOUNCES_STOPPING = 2
 # The helper's request timeout: a renewal that noticed the revoke may take this long.
 HELPER_REQUEST_TIMEOUT = 10

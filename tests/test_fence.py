@@ -75,9 +75,10 @@ def test_a_holder_blocked_in_a_long_call_keeps_the_resource_closed_until_it_has_
         assert fencing.finished_at is None
 
         # Another operation on the same limit waits its turn instead of writing counts that
-        # the fence relies on.
+        # the fence relies on. (It asks for the size the limit has: another size would make
+        # the waiting helper refuse the limit as not what it asked for.)
         url = reverse("operate", args=["set-limit", name])
-        response = operator_client.post(url, {**form(operator_client, url), "value": "2"})
+        response = operator_client.post(url, {**form(operator_client, url), "value": "1"})
         assert response.status_code == 302
         change = Operation.objects.get(limit=limit, kind=OperationKind.SET_LIMIT)
         wait_for(
@@ -104,7 +105,8 @@ def test_a_holder_blocked_in_a_long_call_keeps_the_resource_closed_until_it_has_
     inside = counter.between(fencing_seen, left["t"])
     assert inside and min(inside) >= 1, inside
     # The set-limit ran after the fence had ended, not beside it.
-    assert change.status == OperationStatus.SUCCEEDED, change.message
+    assert change.status == OperationStatus.SKIPPED, change.message
+    assert "already 1" in change.message
     assert change.started_at >= done.finished_at
     waiter.release()
     assert waiter.wait() == 0
@@ -234,3 +236,50 @@ def test_an_operation_timeout_too_short_for_the_longest_fence_is_reported_at_sta
     # Registered: every manage.py command (migrate, reslock_prepare) shows it.
     with pytest.raises(Exception, match="reslock.W001"):
         call_command("check", fail_level="WARNING")
+
+
+def test_a_holder_that_goes_silent_while_still_inside_is_taken_as_dead_only_then(
+    prefect_server, flows, celery_worker, settings
+):
+    """From another machine a killed holder cannot be proved dead: the helper's `stopping`
+    announcements are the evidence of life, and only silence after them lifts the fence."""
+    from reslock_web.dispatch import send
+
+    settings.OPERATION_TIMEOUT_SECONDS = 40
+    name = unique("db-silent")
+    holder, waiter, limit = holder_and_waiter(flows, prefect_server, name, block=300)
+    row = limit.holders.get(condition=Condition.HOLDING)
+    # As the board of another machine sees it: no process identity it could check.
+    operation = Operation.objects.create(
+        kind=OperationKind.RELEASE_HOLDER,
+        limit=limit,
+        limit_name=limit.name,
+        holder_key=row.key,
+        holder={**_holder_snapshot(row), "process": {}},
+        reason="hangs",
+        requested_by_name="olga-operator",
+        token=uuid.uuid4(),
+    )
+    send(operation.pk)
+    status_becomes(operation, OperationStatus.FENCING, timeout=90)
+    # The renewal finds the lease revoked; the body, blocked, keeps announcing it is inside.
+    from reslock_web.celery import app
+
+    def announced() -> bool:
+        app.send_task("reslock.sweep")
+        fence = Operation.objects.get(pk=operation.pk).params.get("fence", {})
+        return fence.get("heard", 0) >= 2
+
+    wait_for(announced, 120, interval=2, what="the holder's stopping announcements")
+    assert Operation.objects.get(pk=operation.pk).status == OperationStatus.FENCING
+    holder.kill()
+    killed_at = time.time()
+    done = sweep_until_finished(operation, timeout=150)
+    acquired = waiter.wait_event("acquired", timeout=60)
+    assert done.status == OperationStatus.SUCCEEDED, done.message
+    assert "went silent" in done.message and "taken as dead" in done.message
+    # Lifted only after the silence had lasted: never while it was still announcing.
+    assert done.finished_at.timestamp() >= killed_at + 10
+    assert acquired["t"] > killed_at
+    waiter.release()
+    assert waiter.wait() == 0
