@@ -181,14 +181,15 @@ class Runner:
         block = scenario.block if role == "holder" else 0
         return self.flows.start("helper_holder", names=names, block=block, **common)
 
-    def _wait_board(self, limit_name: str) -> None:
+    def _wait_board(self, limit_name: str, check=None, timeout: float = 60) -> None:
         from reslock_web.models import Limit
 
-        deadline = time.monotonic() + 60
+        check = check or (lambda row: row.holder_count >= 1)
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.sync()
             limit = Limit.objects.filter(name=limit_name).first()
-            if limit is not None and limit.holder_count >= 1:
+            if limit is not None and check(limit):
                 return
             time.sleep(0.5)
 
@@ -217,6 +218,16 @@ class Runner:
             extra = {"crash_flow_run": "on"} if rng.random() < 0.5 else {}
             self._confirm(url, outcome, {"reason": "soak", **extra})
         elif action == "repair":
+            # A slot nobody holds (a raw increment never decremented) for the repair to find,
+            # beside the live holders it must never free.
+            with patient_client(self.server.api_url) as http:
+                # A full limit refuses an increment; Prefect's PATCH takes any count.
+                now = http.get(f"/v2/concurrency_limits/{limit.prefect_id}").json()
+                http.patch(
+                    f"/v2/concurrency_limits/{limit.prefect_id}",
+                    json={"active_slots": now["active_slots"] + 1},
+                )
+            self._wait_board(limit.name, lambda row: row.has_drift, 30)
             url = reverse("operate", args=["repair", limit.name])
             self._confirm(url, outcome, {"reason": "soak", "accept_risk": "on"})
         elif action == "set_limit":
