@@ -40,6 +40,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "reslock_web.login_throttle.UndeclaredProxyMiddleware",
     "reslock_web.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -160,10 +161,15 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
-# Password guessing: after this many failed log-ins for one username, or from one address,
-# within the window, further attempts are refused unchecked until the window has passed.
-LOGIN_FAILURE_LIMIT = 5
-LOGIN_FAILURE_WINDOW_SECONDS = 15 * 60
+# Password guessing (login_throttle): failures count for an hour. Past the free ones, each
+# attempt waits after the latest failure, twice as long for every further failure (1 minute,
+# 2, 4, 8, at most 15), and is refused unchecked until then.
+LOGIN_FAILURE_WINDOW_SECONDS = 60 * 60
+LOGIN_FAILURE_LIMIT = 5  # free failures for one account from one address (an IPv6 /64)
+LOGIN_ACCOUNT_FAILURE_LIMIT = 20  # for one account from every address together
+LOGIN_ADDRESS_FAILURE_LIMIT = 20  # from one address over every account
+LOGIN_FIRST_DELAY_SECONDS = 60
+LOGIN_MAX_DELAY_SECONDS = 15 * 60
 # How many proxies in front of the web server append to X-Forwarded-For; 0 trusts no header
 # (the client's address is the connection's).
 TRUSTED_PROXIES = envint("RESLOCK_TRUSTED_PROXIES", 0, minimum=0, maximum=5)
