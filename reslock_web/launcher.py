@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -30,8 +31,17 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+# The password of a URL (`scheme://user:password@host`) in anything said: PREFECT_API_URL,
+# REDIS_URL and CELERY_BROKER_URL are printed as chosen.
+_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#:@]*):[^\s/?#]*@")
+
+
+def hide_passwords(text: str) -> str:
+    return _URL_PASSWORD.sub(r"\g<user>:[redacted]@", text)
+
+
 def say(message: str) -> None:
-    sys.stdout.write(f"[reslock] {message}\n")
+    sys.stdout.write(f"[reslock] {hide_passwords(message)}\n")
     sys.stdout.flush()
 
 
@@ -475,7 +485,7 @@ def failed(error: LaunchError) -> int:
     """Say why the launch stopped; the exit code. A bad value gets the one stderr line (and
     code 2) that every Django entry point gives it."""
     if isinstance(error, BadSetting):
-        sys.stderr.write(f"{CONFIG_ERROR}{error}\n")
+        sys.stderr.write(f"{CONFIG_ERROR}{hide_passwords(str(error))}\n")
         sys.stderr.flush()
         return 2
     say(f"error: {error}")

@@ -1,4 +1,5 @@
-"""Headers every response carries, and keeping the Prefect API key out of logs.
+"""Headers every response carries, and keeping secrets (the Prefect API key, the user names and
+passwords inside URLs) out of pages, logs and error messages.
 
 Django's SecurityMiddleware and XFrameOptionsMiddleware add HSTS, nosniff, Referrer-Policy and
 X-Frame-Options from settings; Django 5.2 has no Content-Security-Policy of its own.
@@ -12,8 +13,9 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.views.debug import SafeExceptionReporterFilter
 
-REDACTED = "[redacted]"
+from reslock_web.env import REDACTED, USERINFO
 
 
 class ContentSecurityPolicyMiddleware:
@@ -45,7 +47,21 @@ def secrets_to_hide() -> list[str]:
 def redact(text: str, hide: list[str] | None = None) -> str:
     for secret in secrets_to_hide() if hide is None else hide:
         text = text.replace(secret, REDACTED)
-    return text
+    return USERINFO.sub(r"\g<scheme>", text)
+
+
+class ExceptionReporterFilter(SafeExceptionReporterFilter):
+    """Django's debug page and error e-mails, with passwords in URLs hidden as well.
+
+    Django hides settings whose names look secret (`*KEY*`, `*PASS*`); `DATABASE_URL`,
+    `REDIS_URL` and `CELERY_BROKER_URL` carry their password inside the value.
+    """
+
+    def cleanse_setting(self, key: object, value: object) -> object:
+        value = super().cleanse_setting(key, value)
+        if isinstance(value, str) and "://" in value:
+            return USERINFO.sub(rf"\g<scheme>{REDACTED}@", value)
+        return value
 
 
 class RedactingFormatter(logging.Formatter):

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import dj_database_url
 
-from reslock_web.env import SettingError, envbool, envint, envlist, envstr, envurl
+from reslock_web.env import (
+    SettingError,
+    envbool,
+    envint,
+    envlist,
+    envstr,
+    envurl,
+    without_userinfo,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("RESLOCK_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -153,6 +161,9 @@ if SECURE_COOKIES:
     # pass on what clients send); Django then knows the request was HTTPS and adds HSTS.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = 365 * 24 * 3600
+# Django's debug page and error reports hide the passwords inside DATABASE_URL, REDIS_URL and
+# the broker URL too, not only settings named like secrets.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "reslock_web.security.ExceptionReporterFilter"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -222,7 +233,8 @@ PREFECT_API_URL = envurl("PREFECT_API_URL", "http://127.0.0.1:4200/api", schemes
 PREFECT_API_KEY = envstr("PREFECT_API_KEY")
 PREFECT_UI_URL = envurl(
     "PREFECT_UI_URL",
-    PREFECT_API_URL.rstrip("/").removesuffix("/api"),
+    # Links are shown to every viewer: never with the API's user name and password.
+    without_userinfo(PREFECT_API_URL.rstrip("/").removesuffix("/api")),
     schemes=("http", "https"),
 )
 PREFECT_TIMEOUT_SECONDS = envint("RESLOCK_PREFECT_TIMEOUT", 10, minimum=1, maximum=300)

@@ -317,3 +317,14 @@ def test_it_refuses_a_taken_web_port_with_a_clear_message(tmp_path, prefect_serv
         result = run_launcher_once(env)
     assert result.returncode == 1
     assert f"error: port {env['RESLOCK_WEB_PORT']} is taken" in result.stdout
+
+
+def test_what_the_launcher_says_never_carries_a_urls_password(capsys):
+    from reslock_web import launcher
+
+    launcher.say("Broker:  Redis at redis://:s3cret-pw@127.0.0.1:6379/0 (it answers)")
+    launcher.say("PREFECT_API_URL https://bob:s3:cr@t@prefect.example/api does not answer")
+    out = capsys.readouterr().out
+    assert "s3cret-pw" not in out and "s3:cr" not in out
+    assert "redis://:[redacted]@127.0.0.1:6379/0" in out
+    assert "https://bob:[redacted]@prefect.example/api" in out

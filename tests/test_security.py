@@ -356,3 +356,100 @@ def test_the_debug_error_page_hides_the_key(admin_client, api_key, settings):
     text = page.content.decode()
     assert "PREFECT_API_KEY" in text and "something broke" in text  # the settings are listed
     assert SECRET not in text
+
+
+# --- User names and passwords inside URLs are never shown ------------------------------
+URL_PASSWORD = "hunter2-" + uuid.uuid4().hex[:8]
+
+
+def test_the_default_ui_url_drops_the_api_urls_user_and_password():
+    code = "import django; django.setup(); from django.conf import settings; print(settings.PREFECT_UI_URL)"
+    api = f"https://bob:{URL_PASSWORD}@prefect.example.org/api"
+    result = run_entry_point(code, PREFECT_API_URL=api)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "https://prefect.example.org"
+
+
+@pytest.mark.django_db
+def test_links_and_api_urls_never_carry_a_user_or_password(admin_client, settings):
+    from tests.support.board_data import sample_rows
+
+    settings.PREFECT_UI_URL = f"https://bob:{URL_PASSWORD}@prefect.example.org/"
+    held = sample_rows()
+    pages = [
+        admin_client.get("/"),
+        admin_client.get(reverse("resource", args=[held.name])),
+        admin_client.get("/api/v1/resources"),
+        admin_client.get(reverse("api-resource", args=[held.name])),
+    ]
+    for page in pages:
+        text = page.content.decode()
+        assert "https://prefect.example.org/" in text
+        assert URL_PASSWORD not in text and "bob" not in text
+    holder = pages[3].json()["holders"][0]
+    assert holder["flow_run"]["url"].startswith("https://prefect.example.org/runs/flow-run/")
+
+
+@pytest.mark.django_db
+def test_a_sync_that_cannot_reach_prefect_shows_its_address_without_the_password(viewer_client):
+    with PrefectAPI(f"http://bob:{URL_PASSWORD}@127.0.0.1:9/api", "", timeout=2) as api:
+        run = sync_all(api)
+    assert run is not None and not run.ok
+    assert "http://127.0.0.1:9/api" in run.error
+    assert URL_PASSWORD not in run.error and "bob" not in run.error
+    assert URL_PASSWORD not in viewer_client.get("/").content.decode()
+
+
+@pytest.mark.django_db
+def test_an_internal_sync_error_shows_viewers_a_summary_and_logs_the_detail(
+    viewer_client, monkeypatch, caplog
+):
+    from django.db import OperationalError
+
+    from reslock_web import sync
+
+    def broken(*args, **kwargs):
+        raise OperationalError('connection to server at "db.internal" failed for user "reslock"')
+
+    monkeypatch.setattr(sync, "gather", broken)
+    with caplog.at_level(logging.ERROR), PrefectAPI("http://127.0.0.1:9/api", "", timeout=2) as api:
+        run = sync_all(api)
+    assert run is not None and not run.ok
+    assert "internal error" in run.error and "OperationalError" in run.error
+    assert "db.internal" not in run.error
+    assert "db.internal" in caplog.text  # the detail is in the log
+    board = viewer_client.get("/").content.decode()
+    assert "internal error" in board and "db.internal" not in board
+    api_text = json.dumps(viewer_client.get("/api/v1/resources").json())
+    assert "db.internal" not in api_text
+
+
+@pytest.mark.django_db
+def test_the_debug_error_page_hides_passwords_inside_urls(admin_client, settings):
+    settings.DEBUG = True
+    settings.ROOT_URLCONF = "tests.test_security"
+    settings.DATABASE_URL = f"postgres://reslock:{URL_PASSWORD}@db.internal:5432/reslock"
+    settings.REDIS_URL = f"redis://:{URL_PASSWORD}@redis.internal:6379/0"
+    settings.CELERY_BROKER_URL = f"rediss://worker:{URL_PASSWORD}@redis.internal:6380/1"
+    admin_client.raise_request_exception = False
+    page = admin_client.get("/boom")
+    assert page.status_code == 500
+    text = page.content.decode()
+    assert "DATABASE_URL" in text and "redis.internal" in text  # the settings are listed
+    assert URL_PASSWORD not in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", f"mysql://bob:{URL_PASSWORD}@db.internal/reslock"),
+        ("REDIS_URL", f"http://:{URL_PASSWORD}@redis.internal:6379/0"),
+        ("CELERY_BROKER_URL", f"amqp://bob:{URL_PASSWORD}@rabbit.internal//"),
+    ],
+)
+def test_a_start_up_error_about_a_url_does_not_print_its_password(variable, value):
+    result = run_entry_point("import django; django.setup()", **{variable: value})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and variable in output, output
+    assert URL_PASSWORD not in output
+    assert "[redacted]" in output
