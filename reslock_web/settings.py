@@ -5,6 +5,8 @@ Every variable is listed, with its default, in the README's configuration table.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -82,6 +84,18 @@ TEMPLATES = [
 ]
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """The database holds the sessions: another local user who read it could take over one.
+
+    SQLite creates its file (and its -wal and -shm files, which copy the file's mode)
+    world-readable under the usual umask: create it empty with mode 0600 first, in a folder
+    of mode 0700 when we create that folder.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _database(url: str) -> dict:
     try:
         config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
@@ -91,7 +105,7 @@ def _database(url: str) -> dict:
         ) from None
     if config["ENGINE"] == "django.db.backends.sqlite3":
         if config["NAME"] not in ("", ":memory:"):
-            Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(config["NAME"]))
         # Several processes (web, worker, beat) share the file: wait for locks instead of
         # failing at once, and let readers go on while one process writes.
         config["CONN_MAX_AGE"] = 0

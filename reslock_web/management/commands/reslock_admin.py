@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from reslock_web.env import envstr
+from reslock_web.launcher import write_private
 
 
 class Command(BaseCommand):
@@ -38,7 +39,6 @@ class Command(BaseCommand):
 
     def _generated(self, stored: Path) -> str:
         password = secrets.token_urlsafe(12)
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        stored.write_text(password)
-        stored.chmod(0o600)
-        return password
+        stored.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(stored, password)
+        return stored.read_text().strip()  # another process may have written it first
