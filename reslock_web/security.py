@@ -18,6 +18,27 @@ from django.views.debug import SafeExceptionReporterFilter
 from reslock_web.env import REDACTED, USERINFO
 
 
+class ForwardedProtoMiddleware:
+    """Keeps of `X-Forwarded-Proto` only what `RESLOCK_TRUSTED_PROXIES` proxies vouch for.
+
+    Django believes the header's first value (`SECURE_PROXY_SSL_HEADER`). A client can send
+    it too: with no trusted proxy it is dropped; behind N proxies that each append, the value
+    the outermost one added (the Nth from the right) is the one kept.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        header = request.META.pop("HTTP_X_FORWARDED_PROTO", None)
+        trusted = settings.TRUSTED_PROXIES
+        if header is not None and trusted:
+            values = [v.strip() for v in header.split(",") if v.strip()]
+            if len(values) >= trusted:
+                request.META["HTTP_X_FORWARDED_PROTO"] = values[-trusted]
+        return self.get_response(request)
+
+
 class ContentSecurityPolicyMiddleware:
     """Adds `CONTENT_SECURITY_POLICY` to every response that does not set its own."""
 

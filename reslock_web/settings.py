@@ -49,6 +49,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Before anything asks whether the request came over HTTPS.
+    "reslock_web.security.ForwardedProtoMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "reslock_web.login_throttle.UndeclaredProxyMiddleware",
     "reslock_web.security.ContentSecurityPolicyMiddleware",
@@ -171,8 +173,9 @@ SECURE_COOKIES = envbool("RESLOCK_SECURE_COOKIES", not DEBUG)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
 if SECURE_COOKIES:
-    # The proxy terminates TLS and says so in X-Forwarded-Proto (it must set that header, not
-    # pass on what clients send); Django then knows the request was HTTPS and adds HSTS.
+    # The proxy terminates TLS and says so in X-Forwarded-Proto; Django then knows the request
+    # was HTTPS and adds HSTS. The header counts only from RESLOCK_TRUSTED_PROXIES proxies
+    # (security.ForwardedProtoMiddleware): with none declared, a client could claim HTTPS.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = 365 * 24 * 3600
 # Django's debug page and error reports hide the passwords inside DATABASE_URL, REDIS_URL and

@@ -44,7 +44,8 @@ def manage(database_url: str, *args: str) -> subprocess.CompletedProcess:
 def test_migrations_apply_and_the_admin_command_works_on_postgresql(database_url):
     migrated = manage(database_url, "migrate", "--noinput")
     assert migrated.returncode == 0, migrated.stderr
-    assert manage(database_url, "reslock_admin").stdout.strip() == "log in as admin / pg-pass-123"
+    said = manage(database_url, "reslock_admin").stdout.strip()
+    assert said == "log in as admin with the password in RESLOCK_ADMIN_PASSWORD"
     with psycopg.connect(database_url) as db:
         assert db.execute(
             "SELECT is_superuser FROM auth_user WHERE username = 'admin'"

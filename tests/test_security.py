@@ -166,6 +166,7 @@ def test_behind_a_tls_proxy_the_cookies_are_secure_and_hsts_is_sent(client, view
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     settings.SECURE_HSTS_SECONDS = 31536000
+    settings.TRUSTED_PROXIES = 1
     https = {"X-Forwarded-Proto": "https"}
     login = client.get("/login/", headers=https)
     assert login["Strict-Transport-Security"] == "max-age=31536000"
@@ -176,6 +177,24 @@ def test_behind_a_tls_proxy_the_cookies_are_secure_and_hsts_is_sent(client, view
     assert answer.status_code == 302
     assert answer.cookies["sessionid"]["secure"] is True
     assert "Strict-Transport-Security" not in client.get("/login/")  # plain http: never
+
+
+@pytest.mark.django_db
+def test_x_forwarded_proto_counts_only_as_far_as_the_declared_proxies(client, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_HSTS_SECONDS = 31536000
+    settings.TRUSTED_PROXIES = 0
+    claimed = client.get("/login/", headers={"X-Forwarded-Proto": "https"})
+    assert "Strict-Transport-Security" not in claimed  # any client can send the header
+    settings.TRUSTED_PROXIES = 1
+    proxied = client.get("/login/", headers={"X-Forwarded-Proto": "https"})
+    assert proxied["Strict-Transport-Security"] == "max-age=31536000"
+    # A proxy that appends what it saw: the client's own claim comes first and does not count.
+    appended = client.get("/login/", headers={"X-Forwarded-Proto": "https, http"})
+    assert "Strict-Transport-Security" not in appended
+    settings.TRUSTED_PROXIES = 2
+    two = client.get("/login/", headers={"X-Forwarded-Proto": "http, https, http"})
+    assert two["Strict-Transport-Security"] == "max-age=31536000"
 
 
 @pytest.mark.django_db
