@@ -85,8 +85,21 @@ class ExceptionReporterFilter(SafeExceptionReporterFilter):
         return value
 
 
+# Everything str.splitlines() breaks at: a log reader may too.
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
 class RedactingFormatter(logging.Formatter):
-    """Formats as usual, then blanks out the Prefect API key (message, arguments, traceback)."""
+    """Formats as usual, then blanks out the Prefect API key (message, arguments, traceback).
+
+    A message is one line: request paths and Prefect names can hold CR and LF, which would
+    otherwise start a forged line of their own. They are escaped (`\\r`, `\\n`); a
+    traceback keeps its lines.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        escaped = message.translate(_LINE_BREAKS)
+        if escaped != message:
+            record = logging.makeLogRecord({**record.__dict__, "msg": escaped, "args": None})
         return redact(super().format(record))

@@ -285,6 +285,39 @@ def test_the_log_format_blanks_out_the_key_in_messages_and_tracebacks(api_key):
     assert SECRET not in text
 
 
+def _plain_formatter() -> logging.Formatter:
+    config = dict(django_settings.LOGGING["formatters"]["plain"])
+    module, name = config.pop("()").rsplit(".", 1)
+    return getattr(__import__(module, fromlist=[name]), name)(config["format"])
+
+
+@pytest.mark.django_db
+def test_a_request_path_with_cr_and_lf_stays_on_one_log_line(viewer_client):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_plain_formatter())
+    logger = logging.getLogger("django.request")
+    logger.addHandler(handler)
+    try:
+        forged = "x%0D%0A2026-01-01 00:00:00,000 ERROR reslock_web.sync: forged"
+        assert viewer_client.get(f"/resources/{forged}").status_code == 404
+        logging.getLogger("reslock.test.lines").addHandler(handler)
+        logging.getLogger("reslock.test.lines").warning("name %s", "evil\u2028name\nnext")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("with a traceback")
+    finally:
+        logger.removeHandler(handler)
+        logging.getLogger("reslock.test.lines").removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert sum("forged" in line for line in lines) == 1
+    [not_found] = [line for line in lines if "Not Found" in line]
+    assert "x\\r\\n2026-01-01" in not_found and not_found.endswith("forged")
+    assert any(line.endswith("name evil\\u2028name\\nnext") for line in lines)
+    assert "Traceback (most recent call last):" in lines  # a traceback keeps its lines
+
+
 @pytest.mark.django_db(transaction=True)
 def test_no_page_and_no_log_line_of_a_sync_or_operation_shows_the_key(
     prefect_server, celery_worker, api_key, settings, caplog, admin, operator, viewer
