@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -44,13 +45,35 @@ def make_limit(name: str, **fields) -> Limit:
 
 
 # --- Content-Security-Policy and other headers -------------------------------------------
+def readme_policy() -> str:
+    """The policy as the README's Security section promises it, word for word."""
+    readme = (django_settings.BASE_DIR / "README.md").read_text()
+    quoted = re.search(r"`Content-Security-Policy: ([^`]+)`", readme)
+    assert quoted, "the README no longer states the policy"
+    return " ".join(quoted.group(1).split())
+
+
+def test_the_readme_policy_is_the_strict_one():
+    directives = dict(d.strip().split(" ", 1) for d in readme_policy().split(";"))
+    assert directives == {
+        "default-src": "'self'",
+        "script-src": "'self'",
+        "style-src": "'self'",
+        "img-src": "'self' data:",
+        "object-src": "'none'",
+        "base-uri": "'self'",
+        "form-action": "'self'",
+        "frame-ancestors": "'none'",
+    }
+
+
 @pytest.mark.django_db
 def test_every_kind_of_response_carries_the_security_headers(client, viewer):
     anonymous = [client.get("/login/"), client.get("/healthz"), client.get("/api/v1/resources")]
     client.force_login(viewer)
     pages = [client.get("/"), client.get("/resources/nothing-here"), client.get("/admin/")]
     for response in anonymous + pages:
-        assert response["Content-Security-Policy"] == django_settings.CONTENT_SECURITY_POLICY
+        assert response["Content-Security-Policy"] == readme_policy()
         assert "script-src 'self';" in response["Content-Security-Policy"]
         assert "'unsafe-inline'" not in response["Content-Security-Policy"]
         assert response["X-Frame-Options"] == "DENY"
@@ -408,6 +431,25 @@ def test_the_debug_error_page_hides_the_key(admin_client, api_key, settings):
     text = page.content.decode()
     assert "PREFECT_API_KEY" in text and "something broke" in text  # the settings are listed
     assert SECRET not in text
+
+
+# --- The audit CSV -------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_the_audit_csv_defuses_every_cell_a_spreadsheet_would_run(operator_client, operator):
+    limit = make_limit("resource:csv")
+    starts = ["=", "+", "-", "@", "\t", "\r"]
+    for start in starts:
+        Operation.objects.create(
+            kind="set_limit", limit=limit, limit_name=limit.name, requested_by=operator,
+            requested_by_name=operator.username, token=uuid.uuid4(), status="succeeded",
+            reason=f"{start}HYPERLINK(\"http://x\")", message="plain",
+        )  # fmt: skip
+    answer = operator_client.get("/audit?format=csv")
+    text = b"".join(answer.streaming_content).decode()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    reasons = sorted(row["reason"] for row in rows)
+    assert reasons == sorted(f'\'{start}HYPERLINK("http://x")' for start in starts)
+    assert {row["message"] for row in rows} == {"plain"}  # an ordinary cell is left alone
 
 
 # --- User names and passwords inside URLs are never shown ------------------------------
