@@ -35,7 +35,7 @@ _warned_about_proxy = False
 
 
 class _LoginView(auth_views.LoginView):
-    """Django's log-in view, remembering whether this request's credentials were checked."""
+    """Django's log-in view, marking a request whose own credentials logged it in."""
 
     def get_redirect_url(self) -> str:
         # `?next=/login/` would send a logged-in user back here: Django calls that a
@@ -46,7 +46,7 @@ class _LoginView(auth_views.LoginView):
         return target
 
     def form_valid(self, form: AuthenticationForm) -> HttpResponse:
-        self.request.reslock_password_checked = True  # type: ignore[attr-defined]
+        self.request.reslock_authenticated_here = True  # type: ignore[attr-defined]
         return super().form_valid(form)
 
 
@@ -146,7 +146,7 @@ def login(request: HttpRequest) -> HttpResponse:
         attempt.delete()
         return _refused(request, until)
     response = _check_password(request)
-    if getattr(request, "reslock_password_checked", False):
+    if getattr(request, "reslock_authenticated_here", False):
         LoginFailure.objects.succeeded(attempt)
     else:
         LoginFailure.objects.failed(attempt)
