@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from tests.support import postgres
 from tests.support.machine import find_chromium
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -72,3 +76,18 @@ def test_make_test_prepares_the_machine_first_and_ci_only_calls_it():
     assert commands[-1] == "make test"
     assert "apt-get" not in ci and "redis-server" not in ci
     assert os.access(BASE_DIR / ".ci" / "run", os.X_OK)
+
+
+@pytest.mark.skipif(not shutil.which("initdb"), reason="PostgreSQL is not installed here")
+def test_where_no_postgresql_answers_one_is_started_for_the_run_and_stopped_after():
+    code = (
+        "import psycopg; from tests.support import postgres; url = postgres.start_server(); "
+        "psycopg.connect(url + '/postgres').execute('select 1'); print(url)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=BASE_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.strip()
+    assert url.startswith("postgresql://postgres@127.0.0.1:") and url != postgres.DEFAULT
+    assert not postgres.answers(url)  # stopped when the run ended
