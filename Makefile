@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m reslock_web.launcher
 
-test: $(STAMP)
+# First what the machine must have (Chromium, Redis, venv): installed with apt-get as root,
+# else one line saying what to install, within seconds.
+test:
+	$(PYTHON) -m tests.support.machine
+	@$(MAKE) --no-print-directory $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import HttpRequest
+
+from reslock_web import links
 
 
 def reslock(request: HttpRequest) -> dict[str, object]:
-    return {"PREFECT_UI_URL": settings.PREFECT_UI_URL}
+    return {"PREFECT_UI_URL": links.base()}

@@ -7,19 +7,42 @@ that names the variable, instead of silently becoming True or 0.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+REDACTED = "[redacted]"
+# The `user:password@` of a URL inside any text: `scheme://` then up to the last `@` before
+# the host ends (a password may itself hold `@` or `:`).
+USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#\"'<>]*@")
+
+
+def without_userinfo(url: str) -> str:
+    """The URL without `user:password@`: for links and anything else a page shows."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return USERINFO.sub(r"\g<scheme>", url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def hide_password(text: str) -> str:
+    """Every URL in the text with its `user:password@` replaced: for start-up messages."""
+    return USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
 
 
 class SettingError(ImproperlyConfigured):
     """A bad environment value; its message is one line naming the variable."""
 
     def __init__(self, name: str, value: str, expected: str) -> None:
+        # A URL's password must not reach a terminal or a log through a typo elsewhere in it.
+        value = hide_password(value)
         problem = f"{name} is not set" if value == "" else f"{name}={value!r} is not valid"
         super().__init__(f"{problem}: expected {expected}")
         self.name = name

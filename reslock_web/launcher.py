@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -30,8 +31,17 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+# The password of a URL (`scheme://user:password@host`) in anything said: PREFECT_API_URL,
+# REDIS_URL and CELERY_BROKER_URL are printed as chosen.
+_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#:@]*):[^\s/?#]*@")
+
+
+def hide_passwords(text: str) -> str:
+    return _URL_PASSWORD.sub(r"\g<user>:[redacted]@", text)
+
+
 def say(message: str) -> None:
-    sys.stdout.write(f"[reslock] {message}\n")
+    sys.stdout.write(f"[reslock] {hide_passwords(message)}\n")
     sys.stdout.flush()
 
 
@@ -132,15 +142,22 @@ class Launcher:
 
     # --- processes -------------------------------------------------------------------
     def start(
-        self, name: str, args: list[str], *, log: Path | None = None, optional: bool = False
+        self,
+        name: str,
+        args: list[str],
+        *,
+        log: Path | None = None,
+        optional: bool = False,
+        service: bool = False,
     ) -> Child:
+        """Start a child; a `service` (not reslock) gets no secret of ours in its environment."""
         out = open(log, "ab") if log else None  # noqa: SIM115 - lives as long as the child
         # Each child leads its own process group so that stopping it also stops whatever it
         # spawned (Prefect's server forks uvicorn, Celery forks pool workers).
         process = subprocess.Popen(
             args,
             cwd=BASE_DIR,
-            env=self.environ,
+            env=service_environ(self.environ) if service else self.environ,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
@@ -253,12 +270,47 @@ def wait_until(check, timeout: float, stop: threading.Event | None = None) -> bo
 
 
 # --- choices ---------------------------------------------------------------------------
+def prepare_var_dir(var_dir: Path) -> None:
+    """Local state (the database with its sessions, generated secrets): for our user alone."""
+    var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if var_dir.stat().st_uid == os.getuid():
+        var_dir.chmod(0o700)  # a folder made by an older version, or by hand
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create `path` holding `text`, readable by our user alone from its first byte on.
+
+    The file is written under a temporary name created with mode 0600, then linked into
+    place: nobody ever sees it wider open or half written, and an existing file is kept.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        with contextlib.suppress(FileExistsError):  # another launch wrote it first
+            os.link(temporary, path)
+    finally:
+        temporary.unlink()
+
+
 def secret_key(var_dir: Path) -> str:
     path = var_dir / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(50))
     return path.read_text().strip()
+
+
+# What only reslock's own processes may see: a Prefect server, a redis-server and the demo's
+# flows get the environment without these.
+PRIVATE_ENV = re.compile(
+    r"^(SECRET_KEY|DATABASE_URL|REDIS_URL|CELERY_BROKER_URL|PREFECT_API_KEY)$"
+    r"|PASSWORD|TOKEN|SECRET"
+)
+
+
+def service_environ(environ: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in environ.items() if not PRIVATE_ENV.search(key)}
 
 
 def choose_prefect(launcher: Launcher) -> tuple[str, str]:
@@ -293,6 +345,7 @@ def choose_prefect(launcher: Launcher) -> tuple[str, str]:
         "prefect server",
         [PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         log=launcher.var_dir / "log" / "prefect.log",
+        service=True,
     )
     launcher.environ = saved
     fresh = not (home / "prefect.db").exists()
@@ -357,6 +410,7 @@ def _start_redis(launcher: Launcher, redis_url: str) -> str:
             "no",
         ],
         log=log,
+        service=True,
     )
     if not wait_until(lambda: redis_answers(redis_url), 15):
         raise LaunchError(f"redis-server did not answer; see {log}")
@@ -373,6 +427,7 @@ def launch(environ: dict[str, str]) -> int:
         check_settings(environ)
     except LaunchError as error:
         return failed(error)
+    prepare_var_dir(var_dir)
     (var_dir / "log").mkdir(parents=True, exist_ok=True)
     environ.setdefault("SECRET_KEY", secret_key(var_dir))
     launcher = Launcher(environ, var_dir)
@@ -475,7 +530,7 @@ def failed(error: LaunchError) -> int:
     """Say why the launch stopped; the exit code. A bad value gets the one stderr line (and
     code 2) that every Django entry point gives it."""
     if isinstance(error, BadSetting):
-        sys.stderr.write(f"{CONFIG_ERROR}{error}\n")
+        sys.stderr.write(f"{CONFIG_ERROR}{hide_passwords(str(error))}\n")
         sys.stderr.flush()
         return 2
     say(f"error: {error}")

@@ -6,9 +6,16 @@ from uuid import UUID
 
 from django.conf import settings
 
+from reslock_web.env import without_userinfo
+
+
+def base() -> str:
+    """The Prefect UI's address as pages show it: never with a user name or password."""
+    return without_userinfo(settings.PREFECT_UI_URL).rstrip("/")
+
 
 def _ui(path: str) -> str:
-    return settings.PREFECT_UI_URL.rstrip("/") + path
+    return base() + path
 
 
 def flow_run(run_id: UUID | None) -> str:

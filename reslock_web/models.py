@@ -523,41 +523,62 @@ class Operation(models.Model):
 
 
 class LoginFailureQuerySet(models.QuerySet["LoginFailure"]):
-    """Failed log-ins, counted in the database so that every web process sees the same count."""
+    """Failed log-ins, counted in the database so that every web process sees the same count.
 
-    def blocked_until(self, username: str, ip: str, now: datetime) -> datetime | None:
-        """When log-ins for this username or from this address may resume; None: they may now."""
+    An attempt is recorded as a failure before its password is checked and removed again if
+    the password was right or the attempt was refused: attempts in flight count, so concurrent
+    posts cannot all pass the check before any of them is recorded.
+    """
+
+    def reserve(self, username: str, ip: str, now: datetime) -> LoginFailure:
+        return self.create(username=username, ip=ip, at=now)
+
+    def resume_at(self, attempt: LoginFailure) -> datetime | None:
+        """When this attempt may go ahead, counting every other attempt; None: it may now."""
         from django.conf import settings
 
-        limit = settings.LOGIN_FAILURE_LIMIT
-        window = timedelta(seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS)
-        recent = self.filter(at__gt=now - window)
+        now = attempt.at
+        recent = self.filter(at__gt=now - timedelta(seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS))
+        recent = recent.exclude(pk=attempt.pk)
+        same_pair = models.Q(username=attempt.username, ip=attempt.ip)
+        rules = (
+            (same_pair, settings.LOGIN_FAILURE_LIMIT),
+            (models.Q(username=attempt.username), settings.LOGIN_ACCOUNT_FAILURE_LIMIT),
+            (models.Q(ip=attempt.ip), settings.LOGIN_ADDRESS_FAILURE_LIMIT),
+        )
         until = None
-        for same in (models.Q(username=username), models.Q(ip=ip)):
-            times = list(recent.filter(same).order_by("-at").values_list("at", flat=True)[:limit])
-            if len(times) >= limit:
-                # Attempts resume once the oldest of the last `limit` failures leaves the window.
-                resume = times[-1] + window
+        for same, free in rules:
+            seen = recent.filter(same).aggregate(n=models.Count("pk"), last=models.Max("at"))
+            if seen["n"] < free:
+                continue
+            # Each failure past the free ones doubles the wait after the latest one.
+            doublings = min(seen["n"] - free, 16)
+            delay = min(
+                settings.LOGIN_FIRST_DELAY_SECONDS * 2**doublings, settings.LOGIN_MAX_DELAY_SECONDS
+            )
+            resume = seen["last"] + timedelta(seconds=delay)
+            if resume > now:
                 until = resume if until is None else max(until, resume)
         return until
 
-    def failed(self, username: str, ip: str, now: datetime) -> None:
+    def failed(self, attempt: LoginFailure) -> None:
+        """The reserved attempt stays as the failure; failures past the window are dropped."""
         from django.conf import settings
 
-        self.create(username=username, ip=ip, at=now)
-        self.filter(at__lte=now - timedelta(seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS)).delete()
+        window = timedelta(seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS)
+        self.filter(at__lte=attempt.at - window).delete()
 
-    def succeeded(self, username: str, ip: str) -> None:
+    def succeeded(self, attempt: LoginFailure) -> None:
         # Only this user's own slips from this address: logging into one account must not
         # wipe out the count of guesses at other accounts from the same address.
-        self.filter(username=username, ip=ip).delete()
+        self.filter(username=attempt.username, ip=attempt.ip).delete()
 
 
 class LoginFailure(models.Model):
     """One failed log-in, kept for the throttling window."""
 
-    username = models.CharField(max_length=150)  # case-folded
-    ip = models.CharField(max_length=45)
+    username = models.CharField(max_length=150)  # as the backend looks it up, case-folded
+    ip = models.CharField(max_length=45)  # an IPv4 address or an IPv6 /64
     at = models.DateTimeField(db_index=True)
 
     objects = LoginFailureQuerySet.as_manager()

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from functools import wraps
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -291,7 +292,12 @@ def _csv(queryset) -> StreamingHttpResponse:
 @require_http_methods(["GET", "POST"])
 @operator_required
 def bulk_release(request: HttpRequest) -> HttpResponse:
-    """Release every stale or zombie holder of the filtered board, after a dry-run preview."""
+    """Release every stale or zombie holder of the filtered board, after a dry-run preview.
+
+    The confirmation releases exactly the holders its preview listed (their keys ride in the
+    form) that are still safe to release now: one that appeared since is never released, and
+    one that changed is left alone, with a note saying so.
+    """
     params = request.POST if request.method == "POST" else request.GET
     query = BoardQuery.from_params(params)
     limits = query.base().filter(gone_at__isnull=True).prefetch_related("holders")
@@ -303,11 +309,16 @@ def bulk_release(request: HttpRequest) -> HttpResponse:
             if holder.condition in (Condition.STALE, Condition.ZOMBIE):
                 items.append((limit, holder, operations.plan_release(limit, holder)))
     allowed = [(limit, holder) for limit, holder, plan in items if plan.allowed]
-    # Without NUL, which no database takes: a reason of NULs is no reason.
-    reason = params.get("reason", "").replace("\x00", "").strip()[:1000]
+    # The reason comes from the operator's own form only: a link must not pre-fill the audit
+    # trail. Without NUL, which no database takes: a reason of NULs is no reason.
+    reason = request.POST.get("reason", "").replace("\x00", "").strip()[:1000]
     error = ""
     if request.method == "POST":
-        if not allowed:
+        previewed = set(request.POST.getlist("holder"))
+        chosen = [
+            (limit, holder) for limit, holder in allowed if _bulk_key(limit, holder) in previewed
+        ]
+        if not chosen:
             error = "Nothing to release: the board changed meanwhile."
         elif not reason:
             error = "Say why: the reason goes into the audit trail."
@@ -316,7 +327,7 @@ def bulk_release(request: HttpRequest) -> HttpResponse:
             if Operation.objects.filter(bulk=batch).exists():
                 return redirect("bulk", batch=batch)
             with transaction.atomic():
-                for limit, holder in allowed:
+                for limit, holder in chosen:
                     operation = Operation.objects.create(
                         kind=OperationKind.RELEASE_HOLDER, limit=limit, limit_name=limit.name,
                         holder_key=holder.key, holder=_holder_snapshot(holder), reason=reason,
@@ -325,17 +336,27 @@ def bulk_release(request: HttpRequest) -> HttpResponse:
                         before={"limit": limit.limit, "active": limit.active, "active_slots": limit.active_slots},
                     )  # fmt: skip
                     dispatch(operation)
+            if len(previewed) > len(chosen):
+                messages.warning(
+                    request,
+                    f"{len(previewed) - len(chosen)} holder(s) of the preview changed meanwhile "
+                    "and were left alone.",
+                )
             url = reverse("bulk", args=[batch])
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     context = {
         "query": query,
-        "items": items,
+        "items": [(limit, holder, plan, _bulk_key(limit, holder)) for limit, holder, plan in items],
         "allowed": len(allowed),
         "token": uuid.uuid4(),
         "error": error,
         "reason": reason,
     }
     return render(request, "bulk.html", context, status=400 if error else 200)
+
+
+def _bulk_key(limit: Limit, holder: Holder) -> str:
+    return f"{limit.pk}:{holder.key}"
 
 
 def _bulk_token(raw: str | None) -> uuid.UUID:

@@ -22,6 +22,8 @@ from uuid import UUID
 import httpx
 from django.utils.dateparse import parse_datetime
 
+from reslock_web.security import redact
+
 log = logging.getLogger(__name__)
 
 PAGE = 200  # the server's maximum page size for limits and runs
@@ -251,10 +253,11 @@ class PrefectAPI:
             return self._request(method, path, json)
         except PrefectError as error:
             # An answer may echo the request back (a proxy's error page, a debugging server):
-            # the key sent must not reach a message that is logged, stored or shown.
-            if not self._api_key or self._api_key not in str(error):
+            # the key sent, and a user name and password in the API's URL, must not reach a
+            # message that is logged, stored or shown.
+            message = redact(str(error), [self._api_key] if self._api_key else [])
+            if message == str(error):
                 raise
-            message = str(error).replace(self._api_key, "[redacted]")
             raise PrefectError(message, retryable=error.retryable, status=error.status) from None
 
     def _request(self, method: str, path: str, json: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Headers every response carries, and keeping the Prefect API key out of logs.
+"""Headers every response carries, and keeping secrets (the Prefect API key, the user names and
+passwords inside URLs) out of pages, logs and error messages.
 
 Django's SecurityMiddleware and XFrameOptionsMiddleware add HSTS, nosniff, Referrer-Policy and
 X-Frame-Options from settings; Django 5.2 has no Content-Security-Policy of its own.
@@ -12,8 +13,30 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.views.debug import SafeExceptionReporterFilter
 
-REDACTED = "[redacted]"
+from reslock_web.env import REDACTED, USERINFO
+
+
+class ForwardedProtoMiddleware:
+    """Keeps of `X-Forwarded-Proto` only what `RESLOCK_TRUSTED_PROXIES` proxies vouch for.
+
+    Django believes the header's first value (`SECURE_PROXY_SSL_HEADER`). A client can send
+    it too: with no trusted proxy it is dropped; behind N proxies that each append, the value
+    the outermost one added (the Nth from the right) is the one kept.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        header = request.META.pop("HTTP_X_FORWARDED_PROTO", None)
+        trusted = settings.TRUSTED_PROXIES
+        if header is not None and trusted:
+            values = [v.strip() for v in header.split(",") if v.strip()]
+            if len(values) >= trusted:
+                request.META["HTTP_X_FORWARDED_PROTO"] = values[-trusted]
+        return self.get_response(request)
 
 
 class ContentSecurityPolicyMiddleware:
@@ -45,11 +68,38 @@ def secrets_to_hide() -> list[str]:
 def redact(text: str, hide: list[str] | None = None) -> str:
     for secret in secrets_to_hide() if hide is None else hide:
         text = text.replace(secret, REDACTED)
-    return text
+    return USERINFO.sub(r"\g<scheme>", text)
+
+
+class ExceptionReporterFilter(SafeExceptionReporterFilter):
+    """Django's debug page and error e-mails, with passwords in URLs hidden as well.
+
+    Django hides settings whose names look secret (`*KEY*`, `*PASS*`); `DATABASE_URL`,
+    `REDIS_URL` and `CELERY_BROKER_URL` carry their password inside the value.
+    """
+
+    def cleanse_setting(self, key: object, value: object) -> object:
+        value = super().cleanse_setting(key, value)
+        if isinstance(value, str) and "://" in value:
+            return USERINFO.sub(rf"\g<scheme>{REDACTED}@", value)
+        return value
+
+
+# Everything str.splitlines() breaks at: a log reader may too.
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
 
 
 class RedactingFormatter(logging.Formatter):
-    """Formats as usual, then blanks out the Prefect API key (message, arguments, traceback)."""
+    """Formats as usual, then blanks out the Prefect API key (message, arguments, traceback).
+
+    A message is one line: request paths and Prefect names can hold CR and LF, which would
+    otherwise start a forged line of their own. They are escaped (`\\r`, `\\n`); a
+    traceback keeps its lines.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        escaped = message.translate(_LINE_BREAKS)
+        if escaped != message:
+            record = logging.makeLogRecord({**record.__dict__, "msg": escaped, "args": None})
         return redact(super().format(record))

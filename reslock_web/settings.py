@@ -5,11 +5,21 @@ Every variable is listed, with its default, in the README's configuration table.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import dj_database_url
 
-from reslock_web.env import SettingError, envbool, envint, envlist, envstr, envurl
+from reslock_web.env import (
+    SettingError,
+    envbool,
+    envint,
+    envlist,
+    envstr,
+    envurl,
+    without_userinfo,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("RESLOCK_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -39,7 +49,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Before anything asks whether the request came over HTTPS.
+    "reslock_web.security.ForwardedProtoMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "reslock_web.login_throttle.UndeclaredProxyMiddleware",
     "reslock_web.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -73,6 +86,18 @@ TEMPLATES = [
 ]
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """The database holds the sessions: another local user who read it could take over one.
+
+    SQLite creates its file (and its -wal and -shm files, which copy the file's mode)
+    world-readable under the usual umask: create it empty with mode 0600 first, in a folder
+    of mode 0700 when we create that folder.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _database(url: str) -> dict:
     try:
         config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
@@ -82,7 +107,7 @@ def _database(url: str) -> dict:
         ) from None
     if config["ENGINE"] == "django.db.backends.sqlite3":
         if config["NAME"] not in ("", ":memory:"):
-            Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(config["NAME"]))
         # Several processes (web, worker, beat) share the file: wait for locks instead of
         # failing at once, and let readers go on while one process writes.
         config["CONN_MAX_AGE"] = 0
@@ -148,10 +173,14 @@ SECURE_COOKIES = envbool("RESLOCK_SECURE_COOKIES", not DEBUG)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
 if SECURE_COOKIES:
-    # The proxy terminates TLS and says so in X-Forwarded-Proto (it must set that header, not
-    # pass on what clients send); Django then knows the request was HTTPS and adds HSTS.
+    # The proxy terminates TLS and says so in X-Forwarded-Proto; Django then knows the request
+    # was HTTPS and adds HSTS. The header counts only from RESLOCK_TRUSTED_PROXIES proxies
+    # (security.ForwardedProtoMiddleware): with none declared, a client could claim HTTPS.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = 365 * 24 * 3600
+# Django's debug page and error reports hide the passwords inside DATABASE_URL, REDIS_URL and
+# the broker URL too, not only settings named like secrets.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "reslock_web.security.ExceptionReporterFilter"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -160,10 +189,15 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
-# Password guessing: after this many failed log-ins for one username, or from one address,
-# within the window, further attempts are refused unchecked until the window has passed.
-LOGIN_FAILURE_LIMIT = 5
-LOGIN_FAILURE_WINDOW_SECONDS = 15 * 60
+# Password guessing (login_throttle): failures count for an hour. Past the free ones, each
+# attempt waits after the latest failure, twice as long for every further failure (1 minute,
+# 2, 4, 8, at most 15), and is refused unchecked until then.
+LOGIN_FAILURE_WINDOW_SECONDS = 60 * 60
+LOGIN_FAILURE_LIMIT = 5  # free failures for one account from one address (an IPv6 /64)
+LOGIN_ACCOUNT_FAILURE_LIMIT = 20  # for one account from every address together
+LOGIN_ADDRESS_FAILURE_LIMIT = 20  # from one address over every account
+LOGIN_FIRST_DELAY_SECONDS = 60
+LOGIN_MAX_DELAY_SECONDS = 15 * 60
 # How many proxies in front of the web server append to X-Forwarded-For; 0 trusts no header
 # (the client's address is the connection's).
 TRUSTED_PROXIES = envint("RESLOCK_TRUSTED_PROXIES", 0, minimum=0, maximum=5)
@@ -216,7 +250,8 @@ PREFECT_API_URL = envurl("PREFECT_API_URL", "http://127.0.0.1:4200/api", schemes
 PREFECT_API_KEY = envstr("PREFECT_API_KEY")
 PREFECT_UI_URL = envurl(
     "PREFECT_UI_URL",
-    PREFECT_API_URL.rstrip("/").removesuffix("/api"),
+    # Links are shown to every viewer: never with the API's user name and password.
+    without_userinfo(PREFECT_API_URL.rstrip("/").removesuffix("/api")),
     schemes=("http", "https"),
 )
 PREFECT_TIMEOUT_SECONDS = envint("RESLOCK_PREFECT_TIMEOUT", 10, minimum=1, maximum=300)

@@ -31,6 +31,22 @@ def test_it_takes_the_credentials_from_the_environment(settings, tmp_path, monke
     settings.VAR_DIR = tmp_path
     monkeypatch.setenv("RESLOCK_ADMIN_USER", "ops")
     monkeypatch.setenv("RESLOCK_ADMIN_PASSWORD", "s3cret-enough")
-    assert run_admin_command() == "log in as ops / s3cret-enough"
+    assert run_admin_command() == "log in as ops with the password in RESLOCK_ADMIN_PASSWORD"
     assert get_user_model().objects.get(username="ops").check_password("s3cret-enough")
     assert not (tmp_path / "admin-password").exists()
+
+
+def test_a_password_from_the_environment_is_set_once_and_never_printed(
+    settings, tmp_path, monkeypatch
+):
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setenv("RESLOCK_ADMIN_USER", "ops")
+    monkeypatch.setenv("RESLOCK_ADMIN_PASSWORD", "first-password")
+    assert "first-password" not in run_admin_command()
+    ops = get_user_model().objects.get(username="ops")
+    ops.set_password("changed-since")  # from the admin pages, say
+    ops.save()
+    monkeypatch.setenv("RESLOCK_ADMIN_PASSWORD", "first-password")  # every `compose up`
+    line = run_admin_command()
+    assert "first-password" not in line and "unchanged" in line
+    assert get_user_model().objects.get(username="ops").check_password("changed-since")

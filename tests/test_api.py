@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 from urllib.parse import quote
@@ -143,6 +144,9 @@ def test_a_bearer_token_works_and_a_wrong_one_does_not(client, viewer, board):
     assert response.status_code == 200 and response.json()["count"] == 4
     token = ApiToken.objects.get(name="monitor")
     assert token.last_used_at is not None and secret not in token.digest
+    # Only the SHA-256 of the secret is kept, nothing that gives the secret back.
+    assert token.digest == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in {token.name, token.prefix, str(token.pk)}
     wrong = client.get("/api/v1/resources", HTTP_AUTHORIZATION="Bearer rl_wrong")
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid or revoked API token"
 

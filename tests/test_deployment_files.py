@@ -219,3 +219,14 @@ def test_the_repository_top_level_holds_only_what_the_project_is_made_of():
         ["git", "ls-files"], cwd=BASE_DIR, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert {path.split("/", 1)[0] for path in tracked} == TOP_LEVEL
+
+
+def test_prefect_without_a_log_in_is_published_on_this_machine_only():
+    for entry in SERVICES["prefect"].get("ports", []):
+        published = entry.get("host_ip") if isinstance(entry, dict) else str(entry)
+        assert str(published).startswith("127.0.0.1"), entry
+
+
+def test_compose_lets_the_proxy_count_be_declared():
+    environment = SERVICES["web"]["environment"]
+    assert substitute(environment["RESLOCK_TRUSTED_PROXIES"]) == "0"

@@ -76,7 +76,12 @@ MATRIX: dict[str, Row] = {
         lambda d: "/operate/bulk-release?status=stale",
         OPERATE,
         (302, 403, 302),
-        form=lambda d: {"status": "stale", "reason": "matrix test", "token": str(uuid.uuid4())},
+        form=lambda d: {
+            "status": "stale",
+            "reason": "matrix test",
+            "token": str(uuid.uuid4()),
+            "holder": f"{d.tag.pk}:{d.stale.key}",  # as the preview listed it
+        },
         creates_operations=True,
     ),
     **{
@@ -101,7 +106,7 @@ MATRIX: dict[str, Row] = {
     "login": Row(
         lambda d: "/login/",
         (200, 302, 302),  # a logged-in user is sent on to the board
-        (200, 302, 302),  # anonymous: wrong password, the form again
+        (200, 200, 200),  # a wrong password, the form again: logged in or not, it is checked
         form=lambda d: {"username": "nobody", "password": "wrong"},
     ),
     "logout": Row(lambda d: "/logout/", NOT_POST, (302, 302, 302)),

@@ -22,6 +22,7 @@ from reslock_web.demo import catalog
 from tests.support.net import alive, descendants, free_port, wait_for
 from tests.support.prefect_server import migrated_template
 from tests.support.redis_server import ensure_redis_url
+from tests.test_settings import run_entry_point
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -317,3 +318,87 @@ def test_it_refuses_a_taken_web_port_with_a_clear_message(tmp_path, prefect_serv
         result = run_launcher_once(env)
     assert result.returncode == 1
     assert f"error: port {env['RESLOCK_WEB_PORT']} is taken" in result.stdout
+
+
+def test_what_the_launcher_says_never_carries_a_urls_password(capsys):
+    from reslock_web import launcher
+
+    launcher.say("Broker:  Redis at redis://:s3cret-pw@127.0.0.1:6379/0 (it answers)")
+    launcher.say("PREFECT_API_URL https://bob:s3:cr@t@prefect.example/api does not answer")
+    out = capsys.readouterr().out
+    assert "s3cret-pw" not in out and "s3:cr" not in out
+    assert "redis://:[redacted]@127.0.0.1:6379/0" in out
+    assert "https://bob:[redacted]@prefect.example/api" in out
+
+
+def test_secret_files_are_created_private_not_opened_up_and_closed_later(tmp_path, monkeypatch):
+    from reslock_web import launcher
+
+    # Only the mode a file is created with counts: a chmod afterwards leaves a window.
+    monkeypatch.setattr(Path, "chmod", lambda self, mode: None)
+    old = os.umask(0o022)
+    try:
+        key = launcher.secret_key(tmp_path)
+    finally:
+        os.umask(old)
+    path = tmp_path / "secret_key"
+    assert path.stat().st_mode & 0o777 == 0o600 and len(key) > 40
+    assert launcher.secret_key(tmp_path) == key  # kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret_key"]  # nothing left over
+
+
+def test_the_var_folder_and_the_sqlite_database_are_for_our_user_alone(tmp_path):
+    from reslock_web import launcher
+
+    old = tmp_path / "old-var"
+    old.mkdir(mode=0o755)
+    launcher.prepare_var_dir(old)
+    assert old.stat().st_mode & 0o777 == 0o700
+    var = tmp_path / "fresh-var"
+    code = (
+        "import os; os.umask(0o022); import django; django.setup(); "
+        "from django.db import connection; connection.ensure_connection(); "
+        "connection.cursor().execute('create table t (x)')"
+    )
+    result = run_entry_point(code, RESLOCK_VAR_DIR=str(var), DATABASE_URL=None)
+    assert result.returncode == 0, result.stderr
+    assert var.stat().st_mode & 0o777 == 0o700
+    files = sorted(var.glob("reslock.sqlite3*"))
+    assert files and all(f.stat().st_mode & 0o077 == 0 for f in files), [
+        (f.name, oct(f.stat().st_mode)) for f in files
+    ]
+
+
+def test_prefect_and_redis_started_by_the_launcher_get_none_of_our_secrets(tmp_path, monkeypatch):
+    from reslock_web import launcher
+
+    started: dict[str, dict[str, str]] = {}
+
+    class FakeProcess:
+        pid = 0
+
+    def fake_popen(args, **kwargs):
+        started[Path(args[0]).name if "prefect" not in args else "prefect"] = kwargs["env"]
+        return FakeProcess()
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", fake_popen)
+    monkeypatch.setattr(launcher, "http_ok", lambda url, timeout=2.0: False)
+    monkeypatch.setattr(launcher, "port_is_free", lambda host, port: True)
+    monkeypatch.setattr(launcher, "wait_until", lambda *args, **kwargs: True)
+    secrets = {
+        "SECRET_KEY": "k" * 50,
+        "DATABASE_URL": "postgres://u:p@db/x",
+        "REDIS_URL": "redis://:p@127.0.0.1:6379/0",
+        "RESLOCK_ADMIN_PASSWORD": "pw",
+        "RESLOCK_METRICS_TOKEN": "tok",
+        "PREFECT_API_KEY": "pnu_x",
+    }
+    (tmp_path / "log").mkdir()
+    running = launcher.Launcher({"PATH": os.environ["PATH"], **secrets}, tmp_path)
+    launcher.choose_prefect(running)
+    launcher._start_redis(running, "redis://127.0.0.1:6399/0")
+    assert set(started) == {"prefect", "redis-server"}, started
+    for env in started.values():
+        assert not set(secrets) & set(env), env
+        assert env["PATH"] == os.environ["PATH"]
+    assert running.environ["SECRET_KEY"] == "k" * 50  # reslock's own processes still get it

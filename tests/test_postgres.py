@@ -10,22 +10,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import postgres
+
 psycopg = pytest.importorskip("psycopg")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-SERVER = os.environ.get("RESLOCK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 @pytest.fixture
 def database_url():
+    server = postgres.server_url()  # the usual one, or one started for this run
     try:
-        admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
-        pytest.skip(f"no PostgreSQL at {SERVER}: {error}")
+        pytest.skip(f"no PostgreSQL at {server}: {error}")
     name = f"reslock_pg_{uuid.uuid4().hex[:10]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"{SERVER}/{name}"
+        yield f"{server}/{name}"
     finally:
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.close()
@@ -44,7 +46,8 @@ def manage(database_url: str, *args: str) -> subprocess.CompletedProcess:
 def test_migrations_apply_and_the_admin_command_works_on_postgresql(database_url):
     migrated = manage(database_url, "migrate", "--noinput")
     assert migrated.returncode == 0, migrated.stderr
-    assert manage(database_url, "reslock_admin").stdout.strip() == "log in as admin / pg-pass-123"
+    said = manage(database_url, "reslock_admin").stdout.strip()
+    assert said == "log in as admin with the password in RESLOCK_ADMIN_PASSWORD"
     with psycopg.connect(database_url) as db:
         assert db.execute(
             "SELECT is_superuser FROM auth_user WHERE username = 'admin'"

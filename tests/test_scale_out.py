@@ -27,13 +27,13 @@ import httpx
 import pytest
 from django.conf import settings
 
+from tests.support import postgres
 from tests.support.net import alive, descendants, free_port, wait_for
 from tests.support.patient import patient_client
 
 psycopg = pytest.importorskip("psycopg")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-SERVER = os.environ.get("RESLOCK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 PASSWORD = "scale-out operator 7f3a"
 OPERATOR = "olga-scale"
 
@@ -120,14 +120,15 @@ def _stop(processes: list[Process]) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(prefect_server, tmp_path_factory) -> Iterator[Cluster]:
+    server = postgres.server_url()  # the usual one, or one started for this run
     try:
-        admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
-        pytest.skip(f"no PostgreSQL at {SERVER}: {error}")
+        pytest.skip(f"no PostgreSQL at {server}: {error}")
     name = f"reslock_scale_{uuid.uuid4().hex[:10]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     tmp = tmp_path_factory.mktemp("scale-out")
-    database_url = f"{SERVER}/{name}"
+    database_url = f"{server}/{name}"
     env = _env(
         {
             "DJANGO_SETTINGS_MODULE": "reslock_web.settings",

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
 import re
 import threading
 import uuid
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import time_machine
 from django.conf import settings as django_settings
 from django.contrib import admin as django_admin
-from django.contrib.auth.signals import user_login_failed
 from django.test import Client
 from django.urls import include, path, reverse
 from playwright.sync_api import Page, expect
 
-from reslock_web.models import Limit, LoginFailure, Operation, SyncRun
+from reslock_web.models import Limit, Operation, SyncRun
 from reslock_web.prefect_api import PrefectAPI, PrefectError
 from reslock_web.sync import sync_all
 from tests.conftest import PASSWORD
@@ -47,13 +45,35 @@ def make_limit(name: str, **fields) -> Limit:
 
 
 # --- Content-Security-Policy and other headers -------------------------------------------
+def readme_policy() -> str:
+    """The policy as the README's Security section promises it, word for word."""
+    readme = (django_settings.BASE_DIR / "README.md").read_text()
+    quoted = re.search(r"`Content-Security-Policy: ([^`]+)`", readme)
+    assert quoted, "the README no longer states the policy"
+    return " ".join(quoted.group(1).split())
+
+
+def test_the_readme_policy_is_the_strict_one():
+    directives = dict(d.strip().split(" ", 1) for d in readme_policy().split(";"))
+    assert directives == {
+        "default-src": "'self'",
+        "script-src": "'self'",
+        "style-src": "'self'",
+        "img-src": "'self' data:",
+        "object-src": "'none'",
+        "base-uri": "'self'",
+        "form-action": "'self'",
+        "frame-ancestors": "'none'",
+    }
+
+
 @pytest.mark.django_db
 def test_every_kind_of_response_carries_the_security_headers(client, viewer):
     anonymous = [client.get("/login/"), client.get("/healthz"), client.get("/api/v1/resources")]
     client.force_login(viewer)
     pages = [client.get("/"), client.get("/resources/nothing-here"), client.get("/admin/")]
     for response in anonymous + pages:
-        assert response["Content-Security-Policy"] == django_settings.CONTENT_SECURITY_POLICY
+        assert response["Content-Security-Policy"] == readme_policy()
         assert "script-src 'self';" in response["Content-Security-Policy"]
         assert "'unsafe-inline'" not in response["Content-Security-Policy"]
         assert response["X-Frame-Options"] == "DENY"
@@ -169,6 +189,7 @@ def test_behind_a_tls_proxy_the_cookies_are_secure_and_hsts_is_sent(client, view
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     settings.SECURE_HSTS_SECONDS = 31536000
+    settings.TRUSTED_PROXIES = 1
     https = {"X-Forwarded-Proto": "https"}
     login = client.get("/login/", headers=https)
     assert login["Strict-Transport-Security"] == "max-age=31536000"
@@ -182,6 +203,24 @@ def test_behind_a_tls_proxy_the_cookies_are_secure_and_hsts_is_sent(client, view
 
 
 @pytest.mark.django_db
+def test_x_forwarded_proto_counts_only_as_far_as_the_declared_proxies(client, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_HSTS_SECONDS = 31536000
+    settings.TRUSTED_PROXIES = 0
+    claimed = client.get("/login/", headers={"X-Forwarded-Proto": "https"})
+    assert "Strict-Transport-Security" not in claimed  # any client can send the header
+    settings.TRUSTED_PROXIES = 1
+    proxied = client.get("/login/", headers={"X-Forwarded-Proto": "https"})
+    assert proxied["Strict-Transport-Security"] == "max-age=31536000"
+    # A proxy that appends what it saw: the client's own claim comes first and does not count.
+    appended = client.get("/login/", headers={"X-Forwarded-Proto": "https, http"})
+    assert "Strict-Transport-Security" not in appended
+    settings.TRUSTED_PROXIES = 2
+    two = client.get("/login/", headers={"X-Forwarded-Proto": "http, https, http"})
+    assert two["Strict-Transport-Security"] == "max-age=31536000"
+
+
+@pytest.mark.django_db
 def test_plain_http_mode_sends_ordinary_cookies(client, viewer, settings):
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
     settings.SECURE_HSTS_SECONDS = 0
@@ -189,116 +228,6 @@ def test_plain_http_mode_sends_ordinary_cookies(client, viewer, settings):
     assert answer.status_code == 302
     assert answer.cookies["sessionid"]["secure"] == ""
     assert "Strict-Transport-Security" not in answer
-
-
-# --- Log-in throttling -----------------------------------------------------------------
-START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-
-
-def log_in(client: Client, username: str, password: str, ip: str = "10.0.0.1", forwarded: str = ""):
-    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
-    return client.post(
-        "/login/", {"username": username, "password": password}, REMOTE_ADDR=ip, headers=headers
-    )
-
-
-@pytest.fixture
-def refused_checks():
-    """How many times the password check ran and failed (Django's user_login_failed)."""
-    calls: list[str] = []
-
-    def record(sender, credentials, **kwargs):
-        calls.append(credentials.get("username"))
-
-    user_login_failed.connect(record)
-    yield calls
-    user_login_failed.disconnect(record)
-
-
-@pytest.mark.django_db
-def test_five_wrong_passwords_lock_the_username_until_the_window_passes(
-    client, viewer, refused_checks
-):
-    with time_machine.travel(START, tick=False) as clock:
-        for _ in range(5):
-            assert log_in(client, viewer.username, "guess").status_code == 200
-        assert len(refused_checks) == 5
-        refused = log_in(client, viewer.username, PASSWORD)
-        assert refused.status_code == 429
-        assert len(refused_checks) == 5  # the password was not even checked
-        assert "_auth_user_id" not in client.session
-        text = refused.content.decode()
-        assert "Too many failed log-ins" in text and "Try again in 15 minutes" in text
-        assert 'name="password"' in text  # the form is shown again
-        assert refused["Retry-After"] == "900"
-        clock.shift(timedelta(minutes=14, seconds=59))
-        assert log_in(client, viewer.username, PASSWORD).status_code == 429
-        assert LoginFailure.objects.count() == 5  # refused attempts are not counted
-        clock.shift(timedelta(seconds=2))
-        assert log_in(client, viewer.username, PASSWORD).status_code == 302
-        assert client.session["_auth_user_id"] == str(viewer.pk)
-
-
-@pytest.mark.django_db
-def test_guessing_one_username_from_many_addresses_is_stopped_too(client, viewer):
-    with time_machine.travel(START, tick=False):
-        for n in range(5):
-            log_in(client, viewer.username.upper(), "guess", ip=f"10.1.0.{n}")
-        assert log_in(client, viewer.username, PASSWORD, ip="10.1.0.99").status_code == 429
-
-
-@pytest.mark.django_db
-def test_one_address_guessing_many_usernames_is_stopped_but_others_get_in(client, viewer):
-    with time_machine.travel(START, tick=False):
-        for n in range(5):
-            log_in(client, f"someone-{n}", "guess", ip="10.2.0.1")
-        assert log_in(client, viewer.username, PASSWORD, ip="10.2.0.1").status_code == 429
-        assert log_in(client, viewer.username, PASSWORD, ip="10.2.0.2").status_code == 302
-
-
-@pytest.mark.django_db
-def test_logging_into_ones_own_account_does_not_reset_guesses_at_others(client, viewer, admin):
-    with time_machine.travel(START, tick=False) as clock:
-        log_in(client, viewer.username, "typo", ip="10.3.0.1")
-        for _ in range(3):
-            clock.shift(timedelta(seconds=10))
-            log_in(client, admin.username, "guess", ip="10.3.0.1")
-        assert log_in(client, viewer.username, PASSWORD, ip="10.3.0.1").status_code == 302
-        assert not LoginFailure.objects.filter(username=viewer.username).exists()
-        other = Client()
-        log_in(other, admin.username, "guess", ip="10.3.0.1")  # the 4th guess: still counted
-        log_in(other, admin.username, "guess", ip="10.3.0.1")  # the 5th
-        assert log_in(other, admin.username, PASSWORD, ip="10.3.0.1").status_code == 429
-
-
-@pytest.mark.django_db
-def test_forwarded_addresses_count_only_behind_a_trusted_proxy(client, viewer, settings):
-    with time_machine.travel(START, tick=False):
-        for n in range(5):
-            log_in(client, f"x{n}", "guess", ip="10.4.0.1", forwarded=f"192.0.2.{n}")
-        # Without a trusted proxy a client cannot escape by inventing X-Forwarded-For.
-        assert LoginFailure.objects.filter(ip="10.4.0.1").count() == 5
-        escape = log_in(client, viewer.username, PASSWORD, ip="10.4.0.1", forwarded="192.0.2.77")
-        assert escape.status_code == 429
-        settings.TRUSTED_PROXIES = 1
-        behind_proxy = log_in(
-            client, viewer.username, PASSWORD, ip="10.4.0.1", forwarded="6.6.6.6, 192.0.2.9"
-        )
-        assert behind_proxy.status_code == 302  # the proxy saw 192.0.2.9: no failures there
-        log_in(Client(), "y", "guess", ip="10.4.0.1", forwarded="192.0.2.9")
-        assert LoginFailure.objects.filter(ip="192.0.2.9").count() == 1
-
-
-@pytest.mark.django_db
-def test_the_admin_login_form_goes_through_the_throttled_one(admin, viewer_client):
-    anonymous = Client()
-    credentials = {"username": admin.username, "password": PASSWORD}
-    answer = anonymous.post("/admin/login/?next=/admin/", credentials)
-    assert answer.status_code == 302
-    assert answer["Location"] == "/login/?next=%2Fadmin%2F"
-    assert "_auth_user_id" not in anonymous.session  # no password was checked there
-    assert anonymous.get("/admin/").url == "/admin/login/?next=/admin/"
-    assert viewer_client.get("/admin/login/").status_code == 403  # logged in, no staff: no loop
 
 
 # --- The Prefect API key is never shown or logged ------------------------------------
@@ -377,6 +306,39 @@ def test_the_log_format_blanks_out_the_key_in_messages_and_tracebacks(api_key):
     text = stream.getvalue()
     assert "Bearer [redacted]" in text and "ValueError" in text
     assert SECRET not in text
+
+
+def _plain_formatter() -> logging.Formatter:
+    config = dict(django_settings.LOGGING["formatters"]["plain"])
+    module, name = config.pop("()").rsplit(".", 1)
+    return getattr(__import__(module, fromlist=[name]), name)(config["format"])
+
+
+@pytest.mark.django_db
+def test_a_request_path_with_cr_and_lf_stays_on_one_log_line(viewer_client):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_plain_formatter())
+    logger = logging.getLogger("django.request")
+    logger.addHandler(handler)
+    try:
+        forged = "x%0D%0A2026-01-01 00:00:00,000 ERROR reslock_web.sync: forged"
+        assert viewer_client.get(f"/resources/{forged}").status_code == 404
+        logging.getLogger("reslock.test.lines").addHandler(handler)
+        logging.getLogger("reslock.test.lines").warning("name %s", "evil\u2028name\nnext")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("with a traceback")
+    finally:
+        logger.removeHandler(handler)
+        logging.getLogger("reslock.test.lines").removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert sum("forged" in line for line in lines) == 1
+    [not_found] = [line for line in lines if "Not Found" in line]
+    assert "x\\r\\n2026-01-01" in not_found and not_found.endswith("forged")
+    assert any(line.endswith("name evil\\u2028name\\nnext") for line in lines)
+    assert "Traceback (most recent call last):" in lines  # a traceback keeps its lines
 
 
 @pytest.mark.django_db(transaction=True)
@@ -469,3 +431,119 @@ def test_the_debug_error_page_hides_the_key(admin_client, api_key, settings):
     text = page.content.decode()
     assert "PREFECT_API_KEY" in text and "something broke" in text  # the settings are listed
     assert SECRET not in text
+
+
+# --- The audit CSV -------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_the_audit_csv_defuses_every_cell_a_spreadsheet_would_run(operator_client, operator):
+    limit = make_limit("resource:csv")
+    starts = ["=", "+", "-", "@", "\t", "\r"]
+    for start in starts:
+        Operation.objects.create(
+            kind="set_limit", limit=limit, limit_name=limit.name, requested_by=operator,
+            requested_by_name=operator.username, token=uuid.uuid4(), status="succeeded",
+            reason=f"{start}HYPERLINK(\"http://x\")", message="plain",
+        )  # fmt: skip
+    answer = operator_client.get("/audit?format=csv")
+    text = b"".join(answer.streaming_content).decode()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    reasons = sorted(row["reason"] for row in rows)
+    assert reasons == sorted(f'\'{start}HYPERLINK("http://x")' for start in starts)
+    assert {row["message"] for row in rows} == {"plain"}  # an ordinary cell is left alone
+
+
+# --- User names and passwords inside URLs are never shown ------------------------------
+URL_PASSWORD = "hunter2-" + uuid.uuid4().hex[:8]
+
+
+def test_the_default_ui_url_drops_the_api_urls_user_and_password():
+    code = "import django; django.setup(); from django.conf import settings; print(settings.PREFECT_UI_URL)"
+    api = f"https://bob:{URL_PASSWORD}@prefect.example.org/api"
+    result = run_entry_point(code, PREFECT_API_URL=api)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "https://prefect.example.org"
+
+
+@pytest.mark.django_db
+def test_links_and_api_urls_never_carry_a_user_or_password(admin_client, settings):
+    from tests.support.board_data import sample_rows
+
+    settings.PREFECT_UI_URL = f"https://bob:{URL_PASSWORD}@prefect.example.org/"
+    held = sample_rows()
+    pages = [
+        admin_client.get("/"),
+        admin_client.get(reverse("resource", args=[held.name])),
+        admin_client.get("/api/v1/resources"),
+        admin_client.get(reverse("api-resource", args=[held.name])),
+    ]
+    for page in pages:
+        text = page.content.decode()
+        assert "https://prefect.example.org/" in text
+        assert URL_PASSWORD not in text and "bob" not in text
+    holder = pages[3].json()["holders"][0]
+    assert holder["flow_run"]["url"].startswith("https://prefect.example.org/runs/flow-run/")
+
+
+@pytest.mark.django_db
+def test_a_sync_that_cannot_reach_prefect_shows_its_address_without_the_password(viewer_client):
+    with PrefectAPI(f"http://bob:{URL_PASSWORD}@127.0.0.1:9/api", "", timeout=2) as api:
+        run = sync_all(api)
+    assert run is not None and not run.ok
+    assert "http://127.0.0.1:9/api" in run.error
+    assert URL_PASSWORD not in run.error and "bob" not in run.error
+    assert URL_PASSWORD not in viewer_client.get("/").content.decode()
+
+
+@pytest.mark.django_db
+def test_an_internal_sync_error_shows_viewers_a_summary_and_logs_the_detail(
+    viewer_client, monkeypatch, caplog
+):
+    from django.db import OperationalError
+
+    from reslock_web import sync
+
+    def broken(*args, **kwargs):
+        raise OperationalError('connection to server at "db.internal" failed for user "reslock"')
+
+    monkeypatch.setattr(sync, "gather", broken)
+    with caplog.at_level(logging.ERROR), PrefectAPI("http://127.0.0.1:9/api", "", timeout=2) as api:
+        run = sync_all(api)
+    assert run is not None and not run.ok
+    assert "internal error" in run.error and "OperationalError" in run.error
+    assert "db.internal" not in run.error
+    assert "db.internal" in caplog.text  # the detail is in the log
+    board = viewer_client.get("/").content.decode()
+    assert "internal error" in board and "db.internal" not in board
+    api_text = json.dumps(viewer_client.get("/api/v1/resources").json())
+    assert "db.internal" not in api_text
+
+
+@pytest.mark.django_db
+def test_the_debug_error_page_hides_passwords_inside_urls(admin_client, settings):
+    settings.DEBUG = True
+    settings.ROOT_URLCONF = "tests.test_security"
+    settings.DATABASE_URL = f"postgres://reslock:{URL_PASSWORD}@db.internal:5432/reslock"
+    settings.REDIS_URL = f"redis://:{URL_PASSWORD}@redis.internal:6379/0"
+    settings.CELERY_BROKER_URL = f"rediss://worker:{URL_PASSWORD}@redis.internal:6380/1"
+    admin_client.raise_request_exception = False
+    page = admin_client.get("/boom")
+    assert page.status_code == 500
+    text = page.content.decode()
+    assert "DATABASE_URL" in text and "redis.internal" in text  # the settings are listed
+    assert URL_PASSWORD not in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", f"mysql://bob:{URL_PASSWORD}@db.internal/reslock"),
+        ("REDIS_URL", f"http://:{URL_PASSWORD}@redis.internal:6379/0"),
+        ("CELERY_BROKER_URL", f"amqp://bob:{URL_PASSWORD}@rabbit.internal//"),
+    ],
+)
+def test_a_start_up_error_about_a_url_does_not_print_its_password(variable, value):
+    result = run_entry_point("import django; django.setup()", **{variable: value})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and variable in output, output
+    assert URL_PASSWORD not in output
+    assert "[redacted]" in output

@@ -38,7 +38,9 @@ REPEAT_SECONDS = 600.0  # the crashed holder and the leaked slot come back after
 FAILED_RETRY_SECONDS = 60.0  # a flow process that failed at once is retried after this
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Environment a flow process must not inherit (Prefect's settings are set explicitly).
-PRIVATE_ENV = re.compile(r"^(PREFECT_|SECRET_KEY$|DATABASE_URL$|.*PASSWORD)")
+PRIVATE_ENV = re.compile(
+    r"^(PREFECT_|SECRET_KEY$|DATABASE_URL$|REDIS_URL$|CELERY_BROKER_URL$|.*(PASSWORD|TOKEN|SECRET))"
+)
 
 
 # --- processes -------------------------------------------------------------------------------
