@@ -243,10 +243,13 @@ class Runner:
                 self._reactivate(limit.name, outcome, exempt)
         elif action == "bulk":
             query = {"q": limit.resource}
-            page = self.client.get(reverse("bulk-release"), query)
-            fields = dict(re.findall(r'name="(token)" value="([^"]*)"', page.content.decode()))
+            page = self.client.get(reverse("bulk-release"), query).content.decode()
+            # Every hidden field as the browser posts it back: the holders the preview listed.
+            fields: dict[str, list[str]] = {}
+            for key, value in re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', page):
+                fields.setdefault(key, []).append(value)
             response = self.client.post(
-                reverse("bulk-release"), {**query, "reason": "soak", **fields}
+                reverse("bulk-release"), {**query, **fields, "reason": ["soak"]}
             )
             if response.status_code != 302:
                 outcome.refused.append("bulk: nothing stale to release")
