@@ -100,7 +100,7 @@ def test_an_operation_asked_for_while_redis_is_down_runs_exactly_once_when_it_is
     Operation.objects.filter(pk=operation.pk).update(
         created_at=timezone.now() - timedelta(minutes=2)
     )
-    assert sweep() == {"requeued": 0, "ended": 0}
+    assert sweep() == {"requeued": 0, "ended": 0, "fenced": 0}
     assert proxy.forwarded["PATCH"] == 0
     assert Operation.objects.get(pk=operation.pk).status == OperationStatus.PENDING
 
