@@ -113,6 +113,9 @@ class Limit(models.Model):
     has_drift = models.BooleanField(default=False)
     has_long_hold = models.BooleanField(default=False)
     holder_count = models.PositiveIntegerField(default=0)
+    # The slots the counted holders (holding or stale) take: `concurrency(name, occupy=N)`
+    # takes N slots per acquire. `active_slots - holder_slots` is what no known holder backs.
+    holder_slots = models.PositiveIntegerField(default=0)
     waiter_count = models.PositiveIntegerField(default=0)
     held_since = models.DateTimeField(null=True, blank=True)
     drift_since = models.DateTimeField(null=True, blank=True)
@@ -207,9 +210,13 @@ class Holder(RunFields):
     acquired_at = models.DateTimeField(null=True, blank=True)
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
+    slots = models.PositiveIntegerField(default=1)  # slots its claim takes (occupy=N)
     # The helper's process identity (liveness.py): lets a release prove the holder is dead.
     process = models.JSONField(default=dict, blank=True)
     slot_lost_at = models.DateTimeField(null=True, blank=True)
+    # When Prefect, having shown the run, first stopped returning it (null: found, or never
+    # seen yet: task runs are recorded seconds after they start).
+    run_missing_since = models.DateTimeField(null=True, blank=True)
     evidence = models.TextField(blank=True)
     first_seen = models.DateTimeField(default=timezone.now)
 
@@ -262,6 +269,7 @@ class LockEvent(models.Model):
     deployment_name = models.CharField(max_length=500, blank=True)
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
+    slots = models.PositiveIntegerField(default=1)  # an acquire's (or release's) slots-acquired
     wait_id = models.UUIDField(null=True, blank=True)  # the helper's waiting -> acquired link
     process = models.JSONField(default=dict, blank=True)  # a helper acquire's process identity
     # Set on an acquire once it is over: released, or its run ended without a release.
