@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -39,12 +39,14 @@ if TYPE_CHECKING:
     from reslock_web.sync import Snapshot
 
 BATCH = 500
+PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
+PREFECT_RELEASED = "prefect.concurrency-limit.released"
 NEVER_READ = datetime(1970, 1, 1, tzinfo=UTC)  # holders_checked_at of counted tag holders
 LIMIT_FIELDS = [
     "name", "kind", "resource", "search_text", "deployment_id", "limit", "active", "active_slots",
     "slot_decay_per_second", "prefect_created", "prefect_updated", "gone_at",
     "status", "is_held", "has_waiters", "is_stale", "has_zombie", "is_deadlocked", "has_drift",
-    "has_long_hold", "holder_count", "waiter_count", "held_since", "drift_since",
+    "has_long_hold", "holder_count", "holder_slots", "waiter_count", "held_since", "drift_since",
     "holders_checked_at", "evidence", "changed_at",
 ]  # fmt: skip
 # Fields whose change makes a row "recently changed" on the board.
@@ -89,6 +91,7 @@ def event_row(event: EventInfo) -> LockEvent:
     deployment_id, deployment_name = event.related_id("deployment", "prefect.deployment.")
     lease_seconds = event.payload.get("lease_duration")
     return LockEvent(
+        slots=_slots_of(event),
         event_id=event.id,
         event=event.event[:80],
         occurred=event.occurred,
@@ -111,6 +114,41 @@ def event_row(event: EventInfo) -> LockEvent:
         else None,
         process=_process_of(event),
     )
+
+
+def _slots_of(event: EventInfo) -> int:
+    """The slots an acquire (or release) is for: Prefect puts `occupy` in the resource's
+    "slots-acquired", as a string. Anything unreadable counts as one."""
+    value = event.resource.get("slots-acquired", event.payload.get("slots"))
+    try:
+        slots = int(str(value).strip())
+    except ValueError:
+        return 1
+    return slots if 0 < slots < 2**31 else 1
+
+
+def pair_release(release: LockEvent, acquires: Iterable[LockEvent]) -> LockEvent | None:
+    """The open acquire that a Prefect release without `follows` ends, or None.
+
+    Prefect sets `follows` only when the release comes less than five minutes after the
+    acquire. Without it, a release ends the oldest open acquire of the same limit by the same
+    run (flow run and task run alike), made before it, one with the same slots first. A
+    release outside any run names nothing to pair it with, and is left alone.
+    """
+    if release.flow_run_id is None and release.task_run_id is None:
+        return None
+    candidates = [
+        row
+        for row in acquires
+        if row.event == PREFECT_ACQUIRED
+        and row.limit_prefect_id == release.limit_prefect_id
+        and row.flow_run_id == release.flow_run_id
+        and row.task_run_id == release.task_run_id
+        and row.occurred <= release.occurred
+    ]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda row: (row.slots != release.slots, row.occurred))
 
 
 def _process_of(event: EventInfo) -> dict[str, Any]:
@@ -150,10 +188,6 @@ def claim_from_row(row: LockEvent) -> Claim:
     )
 
 
-def claim_from_event(event: EventInfo) -> Claim:
-    return claim_from_row(event_row(event))
-
-
 def _store_events(snapshot: Snapshot) -> int:
     return record_events(snapshot.events)
 
@@ -168,12 +202,15 @@ def record_events(events: list[EventInfo]) -> int:
     new = [event_row(event) for event in events if event.id not in known]
     LockEvent.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
     open_rows = LockEvent.objects.filter(closed_at__isnull=True)
+    unfollowed = []
     for event in events:
         limit_id = limit_id_of(event)
-        if event.event == "prefect.concurrency-limit.released" and event.follows:
+        if event.event == PREFECT_RELEASED and event.follows:
             open_rows.filter(event_id=event.follows).update(
                 closed_at=event.occurred, closed_reason="released"
             )
+        elif event.event == PREFECT_RELEASED:
+            unfollowed.append(event)
         elif event.event == "reslock.lock.released" and (
             lease := _uuid(event.payload.get("lease_id"))
         ):
@@ -189,7 +226,54 @@ def record_events(events: list[EventInfo]) -> int:
             open_rows.filter(
                 event="reslock.lock.waiting", wait_id=wait, limit_prefect_id=limit_id
             ).update(closed_at=event.occurred, closed_reason=event.event.rsplit(".", 1)[1])
+    if unfollowed:
+        _pair_releases(unfollowed)
     return len(new)
+
+
+def _pair_releases(events: list[EventInfo]) -> None:
+    """Close the acquires that Prefect releases without `follows` end (see `pair_release`).
+    The pairing is written on the release's row, in its `follows`: a release read again (the
+    sync re-reads a minute of events; the listener and the sync both record) ends the same
+    acquire, never a second one. A release not paired yet is tried again when read again."""
+    rows = {
+        row.event_id: row for row in LockEvent.objects.filter(event_id__in=[e.id for e in events])
+    }
+    for event in sorted(events, key=lambda e: e.occurred):
+        release = rows.get(event.id)
+        if release is None:
+            continue
+        target = release.follows
+        if target is None:
+            candidates = LockEvent.objects.filter(
+                event=PREFECT_ACQUIRED,
+                closed_at__isnull=True,
+                limit_prefect_id=release.limit_prefect_id,
+                flow_run_id=release.flow_run_id,
+                task_run_id=release.task_run_id,
+                occurred__lte=release.occurred,
+            )
+            match = pair_release(release, candidates)
+            if match is None:
+                continue
+            target = match.event_id
+            LockEvent.objects.filter(pk=release.pk).update(follows=target)
+        LockEvent.objects.filter(event_id=target, closed_at__isnull=True).update(
+            closed_at=release.occurred, closed_reason="released"
+        )
+
+
+def release_pairs(release_ids: list[UUID]) -> dict[UUID, UUID]:
+    """Releases without `follows` of their own already paired with an acquire: their ids ->
+    that acquire's id."""
+    pairs: dict[UUID, UUID] = {}
+    for chunk in _chunked(release_ids):
+        pairs.update(
+            LockEvent.objects.filter(event_id__in=chunk, follows__isnull=False).values_list(
+                "event_id", "follows"
+            )
+        )
+    return pairs
 
 
 # --- what the last pass stored ---------------------------------------------------------

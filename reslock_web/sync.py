@@ -514,28 +514,40 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
 def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:
     """Acquires not yet released: the ones stored open, plus new ones, minus new releases.
 
-    Prefect's own release `follows` its acquire; reslock's helper releases name the lease
-    (Prefect drops `follows` when the two are more than five minutes apart).
+    Prefect's own release `follows` its acquire when the two are less than five minutes
+    apart; a later one is paired with its acquire by limit and run (`store.pair_release`),
+    as the write will record it. reslock's helper releases name the lease.
     """
     released = {e.follows for e in events if e.event == RELEASED and e.follows}
     released_leases = {str(e.payload.get("lease_id")) for e in events if e.event == HELPER_RELEASED}
-    claims: dict[str, tuple[UUID, Claim]] = {}
+    acquires: dict[UUID, LockEvent] = {}
     rows = LockEvent.objects.filter(event__in=ACQUIRES, closed_at__isnull=True).exclude(
         limit_prefect_id=None
     )
     for row in rows:
-        claims[str(row.event_id)] = (row.limit_prefect_id, store.claim_from_row(row))
+        acquires[row.event_id] = row
     ended = _closed_ids([e.id for e in events if e.event in ACQUIRES])
     for event in events:
-        if event.event in ACQUIRES and event.id not in released and event.id not in ended:
-            limit_id = store.limit_id_of(event)
-            if limit_id is not None:
-                claims[str(event.id)] = (limit_id, store.claim_from_event(event))
+        if event.event in ACQUIRES and event.id not in ended:
+            row = store.event_row(event)
+            if row.limit_prefect_id is not None:
+                acquires[event.id] = row
     for event_id in released:
-        claims.pop(str(event_id), None)
+        acquires.pop(event_id, None)
+    unfollowed = sorted(
+        (e for e in events if e.event == RELEASED and not e.follows), key=lambda e: e.occurred
+    )
+    paired = store.release_pairs([e.id for e in unfollowed])
+    for event in unfollowed:
+        target = paired.get(event.id)
+        if target is None:
+            match = store.pair_release(store.event_row(event), acquires.values())
+            target = match.event_id if match is not None else None
+        acquires.pop(target, None)
+    claims = [(row.limit_prefect_id, store.claim_from_row(row)) for row in acquires.values()]
     return [
         (limit_id, claim)
-        for limit_id, claim in claims.values()
+        for limit_id, claim in claims
         if not (claim.source == Source.HELPER and str(claim.lease_id) in released_leases)
     ]
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from reslock_web.models import Condition, Holder, Limit, Status, SyncRun
+from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncRun
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_all, try_lock, unlock
 from tests.support.net import wait_for
@@ -371,3 +372,52 @@ def test_counted_tag_holders_are_kept_while_the_counter_stands_still(
     limit = Limit.objects.named(f"tag:{tag}")
     assert [h.flow_run_name for h in holders(limit)] == ["counted"]
     assert "RUNNING" not in asked  # nothing moved: nothing counted again
+
+
+def test_a_release_without_follows_ends_its_acquire_while_the_run_goes_on(
+    prefect_server, flows, settings, tmp_path
+):
+    """Prefect sets `follows` on a release only within five minutes of its acquire: a longer
+    hold ends with a release that names no acquire. It is paired by limit and run, so the
+    run that goes on after it is no zombie."""
+    settings.GRACE_SECONDS = 1
+    name = unique("resource:long-hold")
+    linger = tmp_path / "linger"
+    holder = flows.start("gcl_holder", name=name, follows_window=0, linger_file=str(linger))
+    acquired = holder.wait_event("acquired")
+    sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    holder.release()
+    holder.wait_event("lingering")
+    released = "prefect.concurrency-limit.released"
+    sync_until(
+        prefect_server,
+        name,
+        lambda limit: (
+            limit.active_slots == 0
+            and LockEvent.objects.filter(event=released, limit_name=name).exists()
+        ),
+        what="the release to be read",
+    )
+    # Past the grace a lost slot would be a zombie by now.
+    time.sleep(1.5)
+    sync(prefect_server)
+    limit = Limit.objects.named(name)
+    assert limit.status == Status.FREE and not limit.has_zombie, limit.evidence
+    assert not limit.holders.exists()
+    acquire = LockEvent.objects.get(event="prefect.concurrency-limit.acquired", limit_name=name)
+    assert acquire.closed_reason == "released"
+    release = LockEvent.objects.get(event=released, limit_name=name)
+    assert release.follows == acquire.event_id  # paired by limit and run
+    with patient_client(prefect_server.api_url) as http:
+        # Prefect's own release names no acquire; the task run is still Running.
+        found = http.post(
+            "/events/filter",
+            json={"filter": {"event": {"name": [released]}, "resource": {"id": [
+                f"prefect.concurrency-limit.{limit.prefect_id}"
+            ]}}},
+        ).json()["events"]  # fmt: skip
+        assert [event["follows"] for event in found] == [None]
+        task_run = http.get(f"/task_runs/{acquired['task_run_id']}").json()
+        assert task_run["state"]["type"] == "RUNNING"
+    linger.touch()
+    assert holder.wait() == 0
