@@ -4,8 +4,9 @@ Nothing here talks to Prefect or the database, so each rule can be read and test
 The rules follow what Prefect 3.9 does (see the README's "How reslock reads Prefect"):
 
 - A tag limit names its holders (task runs with a lease); global and deployment limits only
-  count slots, so their holders are inferred from claims (acquire events, Pending/Running runs)
-  and matched against the count, the most recent claims first.
+  count slots, so their holders are inferred from claims (acquire events, deployment runs
+  that keep their slot) and matched against the count by the slots each claim takes
+  (`concurrency(name, occupy=N)` takes N), the most recent claims first.
 - A claim whose slot disappeared without a release while its run still shows Running is a
   zombie: the process died and the lease expired. Events and states reach Prefect's API a few
   seconds apart, so a lost slot only counts as a zombie after a grace period.
@@ -40,6 +41,11 @@ class Claim:
     lease_seconds: int | None = None
     names: dict[str, str] = field(default_factory=dict)  # names an event carried
     process: dict = field(default_factory=dict)  # the helper's process identity (liveness.py)
+    slots: int = 1  # slots the claim takes (an acquire's slots-acquired)
+    # A deployment run waiting for an in-process retry: it keeps its slot while its lease is
+    # carried forward, but a run rescheduled out of its process keeps the lease id without
+    # the slot. It holds only when the count has room for it after the other claims.
+    tentative: bool = False
 
 
 @dataclass
@@ -63,6 +69,7 @@ class Previous:
     task_run_id: UUID | None
     source: str
     names: dict[str, str] = field(default_factory=dict)
+    slots: int = 1
 
 
 @dataclass
@@ -93,6 +100,7 @@ class Verdict:
     drift_since: datetime | None
     flags: dict[str, bool]
     held_since: datetime | None
+    holder_slots: int = 0  # slots taken by the counted holders (holding or stale)
 
 
 @dataclass
@@ -217,7 +225,8 @@ def _tag_holders(claims: list[Claim], ctx: Context) -> tuple[list[HolderVerdict]
 def _counted_holders(
     info: LimitInfo, claims: list[Claim], previous: dict[str, Previous], ctx: Context
 ) -> tuple[list[HolderVerdict], list[str]]:
-    """Global and deployment limits: match claims to the slot count, most recent first."""
+    """Global and deployment limits: match claims to the slot count by the slots each takes,
+    most recent first (tentative claims last)."""
     live, dead = [], []
     for claim in claims:
         ended, why = ctx.ended(claim.flow_run_id, claim.task_run_id)
@@ -227,22 +236,26 @@ def _counted_holders(
         return item[0].acquired_at or datetime.min.replace(tzinfo=ctx.now.tzinfo)
 
     live.sort(key=recency, reverse=True)
+    live.sort(key=lambda item: item[0].tentative)  # stable: recency within each group
     dead.sort(key=recency, reverse=True)
-    slots = info.active_slots
+    spare = info.active_slots
     verdicts: list[HolderVerdict] = []
     closed: list[str] = []
-    for index, (claim, _) in enumerate(live):
+    for claim, _ in live:
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
-        if index < slots:
+        if claim.slots <= spare:
+            spare -= claim.slots
             verdicts.append(HolderVerdict(claim, Condition.HOLDING, run=run))
+        elif claim.tentative:
+            closed.append(claim.key)  # rescheduled out of its process: it holds nothing
         else:
             before = previous.get(claim.key)
             verdicts.append(_leaving(claim, run, before.slot_lost_at if before else None, ctx))
-    spare = max(0, slots - len(live))
-    for index, (claim, why) in enumerate(dead):
-        if index >= spare:
+    for claim, why in dead:
+        if claim.slots > spare:
             closed.append(claim.key)
             continue
+        spare -= claim.slots
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
         end = run.state_at if run else None
         if claim.lease_seconds and end:
@@ -295,6 +308,7 @@ def _lost_slot(key: str, before: Previous, ctx: Context) -> HolderVerdict | None
         task_run_id=before.task_run_id,
         acquired_at=before.acquired_at,
         names=before.names,
+        slots=before.slots,
     )
     return _leaving(
         claim, ctx.run_of(before.flow_run_id, before.task_run_id), before.slot_lost_at, ctx
@@ -382,8 +396,9 @@ def judge(
     for waiter in deadlocked:
         evidence.append({"flag": "deadlocked", "text": waiter.evidence})
 
-    # Drift: Prefect counts more (or fewer) used slots than there are holders we can name.
-    known = tag_lease_count if tag_lease_count is not None else len(counted)
+    # Drift: Prefect counts more (or fewer) used slots than the holders we can name take.
+    holder_slots = sum(v.claim.slots for v in counted)
+    known = tag_lease_count if tag_lease_count is not None else holder_slots
     mismatch = enforced and info.active_slots != known
     drift_since = (drift_since or ctx.now) if mismatch else None
     has_drift = mismatch and ctx.now - drift_since >= ctx.grace
@@ -391,15 +406,15 @@ def judge(
         extra = info.active_slots - known
         if extra > 0:
             text = (
-                f"Prefect counts {info.active_slots} used slot(s) but only {known} holder(s) "
-                f"with a lease are known since {_at(drift_since)}: {extra} slot(s) have no holder "
+                f"Prefect counts {info.active_slots} used slot(s) but the holders known since "
+                f"{_at(drift_since)} take only {known}: {extra} slot(s) have no holder "
                 "(a raw increment that was never decremented, or a counter left behind by a tag "
                 "reset or a server restart). They will not free themselves."
             )
         else:
             text = (
-                f"Prefect counts {info.active_slots} used slot(s) but {known} holder(s) are known "
-                f"since {_at(drift_since)}."
+                f"Prefect counts {info.active_slots} used slot(s) but the holders known since "
+                f"{_at(drift_since)} take {known}."
             )
         evidence.append({"flag": "drift", "text": text})
 
@@ -442,6 +457,7 @@ def judge(
         drift_since=drift_since,
         flags=flags,
         held_since=min(starts) if starts else None,
+        holder_slots=holder_slots,
     )
 
 

@@ -70,6 +70,7 @@ HOLDER_FIELDS = [
     "acquired_at",
     "lease_id",
     "lease_seconds",
+    "slots",
     "process",
     "slot_lost_at",
     "evidence",
@@ -179,6 +180,7 @@ def claim_from_row(row: LockEvent) -> Claim:
         acquired_at=row.occurred,
         lease_id=row.lease_id,
         lease_seconds=row.lease_seconds,
+        slots=row.slots,
         process=row.process or {},
         names={
             "flow_run_name": row.flow_run_name,
@@ -649,6 +651,7 @@ def _judge(
             task_run_id=holder.task_run_id,
             source=holder.source,
             names={"flow_run_name": holder.flow_run_name, "task_run_name": holder.task_run_name},
+            slots=holder.slots,
         )
         for key, holder in stored.items()
     }
@@ -696,6 +699,7 @@ def _apply(
     row.holder_count = sum(
         1 for v in verdict.holders if v.condition in (Condition.HOLDING, Condition.STALE)
     )
+    row.holder_slots = verdict.holder_slots
     row.waiter_count = len(verdict.waiters)
     row.held_since = verdict.held_since
     row.drift_since = verdict.drift_since
@@ -816,6 +820,7 @@ def _holder_values(verdict: HolderVerdict, snapshot: Snapshot) -> dict[str, Any]
         "acquired_at": claim.acquired_at,
         "lease_id": claim.lease_id,
         "lease_seconds": claim.lease_seconds,
+        "slots": claim.slots,
         "process": claim.process,
         "slot_lost_at": verdict.slot_lost_at,
         "evidence": verdict.evidence,
@@ -860,7 +865,7 @@ def _mark_gone(snapshot: Snapshot, compact: dict[UUID, tuple], now: datetime) ->
         row.gone_at, row.status, row.changed_at = now, Status.GONE, now
         row.is_held = row.has_waiters = row.is_stale = row.has_zombie = False
         row.is_deadlocked = row.has_drift = row.has_long_hold = False
-        row.holder_count = row.waiter_count = 0
+        row.holder_count = row.holder_slots = row.waiter_count = 0
     Limit.objects.bulk_update(gone, LIMIT_FIELDS, batch_size=BATCH)
     Holder.objects.filter(limit__in=gone).delete()
     Waiter.objects.filter(limit__in=gone).delete()

@@ -451,7 +451,8 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
         info = by_id.get(wait_limit)
         if info is not None and kind_of(info.name)[0] == Kind.GLOBAL:
             snapshot.queued.setdefault(info.id, []).append(item)
-    # Deployment limits: their Pending/Running flow runs hold, AwaitingConcurrencySlot waits.
+    # Deployment limits: runs that keep the deployment's slot hold (`_keeps_slot`),
+    # AwaitingConcurrencySlot waits.
     deployment_limits = {
         deployment_id: info
         for info in snapshot.listing
@@ -463,7 +464,7 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
             if info is None:
                 continue
             snapshot.flow_runs[run.id] = run
-            if run.state_type in ("PENDING", "RUNNING"):
+            if _keeps_slot(run):
                 snapshot.claims.setdefault(info.id, []).append(
                     Claim(
                         key=str(run.id),
@@ -472,6 +473,7 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
                         flow_run_id=run.id,
                         acquired_at=run.start_time or run.state_at,
                         lease_id=run.lease_id,
+                        tentative=run.state_type == "SCHEDULED",
                     )
                 )
             elif run.state_name == "AwaitingConcurrencySlot":
@@ -509,6 +511,16 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
                             parent_ids=run.parent_ids,
                         )
                     )
+
+
+def _keeps_slot(run: RunInfo) -> bool:
+    """Whether a deployment's flow run keeps the deployment's slot. Prefect releases it only
+    when the run leaves Pending, Running or Cancelling, and carries the lease forward into
+    Scheduled/AwaitingRetry while the run retries in its process (core_policy.py:
+    ReleaseFlowConcurrencySlots, RetryFailedFlows); such a state names the lease."""
+    if run.state_type in ("PENDING", "RUNNING", "CANCELLING"):
+        return True
+    return run.state_type == "SCHEDULED" and run.lease_id is not None
 
 
 def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:

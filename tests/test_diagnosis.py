@@ -101,6 +101,50 @@ def test_a_claim_whose_run_vanished_is_not_a_holder_once_its_slot_is_free():
     assert verdicts == [] and closed == ["k"]
 
 
+def test_claims_are_matched_to_the_count_by_the_slots_they_take():
+    """`concurrency(name, occupy=2)` takes two slots with one acquire."""
+    big_run, small_run = run(name="big"), run(name="small")
+    big, small = claim(big_run, 1), claim(small_run, 2)
+    big.slots = 2
+    ctx = context(big_run, small_run)
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(3, limit=3), [big, small], {}, ctx)
+    assert [v.condition for v in verdicts] == [Condition.HOLDING, Condition.HOLDING]
+    verdict = judge(
+        Kind.GLOBAL, info(3, limit=3), verdicts, [], [], NOW - timedelta(hours=1), None, ctx
+    )
+    assert verdict.status == Status.HELD and not verdict.flags["has_drift"]
+    assert verdict.holder_slots == 3
+    # Two slots counted: the newer claim takes both, the older one lost its slot.
+    verdicts, _ = classify_holders(Kind.GLOBAL, info(2, limit=3), [big, small], {}, ctx)
+    conditions = {v.claim.key: v.condition for v in verdicts}
+    assert conditions == {big.key: Condition.HOLDING, small.key: Condition.LEAVING}
+    # Three slots counted and only the two-slot holder known: one slot has no holder.
+    verdicts, _ = classify_holders(Kind.GLOBAL, info(3, limit=3), [big], {}, ctx)
+    verdict = judge(
+        Kind.GLOBAL, info(3, limit=3), verdicts, [], [], NOW - timedelta(hours=1), None, ctx
+    )
+    assert verdict.flags["has_drift"] and verdict.holder_slots == 2
+    assert "1 slot(s) have no holder" in verdict.evidence[0]["text"]
+
+
+def test_a_run_waiting_to_retry_holds_only_a_slot_the_count_has_room_for():
+    """A deployment run in AwaitingRetry names its lease; it keeps its slot only while it
+    retries in its process, so it never pushes a running holder out, and is no zombie."""
+    running, retrying = run(name="running"), run("SCHEDULED", name="retrying")
+    holder = Claim(key="r", source="deployment", certain=False, flow_run_id=running.id,
+                   acquired_at=NOW - timedelta(minutes=5))  # fmt: skip
+    waiting = Claim(key="w", source="deployment", certain=False, flow_run_id=retrying.id,
+                    acquired_at=NOW, tentative=True)  # fmt: skip
+    ctx = context(running, retrying)
+    verdicts, closed = classify_holders(Kind.DEPLOYMENT, info(1), [holder, waiting], {}, ctx)
+    assert [(v.claim.key, v.condition) for v in verdicts] == [("r", Condition.HOLDING)]
+    assert closed == ["w"]
+    verdicts, closed = classify_holders(Kind.DEPLOYMENT, info(2, 2), [holder, waiting], {}, ctx)
+    assert {v.claim.key: v.condition for v in verdicts} == {
+        "r": Condition.HOLDING, "w": Condition.HOLDING,
+    }  # fmt: skip
+
+
 def test_an_inactive_limit_never_makes_zombies():
     live = run()
     verdicts, _ = classify_holders(

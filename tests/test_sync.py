@@ -421,3 +421,59 @@ def test_a_release_without_follows_ends_its_acquire_while_the_run_goes_on(
         assert task_run["state"]["type"] == "RUNNING"
     linger.touch()
     assert holder.wait() == 0
+
+
+def test_a_holder_of_several_slots_counts_all_of_them(prefect_server, flows, settings):
+    """`concurrency(name, occupy=2)` takes two slots with one acquire event."""
+    settings.GRACE_SECONDS = 0
+    name = unique("resource:pool")
+    two = flows.start("gcl_holder", name=name, limit=3, occupy=2, flow_run_name=unique("two"))
+    two.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.active_slots == 2 and limit.holder_slots == 2
+    assert limit.status == Status.HELD and not limit.has_drift, limit.evidence
+    assert [row.slots for row in holders(limit)] == [2]
+    one = flows.start("gcl_holder", name=name, limit=3, create=False, flow_run_name=unique("one"))
+    one.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 2)
+    assert limit.active_slots == 3 and limit.holder_slots == 3
+    assert limit.status == Status.HELD and not limit.has_drift, limit.evidence
+    assert [row.slots for row in holders(limit)] == [2, 1]
+    two.release()
+    assert two.wait() == 0
+    limit = sync_until(prefect_server, name, lambda limit: limit.active_slots == 1)
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.holder_slots == 1 and not limit.has_drift, limit.evidence
+
+
+def test_a_deployment_run_being_cancelled_keeps_its_slot_and_stays_a_holder(
+    prefect_server, flows, settings
+):
+    """Prefect releases a deployment's slot only when its run leaves Cancelling: until the
+    runner has stopped the process, the run holds it."""
+    settings.GRACE_SECONDS = 0
+    run = flows.start("deployment_limit", runs=1, ignore_cancel=True)
+    deployed = run.wait_event("deployed")
+    acquired = run.wait_event("acquired")
+    name = f"deployment:{deployed['deployment_id']}"
+    sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    with patient_client(prefect_server.api_url) as http:
+        answer = http.post(
+            f"/flow_runs/{acquired['flow_run_id']}/set_state",
+            json={"state": {"type": "CANCELLING", "message": "cancelled by a test"}},
+        ).json()
+        assert answer["status"] == "ACCEPT", answer
+    limit = sync_until(
+        prefect_server,
+        name,
+        lambda limit: limit.holders.filter(state_type="CANCELLING").exists(),
+        what="the run to show Cancelling",
+    )
+    sync(prefect_server)  # with no grace, drift or a zombie would show by now
+    limit = Limit.objects.named(name)
+    assert limit.active_slots == 1  # Prefect keeps the slot
+    [holder] = holders(limit)
+    assert holder.condition == Condition.HOLDING and holder.state_type == "CANCELLING"
+    assert limit.status == Status.HELD and not limit.has_drift and not limit.has_zombie
+    assert limit.holder_slots == 1
+    assert run.process.poll() is None and not run.find_events("released")

@@ -15,7 +15,9 @@ Params: deployment_name (random), concurrency_limit (1), collision_strategy (ENQ
 runs (2), flow_run_name (name of the created runs; "-<n>" is added when runs > 1),
 release_dir (<folder of events_file>/release.d), release_file (releases all runs),
 hold (seconds, instead of release files),
-query_seconds (1).
+query_seconds (1), ignore_cancel (False: True makes the Runner leave a CANCELLING run alone,
+as a runner that has not acted on the cancel yet does: the run stays CANCELLING and its
+process runs on).
 Events: process_started, deployed {deployment_id, deployment_name, flow_id},
 created {flow_run_ids: [...]} (in creation order), runner_starting; then from each flow run's
 process: acquired {flow_run_id, flow_run_name, deployment_id, release_file}, released.
@@ -58,6 +60,13 @@ def main() -> None:
     from prefect.runner import Runner
 
     P = params()
+    if P.get("ignore_cancel"):
+        from prefect.runner._cancellation_manager import CancellationManager
+
+        async def not_yet(self, flow_run, state_msg=None) -> None:
+            emit("cancel_ignored", flow_run_id=str(flow_run.id))
+
+        CancellationManager.cancel = not_yet
     events_file = P["events_file"]
     release_dir = P.get("release_dir") or str(Path(events_file).parent / "release.d")
     Path(release_dir).mkdir(parents=True, exist_ok=True)
