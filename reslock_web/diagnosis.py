@@ -10,6 +10,9 @@ The rules follow what Prefect 3.9 does (see the README's "How reslock reads Pref
 - A claim whose slot disappeared without a release while its run still shows Running is a
   zombie: the process died and the lease expired. Events and states reach Prefect's API a few
   seconds apart, so a lost slot only counts as a zombie after a grace period.
+- A run Prefect does not return is unknown, not over: Prefect records task runs some seconds
+  after they start. It counts as over only once it has stayed missing past the grace, after
+  Prefect had shown it; a claim whose run was never seen is never closed on that ground.
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ class Context:
     flow_runs: dict[UUID, RunInfo]
     # Keys of claims whose release we have seen: gone from the count by the book, never lost.
     released: frozenset[str] = frozenset()
+    # Runs Prefect had shown and no longer returns: since when. A run neither found nor here
+    # was never seen (not yet recorded).
+    missing_since: dict[UUID, datetime] = field(default_factory=dict)
 
     def run_of(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> RunInfo | None:
         if task_run_id is not None:
@@ -121,16 +127,38 @@ class Context:
         return None
 
     def ended(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> tuple[bool, str]:
-        """(is over, why) for the run behind a claim. A claim with no run is taken as alive."""
+        """(is over, why) for the run behind a claim. A claim with no run is taken as alive,
+        and so is one whose run Prefect does not return (see `unknown`)."""
         if flow_run_id is None and task_run_id is None:
             return False, ""
         run = self.run_of(flow_run_id, task_run_id)
         what = "task run" if task_run_id is not None else "flow run"
         if run is None:
-            return True, f"its {what} no longer exists in Prefect"
+            since = self.missing_since.get(task_run_id if task_run_id is not None else flow_run_id)
+            if since is None or self.now - since < self.grace:
+                return False, ""
+            return True, f"its {what} has been missing from Prefect since {_at(since)}"
         if run.state_type in FINAL_STATES:
             return True, f"its {what} is {run.state_name or run.state_type}" + _since(run.state_at)
         return False, ""
+
+    def unknown(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> str:
+        """Evidence for a live claim whose run Prefect does not return now ("" otherwise)."""
+        if (flow_run_id is None and task_run_id is None) or self.run_of(
+            flow_run_id, task_run_id
+        ) is not None:
+            return ""
+        what = "task run" if task_run_id is not None else "flow run"
+        since = self.missing_since.get(task_run_id if task_run_id is not None else flow_run_id)
+        if since is None:
+            return (
+                f"Its {what} is not yet in Prefect (Prefect records runs some seconds after "
+                "they start, longer under load): taken as holding until Prefect shows it."
+            )
+        return (
+            f"Its {what} has been missing from Prefect since {_at(since)}: taken as holding "
+            f"until {_at(since + self.grace)}."
+        )
 
 
 def _since(when: datetime | None) -> str:
@@ -200,7 +228,8 @@ def _tag_holders(claims: list[Claim], ctx: Context) -> tuple[list[HolderVerdict]
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
         ended, why = ctx.ended(claim.flow_run_id, claim.task_run_id)
         if not ended:
-            verdicts.append(HolderVerdict(claim, Condition.HOLDING, run=run))
+            evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
+            verdicts.append(HolderVerdict(claim, Condition.HOLDING, evidence, run=run))
             continue
         end = run.state_at if run else None
         expected = end + timedelta(seconds=TAG_LEASE_SECONDS + REPOSSESS_SECONDS) if end else None
@@ -245,7 +274,8 @@ def _counted_holders(
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
         if claim.slots <= spare:
             spare -= claim.slots
-            verdicts.append(HolderVerdict(claim, Condition.HOLDING, run=run))
+            evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
+            verdicts.append(HolderVerdict(claim, Condition.HOLDING, evidence, run=run))
         elif claim.tentative:
             closed.append(claim.key)  # rescheduled out of its process: it holds nothing
         else:
@@ -281,6 +311,11 @@ def _leaving(
     claim: Claim, run: RunInfo | None, lost_at: datetime | None, ctx: Context
 ) -> HolderVerdict:
     lost_at = lost_at or ctx.now
+    if run is None and (claim.flow_run_id is not None or claim.task_run_id is not None):
+        # Its run is not (or no longer) in Prefect, within the grace: nothing says it is
+        # alive, so it is no zombie; nothing says it is over, so it is not closed either.
+        evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
+        return HolderVerdict(claim, Condition.LEAVING, evidence, slot_lost_at=lost_at, run=run)
     if ctx.now - lost_at < ctx.grace:
         return HolderVerdict(claim, Condition.LEAVING, slot_lost_at=lost_at, run=run)
     state = f"{run.state_name or run.state_type}" if run else "unknown"

@@ -73,6 +73,7 @@ HOLDER_FIELDS = [
     "slots",
     "process",
     "slot_lost_at",
+    "run_missing_since",
     "evidence",
 ]
 WAITER_FIELDS = [*RUN_FIELDS, "source", "waiting_since", "position", "deadlocked_by_id", "evidence"]
@@ -293,10 +294,30 @@ def stored_tag_holders(names: set[str]) -> dict[str, list[UUID]]:
     return held
 
 
-def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
-    """The runs behind stored holders and waiters, as the last pass saw them."""
+@dataclass
+class StoredRuns:
+    """The runs behind stored holders and waiters, as the last pass saw them. Runs Prefect
+    did not return then are left out, to be asked for again; `missing_*` says since when those
+    it had shown before have been missing."""
+
+    tasks: dict[UUID, RunInfo]
+    flows: dict[UUID, RunInfo]
+    missing_tasks: dict[UUID, datetime]
+    missing_flows: dict[UUID, datetime]
+
+
+def stored_runs() -> StoredRuns:
     tasks: dict[UUID, RunInfo] = {}
     flows: dict[UUID, RunInfo] = {}
+    missing_tasks: dict[UUID, datetime] = {}
+    missing_flows: dict[UUID, datetime] = {}
+    rows = Holder.objects.filter(run_missing_since__isnull=False)
+    for task_id, run_id, since in rows.values_list(
+        "task_run_id", "flow_run_id", "run_missing_since"
+    ):
+        missing = missing_tasks if task_id else missing_flows
+        run = task_id or run_id
+        missing[run] = min(since, missing.get(run, since))
     fields = ["task_run_id", "task_run_name", "flow_run_id", "flow_run_name", "flow_id",
               "deployment_id", "state_type", "state_name", "state_at"]  # fmt: skip
     for model in (Holder, Waiter):
@@ -310,7 +331,7 @@ def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
             state,
             name,
             at,
-        ) in model.objects.values_list(*fields):
+        ) in model.objects.exclude(state_type="").values_list(*fields):
             if task_id:
                 tasks[task_id] = RunInfo(
                     task_id, task_name, state, name, at, None, None, None, flow_run_id=run_id
@@ -341,7 +362,7 @@ def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
                     flow_id=flow_id,
                     deployment_id=deployment_id,
                 )
-    return tasks, flows
+    return StoredRuns(tasks, flows, missing_tasks, missing_flows)
 
 
 # --- the write -------------------------------------------------------------------------
@@ -382,7 +403,15 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     counts = {"events": _store_events(snapshot), "created": 0, "updated": 0, "gone": 0}
     stored = snapshot.stored or read_stored()
     compact, holders, waiters = stored.compact, stored.holders, stored.waiters
-    ctx = Context(now, grace, long_hold, snapshot.task_runs, snapshot.flow_runs, _released(holders))
+    ctx = Context(
+        now,
+        grace,
+        long_hold,
+        snapshot.task_runs,
+        snapshot.flow_runs,
+        _released(holders),
+        snapshot.missing_since,
+    )
     busy = [
         info
         for info in snapshot.listing
@@ -793,7 +822,9 @@ def _run_values(
     deployment_name = (
         snapshot.deployments.get(deployment_id, ("", None))[0] if deployment_id else ""
     )
-    state = task_run or flow_run
+    # A task run's own state only: one Prefect has not recorded yet shows none (and is asked
+    # for again next time), never its flow run's.
+    state = task_run if task_run_id else flow_run
     return {
         "flow_run_id": flow_run_id,
         "flow_run_name": (flow_run.name if flow_run else "") or names.get("flow_run_name", ""),
@@ -823,6 +854,7 @@ def _holder_values(verdict: HolderVerdict, snapshot: Snapshot) -> dict[str, Any]
         "slots": claim.slots,
         "process": claim.process,
         "slot_lost_at": verdict.slot_lost_at,
+        "run_missing_since": snapshot.missing_since.get(claim.task_run_id or claim.flow_run_id),
         "evidence": verdict.evidence,
     }
 

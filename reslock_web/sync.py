@@ -81,6 +81,8 @@ class Snapshot:
     deployments: dict[UUID, tuple[str, UUID | None]] = field(default_factory=dict)
     ancestors: dict[UUID, tuple[UUID, ...]] = field(default_factory=dict)
     tag_counted: set[str] = field(default_factory=set)  # names whose holders were counted
+    # Runs Prefect had shown before and did not return in this pass: since when.
+    missing_since: dict[UUID, datetime] = field(default_factory=dict)
     stored: store.Stored | None = None  # our tables as the last pass left them
 
 
@@ -164,7 +166,8 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
     with ThreadPoolExecutor(max_workers=8) as pool:
         listed = pool.submit(_listing, api, only)
         events = pool.submit(lambda: list(api.events(since, now, EVENT_PREFIXES, LIFECYCLE_EVENTS)))
-        stored_tasks, stored_flows = store.stored_runs()
+        stored_runs = store.stored_runs()
+        stored_tasks, stored_flows = stored_runs.tasks, stored_runs.flows
         claimed = pool.submit(_claimed_runs, api, events, set(stored_tasks), set(stored_flows))
         refresh_all = only is not None or _runs_refresh_due(now)
         runs = pool.submit(_fresh_runs, api, stored_tasks, stored_flows, since, now, refresh_all)
@@ -187,10 +190,23 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
             queued={},
             stored=written,
         )
-        fresh_tasks, fresh_flows = runs.result()
-        snapshot.task_runs.update({**stored_tasks, **fresh_tasks})
-        snapshot.flow_runs.update({**stored_flows, **fresh_flows})
+        fresh = runs.result()
+        snapshot.task_runs.update({**stored_tasks, **fresh.task_runs})
+        snapshot.flow_runs.update({**stored_flows, **fresh.flow_runs})
         snapshot.asked_tasks, snapshot.asked_flows = set(stored_tasks), set(stored_flows)
+        # Shown before, not returned now: missing from now on (unless already missing).
+        vanished = {
+            **{i: now for i in fresh.asked_tasks - set(fresh.task_runs)},
+            **{i: now for i in fresh.asked_flows - set(fresh.flow_runs)},
+        }
+        for run_id in vanished:
+            snapshot.task_runs.pop(run_id, None)
+            snapshot.flow_runs.pop(run_id, None)
+        snapshot.missing_since = {
+            **vanished,
+            **stored_runs.missing_tasks,
+            **stored_runs.missing_flows,
+        }
         new_deployments = {
             d for info in listing if (d := kind_of(info.name)[2])
         } - stored.deployments
@@ -204,7 +220,11 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
         pending = tagged.pending(snapshot) if full_tags else []
         _claims(snapshot, runs, pending)
         claimed.result().merge_into(snapshot)
-    _resolve_runs(api, snapshot)
+    _resolve_runs(api, snapshot, stored_runs)
+    found = snapshot.task_runs.keys() | snapshot.flow_runs.keys()
+    snapshot.missing_since = {
+        run_id: since for run_id, since in snapshot.missing_since.items() if run_id not in found
+    }
     if refresh_all and only is None:
         SyncState.objects.update_or_create(name="runs", defaults={"checked_at": now})
     return snapshot
@@ -343,9 +363,10 @@ def _fresh_runs(
     since: datetime,
     now: datetime,
     refresh_all: bool,
-) -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
+) -> RunsAhead:
     """Re-read the runs of stored holders and waiters: all of them now and then, otherwise
-    only those whose state changed since the last pass (Prefect emits an event per change)."""
+    only those whose state changed since the last pass (Prefect emits an event per change).
+    Says which were asked for: one asked for and not returned is missing from Prefect."""
     if not refresh_all and (tasks or flows):
         resources = [f"prefect.task-run.{i}" for i in tasks] + [
             f"prefect.flow-run.{i}" for i in flows
@@ -356,7 +377,7 @@ def _fresh_runs(
         }
         tasks = {i: run for i, run in tasks.items() if i in changed}
         flows = {i: run for i, run in flows.items() if i in changed}
-    return api.task_runs(tasks), api.flow_runs(flows)
+    return RunsAhead(api.task_runs(tasks), api.flow_runs(flows), set(tasks), set(flows))
 
 
 def _uuid_of(resource_id: str) -> UUID | None:
@@ -604,10 +625,11 @@ def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
     ]
 
 
-def _resolve_runs(api: PrefectAPI, snapshot: Snapshot) -> None:
+def _resolve_runs(api: PrefectAPI, snapshot: Snapshot, stored: store.StoredRuns) -> None:
     """Fetch every run, flow and deployment a claim, waiter or stored holder points at."""
-    task_ids: set[UUID] = set()
-    flow_ids: set[UUID] = set()
+    # Runs of stored holders that were missing last time: found again, or still missing.
+    task_ids: set[UUID] = set(stored.missing_tasks)
+    flow_ids: set[UUID] = set(stored.missing_flows)
     for claim in (c for claims in snapshot.claims.values() for c in claims):
         task_ids.update(filter(None, [claim.task_run_id]))
         flow_ids.update(filter(None, [claim.flow_run_id]))

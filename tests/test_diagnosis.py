@@ -97,8 +97,56 @@ def test_a_claim_whose_run_vanished_is_not_a_holder_once_its_slot_is_free():
     vanished = Claim(
         key="k", source="event", certain=False, flow_run_id=uuid.uuid4(), acquired_at=NOW
     )
-    verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [vanished], {}, context())
+    ctx = context()
+    ctx.missing_since = {vanished.flow_run_id: NOW - timedelta(seconds=21)}  # past the grace
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [vanished], {}, ctx)
     assert verdicts == [] and closed == ["k"]
+
+
+def test_a_run_prefect_has_not_recorded_yet_holds_and_is_never_closed_nor_called_stale():
+    """Prefect records task runs some seconds after they start: a claim naming a task run it
+    does not return yet is a holder, whatever the time, and never a stale or zombie one."""
+    unseen = Claim(
+        key="k", source="event", certain=False, flow_run_id=uuid.uuid4(),
+        task_run_id=uuid.uuid4(), acquired_at=NOW - timedelta(hours=1),
+    )  # fmt: skip
+    ctx = context()
+    [verdict], closed = classify_holders(Kind.GLOBAL, info(1), [unseen], {}, ctx)
+    assert verdict.condition == Condition.HOLDING and closed == []
+    assert "task run is not yet in Prefect" in verdict.evidence
+    assert judge(Kind.GLOBAL, info(1), [verdict], [], [], None, None, ctx).status == Status.HELD
+    # Its slot no longer counted, long ago: nothing says the run is alive (no zombie), nothing
+    # says it is over (not closed): it is left out of the board until Prefect shows its run.
+    lost = {
+        "k": Previous(
+            Condition.LEAVING, NOW - timedelta(minutes=30), unseen.acquired_at,
+            unseen.flow_run_id, unseen.task_run_id, "event",
+        )
+    }  # fmt: skip
+    [verdict], closed = classify_holders(Kind.GLOBAL, info(0), [unseen], lost, ctx)
+    assert verdict.condition == Condition.LEAVING and closed == []
+    [verdict], closed = classify_holders(Kind.GLOBAL, info(0), [], lost, ctx)
+    assert verdict.condition == Condition.LEAVING and closed == []
+    # A tag lease on such a task run holds as well.
+    lease = Claim(key="t", source="tag_lease", certain=True, task_run_id=uuid.uuid4())
+    [verdict], _ = classify_holders(Kind.TAG, info(1), [lease], {}, ctx)
+    assert verdict.condition == Condition.HOLDING
+
+
+def test_a_run_that_went_missing_holds_for_the_grace_then_counts_as_over():
+    task_id = uuid.uuid4()
+    lease = Claim(key=str(task_id), source="tag_lease", certain=True, task_run_id=task_id)
+    acquire = Claim(key="e", source="event", certain=False, task_run_id=task_id, acquired_at=NOW)
+    for kind, claim in ((Kind.TAG, lease), (Kind.GLOBAL, acquire)):
+        ctx = context(grace=20)
+        ctx.missing_since = {task_id: NOW - timedelta(seconds=19)}
+        [verdict], _ = classify_holders(kind, info(1), [claim], {}, ctx)
+        assert verdict.condition == Condition.HOLDING, kind
+        assert "missing from Prefect since 2026-11-29 11:59:41 UTC" in verdict.evidence
+        ctx.missing_since = {task_id: NOW - timedelta(seconds=21)}
+        [verdict], _ = classify_holders(kind, info(1), [claim], {}, ctx)
+        assert verdict.condition == Condition.STALE, kind
+        assert "missing from Prefect since" in verdict.evidence
 
 
 def test_claims_are_matched_to_the_count_by_the_slots_they_take():

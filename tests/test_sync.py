@@ -477,3 +477,38 @@ def test_a_deployment_run_being_cancelled_keeps_its_slot_and_stays_a_holder(
     assert limit.status == Status.HELD and not limit.has_drift and not limit.has_zombie
     assert limit.holder_slots == 1
     assert run.process.poll() is None and not run.find_events("released")
+
+
+def test_a_holder_whose_task_run_prefect_has_not_recorded_yet_is_holding_not_stale(
+    prefect_server, flows, settings, tmp_path
+):
+    """Prefect records task runs seconds after they start: a claim naming a task run it does
+    not have yet is a holder, not a stale one, until Prefect shows the run."""
+    settings.GRACE_SECONDS = 1
+    name = unique("resource:unrecorded")
+    record = tmp_path / "record"
+    holder = flows.start("unrecorded_holder", name=name, record_file=str(record))
+    acquired = holder.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.status == Status.HELD and not limit.is_stale, limit.evidence
+    time.sleep(1.5)  # past the grace
+    sync(prefect_server)
+    limit = Limit.objects.named(name)
+    assert limit.status == Status.HELD and not limit.is_stale, limit.evidence
+    [row] = holders(limit)
+    assert row.condition == Condition.HOLDING and str(row.task_run_id) == acquired["task_run_id"]
+    assert "not yet in Prefect" in row.evidence and row.run_missing_since is None
+    record.touch()
+    holder.wait_event("recorded")
+    limit = sync_until(
+        prefect_server,
+        name,
+        lambda limit: holders(limit) and holders(limit)[0].state_type == "RUNNING",
+        what="the task run to be found",
+    )
+    [row] = holders(limit)
+    assert row.condition == Condition.HOLDING and row.task_run_name == "late-task"
+    assert row.evidence == "" and limit.status == Status.HELD
+    holder.release()
+    assert holder.wait() == 0
+    sync_until(prefect_server, name, lambda limit: limit.status == Status.FREE)
