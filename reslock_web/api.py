@@ -89,6 +89,7 @@ def limit_json(limit: Limit) -> dict[str, Any]:
             "waiters": limit.has_waiters,
             "stale": limit.is_stale,
             "zombie": limit.has_zombie,
+            "over_limit": limit.is_over_limit,
             "deadlocked": limit.is_deadlocked,
             "drift": limit.has_drift,
             "long_hold": limit.has_long_hold,

@@ -453,6 +453,29 @@ def judge(
             )
         evidence.append({"flag": "drift", "text": text})
 
+    # More runs inside than the limit allows: holders whose run Prefect shows alive (or whose
+    # lease Prefect lists) that take more slots than the limit. The count cannot say which of
+    # them should not be there, and releasing by the count would let yet another run in.
+    inside = [
+        v
+        for v in holders
+        if v.condition == Condition.HOLDING and (v.claim.certain or v.run is not None)
+    ]
+    inside_slots = sum(v.claim.slots for v in inside)
+    over_limit = enforced and inside_slots > info.limit
+    if over_limit:
+        names = ", ".join(_who(v) for v in inside)
+        evidence.insert(
+            0,
+            {
+                "flag": "over_limit",
+                "text": f"{len(inside)} live run(s) take {inside_slots} slot(s) of a limit of "
+                f"{info.limit}: {names}. More runs are inside than the limit allows (the limit "
+                "was lowered or re-activated under them, or a counter was lowered under a live "
+                "lease). Nothing can be released safely on the strength of the count.",
+            },
+        )
+
     long_holds = [
         v for v in counted if v.claim.acquired_at and ctx.now - v.claim.acquired_at > ctx.long_hold
     ]
@@ -480,6 +503,7 @@ def judge(
         "is_deadlocked": bool(deadlocked),
         "has_drift": has_drift,
         "has_long_hold": bool(long_holds),
+        "is_over_limit": over_limit,
     }
     status = _status(flags, info.active)
     starts = [v.claim.acquired_at for v in counted if v.claim.acquired_at]
@@ -497,6 +521,8 @@ def judge(
 
 
 def _status(flags: dict[str, bool], active: bool) -> str:
+    if flags["is_over_limit"]:
+        return Status.OVER_LIMIT
     if flags["is_deadlocked"]:
         return Status.DEADLOCKED
     if flags["has_zombie"]:

@@ -54,6 +54,8 @@ class Kind(models.TextChoices):
 class Status(models.TextChoices):
     """One word per limit for the badge, the worst first; the flags below keep the rest."""
 
+    # More runs are certainly inside than the limit allows.
+    OVER_LIMIT = "over_limit", "over the limit"
     DEADLOCKED = "deadlocked", "deadlocked"
     ZOMBIE = "zombie", "zombie"
     STALE = "stale", "stale"
@@ -112,6 +114,7 @@ class Limit(models.Model):
     is_deadlocked = models.BooleanField(default=False)
     has_drift = models.BooleanField(default=False)
     has_long_hold = models.BooleanField(default=False)
+    is_over_limit = models.BooleanField(default=False)
     holder_count = models.PositiveIntegerField(default=0)
     # The slots the counted holders (holding or stale) take: `concurrency(name, occupy=N)`
     # takes N slots per acquire. `active_slots - holder_slots` is what no known holder backs.
@@ -360,6 +363,7 @@ FACETS = (
     "waiting",
     "stale",
     "zombie",
+    "over_limit",
     "deadlocked",
     "drift",
     "free",
@@ -378,6 +382,7 @@ def facet_filter(facet: str) -> models.Q:
         "waiting": present & models.Q(has_waiters=True),
         "stale": present & models.Q(is_stale=True),
         "zombie": present & models.Q(has_zombie=True),
+        "over_limit": present & models.Q(is_over_limit=True),
         "deadlocked": present & models.Q(is_deadlocked=True),
         "drift": present & models.Q(has_drift=True),
         "free": present & models.Q(is_held=False, has_waiters=False, active=True, active_slots=0),

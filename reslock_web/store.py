@@ -46,8 +46,8 @@ LIMIT_FIELDS = [
     "name", "kind", "resource", "search_text", "deployment_id", "limit", "active", "active_slots",
     "slot_decay_per_second", "prefect_created", "prefect_updated", "gone_at",
     "status", "is_held", "has_waiters", "is_stale", "has_zombie", "is_deadlocked", "has_drift",
-    "has_long_hold", "holder_count", "holder_slots", "waiter_count", "held_since", "drift_since",
-    "holders_checked_at", "evidence", "changed_at",
+    "has_long_hold", "is_over_limit", "holder_count", "holder_slots", "waiter_count",
+    "held_since", "drift_since", "holders_checked_at", "evidence", "changed_at",
 ]  # fmt: skip
 # Fields whose change makes a row "recently changed" on the board.
 VISIBLE_FIELDS = {
@@ -896,7 +896,7 @@ def _mark_gone(snapshot: Snapshot, compact: dict[UUID, tuple], now: datetime) ->
     for row in gone:
         row.gone_at, row.status, row.changed_at = now, Status.GONE, now
         row.is_held = row.has_waiters = row.is_stale = row.has_zombie = False
-        row.is_deadlocked = row.has_drift = row.has_long_hold = False
+        row.is_deadlocked = row.has_drift = row.has_long_hold = row.is_over_limit = False
         row.holder_count = row.holder_slots = row.waiter_count = 0
     Limit.objects.bulk_update(gone, LIMIT_FIELDS, batch_size=BATCH)
     Holder.objects.filter(limit__in=gone).delete()

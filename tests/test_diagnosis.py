@@ -193,6 +193,46 @@ def test_a_run_waiting_to_retry_holds_only_a_slot_the_count_has_room_for():
     }  # fmt: skip
 
 
+def test_more_live_holders_than_the_limit_is_the_worst_status():
+    """A limit lowered under its holders, or a counter lowered under a live lease, lets more
+    runs in than the limit allows: shown first, naming the runs."""
+    first, second = run(name="first"), run(name="second")
+    tasks = {first.id: first, second.id: second}
+    ctx = Context(NOW, timedelta(seconds=20), timedelta(hours=1), tasks, {})
+    leases = [
+        Claim(key=str(r.id), source="tag_lease", certain=True, task_run_id=r.id)
+        for r in (first, second)
+    ]
+    waiter = Queued("w", "tag_lease", None, uuid.uuid4(), NOW, parent_ids=(first.id,))
+    holders, _ = classify_holders(Kind.TAG, info(2, limit=1), leases, {}, ctx)
+    waiters = order_waiters([waiter], holders, {}, ctx)  # deadlocked, yet over the limit first
+    verdict = judge(Kind.TAG, info(2, limit=1), holders, waiters, [], None, 2, ctx)
+    assert verdict.status == Status.OVER_LIMIT and verdict.flags["is_over_limit"]
+    assert verdict.evidence[0]["flag"] == "over_limit"
+    assert "'first'" in verdict.evidence[0]["text"] and "'second'" in verdict.evidence[0]["text"]
+    # A global limit lowered to 1 under two running holders (two slots still counted).
+    runs = context(first, second)
+    claims = [claim(first, 2), claim(second, 1)]
+    holders, _ = classify_holders(Kind.GLOBAL, info(2, limit=1), claims, {}, runs)
+    verdict = judge(Kind.GLOBAL, info(2, limit=1), holders, [], [], None, None, runs)
+    assert verdict.status == Status.OVER_LIMIT
+    # Not when the limit has room, nor for runs Prefect does not show yet, nor when inactive.
+    assert judge(Kind.GLOBAL, info(2, limit=2), holders, [], [], None, None, runs).status == (
+        Status.HELD
+    )
+    unseen = [Claim(key=str(i), source="event", certain=False, task_run_id=uuid.uuid4(),
+                    acquired_at=NOW) for i in range(2)]  # fmt: skip
+    holders, _ = classify_holders(Kind.GLOBAL, info(2, limit=1), unseen, {}, context())
+    assert judge(Kind.GLOBAL, info(2, limit=1), holders, [], [], None, None, context()).status == (
+        Status.HELD
+    )
+    inactive = info(2, limit=1, active=False)
+    holders, _ = classify_holders(Kind.GLOBAL, inactive, claims, {}, runs)
+    assert judge(Kind.GLOBAL, inactive, holders, [], [], None, None, runs).status == (
+        Status.INACTIVE
+    )
+
+
 def test_an_inactive_limit_never_makes_zombies():
     live = run()
     verdicts, _ = classify_holders(

@@ -512,3 +512,27 @@ def test_a_holder_whose_task_run_prefect_has_not_recorded_yet_is_holding_not_sta
     holder.release()
     assert holder.wait() == 0
     sync_until(prefect_server, name, lambda limit: limit.status == Status.FREE)
+
+
+def test_a_limit_lowered_under_its_holders_shows_more_runs_inside_than_it_allows(
+    prefect_server, flows
+):
+    name = unique("resource:lowered")
+    first = flows.start("gcl_holder", name=name, limit=2, flow_run_name=unique("first"))
+    first.wait_event("acquired")
+    second = flows.start("gcl_holder", name=name, create=False, flow_run_name=unique("second"))
+    second.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 2)
+    assert limit.status == Status.HELD and not limit.is_over_limit
+    with patient_client(prefect_server.api_url) as http:
+        http.patch(f"/v2/concurrency_limits/{name}", json={"limit": 1}).raise_for_status()
+    limit = sync_until(prefect_server, name, lambda limit: limit.limit == 1)
+    assert limit.status == Status.OVER_LIMIT and limit.is_over_limit, limit.evidence
+    assert limit.evidence[0]["flag"] == "over_limit"
+    for row in holders(limit):
+        assert row.task_run_name in limit.evidence[0]["text"]
+    assert list(Limit.objects.facet("over_limit")) == [limit]
+    first.release()
+    assert first.wait() == 0
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.status == Status.HELD and not limit.is_over_limit
