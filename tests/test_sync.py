@@ -536,3 +536,34 @@ def test_a_limit_lowered_under_its_holders_shows_more_runs_inside_than_it_allows
     assert first.wait() == 0
     limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
     assert limit.status == Status.HELD and not limit.is_over_limit
+
+
+def test_a_deployment_run_waiting_to_retry_in_its_process_keeps_its_slot_and_holds(
+    prefect_server, flows, settings
+):
+    """A run that fails and retries in its process keeps its deployment lease through
+    Scheduled/AwaitingRetry: it holds the slot while it waits."""
+    settings.GRACE_SECONDS = 0
+    run = flows.start("deployment_limit", runs=1, fail_first=True, retry_delay=30)
+    deployed = run.wait_event("deployed")
+    failing = run.wait_event("failing", timeout=90)
+    name = f"deployment:{deployed['deployment_id']}"
+    limit = sync_until(
+        prefect_server,
+        name,
+        lambda limit: limit.holders.filter(state_name="AwaitingRetry").exists(),
+        what="the run to wait for its retry",
+    )
+    sync(prefect_server)  # with no grace, drift or a zombie would show by now
+    limit = Limit.objects.named(name)
+    assert limit.active_slots == 1  # Prefect keeps the slot through the retry
+    [holder] = holders(limit)
+    assert str(holder.flow_run_id) == failing["flow_run_id"]
+    assert holder.condition == Condition.HOLDING and holder.state_type == "SCHEDULED"
+    assert limit.status == Status.HELD and not limit.has_drift and not limit.has_zombie
+    assert not run.find_events("acquired")  # still waiting to retry
+    run.wait_event("acquired", timeout=90)
+    limit = sync_until(
+        prefect_server, name, lambda limit: holders(limit)[0].state_type == "RUNNING"
+    )
+    assert limit.status == Status.HELD and limit.holder_count == 1
