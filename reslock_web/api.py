@@ -96,6 +96,7 @@ def limit_json(limit: Limit) -> dict[str, Any]:
         },
         "evidence": limit.evidence,
         "holder_count": limit.holder_count,
+        "holder_slots": limit.holder_slots,
         "waiter_count": limit.waiter_count,
         "held_since": _when(limit.held_since),
         "changed_at": _when(limit.changed_at),
