@@ -477,6 +477,9 @@ def test_a_deployment_run_being_cancelled_keeps_its_slot_and_stays_a_holder(
     assert limit.status == Status.HELD and not limit.has_drift and not limit.has_zombie
     assert limit.holder_slots == 1
     assert run.process.poll() is None and not run.find_events("released")
+    # End the run here, so that no later test sees its events.
+    run.release()
+    run.wait_event("released")
 
 
 def test_a_holder_whose_task_run_prefect_has_not_recorded_yet_is_holding_not_stale(
@@ -567,3 +570,5 @@ def test_a_deployment_run_waiting_to_retry_in_its_process_keeps_its_slot_and_hol
         prefect_server, name, lambda limit: holders(limit)[0].state_type == "RUNNING"
     )
     assert limit.status == Status.HELD and limit.holder_count == 1
+    run.release()  # the run completes here, so that no later test sees its events
+    run.wait_event("released")
