@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reslock", "0009_holder_slots"),
+        ("reslock", "0010_holder_slots"),
     ]
 
     operations = [

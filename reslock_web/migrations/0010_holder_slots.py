@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("reslock", "0008_holder_process")]
+    dependencies = [("reslock", "0009_operation_fencing")]
 
     operations = [
         migrations.AddField(
