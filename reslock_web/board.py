@@ -40,6 +40,7 @@ FACET_LABELS = {
     "waiting": "Waiting",
     "stale": "Stale",
     "zombie": "Zombie",
+    "over_limit": "Over the limit",
     "deadlocked": "Deadlocked",
     "drift": "Drift",
     "free": "Free",

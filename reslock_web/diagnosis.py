@@ -4,11 +4,15 @@ Nothing here talks to Prefect or the database, so each rule can be read and test
 The rules follow what Prefect 3.9 does (see the README's "How reslock reads Prefect"):
 
 - A tag limit names its holders (task runs with a lease); global and deployment limits only
-  count slots, so their holders are inferred from claims (acquire events, Pending/Running runs)
-  and matched against the count, the most recent claims first.
+  count slots, so their holders are inferred from claims (acquire events, deployment runs
+  that keep their slot) and matched against the count by the slots each claim takes
+  (`concurrency(name, occupy=N)` takes N), the most recent claims first.
 - A claim whose slot disappeared without a release while its run still shows Running is a
   zombie: the process died and the lease expired. Events and states reach Prefect's API a few
   seconds apart, so a lost slot only counts as a zombie after a grace period.
+- A run Prefect does not return is unknown, not over: Prefect records task runs some seconds
+  after they start. It counts as over only once it has stayed missing past the grace, after
+  Prefect had shown it; a claim whose run was never seen is never closed on that ground.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ class Claim:
     lease_seconds: int | None = None
     names: dict[str, str] = field(default_factory=dict)  # names an event carried
     process: dict = field(default_factory=dict)  # the helper's process identity (liveness.py)
+    slots: int = 1  # slots the claim takes (an acquire's slots-acquired)
+    # A deployment run waiting for an in-process retry: it keeps its slot while its lease is
+    # carried forward, but a run rescheduled out of its process keeps the lease id without
+    # the slot. It holds only when the count has room for it after the other claims.
+    tentative: bool = False
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Previous:
     task_run_id: UUID | None
     source: str
     names: dict[str, str] = field(default_factory=dict)
+    slots: int = 1
 
 
 @dataclass
@@ -93,6 +103,7 @@ class Verdict:
     drift_since: datetime | None
     flags: dict[str, bool]
     held_since: datetime | None
+    holder_slots: int = 0  # slots taken by the counted holders (holding or stale)
 
 
 @dataclass
@@ -104,6 +115,9 @@ class Context:
     flow_runs: dict[UUID, RunInfo]
     # Keys of claims whose release we have seen: gone from the count by the book, never lost.
     released: frozenset[str] = frozenset()
+    # Runs Prefect had shown and no longer returns: since when. A run neither found nor here
+    # was never seen (not yet recorded).
+    missing_since: dict[UUID, datetime] = field(default_factory=dict)
 
     def run_of(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> RunInfo | None:
         if task_run_id is not None:
@@ -113,16 +127,38 @@ class Context:
         return None
 
     def ended(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> tuple[bool, str]:
-        """(is over, why) for the run behind a claim. A claim with no run is taken as alive."""
+        """(is over, why) for the run behind a claim. A claim with no run is taken as alive,
+        and so is one whose run Prefect does not return (see `unknown`)."""
         if flow_run_id is None and task_run_id is None:
             return False, ""
         run = self.run_of(flow_run_id, task_run_id)
         what = "task run" if task_run_id is not None else "flow run"
         if run is None:
-            return True, f"its {what} no longer exists in Prefect"
+            since = self.missing_since.get(task_run_id if task_run_id is not None else flow_run_id)
+            if since is None or self.now - since < self.grace:
+                return False, ""
+            return True, f"its {what} has been missing from Prefect since {_at(since)}"
         if run.state_type in FINAL_STATES:
             return True, f"its {what} is {run.state_name or run.state_type}" + _since(run.state_at)
         return False, ""
+
+    def unknown(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> str:
+        """Evidence for a live claim whose run Prefect does not return now ("" otherwise)."""
+        if (flow_run_id is None and task_run_id is None) or self.run_of(
+            flow_run_id, task_run_id
+        ) is not None:
+            return ""
+        what = "task run" if task_run_id is not None else "flow run"
+        since = self.missing_since.get(task_run_id if task_run_id is not None else flow_run_id)
+        if since is None:
+            return (
+                f"Its {what} is not yet in Prefect (Prefect records runs some seconds after "
+                "they start, longer under load): taken as holding until Prefect shows it."
+            )
+        return (
+            f"Its {what} has been missing from Prefect since {_at(since)}: taken as holding "
+            f"until {_at(since + self.grace)}."
+        )
 
 
 def _since(when: datetime | None) -> str:
@@ -192,7 +228,8 @@ def _tag_holders(claims: list[Claim], ctx: Context) -> tuple[list[HolderVerdict]
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
         ended, why = ctx.ended(claim.flow_run_id, claim.task_run_id)
         if not ended:
-            verdicts.append(HolderVerdict(claim, Condition.HOLDING, run=run))
+            evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
+            verdicts.append(HolderVerdict(claim, Condition.HOLDING, evidence, run=run))
             continue
         end = run.state_at if run else None
         expected = end + timedelta(seconds=TAG_LEASE_SECONDS + REPOSSESS_SECONDS) if end else None
@@ -217,7 +254,8 @@ def _tag_holders(claims: list[Claim], ctx: Context) -> tuple[list[HolderVerdict]
 def _counted_holders(
     info: LimitInfo, claims: list[Claim], previous: dict[str, Previous], ctx: Context
 ) -> tuple[list[HolderVerdict], list[str]]:
-    """Global and deployment limits: match claims to the slot count, most recent first."""
+    """Global and deployment limits: match claims to the slot count by the slots each takes,
+    most recent first (tentative claims last)."""
     live, dead = [], []
     for claim in claims:
         ended, why = ctx.ended(claim.flow_run_id, claim.task_run_id)
@@ -227,22 +265,27 @@ def _counted_holders(
         return item[0].acquired_at or datetime.min.replace(tzinfo=ctx.now.tzinfo)
 
     live.sort(key=recency, reverse=True)
+    live.sort(key=lambda item: item[0].tentative)  # stable: recency within each group
     dead.sort(key=recency, reverse=True)
-    slots = info.active_slots
+    spare = info.active_slots
     verdicts: list[HolderVerdict] = []
     closed: list[str] = []
-    for index, (claim, _) in enumerate(live):
+    for claim, _ in live:
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
-        if index < slots:
-            verdicts.append(HolderVerdict(claim, Condition.HOLDING, run=run))
+        if claim.slots <= spare:
+            spare -= claim.slots
+            evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
+            verdicts.append(HolderVerdict(claim, Condition.HOLDING, evidence, run=run))
+        elif claim.tentative:
+            closed.append(claim.key)  # rescheduled out of its process: it holds nothing
         else:
             before = previous.get(claim.key)
             verdicts.append(_leaving(claim, run, before.slot_lost_at if before else None, ctx))
-    spare = max(0, slots - len(live))
-    for index, (claim, why) in enumerate(dead):
-        if index >= spare:
+    for claim, why in dead:
+        if claim.slots > spare:
             closed.append(claim.key)
             continue
+        spare -= claim.slots
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
         end = run.state_at if run else None
         if claim.lease_seconds and end:
@@ -268,6 +311,11 @@ def _leaving(
     claim: Claim, run: RunInfo | None, lost_at: datetime | None, ctx: Context
 ) -> HolderVerdict:
     lost_at = lost_at or ctx.now
+    if run is None and (claim.flow_run_id is not None or claim.task_run_id is not None):
+        # Its run is not (or no longer) in Prefect, within the grace: nothing says it is
+        # alive, so it is no zombie; nothing says it is over, so it is not closed either.
+        evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
+        return HolderVerdict(claim, Condition.LEAVING, evidence, slot_lost_at=lost_at, run=run)
     if ctx.now - lost_at < ctx.grace:
         return HolderVerdict(claim, Condition.LEAVING, slot_lost_at=lost_at, run=run)
     state = f"{run.state_name or run.state_type}" if run else "unknown"
@@ -295,6 +343,7 @@ def _lost_slot(key: str, before: Previous, ctx: Context) -> HolderVerdict | None
         task_run_id=before.task_run_id,
         acquired_at=before.acquired_at,
         names=before.names,
+        slots=before.slots,
     )
     return _leaving(
         claim, ctx.run_of(before.flow_run_id, before.task_run_id), before.slot_lost_at, ctx
@@ -382,8 +431,9 @@ def judge(
     for waiter in deadlocked:
         evidence.append({"flag": "deadlocked", "text": waiter.evidence})
 
-    # Drift: Prefect counts more (or fewer) used slots than there are holders we can name.
-    known = tag_lease_count if tag_lease_count is not None else len(counted)
+    # Drift: Prefect counts more (or fewer) used slots than the holders we can name take.
+    holder_slots = sum(v.claim.slots for v in counted)
+    known = tag_lease_count if tag_lease_count is not None else holder_slots
     mismatch = enforced and info.active_slots != known
     drift_since = (drift_since or ctx.now) if mismatch else None
     has_drift = mismatch and ctx.now - drift_since >= ctx.grace
@@ -391,17 +441,40 @@ def judge(
         extra = info.active_slots - known
         if extra > 0:
             text = (
-                f"Prefect counts {info.active_slots} used slot(s) but only {known} holder(s) "
-                f"with a lease are known since {_at(drift_since)}: {extra} slot(s) have no holder "
+                f"Prefect counts {info.active_slots} used slot(s) but the holders known since "
+                f"{_at(drift_since)} take only {known}: {extra} slot(s) have no holder "
                 "(a raw increment that was never decremented, or a counter left behind by a tag "
                 "reset or a server restart). They will not free themselves."
             )
         else:
             text = (
-                f"Prefect counts {info.active_slots} used slot(s) but {known} holder(s) are known "
-                f"since {_at(drift_since)}."
+                f"Prefect counts {info.active_slots} used slot(s) but the holders known since "
+                f"{_at(drift_since)} take {known}."
             )
         evidence.append({"flag": "drift", "text": text})
+
+    # More runs inside than the limit allows: holders whose run Prefect shows alive (or whose
+    # lease Prefect lists) that take more slots than the limit. The count cannot say which of
+    # them should not be there, and releasing by the count would let yet another run in.
+    inside = [
+        v
+        for v in holders
+        if v.condition == Condition.HOLDING and (v.claim.certain or v.run is not None)
+    ]
+    inside_slots = sum(v.claim.slots for v in inside)
+    over_limit = enforced and inside_slots > info.limit
+    if over_limit:
+        names = ", ".join(_who(v) for v in inside)
+        evidence.insert(
+            0,
+            {
+                "flag": "over_limit",
+                "text": f"{len(inside)} live run(s) take {inside_slots} slot(s) of a limit of "
+                f"{info.limit}: {names}. More runs are inside than the limit allows (the limit "
+                "was lowered or re-activated under them, or a counter was lowered under a live "
+                "lease). Nothing can be released safely on the strength of the count.",
+            },
+        )
 
     long_holds = [
         v for v in counted if v.claim.acquired_at and ctx.now - v.claim.acquired_at > ctx.long_hold
@@ -430,6 +503,7 @@ def judge(
         "is_deadlocked": bool(deadlocked),
         "has_drift": has_drift,
         "has_long_hold": bool(long_holds),
+        "is_over_limit": over_limit,
     }
     status = _status(flags, info.active)
     starts = [v.claim.acquired_at for v in counted if v.claim.acquired_at]
@@ -442,10 +516,13 @@ def judge(
         drift_since=drift_since,
         flags=flags,
         held_since=min(starts) if starts else None,
+        holder_slots=holder_slots,
     )
 
 
 def _status(flags: dict[str, bool], active: bool) -> str:
+    if flags["is_over_limit"]:
+        return Status.OVER_LIMIT
     if flags["is_deadlocked"]:
         return Status.DEADLOCKED
     if flags["has_zombie"]:

@@ -29,6 +29,16 @@ def explain(limit: Limit, holders: list[Holder], waiters: list[Waiter]) -> Expla
     for item in limit.evidence or []:
         if item.get("flag") != "long_hold":
             out.wrong.append(item.get("text", ""))
+    if limit.is_over_limit:
+        out.by_itself.append(
+            "Prefect admits no new run until the runs inside are fewer than the limit."
+        )
+        out.to_do.append(
+            "Release nothing and repair nothing on the strength of the count while more runs "
+            "are inside than the limit: find out how they got in (a lowered or re-activated "
+            "limit, a counter lowered under a live lease), then let the extra runs finish or "
+            "stop them in Prefect."
+        )
     for holder in holders:
         _holder_advice(limit, holder, out)
     deadlocked = [w for w in waiters if w.deadlocked_by_id]

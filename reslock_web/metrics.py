@@ -36,6 +36,7 @@ from reslock_web.models import (
 FLAGS = {
     "stale": "is_stale",
     "zombie": "has_zombie",
+    "over_limit": "is_over_limit",
     "deadlocked": "is_deadlocked",
     "drift": "has_drift",
     "long_hold": "has_long_hold",

@@ -54,6 +54,8 @@ class Kind(models.TextChoices):
 class Status(models.TextChoices):
     """One word per limit for the badge, the worst first; the flags below keep the rest."""
 
+    # More runs are certainly inside than the limit allows.
+    OVER_LIMIT = "over_limit", "over the limit"
     DEADLOCKED = "deadlocked", "deadlocked"
     ZOMBIE = "zombie", "zombie"
     STALE = "stale", "stale"
@@ -112,7 +114,11 @@ class Limit(models.Model):
     is_deadlocked = models.BooleanField(default=False)
     has_drift = models.BooleanField(default=False)
     has_long_hold = models.BooleanField(default=False)
+    is_over_limit = models.BooleanField(default=False)
     holder_count = models.PositiveIntegerField(default=0)
+    # The slots the counted holders (holding or stale) take: `concurrency(name, occupy=N)`
+    # takes N slots per acquire. `active_slots - holder_slots` is what no known holder backs.
+    holder_slots = models.PositiveIntegerField(default=0)
     waiter_count = models.PositiveIntegerField(default=0)
     held_since = models.DateTimeField(null=True, blank=True)
     drift_since = models.DateTimeField(null=True, blank=True)
@@ -207,9 +213,13 @@ class Holder(RunFields):
     acquired_at = models.DateTimeField(null=True, blank=True)
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
+    slots = models.PositiveIntegerField(default=1)  # slots its claim takes (occupy=N)
     # The helper's process identity (liveness.py): lets a release prove the holder is dead.
     process = models.JSONField(default=dict, blank=True)
     slot_lost_at = models.DateTimeField(null=True, blank=True)
+    # When Prefect, having shown the run, first stopped returning it (null: found, or never
+    # seen yet: task runs are recorded seconds after they start).
+    run_missing_since = models.DateTimeField(null=True, blank=True)
     evidence = models.TextField(blank=True)
     first_seen = models.DateTimeField(default=timezone.now)
 
@@ -262,6 +272,7 @@ class LockEvent(models.Model):
     deployment_name = models.CharField(max_length=500, blank=True)
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
+    slots = models.PositiveIntegerField(default=1)  # an acquire's (or release's) slots-acquired
     wait_id = models.UUIDField(null=True, blank=True)  # the helper's waiting -> acquired link
     process = models.JSONField(default=dict, blank=True)  # a helper acquire's process identity
     # Set on an acquire once it is over: released, or its run ended without a release.
@@ -352,6 +363,7 @@ FACETS = (
     "waiting",
     "stale",
     "zombie",
+    "over_limit",
     "deadlocked",
     "drift",
     "free",
@@ -370,6 +382,7 @@ def facet_filter(facet: str) -> models.Q:
         "waiting": present & models.Q(has_waiters=True),
         "stale": present & models.Q(is_stale=True),
         "zombie": present & models.Q(has_zombie=True),
+        "over_limit": present & models.Q(is_over_limit=True),
         "deadlocked": present & models.Q(is_deadlocked=True),
         "drift": present & models.Q(has_drift=True),
         "free": present & models.Q(is_held=False, has_waiters=False, active=True, active_slots=0),

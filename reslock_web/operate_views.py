@@ -144,7 +144,7 @@ def _record(
         params["crash_flow_run"] = True
     if kind == OperationKind.REPAIR_DRIFT:
         # What the operator was shown: the worker never lowers by more.
-        params["shown_extra"] = max(0, limit.active_slots - limit.holder_count)
+        params["shown_extra"] = max(0, limit.active_slots - operations.known_slots(limit))
         if form.cleaned_data.get("accept_risk"):
             params["risk_accepted"] = str(form.fields["accept_risk"].label)
     try:

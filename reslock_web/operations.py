@@ -302,7 +302,7 @@ def longest_lease(limit: Limit) -> int:
 
 def known_slots(limit: Limit) -> int:
     """Slots the holders reslock knows take (several for `concurrency(..., occupy=N)`)."""
-    return limit.holder_count
+    return limit.holder_slots
 
 
 def plan_repair(limit: Limit, now: datetime) -> Plan:

@@ -405,12 +405,13 @@ class PrefectAPI:
         return self._paged_runs("task_run", criteria)
 
     def deployment_runs(self, deployment_ids: Iterable[UUID]) -> list[RunInfo]:
-        """Pending, Running and AwaitingConcurrencySlot flow runs of these deployments."""
+        """Pending, Running, Cancelling and Scheduled (AwaitingConcurrencySlot, AwaitingRetry)
+        flow runs of these deployments."""
         runs: list[RunInfo] = []
         for chunk in _chunks(sorted({str(i) for i in deployment_ids}), PAGE):
             criteria = {
                 "deployment_id": {"any_": chunk},
-                "state": {"type": {"any_": ["PENDING", "RUNNING", "SCHEDULED"]}},
+                "state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING", "SCHEDULED"]}},
             }
             runs += self._paged_runs("flow_run", criteria)
         return runs

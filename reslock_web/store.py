@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -39,13 +39,15 @@ if TYPE_CHECKING:
     from reslock_web.sync import Snapshot
 
 BATCH = 500
+PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
+PREFECT_RELEASED = "prefect.concurrency-limit.released"
 NEVER_READ = datetime(1970, 1, 1, tzinfo=UTC)  # holders_checked_at of counted tag holders
 LIMIT_FIELDS = [
     "name", "kind", "resource", "search_text", "deployment_id", "limit", "active", "active_slots",
     "slot_decay_per_second", "prefect_created", "prefect_updated", "gone_at",
     "status", "is_held", "has_waiters", "is_stale", "has_zombie", "is_deadlocked", "has_drift",
-    "has_long_hold", "holder_count", "waiter_count", "held_since", "drift_since",
-    "holders_checked_at", "evidence", "changed_at",
+    "has_long_hold", "is_over_limit", "holder_count", "holder_slots", "waiter_count",
+    "held_since", "drift_since", "holders_checked_at", "evidence", "changed_at",
 ]  # fmt: skip
 # Fields whose change makes a row "recently changed" on the board.
 VISIBLE_FIELDS = {
@@ -68,8 +70,10 @@ HOLDER_FIELDS = [
     "acquired_at",
     "lease_id",
     "lease_seconds",
+    "slots",
     "process",
     "slot_lost_at",
+    "run_missing_since",
     "evidence",
 ]
 WAITER_FIELDS = [*RUN_FIELDS, "source", "waiting_since", "position", "deadlocked_by_id", "evidence"]
@@ -89,6 +93,7 @@ def event_row(event: EventInfo) -> LockEvent:
     deployment_id, deployment_name = event.related_id("deployment", "prefect.deployment.")
     lease_seconds = event.payload.get("lease_duration")
     return LockEvent(
+        slots=_slots_of(event),
         event_id=event.id,
         event=event.event[:80],
         occurred=event.occurred,
@@ -111,6 +116,41 @@ def event_row(event: EventInfo) -> LockEvent:
         else None,
         process=_process_of(event),
     )
+
+
+def _slots_of(event: EventInfo) -> int:
+    """The slots an acquire (or release) is for: Prefect puts `occupy` in the resource's
+    "slots-acquired", as a string. Anything unreadable counts as one."""
+    value = event.resource.get("slots-acquired", event.payload.get("slots"))
+    try:
+        slots = int(str(value).strip())
+    except ValueError:
+        return 1
+    return slots if 0 < slots < 2**31 else 1
+
+
+def pair_release(release: LockEvent, acquires: Iterable[LockEvent]) -> LockEvent | None:
+    """The open acquire that a Prefect release without `follows` ends, or None.
+
+    Prefect sets `follows` only when the release comes less than five minutes after the
+    acquire. Without it, a release ends the oldest open acquire of the same limit by the same
+    run (flow run and task run alike), made before it, one with the same slots first. A
+    release outside any run names nothing to pair it with, and is left alone.
+    """
+    if release.flow_run_id is None and release.task_run_id is None:
+        return None
+    candidates = [
+        row
+        for row in acquires
+        if row.event == PREFECT_ACQUIRED
+        and row.limit_prefect_id == release.limit_prefect_id
+        and row.flow_run_id == release.flow_run_id
+        and row.task_run_id == release.task_run_id
+        and row.occurred <= release.occurred
+    ]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda row: (row.slots != release.slots, row.occurred))
 
 
 def _process_of(event: EventInfo) -> dict[str, Any]:
@@ -141,6 +181,7 @@ def claim_from_row(row: LockEvent) -> Claim:
         acquired_at=row.occurred,
         lease_id=row.lease_id,
         lease_seconds=row.lease_seconds,
+        slots=row.slots,
         process=row.process or {},
         names={
             "flow_run_name": row.flow_run_name,
@@ -148,10 +189,6 @@ def claim_from_row(row: LockEvent) -> Claim:
             "flow_name": row.flow_name,
         },
     )
-
-
-def claim_from_event(event: EventInfo) -> Claim:
-    return claim_from_row(event_row(event))
 
 
 def _store_events(snapshot: Snapshot) -> int:
@@ -168,12 +205,15 @@ def record_events(events: list[EventInfo]) -> int:
     new = [event_row(event) for event in events if event.id not in known]
     LockEvent.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
     open_rows = LockEvent.objects.filter(closed_at__isnull=True)
+    unfollowed = []
     for event in events:
         limit_id = limit_id_of(event)
-        if event.event == "prefect.concurrency-limit.released" and event.follows:
+        if event.event == PREFECT_RELEASED and event.follows:
             open_rows.filter(event_id=event.follows).update(
                 closed_at=event.occurred, closed_reason="released"
             )
+        elif event.event == PREFECT_RELEASED:
+            unfollowed.append(event)
         elif event.event == "reslock.lock.released" and (
             lease := _uuid(event.payload.get("lease_id"))
         ):
@@ -189,7 +229,54 @@ def record_events(events: list[EventInfo]) -> int:
             open_rows.filter(
                 event="reslock.lock.waiting", wait_id=wait, limit_prefect_id=limit_id
             ).update(closed_at=event.occurred, closed_reason=event.event.rsplit(".", 1)[1])
+    if unfollowed:
+        _pair_releases(unfollowed)
     return len(new)
+
+
+def _pair_releases(events: list[EventInfo]) -> None:
+    """Close the acquires that Prefect releases without `follows` end (see `pair_release`).
+    The pairing is written on the release's row, in its `follows`: a release read again (the
+    sync re-reads a minute of events; the listener and the sync both record) ends the same
+    acquire, never a second one. A release not paired yet is tried again when read again."""
+    rows = {
+        row.event_id: row for row in LockEvent.objects.filter(event_id__in=[e.id for e in events])
+    }
+    for event in sorted(events, key=lambda e: e.occurred):
+        release = rows.get(event.id)
+        if release is None:
+            continue
+        target = release.follows
+        if target is None:
+            candidates = LockEvent.objects.filter(
+                event=PREFECT_ACQUIRED,
+                closed_at__isnull=True,
+                limit_prefect_id=release.limit_prefect_id,
+                flow_run_id=release.flow_run_id,
+                task_run_id=release.task_run_id,
+                occurred__lte=release.occurred,
+            )
+            match = pair_release(release, candidates)
+            if match is None:
+                continue
+            target = match.event_id
+            LockEvent.objects.filter(pk=release.pk).update(follows=target)
+        LockEvent.objects.filter(event_id=target, closed_at__isnull=True).update(
+            closed_at=release.occurred, closed_reason="released"
+        )
+
+
+def release_pairs(release_ids: list[UUID]) -> dict[UUID, UUID]:
+    """Releases without `follows` of their own already paired with an acquire: their ids ->
+    that acquire's id."""
+    pairs: dict[UUID, UUID] = {}
+    for chunk in _chunked(release_ids):
+        pairs.update(
+            LockEvent.objects.filter(event_id__in=chunk, follows__isnull=False).values_list(
+                "event_id", "follows"
+            )
+        )
+    return pairs
 
 
 # --- what the last pass stored ---------------------------------------------------------
@@ -207,10 +294,30 @@ def stored_tag_holders(names: set[str]) -> dict[str, list[UUID]]:
     return held
 
 
-def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
-    """The runs behind stored holders and waiters, as the last pass saw them."""
+@dataclass
+class StoredRuns:
+    """The runs behind stored holders and waiters, as the last pass saw them. Runs Prefect
+    did not return then are left out, to be asked for again; `missing_*` says since when those
+    it had shown before have been missing."""
+
+    tasks: dict[UUID, RunInfo]
+    flows: dict[UUID, RunInfo]
+    missing_tasks: dict[UUID, datetime]
+    missing_flows: dict[UUID, datetime]
+
+
+def stored_runs() -> StoredRuns:
     tasks: dict[UUID, RunInfo] = {}
     flows: dict[UUID, RunInfo] = {}
+    missing_tasks: dict[UUID, datetime] = {}
+    missing_flows: dict[UUID, datetime] = {}
+    rows = Holder.objects.filter(run_missing_since__isnull=False)
+    for task_id, run_id, since in rows.values_list(
+        "task_run_id", "flow_run_id", "run_missing_since"
+    ):
+        missing = missing_tasks if task_id else missing_flows
+        run = task_id or run_id
+        missing[run] = min(since, missing.get(run, since))
     fields = ["task_run_id", "task_run_name", "flow_run_id", "flow_run_name", "flow_id",
               "deployment_id", "state_type", "state_name", "state_at"]  # fmt: skip
     for model in (Holder, Waiter):
@@ -224,7 +331,7 @@ def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
             state,
             name,
             at,
-        ) in model.objects.values_list(*fields):
+        ) in model.objects.exclude(state_type="").values_list(*fields):
             if task_id:
                 tasks[task_id] = RunInfo(
                     task_id, task_name, state, name, at, None, None, None, flow_run_id=run_id
@@ -255,7 +362,7 @@ def stored_runs() -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
                     flow_id=flow_id,
                     deployment_id=deployment_id,
                 )
-    return tasks, flows
+    return StoredRuns(tasks, flows, missing_tasks, missing_flows)
 
 
 # --- the write -------------------------------------------------------------------------
@@ -296,7 +403,15 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     counts = {"events": _store_events(snapshot), "created": 0, "updated": 0, "gone": 0}
     stored = snapshot.stored or read_stored()
     compact, holders, waiters = stored.compact, stored.holders, stored.waiters
-    ctx = Context(now, grace, long_hold, snapshot.task_runs, snapshot.flow_runs, _released(holders))
+    ctx = Context(
+        now,
+        grace,
+        long_hold,
+        snapshot.task_runs,
+        snapshot.flow_runs,
+        _released(holders),
+        snapshot.missing_since,
+    )
     busy = [
         info
         for info in snapshot.listing
@@ -565,6 +680,7 @@ def _judge(
             task_run_id=holder.task_run_id,
             source=holder.source,
             names={"flow_run_name": holder.flow_run_name, "task_run_name": holder.task_run_name},
+            slots=holder.slots,
         )
         for key, holder in stored.items()
     }
@@ -612,6 +728,7 @@ def _apply(
     row.holder_count = sum(
         1 for v in verdict.holders if v.condition in (Condition.HOLDING, Condition.STALE)
     )
+    row.holder_slots = verdict.holder_slots
     row.waiter_count = len(verdict.waiters)
     row.held_since = verdict.held_since
     row.drift_since = verdict.drift_since
@@ -705,7 +822,9 @@ def _run_values(
     deployment_name = (
         snapshot.deployments.get(deployment_id, ("", None))[0] if deployment_id else ""
     )
-    state = task_run or flow_run
+    # A task run's own state only: one Prefect has not recorded yet shows none (and is asked
+    # for again next time), never its flow run's.
+    state = task_run if task_run_id else flow_run
     return {
         "flow_run_id": flow_run_id,
         "flow_run_name": (flow_run.name if flow_run else "") or names.get("flow_run_name", ""),
@@ -732,8 +851,10 @@ def _holder_values(verdict: HolderVerdict, snapshot: Snapshot) -> dict[str, Any]
         "acquired_at": claim.acquired_at,
         "lease_id": claim.lease_id,
         "lease_seconds": claim.lease_seconds,
+        "slots": claim.slots,
         "process": claim.process,
         "slot_lost_at": verdict.slot_lost_at,
+        "run_missing_since": snapshot.missing_since.get(claim.task_run_id or claim.flow_run_id),
         "evidence": verdict.evidence,
     }
 
@@ -775,8 +896,8 @@ def _mark_gone(snapshot: Snapshot, compact: dict[UUID, tuple], now: datetime) ->
     for row in gone:
         row.gone_at, row.status, row.changed_at = now, Status.GONE, now
         row.is_held = row.has_waiters = row.is_stale = row.has_zombie = False
-        row.is_deadlocked = row.has_drift = row.has_long_hold = False
-        row.holder_count = row.waiter_count = 0
+        row.is_deadlocked = row.has_drift = row.has_long_hold = row.is_over_limit = False
+        row.holder_count = row.holder_slots = row.waiter_count = 0
     Limit.objects.bulk_update(gone, LIMIT_FIELDS, batch_size=BATCH)
     Holder.objects.filter(limit__in=gone).delete()
     Waiter.objects.filter(limit__in=gone).delete()

@@ -81,6 +81,8 @@ class Snapshot:
     deployments: dict[UUID, tuple[str, UUID | None]] = field(default_factory=dict)
     ancestors: dict[UUID, tuple[UUID, ...]] = field(default_factory=dict)
     tag_counted: set[str] = field(default_factory=set)  # names whose holders were counted
+    # Runs Prefect had shown before and did not return in this pass: since when.
+    missing_since: dict[UUID, datetime] = field(default_factory=dict)
     stored: store.Stored | None = None  # our tables as the last pass left them
 
 
@@ -187,7 +189,8 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
     with ThreadPoolExecutor(max_workers=8) as pool:
         listed = pool.submit(_listing, api, only)
         events = pool.submit(lambda: list(api.events(since, now, EVENT_PREFIXES, LIFECYCLE_EVENTS)))
-        stored_tasks, stored_flows = store.stored_runs()
+        stored_runs = store.stored_runs()
+        stored_tasks, stored_flows = stored_runs.tasks, stored_runs.flows
         claimed = pool.submit(_claimed_runs, api, events, set(stored_tasks), set(stored_flows))
         refresh_all = only is not None or _runs_refresh_due(now)
         runs = pool.submit(_fresh_runs, api, stored_tasks, stored_flows, since, now, refresh_all)
@@ -210,10 +213,23 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
             queued={},
             stored=written,
         )
-        fresh_tasks, fresh_flows = runs.result()
-        snapshot.task_runs.update({**stored_tasks, **fresh_tasks})
-        snapshot.flow_runs.update({**stored_flows, **fresh_flows})
+        fresh = runs.result()
+        snapshot.task_runs.update({**stored_tasks, **fresh.task_runs})
+        snapshot.flow_runs.update({**stored_flows, **fresh.flow_runs})
         snapshot.asked_tasks, snapshot.asked_flows = set(stored_tasks), set(stored_flows)
+        # Shown before, not returned now: missing from now on (unless already missing).
+        vanished = {
+            **{i: now for i in fresh.asked_tasks - set(fresh.task_runs)},
+            **{i: now for i in fresh.asked_flows - set(fresh.flow_runs)},
+        }
+        for run_id in vanished:
+            snapshot.task_runs.pop(run_id, None)
+            snapshot.flow_runs.pop(run_id, None)
+        snapshot.missing_since = {
+            **vanished,
+            **stored_runs.missing_tasks,
+            **stored_runs.missing_flows,
+        }
         new_deployments = {
             d for info in listing if (d := kind_of(info.name)[2])
         } - stored.deployments
@@ -227,7 +243,11 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
         pending = tagged.pending(snapshot) if full_tags else []
         _claims(snapshot, runs, pending)
         claimed.result().merge_into(snapshot)
-    _resolve_runs(api, snapshot)
+    _resolve_runs(api, snapshot, stored_runs)
+    found = snapshot.task_runs.keys() | snapshot.flow_runs.keys()
+    snapshot.missing_since = {
+        run_id: since for run_id, since in snapshot.missing_since.items() if run_id not in found
+    }
     if refresh_all and only is None:
         SyncState.objects.update_or_create(name="runs", defaults={"checked_at": now})
     return snapshot
@@ -366,9 +386,10 @@ def _fresh_runs(
     since: datetime,
     now: datetime,
     refresh_all: bool,
-) -> tuple[dict[UUID, RunInfo], dict[UUID, RunInfo]]:
+) -> RunsAhead:
     """Re-read the runs of stored holders and waiters: all of them now and then, otherwise
-    only those whose state changed since the last pass (Prefect emits an event per change)."""
+    only those whose state changed since the last pass (Prefect emits an event per change).
+    Says which were asked for: one asked for and not returned is missing from Prefect."""
     if not refresh_all and (tasks or flows):
         resources = [f"prefect.task-run.{i}" for i in tasks] + [
             f"prefect.flow-run.{i}" for i in flows
@@ -379,7 +400,7 @@ def _fresh_runs(
         }
         tasks = {i: run for i, run in tasks.items() if i in changed}
         flows = {i: run for i, run in flows.items() if i in changed}
-    return api.task_runs(tasks), api.flow_runs(flows)
+    return RunsAhead(api.task_runs(tasks), api.flow_runs(flows), set(tasks), set(flows))
 
 
 def _uuid_of(resource_id: str) -> UUID | None:
@@ -481,7 +502,8 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
         info = by_id.get(wait_limit)
         if info is not None and kind_of(info.name)[0] == Kind.GLOBAL:
             snapshot.queued.setdefault(info.id, []).append(item)
-    # Deployment limits: their Pending/Running flow runs hold, AwaitingConcurrencySlot waits.
+    # Deployment limits: runs that keep the deployment's slot hold (`_keeps_slot`),
+    # AwaitingConcurrencySlot waits.
     deployment_limits = {
         deployment_id: info
         for info in snapshot.listing
@@ -493,7 +515,7 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
             if info is None:
                 continue
             snapshot.flow_runs[run.id] = run
-            if run.state_type in ("PENDING", "RUNNING"):
+            if _keeps_slot(run):
                 snapshot.claims.setdefault(info.id, []).append(
                     Claim(
                         key=str(run.id),
@@ -502,6 +524,7 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
                         flow_run_id=run.id,
                         acquired_at=run.start_time or run.state_at,
                         lease_id=run.lease_id,
+                        tentative=run.state_type == "SCHEDULED",
                     )
                 )
             elif run.state_name == "AwaitingConcurrencySlot":
@@ -541,31 +564,53 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
                     )
 
 
+def _keeps_slot(run: RunInfo) -> bool:
+    """Whether a deployment's flow run keeps the deployment's slot. Prefect releases it only
+    when the run leaves Pending, Running or Cancelling, and carries the lease forward into
+    Scheduled/AwaitingRetry while the run retries in its process (core_policy.py:
+    ReleaseFlowConcurrencySlots, RetryFailedFlows); such a state names the lease."""
+    if run.state_type in ("PENDING", "RUNNING", "CANCELLING"):
+        return True
+    return run.state_type == "SCHEDULED" and run.lease_id is not None
+
+
 def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:
     """Acquires not yet released: the ones stored open, plus new ones, minus new releases.
 
-    Prefect's own release `follows` its acquire; reslock's helper releases name the lease
-    (Prefect drops `follows` when the two are more than five minutes apart).
+    Prefect's own release `follows` its acquire when the two are less than five minutes
+    apart; a later one is paired with its acquire by limit and run (`store.pair_release`),
+    as the write will record it. reslock's helper releases name the lease.
     """
     released = {e.follows for e in events if e.event == RELEASED and e.follows}
     released_leases = {str(e.payload.get("lease_id")) for e in events if e.event == HELPER_RELEASED}
-    claims: dict[str, tuple[UUID, Claim]] = {}
+    acquires: dict[UUID, LockEvent] = {}
     rows = LockEvent.objects.filter(event__in=ACQUIRES, closed_at__isnull=True).exclude(
         limit_prefect_id=None
     )
     for row in rows:
-        claims[str(row.event_id)] = (row.limit_prefect_id, store.claim_from_row(row))
+        acquires[row.event_id] = row
     ended = _closed_ids([e.id for e in events if e.event in ACQUIRES])
     for event in events:
-        if event.event in ACQUIRES and event.id not in released and event.id not in ended:
-            limit_id = store.limit_id_of(event)
-            if limit_id is not None:
-                claims[str(event.id)] = (limit_id, store.claim_from_event(event))
+        if event.event in ACQUIRES and event.id not in ended:
+            row = store.event_row(event)
+            if row.limit_prefect_id is not None:
+                acquires[event.id] = row
     for event_id in released:
-        claims.pop(str(event_id), None)
+        acquires.pop(event_id, None)
+    unfollowed = sorted(
+        (e for e in events if e.event == RELEASED and not e.follows), key=lambda e: e.occurred
+    )
+    paired = store.release_pairs([e.id for e in unfollowed])
+    for event in unfollowed:
+        target = paired.get(event.id)
+        if target is None:
+            match = store.pair_release(store.event_row(event), acquires.values())
+            target = match.event_id if match is not None else None
+        acquires.pop(target, None)
+    claims = [(row.limit_prefect_id, store.claim_from_row(row)) for row in acquires.values()]
     return [
         (limit_id, claim)
-        for limit_id, claim in claims.values()
+        for limit_id, claim in claims
         if not (claim.source == Source.HELPER and str(claim.lease_id) in released_leases)
     ]
 
@@ -610,10 +655,11 @@ def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
     ]
 
 
-def _resolve_runs(api: PrefectAPI, snapshot: Snapshot) -> None:
+def _resolve_runs(api: PrefectAPI, snapshot: Snapshot, stored: store.StoredRuns) -> None:
     """Fetch every run, flow and deployment a claim, waiter or stored holder points at."""
-    task_ids: set[UUID] = set()
-    flow_ids: set[UUID] = set()
+    # Runs of stored holders that were missing last time: found again, or still missing.
+    task_ids: set[UUID] = set(stored.missing_tasks)
+    flow_ids: set[UUID] = set(stored.missing_flows)
     for claim in (c for claims in snapshot.claims.values() for c in claims):
         task_ids.update(filter(None, [claim.task_run_id]))
         flow_ids.update(filter(None, [claim.flow_run_id]))

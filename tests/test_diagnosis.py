@@ -97,8 +97,140 @@ def test_a_claim_whose_run_vanished_is_not_a_holder_once_its_slot_is_free():
     vanished = Claim(
         key="k", source="event", certain=False, flow_run_id=uuid.uuid4(), acquired_at=NOW
     )
-    verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [vanished], {}, context())
+    ctx = context()
+    ctx.missing_since = {vanished.flow_run_id: NOW - timedelta(seconds=21)}  # past the grace
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [vanished], {}, ctx)
     assert verdicts == [] and closed == ["k"]
+
+
+def test_a_run_prefect_has_not_recorded_yet_holds_and_is_never_closed_nor_called_stale():
+    """Prefect records task runs some seconds after they start: a claim naming a task run it
+    does not return yet is a holder, whatever the time, and never a stale or zombie one."""
+    unseen = Claim(
+        key="k", source="event", certain=False, flow_run_id=uuid.uuid4(),
+        task_run_id=uuid.uuid4(), acquired_at=NOW - timedelta(hours=1),
+    )  # fmt: skip
+    ctx = context()
+    [verdict], closed = classify_holders(Kind.GLOBAL, info(1), [unseen], {}, ctx)
+    assert verdict.condition == Condition.HOLDING and closed == []
+    assert "task run is not yet in Prefect" in verdict.evidence
+    assert judge(Kind.GLOBAL, info(1), [verdict], [], [], None, None, ctx).status == Status.HELD
+    # Its slot no longer counted, long ago: nothing says the run is alive (no zombie), nothing
+    # says it is over (not closed): it is left out of the board until Prefect shows its run.
+    lost = {
+        "k": Previous(
+            Condition.LEAVING, NOW - timedelta(minutes=30), unseen.acquired_at,
+            unseen.flow_run_id, unseen.task_run_id, "event",
+        )
+    }  # fmt: skip
+    [verdict], closed = classify_holders(Kind.GLOBAL, info(0), [unseen], lost, ctx)
+    assert verdict.condition == Condition.LEAVING and closed == []
+    [verdict], closed = classify_holders(Kind.GLOBAL, info(0), [], lost, ctx)
+    assert verdict.condition == Condition.LEAVING and closed == []
+    # A tag lease on such a task run holds as well.
+    lease = Claim(key="t", source="tag_lease", certain=True, task_run_id=uuid.uuid4())
+    [verdict], _ = classify_holders(Kind.TAG, info(1), [lease], {}, ctx)
+    assert verdict.condition == Condition.HOLDING
+
+
+def test_a_run_that_went_missing_holds_for_the_grace_then_counts_as_over():
+    task_id = uuid.uuid4()
+    lease = Claim(key=str(task_id), source="tag_lease", certain=True, task_run_id=task_id)
+    acquire = Claim(key="e", source="event", certain=False, task_run_id=task_id, acquired_at=NOW)
+    for kind, claim in ((Kind.TAG, lease), (Kind.GLOBAL, acquire)):
+        ctx = context(grace=20)
+        ctx.missing_since = {task_id: NOW - timedelta(seconds=19)}
+        [verdict], _ = classify_holders(kind, info(1), [claim], {}, ctx)
+        assert verdict.condition == Condition.HOLDING, kind
+        assert "missing from Prefect since 2026-11-29 11:59:41 UTC" in verdict.evidence
+        ctx.missing_since = {task_id: NOW - timedelta(seconds=21)}
+        [verdict], _ = classify_holders(kind, info(1), [claim], {}, ctx)
+        assert verdict.condition == Condition.STALE, kind
+        assert "missing from Prefect since" in verdict.evidence
+
+
+def test_claims_are_matched_to_the_count_by_the_slots_they_take():
+    """`concurrency(name, occupy=2)` takes two slots with one acquire."""
+    big_run, small_run = run(name="big"), run(name="small")
+    big, small = claim(big_run, 1), claim(small_run, 2)
+    big.slots = 2
+    ctx = context(big_run, small_run)
+    verdicts, closed = classify_holders(Kind.GLOBAL, info(3, limit=3), [big, small], {}, ctx)
+    assert [v.condition for v in verdicts] == [Condition.HOLDING, Condition.HOLDING]
+    verdict = judge(
+        Kind.GLOBAL, info(3, limit=3), verdicts, [], [], NOW - timedelta(hours=1), None, ctx
+    )
+    assert verdict.status == Status.HELD and not verdict.flags["has_drift"]
+    assert verdict.holder_slots == 3
+    # Two slots counted: the newer claim takes both, the older one lost its slot.
+    verdicts, _ = classify_holders(Kind.GLOBAL, info(2, limit=3), [big, small], {}, ctx)
+    conditions = {v.claim.key: v.condition for v in verdicts}
+    assert conditions == {big.key: Condition.HOLDING, small.key: Condition.LEAVING}
+    # Three slots counted and only the two-slot holder known: one slot has no holder.
+    verdicts, _ = classify_holders(Kind.GLOBAL, info(3, limit=3), [big], {}, ctx)
+    verdict = judge(
+        Kind.GLOBAL, info(3, limit=3), verdicts, [], [], NOW - timedelta(hours=1), None, ctx
+    )
+    assert verdict.flags["has_drift"] and verdict.holder_slots == 2
+    assert "1 slot(s) have no holder" in verdict.evidence[0]["text"]
+
+
+def test_a_run_waiting_to_retry_holds_only_a_slot_the_count_has_room_for():
+    """A deployment run in AwaitingRetry names its lease; it keeps its slot only while it
+    retries in its process, so it never pushes a running holder out, and is no zombie."""
+    running, retrying = run(name="running"), run("SCHEDULED", name="retrying")
+    holder = Claim(key="r", source="deployment", certain=False, flow_run_id=running.id,
+                   acquired_at=NOW - timedelta(minutes=5))  # fmt: skip
+    waiting = Claim(key="w", source="deployment", certain=False, flow_run_id=retrying.id,
+                    acquired_at=NOW, tentative=True)  # fmt: skip
+    ctx = context(running, retrying)
+    verdicts, closed = classify_holders(Kind.DEPLOYMENT, info(1), [holder, waiting], {}, ctx)
+    assert [(v.claim.key, v.condition) for v in verdicts] == [("r", Condition.HOLDING)]
+    assert closed == ["w"]
+    verdicts, closed = classify_holders(Kind.DEPLOYMENT, info(2, 2), [holder, waiting], {}, ctx)
+    assert {v.claim.key: v.condition for v in verdicts} == {
+        "r": Condition.HOLDING, "w": Condition.HOLDING,
+    }  # fmt: skip
+
+
+def test_more_live_holders_than_the_limit_is_the_worst_status():
+    """A limit lowered under its holders, or a counter lowered under a live lease, lets more
+    runs in than the limit allows: shown first, naming the runs."""
+    first, second = run(name="first"), run(name="second")
+    tasks = {first.id: first, second.id: second}
+    ctx = Context(NOW, timedelta(seconds=20), timedelta(hours=1), tasks, {})
+    leases = [
+        Claim(key=str(r.id), source="tag_lease", certain=True, task_run_id=r.id)
+        for r in (first, second)
+    ]
+    waiter = Queued("w", "tag_lease", None, uuid.uuid4(), NOW, parent_ids=(first.id,))
+    holders, _ = classify_holders(Kind.TAG, info(2, limit=1), leases, {}, ctx)
+    waiters = order_waiters([waiter], holders, {}, ctx)  # deadlocked, yet over the limit first
+    verdict = judge(Kind.TAG, info(2, limit=1), holders, waiters, [], None, 2, ctx)
+    assert verdict.status == Status.OVER_LIMIT and verdict.flags["is_over_limit"]
+    assert verdict.evidence[0]["flag"] == "over_limit"
+    assert "'first'" in verdict.evidence[0]["text"] and "'second'" in verdict.evidence[0]["text"]
+    # A global limit lowered to 1 under two running holders (two slots still counted).
+    runs = context(first, second)
+    claims = [claim(first, 2), claim(second, 1)]
+    holders, _ = classify_holders(Kind.GLOBAL, info(2, limit=1), claims, {}, runs)
+    verdict = judge(Kind.GLOBAL, info(2, limit=1), holders, [], [], None, None, runs)
+    assert verdict.status == Status.OVER_LIMIT
+    # Not when the limit has room, nor for runs Prefect does not show yet, nor when inactive.
+    assert judge(Kind.GLOBAL, info(2, limit=2), holders, [], [], None, None, runs).status == (
+        Status.HELD
+    )
+    unseen = [Claim(key=str(i), source="event", certain=False, task_run_id=uuid.uuid4(),
+                    acquired_at=NOW) for i in range(2)]  # fmt: skip
+    holders, _ = classify_holders(Kind.GLOBAL, info(2, limit=1), unseen, {}, context())
+    assert judge(Kind.GLOBAL, info(2, limit=1), holders, [], [], None, None, context()).status == (
+        Status.HELD
+    )
+    inactive = info(2, limit=1, active=False)
+    holders, _ = classify_holders(Kind.GLOBAL, inactive, claims, {}, runs)
+    assert judge(Kind.GLOBAL, inactive, holders, [], [], None, None, runs).status == (
+        Status.INACTIVE
+    )
 
 
 def test_an_inactive_limit_never_makes_zombies():

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from reslock_web.models import AppliedEvent, Condition, Heartbeat, Holder, Limit, Status
+from reslock_web.models import (
+    AppliedEvent,
+    Condition,
+    Heartbeat,
+    Holder,
+    Limit,
+    LockEvent,
+    Status,
+)
 from tests.support.net import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,12 +30,13 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 class ListenerProcess:
-    def __init__(self, server) -> None:
+    def __init__(self, server, **extra_env: str) -> None:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "PREFECT_API_URL": server.api_url,
             "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+            **extra_env,
         }
         # A file, not a pipe: a listener that logs a lot must never block on a full pipe.
         self.log = tempfile.NamedTemporaryFile(prefix="reslock-listener-", suffix=".log")  # noqa: SIM115
@@ -141,3 +150,42 @@ def test_a_killed_listener_catches_up_on_restart_without_duplicates(prefect_serv
         assert listener.stop() == 0
     ids = list(AppliedEvent.objects.values_list("event_id", flat=True))
     assert len(ids) == len(set(ids))
+
+
+def test_a_release_without_follows_ends_its_hold_on_the_live_board(prefect_server, flows, tmp_path):
+    """Prefect's release of a hold longer than five minutes names no acquire (`follows`): the
+    listener pairs it with its acquire by limit and run, and the run going on is no holder."""
+    name = f"db-long-{uuid.uuid4().hex[:8]}"
+    listener = ListenerProcess(prefect_server, RESLOCK_GRACE_SECONDS="1")
+    try:
+        linger = tmp_path / "linger"
+        holder = flows.start("gcl_holder", name=name, follows_window=0, linger_file=str(linger))
+        holder.wait_event("acquired")
+        wait_for(
+            lambda: Holder.objects.filter(limit__name=name, condition=Condition.HOLDING).exists(),
+            20,
+            what="the holder on the board",
+        )
+        holder.release()
+        holder.wait_event("lingering")
+        wait_for(
+            lambda: LockEvent.objects.filter(
+                event="prefect.concurrency-limit.acquired",
+                limit_name=name,
+                closed_reason="released",
+            ).exists(),
+            20,
+            what="the acquire to be closed by its release",
+        )
+        wait_for(
+            lambda: Limit.objects.filter(name=name, status=Status.FREE, active_slots=0).exists(),
+            20,
+            what="the board to show the limit free",
+        )
+        assert not Holder.objects.filter(limit__name=name).exists()
+        release = LockEvent.objects.get(event="prefect.concurrency-limit.released", limit_name=name)
+        assert release.follows is not None  # the acquire it was paired with
+        linger.touch()
+        assert holder.wait() == 0
+    finally:
+        assert listener.stop() == 0

@@ -216,3 +216,49 @@ def test_the_sync_lock_frees_itself_once_it_expires():
     assert SyncState.objects.get(name="sync").locked_by == second
     unlock(second)
     assert try_lock(now + timedelta(seconds=LOCK_SECONDS + 2)) is not None
+
+
+def test_a_drift_repair_counts_every_slot_a_holder_takes(
+    prefect_server, flows, celery_worker, operator_client, settings
+):
+    """`concurrency(name, occupy=2)` takes two slots with one acquire: a repair that counted
+    holders instead of slots would free one of them and let a second holder in."""
+    settings.GRACE_SECONDS = 0
+    settings.ASSUMED_LEASE_SECONDS = 5
+    name = unique("resource:occupy")
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 3}).raise_for_status()
+        holder = flows.start("gcl_holder", name=name, create=False, occupy=2)
+        holder.wait_event("acquired")
+        # One leaked slot beside it: the limit is full, 3 of 3.
+        http.patch(f"/v2/concurrency_limits/{name}", json={"active_slots": 3}).raise_for_status()
+    waiter = flows.start("gcl_holder", name=name, create=False, occupy=2, flow_run_name="next")
+    waiter.wait_event("waiting")
+    limit = sync_until(
+        prefect_server, name, lambda limit: limit.holder_slots == 2 and limit.has_drift
+    )
+    url = reverse("operate", args=["repair", name])
+    from tests.support.net import wait_for
+
+    wait_for(
+        lambda: "by at most 1 " in operator_client.get(url).content.decode(),
+        60,
+        interval=1,
+        what="the repair of one slot to be offered",
+    )
+    body = {**form(operator_client, url), "reason": "leaked", "accept_risk": "on"}
+    assert operator_client.post(url, body).status_code == 302
+    done = finished(Operation.objects.get(limit=limit).pk)
+    assert done.status == OperationStatus.SUCCEEDED, done.message
+    assert "Lowered used slots by 1" in done.message
+    with patient_client(prefect_server.api_url) as http:
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 2
+    import time
+
+    time.sleep(3)  # the waiter (2 slots) would be in by now if the repair had freed too much
+    assert not waiter.find_events("acquired")
+    holder.release()
+    acquired = waiter.wait_event("acquired", timeout=60)
+    assert acquired["t"] > holder.wait_event("released")["t"]
+    waiter.release()
+    assert holder.wait() == 0 and waiter.wait() == 0

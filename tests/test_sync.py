@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from reslock_web.models import Condition, Holder, Limit, Status, SyncRun
+from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncRun
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_all, try_lock, unlock
 from tests.support.net import wait_for
@@ -371,3 +372,203 @@ def test_counted_tag_holders_are_kept_while_the_counter_stands_still(
     limit = Limit.objects.named(f"tag:{tag}")
     assert [h.flow_run_name for h in holders(limit)] == ["counted"]
     assert "RUNNING" not in asked  # nothing moved: nothing counted again
+
+
+def test_a_release_without_follows_ends_its_acquire_while_the_run_goes_on(
+    prefect_server, flows, settings, tmp_path
+):
+    """Prefect sets `follows` on a release only within five minutes of its acquire: a longer
+    hold ends with a release that names no acquire. It is paired by limit and run, so the
+    run that goes on after it is no zombie."""
+    settings.GRACE_SECONDS = 1
+    name = unique("resource:long-hold")
+    linger = tmp_path / "linger"
+    holder = flows.start("gcl_holder", name=name, follows_window=0, linger_file=str(linger))
+    acquired = holder.wait_event("acquired")
+    sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    holder.release()
+    holder.wait_event("lingering")
+    released = "prefect.concurrency-limit.released"
+    sync_until(
+        prefect_server,
+        name,
+        lambda limit: (
+            limit.active_slots == 0
+            and LockEvent.objects.filter(event=released, limit_name=name).exists()
+        ),
+        what="the release to be read",
+    )
+    # Past the grace a lost slot would be a zombie by now.
+    time.sleep(1.5)
+    sync(prefect_server)
+    limit = Limit.objects.named(name)
+    assert limit.status == Status.FREE and not limit.has_zombie, limit.evidence
+    assert not limit.holders.exists()
+    acquire = LockEvent.objects.get(event="prefect.concurrency-limit.acquired", limit_name=name)
+    assert acquire.closed_reason == "released"
+    release = LockEvent.objects.get(event=released, limit_name=name)
+    assert release.follows == acquire.event_id  # paired by limit and run
+    with patient_client(prefect_server.api_url) as http:
+        # Prefect's own release names no acquire; the task run is still Running.
+        found = http.post(
+            "/events/filter",
+            json={"filter": {"event": {"name": [released]}, "resource": {"id": [
+                f"prefect.concurrency-limit.{limit.prefect_id}"
+            ]}}},
+        ).json()["events"]  # fmt: skip
+        assert [event["follows"] for event in found] == [None]
+        task_run = http.get(f"/task_runs/{acquired['task_run_id']}").json()
+        assert task_run["state"]["type"] == "RUNNING"
+    linger.touch()
+    assert holder.wait() == 0
+
+
+def test_a_holder_of_several_slots_counts_all_of_them(prefect_server, flows, settings):
+    """`concurrency(name, occupy=2)` takes two slots with one acquire event."""
+    settings.GRACE_SECONDS = 0
+    name = unique("resource:pool")
+    two = flows.start("gcl_holder", name=name, limit=3, occupy=2, flow_run_name=unique("two"))
+    two.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.active_slots == 2 and limit.holder_slots == 2
+    assert limit.status == Status.HELD and not limit.has_drift, limit.evidence
+    assert [row.slots for row in holders(limit)] == [2]
+    one = flows.start("gcl_holder", name=name, limit=3, create=False, flow_run_name=unique("one"))
+    one.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 2)
+    assert limit.active_slots == 3 and limit.holder_slots == 3
+    assert limit.status == Status.HELD and not limit.has_drift, limit.evidence
+    assert [row.slots for row in holders(limit)] == [2, 1]
+    two.release()
+    assert two.wait() == 0
+    limit = sync_until(prefect_server, name, lambda limit: limit.active_slots == 1)
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.holder_slots == 1 and not limit.has_drift, limit.evidence
+
+
+def test_a_deployment_run_being_cancelled_keeps_its_slot_and_stays_a_holder(
+    prefect_server, flows, settings
+):
+    """Prefect releases a deployment's slot only when its run leaves Cancelling: until the
+    runner has stopped the process, the run holds it."""
+    settings.GRACE_SECONDS = 0
+    run = flows.start("deployment_limit", runs=1, ignore_cancel=True)
+    deployed = run.wait_event("deployed")
+    acquired = run.wait_event("acquired")
+    name = f"deployment:{deployed['deployment_id']}"
+    sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    with patient_client(prefect_server.api_url) as http:
+        answer = http.post(
+            f"/flow_runs/{acquired['flow_run_id']}/set_state",
+            json={"state": {"type": "CANCELLING", "message": "cancelled by a test"}},
+        ).json()
+        assert answer["status"] == "ACCEPT", answer
+    limit = sync_until(
+        prefect_server,
+        name,
+        lambda limit: limit.holders.filter(state_type="CANCELLING").exists(),
+        what="the run to show Cancelling",
+    )
+    sync(prefect_server)  # with no grace, drift or a zombie would show by now
+    limit = Limit.objects.named(name)
+    assert limit.active_slots == 1  # Prefect keeps the slot
+    [holder] = holders(limit)
+    assert holder.condition == Condition.HOLDING and holder.state_type == "CANCELLING"
+    assert limit.status == Status.HELD and not limit.has_drift and not limit.has_zombie
+    assert limit.holder_slots == 1
+    assert run.process.poll() is None and not run.find_events("released")
+    # End the run here, so that no later test sees its events.
+    run.release()
+    run.wait_event("released")
+
+
+def test_a_holder_whose_task_run_prefect_has_not_recorded_yet_is_holding_not_stale(
+    prefect_server, flows, settings, tmp_path
+):
+    """Prefect records task runs seconds after they start: a claim naming a task run it does
+    not have yet is a holder, not a stale one, until Prefect shows the run."""
+    settings.GRACE_SECONDS = 1
+    name = unique("resource:unrecorded")
+    record = tmp_path / "record"
+    holder = flows.start("unrecorded_holder", name=name, record_file=str(record))
+    acquired = holder.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.status == Status.HELD and not limit.is_stale, limit.evidence
+    time.sleep(1.5)  # past the grace
+    sync(prefect_server)
+    limit = Limit.objects.named(name)
+    assert limit.status == Status.HELD and not limit.is_stale, limit.evidence
+    [row] = holders(limit)
+    assert row.condition == Condition.HOLDING and str(row.task_run_id) == acquired["task_run_id"]
+    assert "not yet in Prefect" in row.evidence and row.run_missing_since is None
+    record.touch()
+    holder.wait_event("recorded")
+    limit = sync_until(
+        prefect_server,
+        name,
+        lambda limit: holders(limit) and holders(limit)[0].state_type == "RUNNING",
+        what="the task run to be found",
+    )
+    [row] = holders(limit)
+    assert row.condition == Condition.HOLDING and row.task_run_name == "late-task"
+    assert row.evidence == "" and limit.status == Status.HELD
+    holder.release()
+    assert holder.wait() == 0
+    sync_until(prefect_server, name, lambda limit: limit.status == Status.FREE)
+
+
+def test_a_limit_lowered_under_its_holders_shows_more_runs_inside_than_it_allows(
+    prefect_server, flows
+):
+    name = unique("resource:lowered")
+    first = flows.start("gcl_holder", name=name, limit=2, flow_run_name=unique("first"))
+    first.wait_event("acquired")
+    second = flows.start("gcl_holder", name=name, create=False, flow_run_name=unique("second"))
+    second.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 2)
+    assert limit.status == Status.HELD and not limit.is_over_limit
+    with patient_client(prefect_server.api_url) as http:
+        http.patch(f"/v2/concurrency_limits/{name}", json={"limit": 1}).raise_for_status()
+    limit = sync_until(prefect_server, name, lambda limit: limit.limit == 1)
+    assert limit.status == Status.OVER_LIMIT and limit.is_over_limit, limit.evidence
+    assert limit.evidence[0]["flag"] == "over_limit"
+    for row in holders(limit):
+        assert row.task_run_name in limit.evidence[0]["text"]
+    assert list(Limit.objects.facet("over_limit")) == [limit]
+    first.release()
+    assert first.wait() == 0
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    assert limit.status == Status.HELD and not limit.is_over_limit
+
+
+def test_a_deployment_run_waiting_to_retry_in_its_process_keeps_its_slot_and_holds(
+    prefect_server, flows, settings
+):
+    """A run that fails and retries in its process keeps its deployment lease through
+    Scheduled/AwaitingRetry: it holds the slot while it waits."""
+    settings.GRACE_SECONDS = 0
+    run = flows.start("deployment_limit", runs=1, fail_first=True, retry_delay=30)
+    deployed = run.wait_event("deployed")
+    failing = run.wait_event("failing", timeout=90)
+    name = f"deployment:{deployed['deployment_id']}"
+    limit = sync_until(
+        prefect_server,
+        name,
+        lambda limit: limit.holders.filter(state_name="AwaitingRetry").exists(),
+        what="the run to wait for its retry",
+    )
+    sync(prefect_server)  # with no grace, drift or a zombie would show by now
+    limit = Limit.objects.named(name)
+    assert limit.active_slots == 1  # Prefect keeps the slot through the retry
+    [holder] = holders(limit)
+    assert str(holder.flow_run_id) == failing["flow_run_id"]
+    assert holder.condition == Condition.HOLDING and holder.state_type == "SCHEDULED"
+    assert limit.status == Status.HELD and not limit.has_drift and not limit.has_zombie
+    assert not run.find_events("acquired")  # still waiting to retry
+    run.wait_event("acquired", timeout=90)
+    limit = sync_until(
+        prefect_server, name, lambda limit: holders(limit)[0].state_type == "RUNNING"
+    )
+    assert limit.status == Status.HELD and limit.holder_count == 1
+    run.release()  # the run completes here, so that no later test sees its events
+    run.wait_event("released")

@@ -15,7 +15,11 @@ Params: deployment_name (random), concurrency_limit (1), collision_strategy (ENQ
 runs (2), flow_run_name (name of the created runs; "-<n>" is added when runs > 1),
 release_dir (<folder of events_file>/release.d), release_file (releases all runs),
 hold (seconds, instead of release files),
-query_seconds (1).
+query_seconds (1), fail_first (False: True makes each run fail once, emitting "failing", and
+retry in its process after `retry_delay` (20) seconds, in Scheduled/AwaitingRetry meanwhile),
+ignore_cancel (False: True makes the Runner leave a CANCELLING run alone,
+as a runner that has not acted on the cancel yet does: the run stays CANCELLING and its
+process runs on).
 Events: process_started, deployed {deployment_id, deployment_name, flow_id},
 created {flow_run_ids: [...]} (in creation order), runner_starting; then from each flow run's
 process: acquired {flow_run_id, flow_run_name, deployment_id, release_file}, released.
@@ -34,11 +38,18 @@ from prefect.context import FlowRunContext
 
 @flow(name="deployment-holder")
 def deployment_holder(
-    release_dir: str = "", events_file: str = "", hold_seconds: float = 0.0, release_all: str = ""
+    release_dir: str = "",
+    events_file: str = "",
+    hold_seconds: float = 0.0,
+    release_all: str = "",
+    fail_first: bool = False,
 ) -> str:
     ids = run_ids()
     release_file = str(Path(release_dir) / ids["flow_run_id"]) if release_dir else None
     flow_run = FlowRunContext.get().flow_run
+    if fail_first and flow_run.run_count <= 1:
+        emit("failing", events_file=events_file, **ids)
+        raise RuntimeError("the first attempt fails, to be retried in this process")
     emit(
         "acquired",
         events_file=events_file,
@@ -58,6 +69,13 @@ def main() -> None:
     from prefect.runner import Runner
 
     P = params()
+    if P.get("ignore_cancel"):
+        from prefect.runner._cancellation_manager import CancellationManager
+
+        async def not_yet(self, flow_run, state_msg=None) -> None:
+            emit("cancel_ignored", flow_run_id=str(flow_run.id))
+
+        CancellationManager.cancel = not_yet
     events_file = P["events_file"]
     release_dir = P.get("release_dir") or str(Path(events_file).parent / "release.d")
     Path(release_dir).mkdir(parents=True, exist_ok=True)
@@ -75,8 +93,11 @@ def main() -> None:
         concurrency_limit = ConcurrencyLimitConfig(
             limit=int(P.get("concurrency_limit", 1)), collision_strategy=P["collision_strategy"]
         )
+    holder = deployment_holder
+    if P.get("fail_first"):
+        holder = holder.with_options(retries=1, retry_delay_seconds=int(P.get("retry_delay", 20)))
     deployment_id = runner.add_flow(
-        deployment_holder,
+        holder,
         name=name,
         concurrency_limit=concurrency_limit,
         parameters={
@@ -84,6 +105,7 @@ def main() -> None:
             "events_file": events_file,
             "hold_seconds": float(P.get("hold") or 0),
             "release_all": P.get("release_file") or "",
+            "fail_first": bool(P.get("fail_first")),
         },
     )
     deployment = patient("GET", f"{api_url()}/deployments/{deployment_id}").json()

@@ -2,10 +2,13 @@
 
 Params: name (the GCL), limit (1), create (True: create the GCL first; 409 is fine),
 lease_duration (60, Prefect's minimum), occupy (1), strict (True), release_file / hold,
-flow_run_name, task_run_name, timeout_seconds (None).
+flow_run_name, task_run_name, timeout_seconds (None), linger_file (after leaving the lock the
+task runs on until this file exists), follows_window (seconds: Prefect sets `follows` on the
+released event only when it comes less than this after the acquire; 300 in Prefect, so 0 gives
+the release of a hold longer than five minutes, from Prefect's own code).
 Events: process_started, started {flow_run_id, task_run_id}, entered (task body runs),
 waiting (about to call concurrency()), acquired {flow_run_id, task_run_id, flow_run_name,
-release_file}, released (left the `with`), exited.
+release_file}, released (left the `with`), lingering (running on after the release), exited.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ from prefect import flow, task
 from prefect.concurrency.sync import concurrency
 
 P = params()
+if P.get("follows_window") is not None:
+    from datetime import timedelta
+
+    import prefect.events.utilities
+
+    prefect.events.utilities.TIGHT_TIMING = timedelta(seconds=float(P["follows_window"]))
 
 
 @task(name="gcl-holder-task")
@@ -33,6 +42,9 @@ def hold_gcl() -> str:
         emit("acquired", name=name, release_file=P.get("release_file"), **ids)
         reason = hold(P.get("release_file"), P.get("hold"), float(P.get("max_hold", 600)))
     emit("released", name=name, reason=reason, **ids)
+    if P.get("linger_file"):
+        emit("lingering", name=name, **ids)
+        hold(P["linger_file"], None, float(P.get("max_hold", 600)))
     return reason
 
 
