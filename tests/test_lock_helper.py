@@ -387,22 +387,25 @@ def test_five_processes_take_turns_and_their_waits_show_in_start_order(
     gate = tmp_path / "first-may-leave"
     first = flows.start("helper_hammer", name=name, rounds=3, first_release_file=str(gate))
     first.wait_event("enter", round=1, timeout=90)
-    waiters = []
-    for _ in range(4):  # each starts waiting only after the one before it
-        waiters.append(flows.start("helper_hammer", name=name, rounds=3, hold=0.1))
-        waiters[-1].wait_event("want", round=1, timeout=90)
-        time.sleep(1)
-    run_ids = [w.wait_event("started")["flow_run_id"] for w in waiters]
     limit_id = gcl(api, name)["id"]
 
-    def waits_seen() -> list[str] | None:
+    def waits_seen(count: int) -> list[str] | None:
         order: list[str] = []
         for event in prefect_events(api, [lock.EVENT_WAITING], [resource_id(limit_id)]):
             if run_of(event) not in order:
                 order.append(run_of(event))
-        return order if len(order) >= 4 else None
+        return order if len(order) >= count else None
 
-    assert poll(waits_seen, 30, "4 waiting events")[:4] == run_ids
+    waiters = []
+    for index in range(4):
+        # Each starts only once Prefect shows the one before it waiting: on a busy machine
+        # a process's first request (creating, checking, then asking for the limit) may take
+        # longer than any fixed pause.
+        waiters.append(flows.start("helper_hammer", name=name, rounds=3, hold=0.1))
+        waiters[-1].wait_event("want", round=1, timeout=90)
+        poll(lambda index=index: waits_seen(index + 1), 60, f"waiting event {index + 1}")
+    run_ids = [w.wait_event("started")["flow_run_id"] for w in waiters]
+    assert poll(lambda: waits_seen(4), 30, "4 waiting events")[:4] == run_ids
     # The board, synced by the project's own code, queues them in that order behind the
     # first process, whose lease it knows (what a release from the board revokes).
     with PrefectAPI(prefect_server.api_url) as board_api:

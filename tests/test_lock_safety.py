@@ -59,7 +59,7 @@ def in_process(prefect_server: PrefectServer) -> Iterator[None]:
     """The helper, called from the test process itself, talks to the test server."""
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
         yield
-        EventsWorker.drain_all(timeout=10)  # sent while the server is still there
+        off_the_loop(lambda: EventsWorker.drain_all(timeout=10))  # before the server goes
 
 
 def off_the_loop(body: Callable[[], object]) -> object:

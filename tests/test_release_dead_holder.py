@@ -99,7 +99,7 @@ def acquired_event(process: object, event: str = "reslock.lock.acquired") -> Eve
 def test_a_process_identity_from_prefect_is_kept_only_when_well_formed():
     good = process_identity()
     assert store.event_row(acquired_event(good)).process == good
-    assert store.claim_from_event(acquired_event(good)).process == good
+    assert store.claim_from_row(store.event_row(acquired_event(good))).process == good
     for bad in [None, "pid 1", [good], {**good, "pid": "1"}, {**good, "start_ticks": None}]:
         assert store.event_row(acquired_event(bad)).process == {}, bad
     # Only the helper's acquire names a holder's process.
