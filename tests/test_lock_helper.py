@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_limit
 from tests.support.flows import SCRIPTS_DIR, FlowProcess, FlowRunner
 from tests.support.patient import patient_client
+from tests.support.prefect_events import prefect_events
 from tests.support.prefect_server import PrefectServer
 
 LEASE = 60  # Prefect's minimum lease; renewals every 45 s
@@ -56,10 +56,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat()
-
-
 def gcl(api: httpx.Client, name: str) -> dict:
     response = api.get(f"/v2/concurrency_limits/{name}")
     response.raise_for_status()
@@ -68,33 +64,6 @@ def gcl(api: httpx.Client, name: str) -> dict:
 
 def slots(api: httpx.Client, name: str) -> int:
     return gcl(api, name)["active_slots"]
-
-
-def prefect_events(
-    api: httpx.Client, names: list[str], resource_ids: list[str] | None = None
-) -> list[dict]:
-    """Events of the last hour with these names (optionally on these resources), oldest first."""
-    now = datetime.now(UTC)
-    query: dict[str, Any] = {
-        "occurred": {
-            "since": _iso(now - timedelta(hours=1)),
-            "until": _iso(now + timedelta(minutes=5)),
-        },
-        "event": {"name": names},
-        "order": "ASC",
-    }
-    if resource_ids is not None:
-        query["resource"] = {"id": resource_ids}
-    response = api.post("/events/filter", json={"filter": query, "limit": 50})
-    response.raise_for_status()
-    page = response.json()
-    found = list(page["events"])
-    while page.get("next_page"):
-        response = api.get(page["next_page"])
-        response.raise_for_status()
-        page = response.json()
-        found += page["events"]
-    return found
 
 
 def resource_id(limit_id: str) -> str:
