@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 SWEEP_SECONDS = 30
+PRUNE_SECONDS = 3600
 
 
 def _every(seconds: int, task: str, **kwargs: Any) -> dict[str, Any]:
@@ -23,4 +24,6 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
         "reslock-sync": _every(settings.SYNC_SECONDS, "reslock.sync", periodic=True),
         # Re-sends operations whose message was lost and ends those whose worker died.
         "reslock-sweep": _every(SWEEP_SECONDS, "reslock.sweep"),
+        # Lock events and applied-event ids past RESLOCK_EVENTS_RETENTION_DAYS (retention.py).
+        "reslock-prune": _every(PRUNE_SECONDS, "reslock.prune"),
     }

@@ -270,6 +270,12 @@ GRACE_SECONDS = envint("RESLOCK_GRACE_SECONDS", 20, minimum=0, maximum=600)
 ASSUMED_LEASE_SECONDS = envint("RESLOCK_ASSUMED_LEASE_SECONDS", 300, minimum=60, maximum=86400)
 # Days of events the first sync reads (Prefect keeps 7 by default).
 EVENTS_BACKFILL_DAYS = envint("RESLOCK_EVENTS_BACKFILL_DAYS", 7, minimum=1, maximum=30)
+# Days lock events and applied-event ids are kept (retention.py). Longer than the backfill: the
+# sync never reads further back than that, so a pruned event can never be recorded again (an
+# acquire recorded again without its pruned release would show a holder that left long ago).
+EVENTS_RETENTION_DAYS = envint(
+    "RESLOCK_EVENTS_RETENTION_DAYS", 8, minimum=EVENTS_BACKFILL_DAYS + 1, maximum=3650
+)
 
 LOG_LEVEL = envstr("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

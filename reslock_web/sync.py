@@ -476,9 +476,13 @@ def _tag_holders(
 
 def _events_since(now: datetime) -> datetime:
     state, _ = SyncState.objects.get_or_create(name="events")
+    backfill = now - timedelta(days=settings.EVENTS_BACKFILL_DAYS)
     if state.events_until is None:
-        return now - timedelta(days=settings.EVENTS_BACKFILL_DAYS)
-    return state.events_until - EVENTS_OVERLAP
+        return backfill
+    # Never further back than the backfill, even after a long stop: events older than that may
+    # have been pruned (retention.py), and an acquire read again without its release would show
+    # a holder that left long ago.
+    return max(backfill, state.events_until - EVENTS_OVERLAP)
 
 
 def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[RunInfo]) -> None:

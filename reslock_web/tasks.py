@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reslock_web import dispatch
+from reslock_web import dispatch, retention
 from reslock_web.celery import app
 from reslock_web.models import Heartbeat
 from reslock_web.operations import MAX_ATTEMPTS, TryAgain
@@ -21,6 +21,11 @@ def sync(periodic: bool = False) -> None:
     # The lock inside sync_all makes a second copy (another worker, a late beat) return at once.
     # Beat's copies (periodic) back off while Prefect keeps failing; one asked for runs always.
     sync_with_settings(periodic=periodic)
+
+
+@app.task(name="reslock.prune", ignore_result=True)
+def prune() -> None:
+    retention.prune()
 
 
 @app.task(name="reslock.sweep", ignore_result=True)

@@ -40,6 +40,8 @@ MANAGE_CHECK = "import sys; sys.argv=['manage.py','check']; import manage; manag
         ("REDIS_URL", "localhost", "a URL starting with redis://"),
         ("LOG_LEVEL", "LOUD", "one of DEBUG, INFO"),
         ("RESLOCK_SECURE_COOKIES", "yes please", "one of true/false"),
+        # Pruned events must lie beyond what the sync reads back (7 days by default).
+        ("RESLOCK_EVENTS_RETENTION_DAYS", "7", "a whole number >= 8"),
     ],
 )
 def test_a_bad_value_stops_manage_py_with_one_line(variable, value, expected):
@@ -135,6 +137,7 @@ def test_the_beat_schedule_follows_the_settings():
     sync = schedule["reslock-sync"]
     assert sync["task"] == "reslock.sync" and sync["schedule"] == 10.0
     assert sync["options"]["expires"] < 10
+    assert schedule["reslock-prune"]["task"] == "reslock.prune"
 
 
 def test_celery_speaks_json_only():
