@@ -1,9 +1,10 @@
-"""Keeping the event tables bounded: lock events and applied-event ids past the retention go.
+"""Keeping the tables bounded: lock events, applied-event ids and sync runs past the retention go.
 
 What is never pruned, however old: an acquire that is still open (its holder has not been seen
 to leave: a hold may last longer than any retention) and a helper wait still open (its waiter
 is still queued). Everything else older than `RESLOCK_EVENTS_RETENTION_DAYS` only draws old
-timelines. The sync never reads events older than `RESLOCK_EVENTS_BACKFILL_DAYS`, which the
+timelines. Sync runs go too, except the last successful ones and every run after them: the
+back-off (health.py) and the metrics count the failures since the last success. The sync never reads events older than `RESLOCK_EVENTS_BACKFILL_DAYS`, which the
 settings keep shorter than the retention, so an event pruned here is never recorded again.
 
 Rows go in batches of `BATCH`, each its own short transaction, so that a first prune of a large
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from reslock_web.models import AppliedEvent, LockEvent
+from reslock_web.models import AppliedEvent, LockEvent, SyncRun
 from reslock_web.sync import ACQUIRES, HELPER_WAITING
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ BATCH = 5000
 class Pruned:
     lock_events: int
     applied_events: int
+    sync_runs: int
     cutoff: datetime
 
 
@@ -48,14 +50,25 @@ def prune(now: datetime | None = None) -> Pruned:
     before = cutoff(now)
     lock_events = _delete_in_batches(prunable_lock_events(before))
     applied = _delete_in_batches(AppliedEvent.objects.filter(applied_at__lt=before))
-    if lock_events or applied:
+    sync_runs = _delete_in_batches(prunable_sync_runs(before))
+    if lock_events or applied or sync_runs:
         log.info(
-            "pruned %d lock events and %d applied-event ids older than %s",
+            "pruned %d lock events, %d applied-event ids and %d sync runs older than %s",
             lock_events,
             applied,
+            sync_runs,
             before.isoformat(timespec="seconds"),
         )
-    return Pruned(lock_events, applied, before)
+    return Pruned(lock_events, applied, sync_runs, before)
+
+
+def prunable_sync_runs(before: datetime) -> QuerySet[SyncRun]:
+    kept_from = [before]
+    for runs in (SyncRun.objects.all(), SyncRun.objects.filter(scope="all")):
+        last_ok = runs.filter(ok=True).order_by("-started_at").first()
+        if last_ok is not None:
+            kept_from.append(last_ok.started_at)
+    return SyncRun.objects.filter(started_at__lt=min(kept_from))
 
 
 def _delete_in_batches(rows: QuerySet) -> int:

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from reslock_web import retention
-from reslock_web.models import AppliedEvent, LockEvent, SyncState
+from reslock_web.models import AppliedEvent, LockEvent, SyncRun, SyncState
 from reslock_web.prefect_api import EventInfo
 from reslock_web.store import record_events
 from reslock_web.sync import _events_since
@@ -81,6 +81,29 @@ def test_the_prune_removes_applied_event_ids_past_the_retention_only(settings):
     assert retention.prune(now).applied_events == 1
     assert list(AppliedEvent.objects.values_list("pk", flat=True)) == [young.pk]
     assert not AppliedEvent.objects.filter(pk=old.pk).exists()
+
+
+@pytest.mark.django_db
+def test_old_sync_runs_go_but_the_last_success_and_the_failures_after_it_stay(settings):
+    settings.EVENTS_RETENTION_DAYS = 8
+    now = timezone.now()
+
+    def run(days_ago: float, ok: bool, scope: str = "all") -> SyncRun:
+        at = now - timedelta(days=days_ago)
+        return SyncRun.objects.create(started_at=at, finished_at=at, ok=ok, scope=scope)
+
+    old = [run(20, True), run(19, False, scope="db-42")]
+    last_full_ok = run(12, True)  # every full sync since has failed: the back-off counts them
+    failures = [run(11, False), run(3, False)]
+    recent_resync = run(1, True, scope="db-42")
+
+    assert retention.prune(now).sync_runs == 2
+    assert set(SyncRun.objects.values_list("pk", flat=True)) == {
+        last_full_ok.pk,
+        *(f.pk for f in failures),
+        recent_resync.pk,
+    }
+    assert not SyncRun.objects.filter(pk__in=[o.pk for o in old]).exists()
 
 
 @pytest.mark.django_db
