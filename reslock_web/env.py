@@ -32,6 +32,26 @@ def without_userinfo(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+# Prefect Cloud's workspace API and the matching UI address (its links differ in shape).
+CLOUD_API = re.compile(
+    r"^https://api\.prefect\.cloud/api/accounts/(?P<account>[^/]+)/workspaces/(?P<workspace>[^/]+)/?$"
+)
+CLOUD_UI = "https://app.prefect.cloud/account/{account}/workspace/{workspace}"
+
+
+def is_prefect_cloud(api_url: str) -> bool:
+    return bool(CLOUD_API.match(api_url))
+
+
+def prefect_ui_url(api_url: str) -> str:
+    """Where the Prefect UI of this API is: Cloud's app address for a Cloud workspace, else the
+    API's address without `/api` (and never with a user name and password)."""
+    cloud = CLOUD_API.match(api_url)
+    if cloud:
+        return CLOUD_UI.format(**cloud.groupdict())
+    return without_userinfo(api_url.rstrip("/").removesuffix("/api"))
+
+
 def hide_password(text: str) -> str:
     """Every URL in the text with its `user:password@` replaced: for start-up messages."""
     return USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)

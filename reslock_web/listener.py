@@ -22,6 +22,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
+from prefect.events.clients import PrefectCloudEventSubscriber, PrefectEventSubscriber
+from prefect.events.filters import EventFilter, EventNameFilter
 
 from reslock_web import store
 from reslock_web.models import AppliedEvent, Heartbeat, Holder, Limit, Waiter
@@ -88,6 +90,18 @@ def resync(api: PrefectAPI, names: Iterable[str]) -> None:
             log.warning("re-sync of %s after an event failed: %s", name, run.error)
 
 
+def subscriber(api_url: str, api_key: str) -> PrefectEventSubscriber:
+    """Prefect's own event stream client: Prefect Cloud's, which authenticates with the API key,
+    when there is a key (Prefect's `get_events_subscriber()` makes the same choice, but from
+    process-wide settings and only for Cloud's own address), else the open server's."""
+    event_filter = EventFilter(event=EventNameFilter(prefix=PREFIXES))
+    if api_key:
+        return PrefectCloudEventSubscriber(
+            api_url=api_url, api_key=api_key, filter=event_filter, reconnection_attempts=3
+        )
+    return PrefectEventSubscriber(api_url=api_url, filter=event_filter, reconnection_attempts=3)
+
+
 def beat(connected: bool, last_event_at: str | None, lag: float | None) -> None:
     Heartbeat.objects.beat(
         "listener", connected=connected, last_event_at=last_event_at, lag_seconds=lag
@@ -143,25 +157,15 @@ class Listener:
             last = parse_datetime(state.detail["last_event_at"])
             if last is not None:
                 since = max(since, last - timedelta(seconds=5))
-        with PrefectAPI(
-            self.api_url, settings.PREFECT_API_KEY, settings.PREFECT_TIMEOUT_SECONDS
-        ) as api:
+        with PrefectAPI.for_url(self.api_url) as api:
             events = await asyncio.to_thread(lambda: list(api.events(since, now, PREFIXES)))
             for event in events:
                 await self._handle(event, api, debounce=False)
             await asyncio.to_thread(self._flush, api)
 
     async def _subscribe(self, stop: asyncio.Event) -> None:
-        from prefect.events.clients import PrefectEventSubscriber
-        from prefect.events.filters import EventFilter, EventNameFilter
-
-        event_filter = EventFilter(event=EventNameFilter(prefix=PREFIXES))
-        with PrefectAPI(
-            self.api_url, settings.PREFECT_API_KEY, settings.PREFECT_TIMEOUT_SECONDS
-        ) as api:
-            async with PrefectEventSubscriber(
-                api_url=self.api_url, filter=event_filter, reconnection_attempts=3
-            ) as events:
+        with PrefectAPI.for_url(self.api_url) as api:
+            async with subscriber(self.api_url, settings.PREFECT_API_KEY) as events:
                 self.connected = True
                 log.info("listening to %s", self.api_url)
                 flusher = asyncio.create_task(self._flusher(api, stop))

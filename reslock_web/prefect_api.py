@@ -4,6 +4,11 @@ It returns typed results, uses explicit timeouts and raises one error type, `Pre
 whose `retryable` says whether trying again later can help. Plain httpx rather than Prefect's
 client: that client retries five times with back-off on its own (over a minute for a server
 that hangs) and reads process-wide settings; here the caller decides when to retry.
+
+Every request first takes its turn from the shared request budget (prefect_budget.py), when
+one is given. A 429 (Prefect Cloud's rate limit) was not carried out: it stops every reslock
+process until its `Retry-After` has passed, and the request is sent again, up to `patience`
+seconds of such waits in all; only then does the caller see the error.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from uuid import UUID
 
 import httpx
 from django.utils.dateparse import parse_datetime
+from django.utils.http import parse_http_date_safe
 
+from reslock_web.prefect_budget import Budget, Throttled
 from reslock_web.security import redact
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,8 @@ log = logging.getLogger(__name__)
 PAGE = 200  # the server's maximum page size for limits and runs
 EVENTS_PAGE = 50  # the server's maximum for events
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+THROTTLED = 429
+DEFAULT_RETRY_AFTER = 5.0  # seconds, for a 429 that does not say
 
 
 class PrefectError(Exception):
@@ -219,9 +228,19 @@ class LimitListing:
 class PrefectAPI:
     """A session with one Prefect API. Thread-safe: several requests may be in flight."""
 
-    def __init__(self, api_url: str, api_key: str = "", timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str = "",
+        timeout: float = 10.0,
+        *,
+        budget: Budget | None = None,
+        patience: float = 60.0,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._api_key = api_key
+        self.budget = budget
+        self.patience = patience  # seconds a request may wait for its turn and for 429s
         self.api_url = api_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.api_url + "/",
@@ -234,8 +253,20 @@ class PrefectAPI:
     def from_settings(cls) -> PrefectAPI:
         from django.conf import settings
 
+        return cls.for_url(settings.PREFECT_API_URL)
+
+    @classmethod
+    def for_url(cls, api_url: str) -> PrefectAPI:
+        """A session with the settings' key, timeout and the shared request budget."""
+        from django.conf import settings
+
+        from reslock_web import prefect_budget
+
         return cls(
-            settings.PREFECT_API_URL, settings.PREFECT_API_KEY, settings.PREFECT_TIMEOUT_SECONDS
+            api_url,
+            settings.PREFECT_API_KEY,
+            settings.PREFECT_TIMEOUT_SECONDS,
+            budget=prefect_budget.for_settings(api_url),
         )
 
     def __enter__(self) -> PrefectAPI:
@@ -264,14 +295,38 @@ class PrefectAPI:
         # A read that meets Prefect's "database is busy" (503, SQLite under concurrent writes)
         # is sent again after a short pause; a write never is: the caller decides.
         reads = method == "GET" or path.rstrip("/").endswith("filter")
-        for pause in (0.2, 0.5, None) if reads else (None,):
-            response = self._send(method, path, json)
-            if response.status_code != 503 or pause is None:
+        busy_pauses = [0.2, 0.5] if reads else []
+        waited = 0.0
+        while True:
+            response = self._send(method, path, json, self.patience - waited)
+            if response.status_code == THROTTLED:
+                pause = retry_after(response)
+                if self.budget is not None:
+                    self.budget.hold_off(pause)
+                if waited + pause > self.patience:
+                    break
+                log.info("Prefect throttles reslock (429): waiting %.1f s", pause)
+                time.sleep(pause)
+                waited += pause
+                continue
+            if response.status_code != 503 or not busy_pauses:
                 break
-            time.sleep(pause)
+            time.sleep(busy_pauses.pop(0))
         return self._answer(method, path, response)
 
-    def _send(self, method: str, path: str, json: Any) -> httpx.Response:
+    def _send(self, method: str, path: str, json: Any, patience: float) -> httpx.Response:
+        if self.budget is not None:
+            try:
+                self.budget.take(max_wait=max(0.0, patience))
+            except Throttled as error:
+                raise PrefectError(
+                    f"reslock's Prefect request budget ({self.budget.per_minute} a minute, "
+                    f"RESLOCK_PREFECT_MAX_REQUESTS_PER_MINUTE) has no room for "
+                    f"{method} /{path.lstrip('/')} within {patience:.0f} s (its next turn is "
+                    f"{error.wait:.0f} s away)",
+                    retryable=True,
+                    status=THROTTLED,
+                ) from None
         try:
             return self._http.request(method, path.lstrip("/"), json=json)
         except httpx.TimeoutException:
@@ -543,6 +598,21 @@ def _events_of(data: Any) -> Iterator[EventInfo]:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def retry_after(response: httpx.Response) -> float:
+    """Seconds a 429 asks to wait: `Retry-After` in seconds or as a date (RFC 9110)."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return DEFAULT_RETRY_AFTER
+    try:
+        seconds = float(value)
+    except ValueError:
+        when = parse_http_date_safe(value)
+        seconds = when - time.time() if when is not None else DEFAULT_RETRY_AFTER
+    if not math.isfinite(seconds):
+        return DEFAULT_RETRY_AFTER
+    return min(max(seconds, 0.0), 3600.0)
 
 
 def _detail(response: httpx.Response) -> str:

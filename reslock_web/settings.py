@@ -18,7 +18,8 @@ from reslock_web.env import (
     envlist,
     envstr,
     envurl,
-    without_userinfo,
+    is_prefect_cloud,
+    prefect_ui_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -251,10 +252,19 @@ PREFECT_API_KEY = envstr("PREFECT_API_KEY")
 PREFECT_UI_URL = envurl(
     "PREFECT_UI_URL",
     # Links are shown to every viewer: never with the API's user name and password.
-    without_userinfo(PREFECT_API_URL.rstrip("/").removesuffix("/api")),
+    prefect_ui_url(PREFECT_API_URL),
     schemes=("http", "https"),
 )
 PREFECT_TIMEOUT_SECONDS = envint("RESLOCK_PREFECT_TIMEOUT", 10, minimum=1, maximum=300)
+# Requests a minute all reslock processes together send to Prefect (prefect_budget.py); 0: no
+# limit. Prefect Cloud's smallest plan allows 250 a minute for the whole workspace, flows
+# included, so a Cloud workspace gets 100 unless told otherwise; a self-hosted server none.
+PREFECT_MAX_REQUESTS_PER_MINUTE = envint(
+    "RESLOCK_PREFECT_MAX_REQUESTS_PER_MINUTE",
+    100 if is_prefect_cloud(PREFECT_API_URL) else 0,
+    minimum=0,
+    maximum=1_000_000,
+)
 
 # --- reslock ---
 SYNC_SECONDS = envint("RESLOCK_SYNC_SECONDS", 10, minimum=2, maximum=3600)

@@ -103,6 +103,23 @@ def test_the_settings_read_the_environment():
     ]
 
 
+def test_a_prefect_cloud_workspace_gets_its_ui_links_and_a_request_budget():
+    code = (
+        "from django.conf import settings as s; import reslock_web.startup as st; "
+        "st.configure_or_exit(); print(s.PREFECT_UI_URL, s.PREFECT_MAX_REQUESTS_PER_MINUTE)"
+    )
+    cloud = "https://api.prefect.cloud/api/accounts/a1/workspaces/w2"
+    result = run_entry_point(code, PREFECT_API_URL=cloud)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["https://app.prefect.cloud/account/a1/workspace/w2", "100"]
+    result = run_entry_point(
+        code, PREFECT_API_URL=cloud, RESLOCK_PREFECT_MAX_REQUESTS_PER_MINUTE="40"
+    )
+    assert result.stdout.split()[1] == "40"
+    result = run_entry_point(code, PREFECT_API_URL="http://prefect.internal:4200/api")
+    assert result.stdout.split() == ["http://prefect.internal:4200", "0"]
+
+
 def test_envbool_accepts_the_usual_words_and_nothing_else():
     assert envbool("X", False, environ={"X": "Yes"}) is True
     assert envbool("X", True, environ={"X": "off"}) is False

@@ -75,7 +75,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.stdout.write(f"reslock demo against {api_url}; SIGTERM or Ctrl-C stops it")
-        with PrefectAPI(api_url, settings.PREFECT_API_KEY, settings.PREFECT_TIMEOUT_SECONDS) as api:
+        with PrefectAPI.for_url(api_url) as api:
             demo = Demo(
                 api=api,
                 api_url=api_url,
