@@ -14,20 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from prefect.events.clients import PrefectCloudEventSubscriber, PrefectEventSubscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from reslock_web import store
 from reslock_web.models import AppliedEvent, Heartbeat, Holder, Limit, Waiter
 from reslock_web.prefect_api import EventInfo, PrefectAPI
+from reslock_web.sync import sync_all, sync_limit
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,14 @@ PREFIXES = ["prefect.concurrency-limit.", "reslock.lock.", "prefect.flow-run.", 
 LOCK_PREFIXES = ("prefect.concurrency-limit.", "reslock.lock.")
 DEBOUNCE = 0.15  # seconds: events of one hand-off (release, acquire) share one re-sync
 CATCH_UP = timedelta(minutes=15)  # Prefect's websocket backfill is capped at 15 minutes
+# Prefect stores events in batches every few seconds (its event persister's flush interval,
+# 5 s by default), so REST shows an event some seconds after the stream.
+SETTLE_SECONDS = 15.0
+SETTLE_WINDOW = timedelta(seconds=60)
 HEARTBEAT = 5.0
+RESYNC_WAIT = 10  # seconds a re-sync waits for another sync to end before it is retried
+RETRY_AFTER = 2.0  # seconds before limits whose re-sync failed are tried again
+FULL_RESYNC_OVER = 25  # more limits than this to re-sync at once: one full pass instead
 
 
 def limits_touched(event: EventInfo) -> set[str]:
@@ -81,13 +91,35 @@ def apply(event: EventInfo) -> set[str]:
     return limits_touched(event)
 
 
-def resync(api: PrefectAPI, names: Iterable[str]) -> None:
-    from reslock_web.sync import sync_limit
-
+def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
+    """Re-syncs these limits; returns those that could not be (to be tried again: their events
+    are applied already, so nothing else would bring their change to the board soon)."""
+    names = set(names)
+    if len(names) > FULL_RESYNC_OVER:
+        # A catch-up after a long gap, or thousands of limits created at once: one pass costs
+        # about a listing, where one re-sync per limit would cost thousands of requests.
+        run = sync_all(api)
+        if run is None:
+            log.warning("%d limits to re-sync wait: another sync holds the lock", len(names))
+            return names
+        if not run.ok:
+            log.warning("re-sync of %d limits after events failed: %s", len(names), run.error)
+            return names
+        return set()
+    failed = set()
     for name in sorted(names):
-        run = sync_limit(api, name, wait=10)
-        if run is not None and not run.ok:
+        run = sync_limit(api, name, wait=RESYNC_WAIT)
+        if run is None:
+            log.warning(
+                "re-sync of %s waits: another sync has held the lock for over %d s",
+                name,
+                RESYNC_WAIT,
+            )
+            failed.add(name)
+        elif not run.ok:
             log.warning("re-sync of %s after an event failed: %s", name, run.error)
+            failed.add(name)
+    return failed
 
 
 def subscriber(api_url: str, api_key: str) -> PrefectEventSubscriber:
@@ -111,10 +143,23 @@ def beat(connected: bool, last_event_at: str | None, lag: float | None) -> None:
 class Listener:
     def __init__(self, api_url: str | None = None) -> None:
         self.api_url = (api_url or settings.PREFECT_API_URL).rstrip("/")
-        self.pending: set[str] = set()
+        # Limits to re-sync -> since when the board has been behind on them: the event's time
+        # for one that came live, the catch-up's start for one missed while disconnected.
+        self.pending: dict[str, datetime] = {}
+        self.retry_at = 0.0  # monotonic; limits whose re-sync failed wait until then
         self.last_event_at: str | None = None
-        self.lag: float | None = None
+        # The board's real delay: how long the last change took to reach our tables, or how
+        # long the oldest one still waiting has, whichever is longer.
+        self.applied_lag: float | None = None
         self.connected = False
+
+    @property
+    def lag(self) -> float | None:
+        pending = min(self.pending.values(), default=None)
+        if pending is None:
+            return self.applied_lag
+        behind = (timezone.now() - pending).total_seconds()
+        return max(behind, self.applied_lag or 0.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until `stop` is set; the stream's wait for the next event is cancelled then."""
@@ -146,21 +191,22 @@ class Listener:
             await sync_to_async(beat)(self.connected, self.last_event_at, self.lag)
             await _sleep_or_stop(stop, HEARTBEAT)
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, since: datetime | None = None) -> None:
         """Events missed while disconnected, from the REST API (idempotent)."""
-        state = await sync_to_async(lambda: Heartbeat.objects.filter(service="listener").first())()
         now = timezone.now()
-        since = now - CATCH_UP
-        if state is not None and state.detail.get("last_event_at"):
-            from django.utils.dateparse import parse_datetime
-
-            last = parse_datetime(state.detail["last_event_at"])
-            if last is not None:
-                since = max(since, last - timedelta(seconds=5))
+        if since is None:
+            state = await sync_to_async(
+                lambda: Heartbeat.objects.filter(service="listener").first()
+            )()
+            since = now - CATCH_UP
+            if state is not None and state.detail.get("last_event_at"):
+                last = parse_datetime(state.detail["last_event_at"])
+                if last is not None:
+                    since = max(since, last - timedelta(seconds=5))
         with PrefectAPI.for_url(self.api_url) as api:
             events = await asyncio.to_thread(lambda: list(api.events(since, now, PREFIXES)))
             for event in events:
-                await self._handle(event, api, debounce=False)
+                await self._handle(event, behind_since=now)
             await asyncio.to_thread(self._flush, api)
 
     async def _subscribe(self, stop: asyncio.Event) -> None:
@@ -169,6 +215,7 @@ class Listener:
                 self.connected = True
                 log.info("listening to %s", self.api_url)
                 flusher = asyncio.create_task(self._flusher(api, stop))
+                settle = asyncio.create_task(self._settle(timezone.now()))
                 try:
                     async for raw in events:
                         if stop.is_set():
@@ -177,32 +224,57 @@ class Listener:
                         if event is None:
                             log.warning("skipping a malformed event")
                             continue
-                        await self._handle(event, api, debounce=True)
+                        await self._handle(event)
                 finally:
                     flusher.cancel()
+                    settle.cancel()
                     self.connected = False
 
-    async def _handle(self, event: EventInfo, api: PrefectAPI, debounce: bool) -> None:
+    async def _settle(self, connected_at: datetime) -> None:
+        """The catch-up read Prefect's REST API before the stream connected, and the stream
+        sends only what is published from then on (with what was stored by then): an event
+        published in between but stored after the catch-up read reaches neither. Once Prefect
+        has stored it, read that window again (idempotent)."""
+        await asyncio.sleep(SETTLE_SECONDS)
+        try:
+            await self._catch_up(since=connected_at - SETTLE_WINDOW)
+        except Exception as error:  # the periodic sync still covers it
+            log.warning("the catch-up after connecting failed: %s", error)
+
+    async def _handle(self, event: EventInfo, behind_since: datetime | None = None) -> None:
         try:
             names = await sync_to_async(apply)(event)
         except Exception:
             log.exception("could not apply event %s (%s); skipped", event.id, event.event)
             return
-        self.last_event_at = event.occurred.isoformat()
-        self.lag = max(0.0, (timezone.now() - event.occurred).total_seconds())
-        self.pending |= names
+        if self.last_event_at is None or event.occurred.isoformat() > self.last_event_at:
+            self.last_event_at = event.occurred.isoformat()  # where a catch-up starts from
+        # A duplicate (replayed on connect, or applied by another listener) touches nothing,
+        # so it says nothing about how far behind the board is.
+        since = behind_since or event.occurred
+        for name in names:
+            self.pending[name] = min(self.pending.get(name, since), since)
 
     async def _flusher(self, api: PrefectAPI, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(DEBOUNCE)
-            if self.pending:
+            if self.pending and time.monotonic() >= self.retry_at:
                 await asyncio.to_thread(self._flush, api)
 
     def _flush(self, api: PrefectAPI) -> None:
-        names, self.pending = self.pending, set()
-        if names:
-            close_old_connections()
-            resync(api, names)
+        pending, self.pending = self.pending, {}
+        if not pending:
+            return
+        close_old_connections()
+        failed = resync(api, pending)
+        done = timezone.now()
+        synced = [since for name, since in pending.items() if name not in failed]
+        if synced:
+            self.applied_lag = max(0.0, (done - min(synced)).total_seconds())
+        if failed:
+            for name in failed:  # kept with their first time: the board is behind since then
+                self.pending[name] = min(self.pending.get(name, pending[name]), pending[name])
+            self.retry_at = time.monotonic() + RETRY_AFTER
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -92,13 +92,37 @@ def _me() -> str:
 
 
 def try_lock(now: datetime) -> str | None:
-    """Take the sync lock if it is free or expired; returns our token, or None."""
-    SyncState.objects.get_or_create(name="sync")
+    """Take the sync lock if it is free, expired or left by a process that died on this
+    machine; returns our token, or None."""
+    state, _ = SyncState.objects.get_or_create(name="sync")
     token = _me()
-    taken = SyncState.objects.filter(
-        Q(locked_until__isnull=True) | Q(locked_until__lt=now), name="sync"
-    ).update(locked_by=token, locked_until=now + timedelta(seconds=LOCK_SECONDS))
+    free = Q(locked_until__isnull=True) | Q(locked_until__lt=now)
+    if state.locked_by and _holder_died(state.locked_by):
+        # Compare-and-set on the dead holder's token: of several takers, one wins.
+        free |= Q(locked_by=state.locked_by)
+    taken = SyncState.objects.filter(free, name="sync").update(
+        locked_by=token, locked_until=now + timedelta(seconds=LOCK_SECONDS)
+    )
     return token if taken == 1 else None
+
+
+def _holder_died(token: str) -> bool:
+    """Whether the lock's holder was a process of this machine that no longer runs (a killed
+    worker or listener): its lock would otherwise keep every sync out for LOCK_SECONDS. A pid
+    taken by another process since reads as alive: the lock then expires as before."""
+    host, pid_text, _ = (token.rsplit(":", 2) + ["", ""])[:3]  # _me(): host:pid:clock
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, under another user
+        return False
+    return False
 
 
 def unlock(token: str) -> None:

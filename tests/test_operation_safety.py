@@ -3,15 +3,20 @@ server, real holders in subprocesses, a real Celery worker on real Redis)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 
 from reslock_web.dispatch import send
-from reslock_web.models import Condition, Operation, OperationKind, OperationStatus
+from reslock_web.models import Condition, Operation, OperationKind, OperationStatus, SyncState
 from reslock_web.operate_views import _holder_snapshot
+from reslock_web.sync import try_lock, unlock
 from tests.support.board_data import make_limit
 from tests.support.operating import finished, form, sync_until, unique
 from tests.support.patient import patient_client
@@ -200,10 +205,7 @@ def test_a_stale_tag_holder_running_again_is_left_alone(
 
 
 def test_the_sync_lock_frees_itself_once_it_expires():
-    from datetime import timedelta
-
-    from reslock_web.models import SyncState
-    from reslock_web.sync import LOCK_SECONDS, try_lock, unlock
+    from reslock_web.sync import LOCK_SECONDS
 
     now = timezone.now()
     first = try_lock(now)
@@ -216,6 +218,32 @@ def test_the_sync_lock_frees_itself_once_it_expires():
     assert SyncState.objects.get(name="sync").locked_by == second
     unlock(second)
     assert try_lock(now + timedelta(seconds=LOCK_SECONDS + 2)) is not None
+
+
+def test_a_sync_lock_left_by_a_process_that_died_here_is_taken_over_at_once():
+    """A killed worker or listener would otherwise keep every sync out for LOCK_SECONDS."""
+    now = timezone.now()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        for pid, host, expected in [
+            (alive.pid, socket.gethostname(), False),  # still running: it may be syncing
+            (dead.pid, "another-machine", False),  # elsewhere: this machine cannot tell
+            (dead.pid, socket.gethostname(), True),
+        ]:
+            token = f"{host}:{pid}:123"
+            SyncState.objects.update_or_create(
+                name="sync",
+                defaults={"locked_by": token, "locked_until": now + timedelta(seconds=200)},
+            )
+            taken = try_lock(now)
+            assert (taken is not None) is expected, (pid, host)
+            if taken:
+                unlock(taken)
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_a_drift_repair_counts_every_slot_a_holder_takes(

@@ -20,10 +20,10 @@ from reslock_web.prefect_api import PrefectAPI, PrefectError
 from reslock_web.prefect_budget import Budget, Rate, Throttled, reserve
 from reslock_web.sync import sync_limit
 from tests.support.cloud_standin import CloudStandIn
+from tests.support.listener_process import ListenerProcess
 from tests.support.net import wait_for
 from tests.support.operating import finished, form, sync, unique
 from tests.support.patient import patient_client
-from tests.test_listener import ListenerProcess
 
 KEY = "pnu_standin0123456789abcdefghijklmnopqrstu"
 
