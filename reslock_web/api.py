@@ -118,19 +118,17 @@ def _with_people(queryset):
 def _sync_json() -> dict[str, Any]:
     last = SyncRun.objects.last_finished()
     ok = SyncRun.objects.last_ok() if last and not last.ok else last
-    listener = Heartbeat.objects.filter(service="listener").first()
+    listener = Heartbeat.objects.listener()
     return {
         "last_finished_at": _when(last.finished_at) if last else None,
         "last_ok_at": _when(ok.finished_at) if ok else None,
         "ok": last.ok if last else None,
         "error": last.error if last and not last.ok else "",
         "listener": {
-            "connected": bool(
-                listener and listener.detail.get("connected") and not listener.is_late(5)
-            ),
+            "connected": bool(listener and listener.is_connected_listener),
             "last_seen": _when(listener.last_seen) if listener else None,
             "last_event_at": listener.detail.get("last_event_at") if listener else None,
-            "lag_seconds": listener.detail.get("lag_seconds") if listener else None,
+            "lag_seconds": listener.lag_seconds if listener else None,
         },
     }
 

@@ -36,11 +36,18 @@ class Freshness:
         return self.last_ok is None
 
     @property
+    def live(self) -> bool:
+        """The listener is connected and current: events carry the board (sync_plan.py)."""
+        return self.listener is not None and self.listener.is_current_listener()
+
+    @property
     def stale(self) -> bool:
-        """No good sync for three periods: the board may be behind Prefect."""
+        """No good sync for three periods: the board may be behind Prefect. While the listener
+        is live, the complete sync runs only every RESLOCK_FULL_SYNC_SECONDS."""
         if self.last_ok is None:
             return True
-        return self.now - self.last_ok.finished_at > timedelta(seconds=3 * settings.SYNC_SECONDS)
+        period = settings.FULL_SYNC_SECONDS if self.live else settings.SYNC_SECONDS
+        return self.now - self.last_ok.finished_at > timedelta(seconds=3 * period)
 
     @property
     def worker_late(self) -> bool:
@@ -51,7 +58,7 @@ class Freshness:
         """A listener ran once and has stopped or lost Prefect: live updates are off."""
         if self.listener is None:
             return False
-        return not self.listener.detail.get("connected") or self.listener.is_late(5)
+        return not self.listener.is_connected_listener
 
 
 # Every open page asks for the banner each second. Within one process an answer is reused for

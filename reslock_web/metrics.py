@@ -163,17 +163,18 @@ class ReslockCollector:
     def _services(self, now: datetime) -> Iterator[Metric]:
         beats = {beat.service: beat for beat in Heartbeat.objects.all()}
         listener, worker = beats.get("listener"), beats.get("worker")
-        connected = bool(listener and listener.detail.get("connected") and not listener.is_late(5))
+        connected = bool(listener and listener.is_connected_listener)
         yield GaugeMetricFamily(
             "reslock_listener_connected",
             "1 while the live event listener is connected to Prefect and reporting.",
             value=1 if connected else 0,
         )
-        lag = listener.detail.get("lag_seconds") if listener else None
+        lag = listener.lag_seconds if listener else None
         yield GaugeMetricFamily(
             "reslock_listener_lag_seconds",
-            "How far the listener's last applied event was behind its occurrence.",
-            value=float(lag) if isinstance(lag, int | float) else 0.0,
+            "How far behind Prefect the board is: the delay of the last change the listener "
+            "applied to it, or the age of the oldest change still waiting, whichever is longer.",
+            value=lag or 0.0,
         )
         yield GaugeMetricFamily(
             "reslock_listener_last_seen_timestamp_seconds",

@@ -11,8 +11,21 @@ from django.utils import timezone
 
 from reslock_web import links
 
+# The live listener reports every LISTENER_BEAT_SECONDS (listener.py); beyond
+# LISTENER_MAX_LAG_SECONDS behind, the board cannot count on it (the full sync takes over).
+LISTENER_BEAT_SECONDS = 5
+LISTENER_MAX_LAG_SECONDS = 30
+
 
 class HeartbeatQuerySet(models.QuerySet["Heartbeat"]):
+    def listener(self) -> Heartbeat | None:
+        return self.filter(service="listener").first()
+
+    def listener_is_current(self) -> bool:
+        """The listener is connected, reporting, and not behind: events carry the board."""
+        listener = self.listener()
+        return listener is not None and listener.is_current_listener()
+
     def beat(self, service: str, **detail: object) -> Heartbeat:
         heartbeat, _ = self.update_or_create(
             service=service,
@@ -43,6 +56,20 @@ class Heartbeat(models.Model):
     def is_late(self, period_seconds: int) -> bool:
         # Three missed periods: one late beat is noise, three is a dead worker or beat.
         return timezone.now() - self.last_seen > timedelta(seconds=3 * period_seconds)
+
+    # --- the listener's row --------------------------------------------------------------
+    @property
+    def is_connected_listener(self) -> bool:
+        return bool(self.detail.get("connected")) and not self.is_late(LISTENER_BEAT_SECONDS)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        lag = self.detail.get("lag_seconds")
+        return float(lag) if isinstance(lag, int | float) and not isinstance(lag, bool) else None
+
+    def is_current_listener(self) -> bool:
+        lag = self.lag_seconds
+        return self.is_connected_listener and (lag is None or lag <= LISTENER_MAX_LAG_SECONDS)
 
 
 class Kind(models.TextChoices):

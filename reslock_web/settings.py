@@ -268,6 +268,11 @@ PREFECT_MAX_REQUESTS_PER_MINUTE = envint(
 
 # --- reslock ---
 SYNC_SECONDS = envint("RESLOCK_SYNC_SECONDS", 10, minimum=2, maximum=3600)
+# While the live listener is connected and current, the complete sync runs this often only
+# (sync_plan.py); events carry the board in between.
+FULL_SYNC_SECONDS = envint(
+    "RESLOCK_FULL_SYNC_SECONDS", max(300, SYNC_SECONDS), minimum=SYNC_SECONDS, maximum=86400
+)
 # The longest wait between periodic syncs while Prefect keeps failing (see health.py).
 SYNC_BACKOFF_MAX_SECONDS = envint("RESLOCK_SYNC_BACKOFF_MAX_SECONDS", 300, minimum=10, maximum=3600)
 HEARTBEAT_SECONDS = envint("RESLOCK_HEARTBEAT_SECONDS", 30, minimum=5, maximum=3600)

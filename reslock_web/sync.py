@@ -23,8 +23,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from reslock_web import store
+from reslock_web import store, sync_plan
 from reslock_web.diagnosis import Claim, Queued, kind_of
+from reslock_web.health import sync_backoff
 from reslock_web.models import Kind, LockEvent, Source, SyncRun, SyncState
 from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, PrefectError, RunInfo
 
@@ -751,11 +752,10 @@ NAMES = NameCache()
 
 
 def sync_with_settings(periodic: bool = False) -> SyncRun | None:
-    """A full sync with the configured Prefect. A periodic one (beat's) is skipped while
-    Prefect keeps failing and the back-off has not run out; one asked for always runs."""
+    """A full sync with the configured Prefect; one asked for always runs. A periodic one
+    (beat's) is skipped while Prefect keeps failing and the back-off has not run out, and
+    while the live listener carries the board it is as sync_plan.py says."""
     if periodic:
-        from reslock_web.health import sync_backoff
-
         backoff = sync_backoff()
         if backoff.skip(timezone.now()):
             log.info(
@@ -764,5 +764,14 @@ def sync_with_settings(periodic: bool = False) -> SyncRun | None:
                 backoff.retry_at,
             )
             return None
+        todo = sync_plan.plan(timezone.now())
+        if todo.kind == sync_plan.NOTHING:
+            return None
+        if todo.kind == sync_plan.SOME:
+            with PrefectAPI.from_settings() as api:
+                last = None
+                for name in todo.names:
+                    last = sync_limit(api, name, wait=5) or last
+                return last
     with PrefectAPI.from_settings() as api:
         return sync_all(api)
