@@ -572,8 +572,7 @@ def _stopper(hold: Hold, cancel: Callable[[], object]) -> Callable[[str], None]:
     def stop(reason: str) -> None:
         hold.lost = hold.lost or reason
         hold.lending.revoke(hold.lost)  # first: cancelling this body may wait for its shield
-        if hold.active:  # else its body has left: Prefect's cancel would wait for its shield
-            cancel()
+        cancel()  # a no-op once the body has left its scope
 
     return stop
 
@@ -582,8 +581,7 @@ def _wait_for_borrowers(hold: Hold) -> BaseException | None:
     """Close the hold to newcomers and wait until no borrower is inside: they use the resource
     under this lease, so releasing it first would let another run in. Renewals go on.
     An exception meanwhile (SIGTERM in the main thread, a timeout Prefect injects into this
-    thread) stops them, and is returned to be raised once they have left. Not shielded: a
-    renewer that finds the lease lost must not wait for this thread's shield to stop them."""
+    thread) stops them, and is returned to be raised once they have left."""
     hold.lending.close()
     interrupted: BaseException | None = None
     while True:

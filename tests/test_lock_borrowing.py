@@ -281,6 +281,53 @@ def test_coroutines_gathered_inside_an_async_hold_take_turns_and_the_hold_waits_
     assert seen["slots_after"] == 0
 
 
+def test_a_child_still_waiting_for_its_turn_when_the_hold_ends_takes_the_slot_for_itself(
+    api: httpx.Client, prefect_server: PrefectServer
+) -> None:
+    name = unique("borrow-queued")
+
+    async def scenario() -> dict:
+        first_in, let_first_go = asyncio.Event(), asyncio.Event()
+        seen: dict = {}
+
+        async def first() -> None:
+            async with lock.resource_lock(name) as held:
+                seen["first"] = (held.lease_id, held.borrowed)
+                first_in.set()
+                await let_first_go.wait()
+                seen["first_out"] = time.monotonic()
+
+        async def second() -> None:
+            await first_in.wait()
+            # Nothing awaits between here and its wait for a turn: the block sees this only
+            # once the second is waiting.
+            seen["second_entering"] = True
+            async with lock.resource_lock(name) as held:
+                seen["second"] = (held.lease_id, held.acquired, held.borrowed)
+                seen["second_in"] = time.monotonic()
+
+        async with lock.resource_lock(name) as parent:
+            seen["parent"] = parent.lease_id
+            tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
+            while "second_entering" not in seen:
+                await asyncio.sleep(0.01)
+            let_first_go.set()
+        await asyncio.gather(*tasks)
+        seen["slots_after"] = await asyncio.to_thread(slots, api, name)
+        return seen
+
+    with helper_talks_to(prefect_server):
+        seen = off_the_loop(lambda: asyncio.run(scenario()))
+    assert seen["first"] == (seen["parent"], (name,))
+    # The hold ended while the second waited for its turn: it took a lease of its own, once
+    # the hold had released the slot.
+    lease_id, acquired, borrowed = seen["second"]
+    assert lease_id not in (None, seen["parent"])
+    assert (acquired, borrowed) == ((name,), ())
+    assert seen["second_in"] >= seen["first_out"]
+    assert seen["slots_after"] == 0
+
+
 # --- a revoke stops the borrowers, and "released" waits for them ------------------------------
 @pytest.mark.parametrize("parent", ["in body", "in exit"])
 def test_a_revoked_hold_stops_its_borrower_and_announces_stopping_until_it_has_left(
