@@ -55,10 +55,11 @@ other limits as related resources with role "concurrency-limit"):
     reslock.lock.acquired   payload lease_id: what the board revokes (decrement-with-lease);
                             process: who holds it (see liveness.py), absent without /proc;
                             protocol: 2 (this helper announces stopping, see below)
-    reslock.lock.stopping   the lease was lost and the block has not exited yet: at once, then
-                            every 5 s; payload lease_id, wait_id, names, reason, lost_seconds
+    reslock.lock.stopping   the lease was lost and the block (or a borrower) is still inside:
+                            at once, then every 5 s; payload lease_id, wait_id, names,
+                            reason, lost_seconds
     reslock.lock.released   payload lease_id; reason exit | error | cancelled | lease_lost
-                            (lease_lost: sent once the body has really stopped)
+                            (sent once the body and its borrowers have really stopped)
     reslock.lock.timed_out  `timeout=` expired; no slot is held
 
 resource = {"prefect.resource.id": "prefect.concurrency-limit.<limit id>",
@@ -135,10 +136,11 @@ EVENT_RELEASED = "reslock.lock.released"
 EVENT_TIMED_OUT = "reslock.lock.timed_out"
 # The contract with the board's worker (operations.py), which keeps a revoked holder's
 # resource closed until the holder says its block has stopped: an acquired payload with
-# "protocol": PROTOCOL promises that, once the lease is lost and while the block has not
-# exited, the renewer emits EVENT_STOPPING at once and then every STOPPING_PERIOD_SECONDS
-# (one event per limit), and that EVENT_RELEASED (reason lease_lost) comes only after the
-# body has really stopped. Silence after EVENT_STOPPING is evidence of a dead process.
+# "protocol": PROTOCOL promises that, once the lease is lost and while the block or one of
+# its borrowers has not exited, the renewer emits EVENT_STOPPING at once and then every
+# STOPPING_PERIOD_SECONDS (one event per limit), and that EVENT_RELEASED (reason lease_lost)
+# comes only after all of them have really stopped. Silence after EVENT_STOPPING is evidence
+# of a dead process.
 EVENT_STOPPING = "reslock.lock.stopping"
 STOPPING_PERIOD_SECONDS = 5.0
 PROTOCOL = 2
@@ -1074,7 +1076,8 @@ class _Renewer:
     or when it has not been renewed by `expires - LOST_MARGIN`. That deadline is kept by the
     clock, not between attempts: the body is stopped on time even while a renewal request is
     still in flight, and a renewal answered after that does not revive the hold. Once the
-    lease is lost, EVENT_STOPPING is announced until the block has exited (`stop()`).
+    lease is lost, EVENT_STOPPING is announced until the block and its borrowers have exited
+    (`stop()`).
     """
 
     def __init__(
@@ -1093,7 +1096,7 @@ class _Renewer:
         )
         self.on_lost = on_lost
         self.lost_at: float | None = None
-        self._stopped = False  # the block has exited
+        self._stopped = False  # the block and its borrowers have exited
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -1197,7 +1200,8 @@ class _Renewer:
         return True
 
     def _announce(self) -> None:
-        """EVENT_STOPPING now and every STOPPING_PERIOD_SECONDS until the block has exited.
+        """EVENT_STOPPING now and every STOPPING_PERIOD_SECONDS until the block has exited
+        (after its borrowers).
 
         A body blocked in time.sleep() or a C call only stops when that call returns; until
         then these say "still inside", and their end without a release says "died inside"."""
