@@ -161,9 +161,15 @@ def test_tasks_submitted_inside_a_hold_borrow_it_one_at_a_time(
     acquired = flow.find_events("acquired")[0]
     enters = {event["child"]: event for event in flow.find_events("enter")}
     exits = {event["child"]: event for event in flow.find_events("exit")}
-    assert sorted(enters) == sorted(exits) == [0, 1, 2, 3]
+    assert sorted(enters) == sorted(exits) == [0, 1, 2, 3, 4]
     spans = [Span(f"child {n}", enters[n]["m"], exits[n]["m"]) for n in enters]
     assert overlaps(spans, allowed=1, exempt=[]) == []
+    # The task called directly ran in the flow's own thread: it simply re-entered the hold.
+    direct = enters.pop(4)
+    assert direct["thread"] == acquired["thread"]
+    assert (direct["borrowed"], direct["acquired"]) == ([], [])
+    exits.pop(4)
+    assert all(event["thread"] != acquired["thread"] for event in enters.values())
     # They ran under the flow's lease, inside its block, without taking slots of their own.
     assert {event["lease_id"] for event in enters.values()} == {acquired["lease_id"]}
     assert all(event["borrowed"] == [name] for event in enters.values())

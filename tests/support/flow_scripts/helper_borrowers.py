@@ -5,7 +5,7 @@ The flow enters `resource_lock(name)` in its own body (the main thread) and subm
 
 Params: name, mode:
   "siblings"  `children` (4) tasks submitted at once, each inside for `work` (0.4) s; the flow
-              waits for them inside its block.
+              waits for them inside its block, then calls one more directly.
   "outlive"   one child holds until child_release exists; a second ("late") child only enters
               once late_go exists. The flow's block ends as soon as the first child is inside
               (it does not wait for the children there), then it waits for both.
@@ -14,8 +14,8 @@ Params: name, mode:
               release_file exists, or with `leave` ends as soon as the child is inside.
               The lease is revoked from outside.
 Events (t: time.time(), m: time.monotonic() of this process):
-  acquired {lease_id, limit_ids} (the flow's hold), enter {child, m, lease_id, borrowed,
-  acquired}, exit {child, m} (the child's last instant inside, however it ended), child_lost
+  acquired {lease_id, limit_ids, thread} (the flow's hold), enter {child, m, lease_id,
+  borrowed, acquired, thread}, exit {child, m} (the child's last instant inside, however it ended), child_lost
   {child, reason, lease_id}, child_done {child, result}, body_done {m} (the flow's body left
   its block, however it ended), released {m} (the flow's `with` returned), lost {reason} (the flow's block raised
   ResourceLockLost), want {child} (the late child is about to enter).
@@ -57,6 +57,7 @@ def child(number: int, release: str | None = None, sleep: float | None = None) -
                 lease_id=str(held.lease_id),
                 borrowed=list(held.borrowed),
                 acquired=list(held.acquired),
+                thread=threading.get_ident(),
             )
             INSIDE.set()
             try:
@@ -85,11 +86,13 @@ def borrowers() -> None:
                 "acquired",
                 lease_id=str(held.lease_id),
                 limit_ids={name: str(limit_id) for name, limit_id in held.limit_ids.items()},
+                thread=threading.get_ident(),
             )
             try:
                 if mode == "siblings":
                     futures = [child.submit(n) for n in range(int(P.get("children", 4)))]
                     wait(futures)
+                    child(len(futures))  # called directly: in this thread
                 elif mode == "outlive":
                     futures = [child.submit(0, P["child_release"]), child.submit(1)]
                     while not INSIDE.wait(0.05):
