@@ -1280,10 +1280,10 @@ def _guard_sync(spec: ResourceLock, hold: Hold, borrows: list[_Borrow]) -> Itera
     or a lender's) stops it; on the way out wait for its borrowers, then release."""
     needed = hold.acquired
     guarded = tuple(sorted({*needed, *hold.borrowed}))
-    client = _client()
+    client = _client() if needed else None  # a block that only borrows calls nobody
     grant: _Grant | None = None
     acquired: dict[str, Event | None] = {}
-    if needed:
+    if client is not None:
         grants: list[_Grant] = []
         try:
             acquired = _drive_sync(_acquire_steps(spec, needed, hold, grants))
@@ -1360,10 +1360,10 @@ async def _guard_async(
 ) -> AsyncIterator[Hold]:
     needed = hold.acquired
     guarded = tuple(sorted({*needed, *hold.borrowed}))
-    client = _client()
+    client = _client() if needed else None
     grant: _Grant | None = None
     acquired: dict[str, Event | None] = {}
-    if needed:
+    if client is not None:
         grants: list[_Grant] = []
         try:
             acquired = await _drive_async(_acquire_steps(spec, needed, hold, grants))
