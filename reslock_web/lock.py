@@ -19,6 +19,32 @@ Prefect could not be reached before it expired) stops the body: sync code gets P
 `CancelledError` at its next Python instruction, async code a cancellation at its next await,
 and the block then raises `ResourceLockLost`.
 
+Blocks inside a hold, in the same process: Prefect copies the context into the task runs a
+block starts (called directly or submitted), so they see its hold; so do coroutines gathered
+and tasks created inside an `async with`.
+
+- The thread (or asyncio task) that entered the hold re-enters it freely: a nested `with`,
+  or a task called directly, takes nothing and waits for nothing.
+- A block in another thread or asyncio task (a task submitted with `.submit()` or `.map()`, a
+  gathered coroutine) borrows the hold for the names the hold has, instead of waiting for its
+  own ancestor: it runs under the hold's lease (`Hold.borrowed`, `Hold.lease_id`), takes no
+  slot and emits no event. Borrowers of a name take turns: one inside at a time (`timeout=`
+  bounds the wait for a turn too). A borrower lends to its own children in the same way.
+- The hold's exit waits until no borrower is inside, renewing the lease meanwhile, and only
+  then releases it. A child that enters once the hold has begun to exit (one that outlives
+  its parent, or one still waiting for its turn then) acquires for itself like any caller.
+- A lost lease stops every borrower inside the way it stops the hold's own body (each raises
+  `ResourceLockLost`); `stopping` is announced until all of them have left, `released`
+  (lease_lost) only then.
+
+The holding block's own body is not a borrower: while the children it submitted are inside,
+the resource is theirs. Code of the holding block that uses the resource itself while they
+run, instead of waiting for their results, is not kept apart from them: that is the
+caller's responsibility. A borrower waiting for its turn keeps its worker thread, so
+borrowers that wait for tasks they submit themselves can use up a small thread pool. Nothing
+here reaches other processes (Dask, Ray, process pools), nor threads started without the
+context (`threading.Thread`): they wait for the slot.
+
 This module imports nothing from Django: flows only need Prefect (and `PREFECT_API_URL`).
 Every call goes to Prefect; the board does not have to run.
 
@@ -29,10 +55,11 @@ other limits as related resources with role "concurrency-limit"):
     reslock.lock.acquired   payload lease_id: what the board revokes (decrement-with-lease);
                             process: who holds it (see liveness.py), absent without /proc;
                             protocol: 2 (this helper announces stopping, see below)
-    reslock.lock.stopping   the lease was lost and the block has not exited yet: at once, then
-                            every 5 s; payload lease_id, wait_id, names, reason, lost_seconds
+    reslock.lock.stopping   the lease was lost and the block (or a borrower) is still inside:
+                            at once, then every 5 s; payload lease_id, wait_id, names,
+                            reason, lost_seconds
     reslock.lock.released   payload lease_id; reason exit | error | cancelled | lease_lost
-                            (lease_lost: sent once the body has really stopped)
+                            (sent once the body and its borrowers have really stopped)
     reslock.lock.timed_out  `timeout=` expired; no slot is held
 
 resource = {"prefect.resource.id": "prefect.concurrency-limit.<limit id>",
@@ -45,6 +72,7 @@ match them on `wait_id` and `lease_id` instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -108,10 +136,11 @@ EVENT_RELEASED = "reslock.lock.released"
 EVENT_TIMED_OUT = "reslock.lock.timed_out"
 # The contract with the board's worker (operations.py), which keeps a revoked holder's
 # resource closed until the holder says its block has stopped: an acquired payload with
-# "protocol": PROTOCOL promises that, once the lease is lost and while the block has not
-# exited, the renewer emits EVENT_STOPPING at once and then every STOPPING_PERIOD_SECONDS
-# (one event per limit), and that EVENT_RELEASED (reason lease_lost) comes only after the
-# body has really stopped. Silence after EVENT_STOPPING is evidence of a dead process.
+# "protocol": PROTOCOL promises that, once the lease is lost and while the block or one of
+# its borrowers has not exited, the renewer emits EVENT_STOPPING at once and then every
+# STOPPING_PERIOD_SECONDS (one event per limit), and that EVENT_RELEASED (reason lease_lost)
+# comes only after all of them have really stopped. Silence after EVENT_STOPPING is evidence
+# of a dead process.
 EVENT_STOPPING = "reslock.lock.stopping"
 STOPPING_PERIOD_SECONDS = 5.0
 PROTOCOL = 2
@@ -279,14 +308,163 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logger
 
 
-# --- what this context holds (re-entrancy) ---------------------------------------------------
+# --- what this context holds (re-entrancy and borrowing) -------------------------------------
+def _whoami() -> tuple[str, int]:
+    """Who runs this code: its asyncio task in async code, else its thread. The one who
+    entered a hold re-enters it freely; anyone else in its context tree borrows it."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        task = None
+    return ("task", id(task)) if task is not None else ("thread", threading.get_ident())
+
+
+@dataclass(eq=False)
+class _Borrow:
+    """One child block's use of some names of an enclosing hold (see `_Lending`)."""
+
+    lending: _Lending
+    names: tuple[str, ...]
+    stop: Callable[[str], None] | None = None  # stops the child's body; set once it is inside
+
+
+class _Lending:
+    """The children a hold lends its names to, and their turns.
+
+    Prefect copies the context into nested task runs, so a task submitted inside a hold (or a
+    coroutine gathered in it) sees the hold and must not wait for its own ancestor: it
+    borrows the hold's lease instead. Borrowers of one name take turns (one inside at a time,
+    all its names at once), the hold's exit waits until none is inside, and a lost lease
+    stops each of them. A closed (exiting) or lost hold lends nothing: the child then acquires
+    for itself, like any other caller.
+
+    Used from any thread; async waiters wait on an asyncio.Event that any thread can wake, so
+    their event loop never blocks.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._wakers: set[Callable[[], object]] = set()  # async waiters of this lending
+        self._users: dict[str, _Borrow] = {}  # name -> the borrower inside with it
+        self._inside: set[_Borrow] = set()
+        self.closed = False
+        self.lost: str | None = None
+
+    def _take(self, borrow: _Borrow) -> bool | None:
+        """Under the lock. True: its turn; False: nothing to borrow; None: not yet."""
+        if self.closed or self.lost:
+            return False
+        if any(name in self._users for name in borrow.names):
+            return None
+        self._users.update(dict.fromkeys(borrow.names, borrow))
+        self._inside.add(borrow)
+        return True
+
+    def _changed_now(self) -> None:
+        """Under the lock: wake every waiter to look again."""
+        self._changed.notify_all()
+        for wake in self._wakers:
+            with contextlib.suppress(RuntimeError):  # its event loop has closed
+                wake()
+
+    def turn(self, borrow: _Borrow, deadline: float | None) -> bool:
+        """Wait for `borrow`'s turn (True) or for the hold to lend nothing (False)."""
+        with self._changed:
+            while (taken := self._take(borrow)) is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise _TurnTimeout
+                # Short waits: a cancellation injected into this thread is seen at once.
+                self._changed.wait(0.5 if left is None else min(left, 0.5))
+            return taken
+
+    async def turn_async(self, borrow: _Borrow, deadline: float | None) -> bool:
+        loop = asyncio.get_running_loop()
+        while True:
+            woken = asyncio.Event()
+            wake = functools.partial(loop.call_soon_threadsafe, woken.set)
+            with self._lock:
+                taken = self._take(borrow)
+                if taken is not None:
+                    return taken
+                self._wakers.add(wake)
+            try:
+                left = None if deadline is None else deadline - time.monotonic()
+                with anyio.move_on_after(left):
+                    await woken.wait()
+            finally:
+                with self._lock:
+                    self._wakers.discard(wake)
+            if deadline is not None and time.monotonic() >= deadline and not woken.is_set():
+                raise _TurnTimeout
+
+    def attach(self, borrow: _Borrow, stop: Callable[[str], None]) -> str | None:
+        """The borrower's body can now be stopped; returns why it must stop at once, if so."""
+        with self._lock:
+            borrow.stop = stop
+            return self.lost
+
+    def leave(self, borrow: _Borrow) -> None:
+        with self._lock:
+            if borrow in self._inside:
+                self._inside.discard(borrow)
+                for name in borrow.names:
+                    del self._users[name]
+                self._changed_now()
+
+    def revoke(self, reason: str) -> None:
+        """The hold's lease is lost: stop every borrower inside (and theirs, through them)."""
+        with self._lock:
+            if self.lost:
+                return
+            self.lost = reason
+            stops = [borrow.stop for borrow in self._inside if borrow.stop is not None]
+            self._changed_now()  # waiters stop waiting: they acquire for themselves
+        for stop in stops:  # outside the lock: stopping a thread may wait for its shield
+            try:
+                stop(reason)
+            except Exception:  # e.g. the event loop of an `async with` has closed
+                logger.warning("Could not stop a block borrowing a lost lease", exc_info=True)
+
+    def close(self) -> None:
+        """The hold is leaving: no new turns (latecomers acquire for themselves)."""
+        with self._lock:
+            self.closed = True
+            self._changed_now()
+
+    def wait_empty(self) -> None:
+        with self._changed:
+            while self._inside:
+                self._changed.wait(0.5)
+
+    async def wait_empty_async(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            woken = asyncio.Event()
+            wake = functools.partial(loop.call_soon_threadsafe, woken.set)
+            with self._lock:
+                if not self._inside:
+                    return
+                self._wakers.add(wake)
+            try:
+                await woken.wait()
+            finally:
+                with self._lock:
+                    self._wakers.discard(wake)
+
+
+class _TurnTimeout(Exception):
+    """`timeout=` expired while a sibling borrower was inside."""
+
+
 @dataclass(eq=False)
 class Hold:
     """What a `with resource_lock(...)` block holds (returned by `__enter__`)."""
 
     names: tuple[str, ...]  # every name the block guards
     acquired: tuple[str, ...] = ()  # names this block took a slot for (others: enclosing block)
-    lease_id: uuid.UUID | None = None
+    lease_id: uuid.UUID | None = None  # its own lease, else the lease of the hold it borrows
     limit_ids: dict[str, uuid.UUID] = field(default_factory=dict)
     lease_duration: float = DEFAULT_LEASE_SECONDS
     holder: dict[str, str] | None = None
@@ -294,10 +472,13 @@ class Hold:
     waited_seconds: float = 0.0
     active: bool = True
     lost: str | None = None  # why the lease ended early, if it did
+    borrowed: tuple[str, ...] = ()  # names used under an enclosing hold of another thread/task
+    owner: tuple[str, int] = field(default_factory=_whoami)
+    lending: _Lending = field(default_factory=_Lending, repr=False)
 
 
 # Prefect copies the context into nested task runs (direct calls and .submit() on the thread
-# pool), so a task started inside a hold sees it and does not wait for its own ancestor.
+# pool), so a task started inside a hold sees it: it re-enters it, or borrows it (`_Lending`).
 _HELD: contextvars.ContextVar[tuple[Hold, ...]] = contextvars.ContextVar("reslock_held", default=())
 
 
@@ -306,6 +487,118 @@ def held_names() -> frozenset[str]:
     return frozenset(
         name for hold in _HELD.get() if hold.active and not hold.lost for name in hold.names
     )
+
+
+def _plan(names: tuple[str, ...], me: tuple[str, int]) -> tuple[tuple[str, ...], list]:
+    """(names to acquire, [(enclosing hold, names to borrow from it)], outermost first); the
+    names an enclosing block of this thread/task holds are re-entered and in neither."""
+    needed: list[str] = []
+    lenders: dict[Hold, list[str]] = {}
+    stack = _HELD.get()
+    for name in names:
+        holds = [hold for hold in stack if hold.active and not hold.lost and name in hold.names]
+        if not holds:
+            needed.append(name)
+        elif holds[-1].owner != me:  # the nearest one: a borrower lends to its own children
+            lenders.setdefault(holds[-1], []).append(name)
+    ordered = sorted(lenders.items(), key=lambda item: stack.index(item[0]))
+    return tuple(needed), [(hold, tuple(borrowed)) for hold, borrowed in ordered]
+
+
+def _turn_timeout(hold: Hold, borrowed: tuple[str, ...], timeout: float) -> ResourceLockTimeout:
+    holders = dict.fromkeys(borrowed, f"another block borrowing lease {hold.lease_id}")
+    return ResourceLockTimeout(borrowed, timeout, holders)
+
+
+def _take_turns(spec: ResourceLock, lenders: list) -> tuple[list[_Borrow], tuple[str, ...]]:
+    """Borrow from each lender in turn: (the borrows, the names no one lends any more)."""
+    deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+    borrows: list[_Borrow] = []
+    unlent: list[str] = []
+    try:
+        for lender, names in lenders:
+            borrow = _Borrow(lender.lending, names)
+            try:
+                taken = lender.lending.turn(borrow, deadline)
+            except _TurnTimeout:
+                raise _turn_timeout(lender, names, float(spec.timeout or 0)) from None
+            if taken:
+                borrows.append(borrow)
+            else:
+                unlent.extend(names)
+    except BaseException:
+        _leave_all(borrows)
+        raise
+    return borrows, tuple(unlent)
+
+
+async def _take_turns_async(
+    spec: ResourceLock, lenders: list
+) -> tuple[list[_Borrow], tuple[str, ...]]:
+    deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+    borrows: list[_Borrow] = []
+    unlent: list[str] = []
+    try:
+        for lender, names in lenders:
+            borrow = _Borrow(lender.lending, names)
+            try:
+                taken = await lender.lending.turn_async(borrow, deadline)
+            except _TurnTimeout:
+                raise _turn_timeout(lender, names, float(spec.timeout or 0)) from None
+            if taken:
+                borrows.append(borrow)
+            else:
+                unlent.extend(names)
+    except BaseException:
+        _leave_all(borrows)
+        raise
+    return borrows, tuple(unlent)
+
+
+def _leave_all(borrows: list[_Borrow]) -> None:
+    for borrow in borrows:
+        borrow.lending.leave(borrow)
+
+
+def _lent_lease(hold: Hold, lenders: list, borrows: list[_Borrow]) -> None:
+    """A block that only borrows runs under (and reports) the lease it borrows."""
+    for lender, _ in lenders:
+        if any(borrow.lending is lender.lending for borrow in borrows):
+            hold.lease_id = hold.lease_id or lender.lease_id
+            hold.limit_ids = {**lender.limit_ids, **hold.limit_ids}
+
+
+def _stopper(hold: Hold, cancel: Callable[[], object]) -> Callable[[str], None]:
+    """Stops a block's body, and everyone borrowing from it, once its lease is lost."""
+
+    def stop(reason: str) -> None:
+        hold.lost = hold.lost or reason
+        hold.lending.revoke(hold.lost)  # first: cancelling this body may wait for its shield
+        cancel()  # a no-op once the body has left its scope
+
+    return stop
+
+
+def _wait_for_borrowers(hold: Hold) -> BaseException | None:
+    """Close the hold to newcomers and wait until no borrower is inside: they use the resource
+    under this lease, so releasing it first would let another run in. Renewals go on.
+    An exception meanwhile (SIGTERM in the main thread, a timeout Prefect injects into this
+    thread) stops them, and is returned to be raised once they have left."""
+    hold.lending.close()
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            hold.lending.wait_empty()
+            return interrupted
+        except BaseException as exc:
+            interrupted = interrupted or exc
+            hold.lending.revoke("the block holding it was interrupted")
+
+
+async def _wait_for_borrowers_async(hold: Hold) -> None:
+    hold.lending.close()
+    with anyio.CancelScope(shield=True):
+        await hold.lending.wait_empty_async()
 
 
 # --- Prefect client --------------------------------------------------------------------------
@@ -783,7 +1076,8 @@ class _Renewer:
     or when it has not been renewed by `expires - LOST_MARGIN`. That deadline is kept by the
     clock, not between attempts: the body is stopped on time even while a renewal request is
     still in flight, and a renewal answered after that does not revive the hold. Once the
-    lease is lost, EVENT_STOPPING is announced until the block has exited (`stop()`).
+    lease is lost, EVENT_STOPPING is announced until the block and its borrowers have exited
+    (`stop()`).
     """
 
     def __init__(
@@ -802,7 +1096,7 @@ class _Renewer:
         )
         self.on_lost = on_lost
         self.lost_at: float | None = None
-        self._stopped = False  # the block has exited
+        self._stopped = False  # the block and its borrowers have exited
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -906,7 +1200,8 @@ class _Renewer:
         return True
 
     def _announce(self) -> None:
-        """EVENT_STOPPING now and every STOPPING_PERIOD_SECONDS until the block has exited.
+        """EVENT_STOPPING now and every STOPPING_PERIOD_SECONDS until the block has exited
+        (after its borrowers).
 
         A body blocked in time.sleep() or a C call only stops when that call returns; until
         then these say "still inside", and their end without a release says "died inside"."""
@@ -932,12 +1227,6 @@ class _Renewer:
 
 
 # --- the context managers --------------------------------------------------------------------
-def _split(names: tuple[str, ...]) -> tuple[str, ...]:
-    """The names not already held by an enclosing block of this context."""
-    held = held_names()
-    return tuple(name for name in names if name not in held)
-
-
 def _released_payload(hold: Hold, reason: str, acquired_at: float) -> dict[str, Any]:
     return {
         "lease_id": str(hold.lease_id),
@@ -957,45 +1246,162 @@ def _exit_reason(hold: Hold, exc: BaseException | None) -> str:
     return "error" if isinstance(exc, Exception) else "cancelled"
 
 
+def _attach(hold: Hold, borrows: list[_Borrow], stop: Callable[[str], None]) -> None:
+    """Let each lender stop this body; a lender that lost its lease meanwhile stops it now."""
+    for borrow in borrows:
+        reason = borrow.lending.attach(borrow, stop)
+        if reason is not None:
+            hold.lost = hold.lost or reason
+            raise ResourceLockLost(borrow.names, hold.lease_id, reason)
+
+
 @contextmanager
 def _hold_sync(spec: ResourceLock) -> Iterator[Hold]:
-    needed = _split(spec.names)
-    hold = Hold(spec.names, needed, lease_duration=spec.lease_duration, holder=_current_holder())
-    if not needed:  # every name is held by an enclosing block of this run: nothing to take
+    hold = Hold(spec.names, lease_duration=spec.lease_duration, holder=_current_holder())
+    needed, lenders = _plan(spec.names, hold.owner)
+    if not needed and not lenders:  # every name is held by an enclosing block of this thread
         yield hold
         return
-    grants: list[_Grant] = []
-    client = _client()
+    borrows, unlent = _take_turns(spec, lenders)
     try:
-        acquired = _drive_sync(_acquire_steps(spec, needed, hold, grants))
-    except BaseException:
-        with shield():
-            for grant in grants:
-                _release_quietly(client, grant.lease_id, needed)
-        raise
-    assert hold.lease_id is not None
-    grant = grants[-1]
-    acquired_at = grant.requested_at  # the lease may have started as soon as it was asked for
+        hold.acquired = tuple(sorted({*needed, *unlent}))
+        hold.borrowed = tuple(sorted(name for borrow in borrows for name in borrow.names))
+        if not hold.acquired:
+            _lent_lease(hold, lenders, borrows)
+        with _guard_sync(spec, hold, borrows):
+            yield hold
+    finally:
+        _leave_all(borrows)  # after its own borrowers have left (the guard waits for them)
+
+
+@contextmanager
+def _guard_sync(spec: ResourceLock, hold: Hold, borrows: list[_Borrow]) -> Iterator[Hold]:
+    """Take the slots of `hold.acquired` (if any) and run the body where a lost lease (its own
+    or a lender's) stops it; on the way out wait for its borrowers, then release."""
+    needed = hold.acquired
+    guarded = tuple(sorted({*needed, *hold.borrowed}))
+    client = _client() if needed else None  # a block that only borrows calls nobody
+    grant: _Grant | None = None
+    acquired: dict[str, Event | None] = {}
+    if client is not None:
+        grants: list[_Grant] = []
+        try:
+            acquired = _drive_sync(_acquire_steps(spec, needed, hold, grants))
+        except BaseException:
+            with shield():
+                for taken in grants:
+                    _release_quietly(client, taken.lease_id, needed)
+            raise
+        grant = grants[-1]
+    # The lease may have started as soon as it was asked for.
+    acquired_at = grant.requested_at if grant is not None else time.monotonic()
     token = _HELD.set((*_HELD.get(), hold))
+    renewer: _Renewer | None = None
     error: BaseException | None = None
     try:
-        with WatcherThreadCancelScope(name=f"reslock {', '.join(needed)}") as scope:
-            renewer = _Renewer(client, hold, acquired_at, grant.lease_seconds, scope.cancel)
-            renewer.start()
-            try:
-                yield hold
-            finally:
-                renewer.stop()
+        with WatcherThreadCancelScope(name=f"reslock {', '.join(guarded)}") as scope:
+            stop = _stopper(hold, scope.cancel)
+            if grant is not None:
+                renewer = _Renewer(
+                    client, hold, acquired_at, grant.lease_seconds, lambda: stop(hold.lost or "")
+                )
+                renewer.start()
+            _attach(hold, borrows, stop)
+            yield hold
     except BaseException as exc:
         error = exc
-        if hold.lost:  # the body was stopped (CancelledError) or failed after losing the lease
-            raise ResourceLockLost(needed, hold.lease_id, hold.lost) from exc
+        # The body was stopped (CancelledError) or failed after losing the lease
+        if hold.lost and not isinstance(exc, ResourceLockLost):
+            raise ResourceLockLost(guarded, hold.lease_id, hold.lost) from exc
         raise
     finally:
         hold.active = False
         _HELD.reset(token)
-        with shield():
-            _release_quietly(client, hold.lease_id, needed)
+        interrupted = _wait_for_borrowers(hold)
+        if renewer is not None:
+            renewer.stop()
+        if grant is not None:
+            with shield():
+                _release_quietly(client, hold.lease_id, needed)  # type: ignore[arg-type]
+                _emit_all(
+                    EVENT_RELEASED,
+                    hold.limit_ids,
+                    _released_payload(hold, _exit_reason(hold, error), acquired_at),
+                    acquired,
+                )
+        if interrupted is not None:
+            raise interrupted
+    if hold.lost:
+        raise ResourceLockLost(guarded, hold.lease_id, hold.lost)
+
+
+@asynccontextmanager
+async def _hold_async(spec: ResourceLock) -> AsyncIterator[Hold]:
+    hold = Hold(spec.names, lease_duration=spec.lease_duration, holder=_current_holder())
+    needed, lenders = _plan(spec.names, hold.owner)
+    if not needed and not lenders:  # every name is held by an enclosing block of this task
+        yield hold
+        return
+    borrows, unlent = await _take_turns_async(spec, lenders)
+    try:
+        hold.acquired = tuple(sorted({*needed, *unlent}))
+        hold.borrowed = tuple(sorted(name for borrow in borrows for name in borrow.names))
+        if not hold.acquired:
+            _lent_lease(hold, lenders, borrows)
+        async with _guard_async(spec, hold, borrows):
+            yield hold
+    finally:
+        _leave_all(borrows)
+
+
+@asynccontextmanager
+async def _guard_async(
+    spec: ResourceLock, hold: Hold, borrows: list[_Borrow]
+) -> AsyncIterator[Hold]:
+    needed = hold.acquired
+    guarded = tuple(sorted({*needed, *hold.borrowed}))
+    client = _client() if needed else None
+    grant: _Grant | None = None
+    acquired: dict[str, Event | None] = {}
+    if client is not None:
+        grants: list[_Grant] = []
+        try:
+            acquired = await _drive_async(_acquire_steps(spec, needed, hold, grants))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for taken in grants:
+                    await anyio.to_thread.run_sync(_release_quietly, client, taken.lease_id, needed)
+            raise
+        grant = grants[-1]
+    acquired_at = grant.requested_at if grant is not None else time.monotonic()
+    token = _HELD.set((*_HELD.get(), hold))
+    loop = asyncio.get_running_loop()
+    renewer: _Renewer | None = None
+    error: BaseException | None = None
+    try:
+        with anyio.CancelScope() as scope:  # cancelled when the lease is lost
+            stop = _stopper(hold, lambda: loop.call_soon_threadsafe(scope.cancel))
+            if grant is not None:
+                renewer = _Renewer(
+                    client, hold, acquired_at, grant.lease_seconds, lambda: stop(hold.lost or "")
+                )
+                renewer.start()
+            _attach(hold, borrows, stop)
+            yield hold
+    except BaseException as exc:
+        error = exc
+        if hold.lost and not isinstance(exc, ResourceLockLost):
+            raise ResourceLockLost(guarded, hold.lease_id, hold.lost) from exc
+        raise
+    finally:
+        hold.active = False
+        _HELD.reset(token)
+        await _wait_for_borrowers_async(hold)
+        if renewer is not None:
+            renewer.stop()
+        if grant is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_release_quietly, client, hold.lease_id, needed)
             _emit_all(
                 EVENT_RELEASED,
                 hold.limit_ids,
@@ -1003,63 +1409,7 @@ def _hold_sync(spec: ResourceLock) -> Iterator[Hold]:
                 acquired,
             )
     if hold.lost:
-        raise ResourceLockLost(needed, hold.lease_id, hold.lost)
-
-
-@asynccontextmanager
-async def _hold_async(spec: ResourceLock) -> AsyncIterator[Hold]:
-    needed = _split(spec.names)
-    hold = Hold(spec.names, needed, lease_duration=spec.lease_duration, holder=_current_holder())
-    if not needed:
-        yield hold
-        return
-    grants: list[_Grant] = []
-    client = _client()
-    try:
-        acquired = await _drive_async(_acquire_steps(spec, needed, hold, grants))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            for grant in grants:
-                await anyio.to_thread.run_sync(_release_quietly, client, grant.lease_id, needed)
-        raise
-    assert hold.lease_id is not None
-    grant = grants[-1]
-    acquired_at = grant.requested_at
-    token = _HELD.set((*_HELD.get(), hold))
-    loop = asyncio.get_running_loop()
-    error: BaseException | None = None
-    try:
-        with anyio.CancelScope() as scope:  # cancelled by the renewer if the lease is lost
-            renewer = _Renewer(
-                client,
-                hold,
-                acquired_at,
-                grant.lease_seconds,
-                lambda: loop.call_soon_threadsafe(scope.cancel),
-            )
-            renewer.start()
-            try:
-                yield hold
-            finally:
-                renewer.stop()
-    except BaseException as exc:
-        error = exc
-        if hold.lost:
-            raise ResourceLockLost(needed, hold.lease_id, hold.lost) from exc
-        raise
-    finally:
-        hold.active = False
-        _HELD.reset(token)
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_release_quietly, client, hold.lease_id, needed)
-        _emit_all(
-            EVENT_RELEASED,
-            hold.limit_ids,
-            _released_payload(hold, _exit_reason(hold, error), acquired_at),
-            acquired,
-        )
-    if hold.lost:
-        raise ResourceLockLost(needed, hold.lease_id, hold.lost)
+        raise ResourceLockLost(guarded, hold.lease_id, hold.lost)
 
 
 def _refuse_inside_event_loop(spec: ResourceLock) -> None:

@@ -13,7 +13,6 @@ minute or so of waiting overlaps.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 import time
 import uuid
@@ -22,12 +21,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import pytest
-from prefect.events.worker import EventsWorker
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from reslock_web import lock
 from tests.support.fault_proxy import FaultProxy
 from tests.support.flows import FlowRunner
+from tests.support.in_process import helper_talks_to, off_the_loop
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 from tests.support.prefect_events import limit_resource, occurred, prefect_events
@@ -57,18 +55,8 @@ def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
 @pytest.fixture
 def in_process(prefect_server: PrefectServer) -> Iterator[None]:
     """The helper, called from the test process itself, talks to the test server."""
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+    with helper_talks_to(prefect_server):
         yield
-        off_the_loop(lambda: EventsWorker.drain_all(timeout=10))  # before the server goes
-
-
-def off_the_loop(body: Callable[[], object]) -> object:
-    """Run `body` in a thread of its own, with this context (Prefect's settings): after a
-    browser test, Playwright leaves an event loop running in the main thread, where a sync
-    `resource_lock` rightly refuses to run."""
-    context = contextvars.copy_context()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(context.run, body).result()
 
 
 # --- item 13: an existing limit must make the lock exclusive ---------------------------------
