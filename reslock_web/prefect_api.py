@@ -534,7 +534,7 @@ class PrefectAPI:
             next_page = data.get("next_page")
             if not next_page or not isinstance(next_page, str):
                 return
-            data = self._get_absolute(next_page)
+            data = self._next_events_page(next_page)
 
     def resources_with_events(
         self, since: datetime, until: datetime, prefixes: list[str], resources: Iterable[str]
@@ -557,11 +557,11 @@ class PrefectAPI:
             todo = [resource for resource in todo if resource not in found]
         return found
 
-    def _get_absolute(self, url: str) -> Any:
-        # next_page is a full URL on the same server; keep only its path and query.
-        parsed = httpx.URL(url)
-        path = parsed.raw_path.decode().removeprefix(httpx.URL(self.api_url).raw_path.decode())
-        return self.request("GET", path)
+    def _next_events_page(self, url: str) -> Any:
+        # next_page is a full URL that Prefect builds from the address it was asked on: behind
+        # a proxy or a gateway (Prefect Cloud's workspace paths) that is not ours. The page
+        # token in its query is all it carries.
+        return self.request("GET", f"events/filter/next?{httpx.URL(url).query.decode()}")
 
 
 def _events_body(

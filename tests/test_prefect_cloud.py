@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from reslock_web.env import is_prefect_cloud, prefect_ui_url
 from reslock_web.models import Condition, Holder, Limit, Operation, OperationStatus
@@ -191,3 +192,25 @@ def test_an_operation_against_a_throttled_prefect_still_succeeds(
     assert cloud.throttled() > 0
     with patient_client(prefect_server.api_url) as http:
         assert http.get(f"/v2/concurrency_limits/{name}").json()["active"] is False
+
+
+def test_events_page_through_a_workspace_address(prefect_server, cloud):
+    """Prefect builds each events page's `next_page` from the address it was asked on, which
+    behind a gateway is not the workspace address reslock uses."""
+    prefix = unique("paged")
+    since = timezone.now()
+    with patient_client(prefect_server.api_url) as http:
+        for i in range(60):  # more than one page of 50
+            body = {"name": f"{prefix}-{i}", "limit": 1}
+            http.post("/v2/concurrency_limits/", json=body).raise_for_status()
+
+    def created() -> int:
+        with PrefectAPI(cloud.api_url, KEY) as api:
+            return sum(
+                event.resource.get("prefect.resource.name", "").startswith(prefix)
+                for event in api.events(
+                    since, timezone.now(), ["prefect.concurrency-limit.created"]
+                )
+            )
+
+    wait_for(lambda: created() == 60, 60, what="all 60 creations, over two pages")
