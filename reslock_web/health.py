@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from reslock_web.models import Heartbeat, SyncRun
+from reslock_web.models import Heartbeat, SyncRun, SyncState
 
 # After this many failed full syncs in a row, beat's periodic syncs slow down: each further
 # failure doubles the wait (from one sync period up to RESLOCK_SYNC_BACKOFF_MAX_SECONDS), so a
@@ -26,6 +26,7 @@ class Freshness:
     listener: Heartbeat | None
     now: datetime
     retry_at: datetime | None = None  # when periodic syncs try again, while they back off
+    backfill: SyncState | None = None  # a long read of past events, while one is under way
 
     @property
     def failing(self) -> bool:
@@ -105,6 +106,7 @@ def _read_freshness() -> Freshness:
         listener=beats.get("listener"),
         now=timezone.now(),
         retry_at=sync_backoff().retry_at if failing_since else None,
+        backfill=SyncState.objects.filter(name="backfill", window_start__isnull=False).first(),
     )
 
 

@@ -319,6 +319,9 @@ class SyncState(models.Model):
 
     name = models.CharField(max_length=40, unique=True)
     events_until = models.DateTimeField(null=True, blank=True)
+    # Row "backfill": the window of past events a long read covers (sync.py's backfill).
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
     locked_by = models.CharField(max_length=200, blank=True)
     locked_until = models.DateTimeField(null=True, blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
@@ -328,6 +331,19 @@ class SyncState(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def backfill_share(self) -> float | None:
+        """Of a backfill window, the share read so far (row "backfill"); None when none runs."""
+        if self.window_start is None or self.window_end is None:
+            return None
+        span = (self.window_end - self.window_start).total_seconds()
+        done = ((self.events_until or self.window_start) - self.window_start).total_seconds()
+        return min(1.0, max(0.0, done / span)) if span > 0 else 1.0
+
+    @property
+    def backfill_percent(self) -> int:
+        return int(100 * (self.backfill_share or 0.0))
 
 
 class AppliedEvent(models.Model):

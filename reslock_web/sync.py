@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +30,8 @@ from reslock_web.models import Kind, LockEvent, Source, SyncRun, SyncState
 from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, PrefectError, RunInfo
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]  # told how a long read goes, in words
 
 EVENT_PREFIXES = ["prefect.concurrency-limit.", "reslock.lock."]
 # Emitted for every limit created or changed: many, and nothing here needs them.
@@ -58,6 +60,9 @@ VERIFY_PER_PASS = 3
 RUNS_REFRESH = timedelta(seconds=120)
 RUN_EVENT_PREFIXES = ["prefect.flow-run.", "prefect.task-run."]
 LOCK_SECONDS = 300  # a crashed sync's lock frees itself after this long
+# A pass whose events window is longer than this reads it ahead in batches (`backfill`).
+BACKFILL_AFTER = timedelta(minutes=10)
+BACKFILL_BATCH = 1000  # events recorded per step: 20 of Prefect's pages
 ANCESTOR_DEPTH = 10
 
 
@@ -131,13 +136,95 @@ def unlock(token: str) -> None:
 
 
 # --- the pass --------------------------------------------------------------------------
-def sync_all(api: PrefectAPI) -> SyncRun | None:
+def sync_all(api: PrefectAPI, progress: Progress | None = None) -> SyncRun | None:
     """One full sync. Returns the recorded run, or None when another sync holds the lock."""
     token = try_lock(timezone.now())
     if token is None:
         log.info("another sync is running; this one stops here")
         return None
-    return _run(api, token, only=None)
+    return _run(api, token, only=None, progress=progress)
+
+
+def _keep_lock(token: str) -> None:
+    """Extend our sync lock during a long pass; raise if another sync has taken it over."""
+    kept = SyncState.objects.filter(name="sync", locked_by=token).update(
+        locked_until=timezone.now() + timedelta(seconds=LOCK_SECONDS)
+    )
+    if kept != 1:
+        raise PrefectError(
+            "the sync lock passed to another sync during a long read; this one stops here "
+            "(what it recorded so far is kept)",
+            retryable=True,
+        )
+
+
+# --- the backfill ----------------------------------------------------------------------
+def backfill(api: PrefectAPI, token: str, now: datetime, progress: Progress | None) -> None:
+    """Read a long window of past lock events ahead of the pass, in order, recording each
+    batch as it comes and moving the watermark after it.
+
+    A first sync reads RESLOCK_EVENTS_BACKFILL_DAYS of events, and one after a long stop all
+    it missed. Read whole, that is unbounded memory and a pass longer than the sync lock. Read
+    in batches, memory stays flat, the lock is extended after each batch, a pass stopped
+    half-way (an error, a restart) resumes from the last batch recorded, and the banner and
+    `manage.py reslock_sync` show how far it got. The pass itself then reads only the last
+    minute, and finds the holds in the stored open acquires as it always does.
+    """
+    since = _events_since(now)
+    if now - since <= BACKFILL_AFTER:
+        return
+    window, _ = SyncState.objects.get_or_create(name="backfill")
+    if window.window_start is None or window.window_end is None:  # else: resuming
+        window.window_start = since
+    window.window_end = now
+    window.events_until = since
+    window.save()
+    read = 0
+    batch: list[EventInfo] = []
+    try:
+        for event in api.events(since, now, EVENT_PREFIXES, LIFECYCLE_EVENTS):
+            batch.append(event)
+            if len(batch) >= BACKFILL_BATCH:
+                read += _record_batch(batch, token, window, progress, read)
+                batch = []
+        read += _record_batch(batch, token, window, progress, read)
+    except BaseException:
+        log.warning("reading past events stopped after %d; the next sync resumes", read)
+        raise
+    SyncState.objects.filter(name="events").update(events_until=now - EVENTS_OVERLAP)
+    SyncState.objects.filter(name="backfill").update(window_start=None, window_end=None)
+    if progress:
+        progress(f"read {read} past lock events from {_at(since)} to {_at(now)}")
+
+
+def _record_batch(
+    batch: list[EventInfo],
+    token: str,
+    window: SyncState,
+    progress: Progress | None,
+    read: int,
+) -> int:
+    if not batch:
+        return 0
+    until = batch[-1].occurred
+    with transaction.atomic():
+        store.record_events(batch)
+        # The watermark: a pass that stops later resumes EVENTS_OVERLAP before this.
+        SyncState.objects.filter(name="events").update(events_until=until)
+        SyncState.objects.filter(name="backfill").update(events_until=until)
+        _keep_lock(token)
+    window.events_until = until
+    share = window.backfill_share or 0.0
+    log.info(
+        "read %d past lock events, up to %s (%.0f%%)", read + len(batch), _at(until), 100 * share
+    )
+    if progress:
+        progress(f"read {read + len(batch)} past lock events, up to {_at(until)} ({share:.0%})")
+    return len(batch)
+
+
+def _at(when: datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def sync_limit(api: PrefectAPI, name: str, wait: float = 30.0) -> SyncRun | None:
@@ -169,10 +256,14 @@ def sync_limit_or_raise(api: PrefectAPI, name: str) -> SyncRun:
     return run
 
 
-def _run(api: PrefectAPI, token: str, only: str | None) -> SyncRun:
+def _run(
+    api: PrefectAPI, token: str, only: str | None, progress: Progress | None = None
+) -> SyncRun:
     run = SyncRun.objects.create(scope=only[:500] if only else "all")
     started = time.monotonic()
     try:
+        if only is None:
+            backfill(api, token, timezone.now(), progress)
         snapshot = gather(api, only=only)
         with transaction.atomic():
             counts = store.write(
@@ -751,7 +842,7 @@ class NameCache:
 NAMES = NameCache()
 
 
-def sync_with_settings(periodic: bool = False) -> SyncRun | None:
+def sync_with_settings(periodic: bool = False, progress: Progress | None = None) -> SyncRun | None:
     """A full sync with the configured Prefect; one asked for always runs. A periodic one
     (beat's) is skipped while Prefect keeps failing and the back-off has not run out, and
     while the live listener carries the board it is as sync_plan.py says."""
@@ -774,4 +865,4 @@ def sync_with_settings(periodic: bool = False) -> SyncRun | None:
                     last = sync_limit(api, name, wait=5) or last
                 return last
     with PrefectAPI.from_settings() as api:
-        return sync_all(api)
+        return sync_all(api, progress)

@@ -42,3 +42,22 @@ def occurred(event: dict) -> float:
 
 def limit_resource(limit_id: str) -> str:
     return f"prefect.concurrency-limit.{limit_id}"
+
+
+def emit(api_url: str, events: list[dict]) -> None:
+    """Send events to Prefect as a client does (its events socket), with the times they carry."""
+    import asyncio
+    import threading
+
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.events.schemas.events import Event
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url=api_url) as client:
+            for event in events:
+                await client.emit(Event.model_validate(event))
+
+    # In a thread of its own: the caller may be running an event loop (Playwright's).
+    thread = threading.Thread(target=asyncio.run, args=(send(),))
+    thread.start()
+    thread.join()

@@ -11,7 +11,8 @@ class Command(BaseCommand):
     help = "Read every Prefect concurrency limit, its holders and waiters into reslock's tables."
 
     def handle(self, *args: object, **options: object) -> None:
-        run = sync_with_settings()
+        # Progress (a first sync's read of past events) on stderr: stdout keeps one line.
+        run = sync_with_settings(progress=self.stderr.write)
         if run is None:
             self.stdout.write("another sync is running; nothing done")
             return
