@@ -7,11 +7,13 @@ The rules follow what Prefect 3.9 does (see the README's "How reslock reads Pref
   count slots, so their holders are inferred from claims (acquire events, deployment runs
   that keep their slot) and matched against the count by the slots each claim takes
   (`concurrency(name, occupy=N)` takes N).
-- When the count is lower than the live claims take, the order of the claims decides nothing:
-  each claim is judged by what is known of its own process (`Life`, gathered by the sync: its
-  process seen ended or running on this machine, its helper announcing `stopping`). Only a claim
-  whose process is shown ended can be the one whose slot Prefect freed: after a grace period
-  it is a zombie (its run still shows Running; marking it crashed is safe). A claim shown
+- When the count is lower than the live claims take, the order of the claims alone decides
+  nothing: a claim has lost its slot when a later admission shows it (a claim taking the whole
+  limit, admitted by Prefect while it was open) or when its process is shown ended, and each
+  claim is judged by what is known of its own process (`Life`, gathered by the sync: its
+  process seen ended or running on this machine, its helper announcing `stopping`). Only a
+  claim whose process is shown ended can be the one whose slot Prefect freed: after a grace
+  period it is a zombie (its run still shows Running; marking it crashed is safe). A claim shown
   alive that the count does not cover is a live run inside without a counted slot: the limit is
   over the limit, since another run can get in. A claim nothing is known of is uncounted:
   reslock cannot tell whether it still runs inside, and offers nothing that would end it.
@@ -59,7 +61,8 @@ class Claim:
     certain: bool  # Prefect itself lists this run as a lease holder (tag limits)
     flow_run_id: UUID | None = None
     task_run_id: UUID | None = None
-    acquired_at: datetime | None = None
+    acquired_at: datetime | None = None  # by the client's clock (its acquire's `occurred`)
+    received: datetime | None = None  # when Prefect received its acquire, by Prefect's clock
     lease_id: UUID | None = None
     lease_seconds: int | None = None
     names: dict[str, str] = field(default_factory=dict)  # names an event carried
@@ -284,9 +287,10 @@ def _counted_holders(
     """Global and deployment limits: match claims to the slot count by the slots each takes.
 
     Prefect only counts: when the count is lower than the live claims take, the slots it no
-    longer counts are put down to claims whose process is shown ended, and to no other. What
-    that leaves unexplained is judged claim by claim once the grace has passed (`_leaving`):
-    no claim is pushed out for being older, and none is kept in for being newer.
+    longer counts are put down to claims shown to have lost theirs (a later admission proves
+    it, `_admitted_over`), then to claims whose process is shown ended, and to no other. What
+    that leaves unexplained lies among the rest, each judged once the grace has passed
+    (`_leaving`): no claim is pushed out for being older, and none is kept in for being newer.
     """
     live, dead = [], []
     for claim in claims:
@@ -296,12 +300,17 @@ def _counted_holders(
     tentative = [claim for claim, _ in live if claim.tentative]
     short = sum(claim.slots for claim in firm) - info.active_slots
     lives = {claim.key: ctx.life(claim) for claim in firm} if short > 0 else {}
-    freed: set[str] = set()
+    # Claims shown to have lost their slot: by a later admission, else by their process.
+    lost: set[str] = set()
+    if short > 0:
+        for claim in _admitted_over(firm, info.limit, ctx):
+            lost.add(claim.key)
+            short -= claim.slots
     for claim in sorted(firm, key=lambda c: _first(c, ctx)):
         if short <= 0:
             break
-        if lives[claim.key].state == GONE:
-            freed.add(claim.key)
+        if claim.key not in lost and lives[claim.key].state == GONE:
+            lost.add(claim.key)
             short -= claim.slots
     # Since when the count has been short, as the claims in question were stored.
     lost_at = min(
@@ -312,7 +321,9 @@ def _counted_holders(
         ),
         default=ctx.now,
     )
-    in_question = [c for c in firm if c.key not in freed] if short > 0 else []
+    # What the claims shown to have lost a slot leave unexplained lies somewhere among the
+    # others, and nothing says where.
+    in_question = [c for c in firm if c.key not in lost] if short > 0 else []
     if in_question and ctx.now - lost_at < ctx.grace:
         # A release whose event has not come yet looks like this for a few seconds: until
         # the grace has passed, the most recent claims fill the count only for the display
@@ -329,21 +340,21 @@ def _counted_holders(
     # Runs shown alive that the count has room for may well be the counted ones: only when
     # they alone take more than Prefect counts is one of them certainly inside uncounted.
     alive_slots = sum(c.slots for c in in_question if lives[c.key].state == ALIVE)
-    settled = sum(c.slots for c in firm if c.key not in freed and c.key not in questioned)
+    settled = sum(c.slots for c in firm if c.key not in lost and c.key not in questioned)
     alive_fit = alive_slots <= info.active_slots - settled
     verdicts: list[HolderVerdict] = []
     closed: list[str] = []
     for claim in firm:
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
         life = lives.get(claim.key, Life())
-        if claim.key in freed or (
+        if claim.key in lost or (
             claim.key in questioned and not (life.state == ALIVE and alive_fit)
         ):
             verdicts.append(_leaving(claim, run, lost_at, life, ctx))
         else:
             evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
             verdicts.append(HolderVerdict(claim, Condition.HOLDING, evidence, run=run))
-    spare = max(0, info.active_slots - sum(c.slots for c in firm if c.key not in freed))
+    spare = max(0, info.active_slots - sum(c.slots for c in firm if c.key not in lost))
     for claim in sorted(tentative, key=lambda c: _first(c, ctx), reverse=True):
         if claim.slots <= spare:
             spare -= claim.slots
@@ -379,8 +390,30 @@ def _counted_holders(
     return verdicts, closed
 
 
+def _admitted_over(claims: list[Claim], limit: int, ctx: Context) -> list[Claim]:
+    """Claims shown to have lost their slot by a later admission.
+
+    Prefect admits a claim only while the count leaves room for it. A claim that takes the
+    whole limit (any claim of a limit of 1) admitted while older claims were still open shows
+    that none of those was counted any more: each had lost its slot by then, and a lost slot
+    is not counted again. Admission order is Prefect's own clock (when it received each
+    acquire) where known, the claim's time otherwise. It assumes the limit was no higher
+    then; had it been, a claim named here may be counted (never called a zombie for that:
+    only a claim whose process is shown ended is one).
+    """
+    lost: list[Claim] = []
+    before: list[Claim] = []
+    for claim in sorted(claims, key=lambda c: _first(c, ctx)):
+        if 0 < limit <= claim.slots:
+            lost.extend(before)
+            before = []
+        before.append(claim)
+    return lost
+
+
 def _first(claim: Claim, ctx: Context) -> datetime:
-    return claim.acquired_at or datetime.min.replace(tzinfo=ctx.now.tzinfo)
+    """When a claim was made, by Prefect's clock where known: clients' clocks disagree."""
+    return claim.received or claim.acquired_at or datetime.min.replace(tzinfo=ctx.now.tzinfo)
 
 
 def _leaving(

@@ -266,6 +266,8 @@ class LockEvent(models.Model):
     event_id = models.UUIDField(unique=True)
     event = models.CharField(max_length=80)
     occurred = models.DateTimeField(db_index=True)
+    # By Prefect's server clock: orders events from clients whose clocks disagree.
+    received = models.DateTimeField(null=True, blank=True)
     limit_prefect_id = models.UUIDField(null=True, blank=True, db_index=True)
     limit_name = models.CharField(max_length=500, blank=True)
     follows = models.UUIDField(null=True, blank=True, db_index=True)

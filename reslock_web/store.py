@@ -111,6 +111,7 @@ def event_row(event: EventInfo) -> LockEvent:
         event_id=event.id,
         event=event.event[:80],
         occurred=event.occurred,
+        received=event.received,
         limit_prefect_id=limit_id_of(event),
         limit_name=event.resource.get("prefect.resource.name", "")[:500],
         follows=event.follows,
@@ -193,6 +194,7 @@ def claim_from_row(row: LockEvent) -> Claim:
         flow_run_id=row.flow_run_id,
         task_run_id=row.task_run_id,
         acquired_at=row.occurred,
+        received=row.received,
         lease_id=row.lease_id,
         lease_seconds=row.lease_seconds,
         slots=row.slots,
@@ -634,11 +636,12 @@ def life_reader(now: datetime) -> Callable[[Claim], Life]:
         if stopping is None:
             stopping = {}
             rows = LockEvent.objects.filter(
-                event=HELPER_STOPPING, occurred__gte=now - 10 * STOPPING_FRESH
-            ).values_list("lease_id", "occurred")
-            for lease, occurred in rows:
-                if lease is not None and occurred > stopping.get(lease, NEVER_READ):
-                    stopping[lease] = occurred
+                event=HELPER_STOPPING, occurred__gte=now - timedelta(hours=1)
+            ).values_list("lease_id", "received", "occurred")
+            for lease, received, occurred in rows:
+                heard_at = received or occurred  # the server's clock, when Prefect gave it
+                if lease is not None and heard_at > stopping.get(lease, NEVER_READ):
+                    stopping[lease] = heard_at
         return stopping.get(lease_id)
 
     def life(claim: Claim) -> Life:

@@ -146,6 +146,37 @@ def test_a_live_run_the_count_has_room_for_holds_beside_an_uncounted_one():
     assert verdict.status == Status.UNCOUNTED
 
 
+def test_a_later_admission_to_a_limit_of_one_shows_the_earlier_claim_lost_its_slot():
+    """Prefect admitted the second claim while the first was open: the first was no longer
+    counted. Prefect's receive times order them, not the clients' clocks (here the first
+    client's clock runs an hour ahead)."""
+    first, second = claim(run(), 5), claim(run(), 2)
+    first.acquired_at += timedelta(hours=1)
+    first.received, second.received = NOW - timedelta(minutes=5), NOW - timedelta(minutes=2)
+    by_key, verdict = judged([first, second], 1, 1, {}, lost_since(30, first))
+    assert by_key[second.key].condition == Condition.HOLDING
+    assert by_key[first.key].condition == Condition.UNCOUNTED  # nothing shows it dead
+    assert verdict.status == Status.UNCOUNTED
+    lives = {first.key: ALIVE_LIFE}
+    by_key, verdict = judged([first, second], 1, 1, lives, lost_since(30, first))
+    assert by_key[first.key].uncounted and verdict.status == Status.OVER_LIMIT
+    lives = {first.key: GONE_LIFE}
+    by_key, verdict = judged([first, second], 1, 1, lives, lost_since(30, first))
+    assert by_key[first.key].condition == Condition.ZOMBIE
+    assert by_key[second.key].condition == Condition.HOLDING
+
+
+def test_a_dead_holder_whose_slot_is_still_counted_is_not_the_one_that_lost_it():
+    """Limit 1: the second claim got in, so the first (alive) lost its slot; the second's
+    process has ended but its lease still counts. A live run is inside uncounted."""
+    first, second = claim(run(), 5), claim(run(), 2)
+    lives = {first.key: ALIVE_LIFE, second.key: GONE_LIFE}
+    by_key, verdict = judged([first, second], 1, 1, lives, lost_since(30, first))
+    assert by_key[second.key].condition == Condition.HOLDING
+    assert by_key[first.key].condition == Condition.HOLDING and by_key[first.key].uncounted
+    assert verdict.status == Status.OVER_LIMIT and not verdict.flags["has_zombie"]
+
+
 def test_a_single_claim_the_count_lost_is_a_zombie_only_once_its_process_is_shown_ended():
     lost = claim(run(), 3)
     by_key, verdict = judged([lost], 0, 1, {}, lost_since(30, lost))
