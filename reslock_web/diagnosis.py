@@ -46,10 +46,24 @@ GONE, ALIVE, UNKNOWN = "gone", "alive", ""
 @dataclass(frozen=True)
 class Life:
     """What is known of a claim's process: GONE (shown ended), ALIVE (shown running), or
-    UNKNOWN; `why` says how it was shown. Never inferred from when the claim was made."""
+    UNKNOWN; `why` says how it was shown. Never inferred from when the claim was made.
+    `beat`: when Prefect last received its flow run's heartbeat (`as_of` reads it)."""
 
     state: str = UNKNOWN
     why: str = ""
+    beat: datetime | None = None
+
+    def as_of(self, lost_at: datetime) -> Life:
+        """A heartbeat Prefect received after the slot was lost shows the run's process alive
+        then: a dead process's last heartbeat comes before its lease expires. Silence shows
+        nothing (heartbeats come every 180 s by default, and a cut-off process is silent)."""
+        if self.state == UNKNOWN and self.beat is not None and self.beat > lost_at:
+            return Life(
+                ALIVE,
+                f"its flow run sent a heartbeat at {_at(self.beat)}, after the slot was lost",
+                self.beat,
+            )
+        return self
 
 
 @dataclass
@@ -323,6 +337,7 @@ def _counted_holders(
     )
     # What the claims shown to have lost a slot leave unexplained lies somewhere among the
     # others, and nothing says where.
+    lives = {key: life.as_of(lost_at) for key, life in lives.items()}
     in_question = [c for c in firm if c.key not in lost] if short > 0 else []
     if in_question and ctx.now - lost_at < ctx.grace:
         # A release whose event has not come yet looks like this for a few seconds: until
@@ -483,11 +498,12 @@ def _lost_slot(key: str, before: Previous, ctx: Context) -> HolderVerdict | None
         process=before.process,
         slots=before.slots,
     )
+    lost_at = before.slot_lost_at or ctx.now
     return _leaving(
         claim,
         ctx.run_of(before.flow_run_id, before.task_run_id),
-        before.slot_lost_at,
-        ctx.life(claim),
+        lost_at,
+        ctx.life(claim).as_of(lost_at),
         ctx,
     )
 

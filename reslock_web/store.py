@@ -427,7 +427,7 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         snapshot.flow_runs,
         _released(holders),
         snapshot.missing_since,
-        life=life_reader(now),
+        life=life_reader(now, snapshot.heartbeats),
     )
     busy = [
         info
@@ -625,10 +625,14 @@ def _released(holders: dict[int, dict[str, Holder]]) -> frozenset[str]:
     return frozenset(released)
 
 
-def life_reader(now: datetime) -> Callable[[Claim], Life]:
+def life_reader(
+    now: datetime, heartbeats: dict[UUID, datetime] | None = None
+) -> Callable[[Claim], Life]:
     """What shows whether a claim's process still runs, looked up when a rule asks: its
-    process on this machine (liveness.py), else its helper's recent `stopping` announcements.
+    process on this machine (liveness.py), else its helper's recent `stopping` announcements,
+    and its flow run's last heartbeat (`Life.as_of` weighs it against when the slot was lost).
     Nothing else counts: a claim made earlier or later than another says nothing of either."""
+    heartbeats = heartbeats or {}
     stopping: dict[UUID, datetime] | None = None
 
     def heard(lease_id: UUID) -> datetime | None:
@@ -657,7 +661,7 @@ def life_reader(now: datetime) -> Callable[[Claim], Life]:
                 ALIVE,
                 f"its helper announced at {last:%H:%M:%S} UTC that its block is still inside",
             )
-        return Life()
+        return Life(beat=heartbeats.get(claim.flow_run_id) if claim.flow_run_id else None)
 
     return life
 

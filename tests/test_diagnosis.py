@@ -177,6 +177,19 @@ def test_a_dead_holder_whose_slot_is_still_counted_is_not_the_one_that_lost_it()
     assert verdict.status == Status.OVER_LIMIT and not verdict.flags["has_zombie"]
 
 
+def test_a_heartbeat_after_the_slot_was_lost_shows_the_run_alive_and_silence_shows_nothing():
+    lost = claim(run(), 3)
+    after = {lost.key: Life(beat=NOW - timedelta(seconds=10))}  # lost 30 s ago
+    by_key, verdict = judged([lost], 0, 1, after, lost_since(30, lost))
+    [holder] = by_key.values()
+    assert holder.condition == Condition.HOLDING and holder.uncounted
+    assert "heartbeat" in holder.evidence and verdict.status == Status.OVER_LIMIT
+    before = {lost.key: Life(beat=NOW - timedelta(seconds=50))}
+    by_key, verdict = judged([lost], 0, 1, before, lost_since(30, lost))
+    assert [v.condition for v in by_key.values()] == [Condition.UNCOUNTED]
+    assert verdict.status == Status.UNCOUNTED
+
+
 def test_a_single_claim_the_count_lost_is_a_zombie_only_once_its_process_is_shown_ended():
     lost = claim(run(), 3)
     by_key, verdict = judged([lost], 0, 1, {}, lost_since(30, lost))

@@ -110,3 +110,32 @@ def test_a_count_lowered_under_a_live_holder_is_over_the_limit_never_a_zombie(
     assert "Mark the dead run" not in plan
     holder.release()
     assert holder.wait() == 0
+
+
+def test_a_plain_concurrency_holder_whose_heartbeat_outlives_its_lost_slot_is_over_the_limit(
+    prefect_server, flows, settings
+):
+    """Prefect's own `concurrency()` records no process: once the count is lowered under it,
+    reslock cannot tell whether it still runs until its flow run's heartbeat, received after
+    the slot was lost, shows it alive. At no point is it a zombie."""
+    settings.GRACE_SECONDS = 2
+    flows.env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = "30"  # Prefect's shortest
+    name = unique("db-plain")
+    holder = flows.start("gcl_holder", name=name)
+    holder.wait_event("acquired")
+    sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    with patient_client(prefect_server.api_url) as http:
+        http.patch(f"/v2/concurrency_limits/{name}", json={"active_slots": 0}).raise_for_status()
+    seen: list[str] = []
+    limit = sync_until(
+        prefect_server,
+        name,
+        lambda limit: seen.append(limit.status) or limit.status == Status.OVER_LIMIT,
+        timeout=90,
+    )
+    assert Status.ZOMBIE not in seen, seen
+    [row] = limit.holders.all()
+    assert row.condition == Condition.HOLDING and row.process == {}
+    assert "its flow run sent a heartbeat at" in row.evidence
+    holder.release()
+    assert holder.wait() == 0
