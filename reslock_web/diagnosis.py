@@ -594,7 +594,8 @@ def judge(
         evidence.append({"flag": "deadlocked", "text": waiter.evidence})
 
     # Drift: Prefect counts more (or fewer) used slots than the holders we can name take.
-    holder_slots = sum(v.claim.slots for v in counted)
+    # A live run Prefect does not count backs none of the counted slots.
+    holder_slots = sum(v.claim.slots for v in counted if not v.uncounted)
     known = tag_lease_count if tag_lease_count is not None else holder_slots
     # Claims that may or may not be the counted ones explain a count between the two.
     unsure_slots = sum(v.claim.slots for v in unsure)
@@ -636,9 +637,10 @@ def judge(
                 "flag": "over_limit",
                 "text": f"A live run is inside without a counted slot: {names}. Prefect counts "
                 f"{info.active_slots} used slot(s) of {info.limit}, less than the live runs "
-                "take, so another run can get in (the count was lowered under a live lease: "
-                "a decrement, a PATCH of active_slots, Prefect's Reset). Mark nothing crashed "
-                "and repair nothing on the strength of the count.",
+                "take, so another run can get in (the count was lowered under a live lease by "
+                "a decrement, a PATCH of active_slots or Prefect's Reset, or the lease ran out "
+                "while the run went on). Mark nothing crashed and repair nothing on the "
+                "strength of the count.",
             },
         )
     if over_limit:

@@ -134,6 +134,8 @@ def test_a_live_run_the_count_misses_is_over_the_limit_not_a_zombie():
     assert verdict.status == Status.OVER_LIMIT and verdict.flags["is_over_limit"]
     assert not verdict.flags["has_zombie"]
     assert "A live run is inside without a counted slot" in verdict.evidence[0]["text"]
+    # Prefect counts none of its slot: that is no slot without a holder (drift).
+    assert verdict.holder_slots == 0 and not verdict.flags["has_drift"]
 
 
 def test_a_live_run_the_count_has_room_for_holds_beside_an_uncounted_one():
