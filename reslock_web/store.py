@@ -54,7 +54,7 @@ PREFECT_RELEASED = "prefect.concurrency-limit.released"
 NEVER_READ = datetime(1970, 1, 1, tzinfo=UTC)  # holders_checked_at of counted tag holders
 HELPER_STOPPING = "reslock.lock.stopping"
 # The helper announces `stopping` every 5 s while a block whose lease was lost is still
-# inside; one heard within this long (by the holder's clock) shows it alive.
+# inside; one Prefect received within this long shows it alive.
 STOPPING_FRESH = timedelta(seconds=30)
 LIMIT_FIELDS = [
     "name", "kind", "resource", "search_text", "deployment_id", "limit", "active", "active_slots",

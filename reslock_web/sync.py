@@ -60,6 +60,9 @@ RUN_EVENT_PREFIXES = ["prefect.flow-run.", "prefect.task-run."]
 # default, 30 s at least) while a flow runs (flow_engine.py: _send_heartbeats).
 HEARTBEAT = "prefect.flow-run.heartbeat"
 HEARTBEATS_BACK = timedelta(minutes=15)
+# Flow runs per heartbeat request: a next_page link carries the whole filter, and must stay
+# a URL of reasonable length.
+HEARTBEAT_RUNS_PER_READ = 20
 LOCK_SECONDS = 300  # a crashed sync's lock frees itself after this long
 ANCESTOR_DEPTH = 10
 
@@ -665,7 +668,7 @@ def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
 def _heartbeats(api: PrefectAPI, snapshot: Snapshot, written: store.Stored) -> dict[UUID, datetime]:
     """When Prefect last received a heartbeat from each flow run whose claim the count may not
     cover: the claims of limits whose count is lower than their claims take, and stored
-    holders whose slot was lost. Read only then (rarely), in one request."""
+    holders whose slot was lost. Read only then, which is rare."""
     wanted: set[UUID] = set()
     for info in snapshot.listing:
         claims = snapshot.claims.get(info.id, [])
@@ -682,7 +685,8 @@ def _heartbeats(api: PrefectAPI, snapshot: Snapshot, written: store.Stored) -> d
     resources = [f"prefect.flow-run.{run_id}" for run_id in sorted(wanted, key=str)]
     # Heartbeats are dated by the client's clock: look a little ahead of ours.
     until = snapshot.now + timedelta(minutes=5)
-    for chunk in (resources[i : i + 200] for i in range(0, len(resources), 200)):
+    step = HEARTBEAT_RUNS_PER_READ
+    for chunk in (resources[i : i + step] for i in range(0, len(resources), step)):
         for event in api.events(snapshot.now - HEARTBEATS_BACK, until, [HEARTBEAT], None, chunk):
             run_id = _uuid_of(event.resource.get("prefect.resource.id", ""))
             if event.event != HEARTBEAT or run_id is None:
