@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from reslock_web.models import Condition, Operation, OperationStatus, Status
+from reslock_web.models import Condition, LockEvent, Operation, OperationStatus, Status
 from tests.support.operating import finished, form, sync_until, unique
 from tests.support.patient import patient_client
 from tests.support.slot_watch import CounterWatch
@@ -102,6 +102,9 @@ def test_a_count_lowered_under_a_live_holder_is_over_the_limit_never_a_zombie(
     assert "A live run is inside without a counted slot" in first["text"]
     assert "another run can get in" in first["text"]
     assert f"pid {holder.pid} on this machine) still runs" in row.evidence
+    # Prefect 3.9.1 dates each event it received by its own clock too.
+    acquired = LockEvent.objects.get(limit_name=name, event="reslock.lock.acquired")
+    assert acquired.received is not None
     page = operator_client.get(reverse("resource", args=[name])).content.decode()
     assert "badge-over_limit" in page and "badge-zombie" not in page
     plan = operator_client.get(
