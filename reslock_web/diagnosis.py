@@ -6,10 +6,19 @@ The rules follow what Prefect 3.9 does (see the README's "How reslock reads Pref
 - A tag limit names its holders (task runs with a lease); global and deployment limits only
   count slots, so their holders are inferred from claims (acquire events, deployment runs
   that keep their slot) and matched against the count by the slots each claim takes
-  (`concurrency(name, occupy=N)` takes N), the most recent claims first.
-- A claim whose slot disappeared without a release while its run still shows Running is a
-  zombie: the process died and the lease expired. Events and states reach Prefect's API a few
-  seconds apart, so a lost slot only counts as a zombie after a grace period.
+  (`concurrency(name, occupy=N)` takes N).
+- When the count is lower than the live claims take, the order of the claims alone decides
+  nothing: a claim has lost its slot when a later admission shows it (a claim taking the whole
+  limit, admitted by Prefect while it was open) or when its process is shown ended, and each
+  claim is judged by what is known of its own process (`Life`, gathered by the sync: its
+  process seen ended or running on this machine, its helper announcing `stopping`). Only a
+  claim whose process is shown ended can be the one whose slot Prefect freed: after a grace
+  period it is a zombie (its run still shows Running; marking it crashed is safe). A claim shown
+  alive that the count does not cover is a live run inside without a counted slot: the limit is
+  over the limit, since another run can get in. A claim nothing is known of is uncounted:
+  reslock cannot tell whether it still runs inside, and offers nothing that would end it.
+  Events and states reach Prefect's API a few seconds apart, so a lost slot is only judged
+  after a grace period (until then the claim is leaving, not shown).
 - A run Prefect does not return is unknown, not over: Prefect records task runs some seconds
   after they start. It counts as over only once it has stayed missing past the grace, after
   Prefect had shown it; a claim whose run was never seen is never closed on that ground.
@@ -17,6 +26,7 @@ The rules follow what Prefect 3.9 does (see the README's "How reslock reads Pref
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -30,6 +40,32 @@ REPOSSESS_SECONDS = 15
 TAG_LEASE_SECONDS = 60
 
 
+GONE, ALIVE, UNKNOWN = "gone", "alive", ""
+
+
+@dataclass(frozen=True)
+class Life:
+    """What is known of a claim's process: GONE (shown ended), ALIVE (shown running), or
+    UNKNOWN; `why` says how it was shown. Never inferred from when the claim was made.
+    `beat`: when Prefect last received its flow run's heartbeat (`as_of` reads it)."""
+
+    state: str = UNKNOWN
+    why: str = ""
+    beat: datetime | None = None
+
+    def as_of(self, lost_at: datetime) -> Life:
+        """A heartbeat Prefect received after the slot was lost shows the run's process alive
+        then: a dead process's last heartbeat comes before its lease expires. Silence shows
+        nothing (heartbeats come every 180 s by default, and a cut-off process is silent)."""
+        if self.state == UNKNOWN and self.beat is not None and self.beat > lost_at:
+            return Life(
+                ALIVE,
+                f"its flow run sent a heartbeat at {_at(self.beat)}, after the slot was lost",
+                self.beat,
+            )
+        return self
+
+
 @dataclass
 class Claim:
     """Something that says a run may hold a slot."""
@@ -39,7 +75,8 @@ class Claim:
     certain: bool  # Prefect itself lists this run as a lease holder (tag limits)
     flow_run_id: UUID | None = None
     task_run_id: UUID | None = None
-    acquired_at: datetime | None = None
+    acquired_at: datetime | None = None  # by the client's clock (its acquire's `occurred`)
+    received: datetime | None = None  # when Prefect received its acquire, by Prefect's clock
     lease_id: UUID | None = None
     lease_seconds: int | None = None
     names: dict[str, str] = field(default_factory=dict)  # names an event carried
@@ -73,6 +110,9 @@ class Previous:
     source: str
     names: dict[str, str] = field(default_factory=dict)
     slots: int = 1
+    lease_id: UUID | None = None
+    lease_seconds: int | None = None
+    process: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +122,8 @@ class HolderVerdict:
     evidence: str = ""
     slot_lost_at: datetime | None = None
     run: RunInfo | None = None
+    # Shown alive while Prefect's count does not cover it: another run can get in.
+    uncounted: bool = False
 
 
 @dataclass
@@ -118,6 +160,8 @@ class Context:
     # Runs Prefect had shown and no longer returns: since when. A run neither found nor here
     # was never seen (not yet recorded).
     missing_since: dict[UUID, datetime] = field(default_factory=dict)
+    # What is known of a claim's process (the sync looks; this module only reads the answer).
+    life: Callable[[Claim], Life] = lambda claim: Life()
 
     def run_of(self, flow_run_id: UUID | None, task_run_id: UUID | None) -> RunInfo | None:
         if task_run_id is not None:
@@ -254,33 +298,87 @@ def _tag_holders(claims: list[Claim], ctx: Context) -> tuple[list[HolderVerdict]
 def _counted_holders(
     info: LimitInfo, claims: list[Claim], previous: dict[str, Previous], ctx: Context
 ) -> tuple[list[HolderVerdict], list[str]]:
-    """Global and deployment limits: match claims to the slot count by the slots each takes,
-    most recent first (tentative claims last)."""
+    """Global and deployment limits: match claims to the slot count by the slots each takes.
+
+    Prefect only counts: when the count is lower than the live claims take, the slots it no
+    longer counts are put down to claims shown to have lost theirs (a later admission proves
+    it, `_admitted_over`), then to claims whose process is shown ended, and to no other. What
+    that leaves unexplained lies among the rest, each judged once the grace has passed
+    (`_leaving`): no claim is pushed out for being older, and none is kept in for being newer.
+    """
     live, dead = [], []
     for claim in claims:
         ended, why = ctx.ended(claim.flow_run_id, claim.task_run_id)
         (dead if ended else live).append((claim, why))
-
-    def recency(item: tuple[Claim, str]) -> datetime:
-        return item[0].acquired_at or datetime.min.replace(tzinfo=ctx.now.tzinfo)
-
-    live.sort(key=recency, reverse=True)
-    live.sort(key=lambda item: item[0].tentative)  # stable: recency within each group
-    dead.sort(key=recency, reverse=True)
-    spare = info.active_slots
+    firm = [claim for claim, _ in live if not claim.tentative]
+    tentative = [claim for claim, _ in live if claim.tentative]
+    short = sum(claim.slots for claim in firm) - info.active_slots
+    lives = {claim.key: ctx.life(claim) for claim in firm} if short > 0 else {}
+    # Claims shown to have lost their slot: by a later admission, else by their process.
+    lost: set[str] = set()
+    if short > 0:
+        for claim in _admitted_over(firm, info.limit, ctx):
+            lost.add(claim.key)
+            short -= claim.slots
+    for claim in sorted(firm, key=lambda c: _first(c, ctx)):
+        if short <= 0:
+            break
+        if claim.key not in lost and lives[claim.key].state == GONE:
+            lost.add(claim.key)
+            short -= claim.slots
+    # Since when the count has been short, as the claims in question were stored.
+    lost_at = min(
+        (
+            before.slot_lost_at
+            for claim in firm
+            if (before := previous.get(claim.key)) and before.slot_lost_at
+        ),
+        default=ctx.now,
+    )
+    # What the claims shown to have lost a slot leave unexplained lies somewhere among the
+    # others, and nothing says where.
+    lives = {key: life.as_of(lost_at) for key, life in lives.items()}
+    in_question = [c for c in firm if c.key not in lost] if short > 0 else []
+    if in_question and ctx.now - lost_at < ctx.grace:
+        # A release whose event has not come yet looks like this for a few seconds: until
+        # the grace has passed, the most recent claims fill the count only for the display
+        # (the others are leaving, not shown), and nothing is concluded.
+        keep = info.active_slots
+        leaving = set()
+        for claim in sorted(in_question, key=lambda c: _first(c, ctx), reverse=True):
+            if claim.slots <= keep:
+                keep -= claim.slots
+            else:
+                leaving.add(claim.key)
+        in_question = [c for c in in_question if c.key in leaving]
+    questioned = {c.key for c in in_question}
+    # Runs shown alive that the count has room for may well be the counted ones: only when
+    # they alone take more than Prefect counts is one of them certainly inside uncounted.
+    alive_slots = sum(c.slots for c in in_question if lives[c.key].state == ALIVE)
+    settled = sum(c.slots for c in firm if c.key not in lost and c.key not in questioned)
+    alive_fit = alive_slots <= info.active_slots - settled
     verdicts: list[HolderVerdict] = []
     closed: list[str] = []
-    for claim, _ in live:
+    for claim in firm:
         run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
-        if claim.slots <= spare:
-            spare -= claim.slots
+        life = lives.get(claim.key, Life())
+        if claim.key in lost or (
+            claim.key in questioned and not (life.state == ALIVE and alive_fit)
+        ):
+            verdicts.append(_leaving(claim, run, lost_at, life, ctx))
+        else:
             evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
             verdicts.append(HolderVerdict(claim, Condition.HOLDING, evidence, run=run))
-        elif claim.tentative:
-            closed.append(claim.key)  # rescheduled out of its process: it holds nothing
+    spare = max(0, info.active_slots - sum(c.slots for c in firm if c.key not in lost))
+    for claim in sorted(tentative, key=lambda c: _first(c, ctx), reverse=True):
+        if claim.slots <= spare:
+            spare -= claim.slots
+            run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
+            evidence = ctx.unknown(claim.flow_run_id, claim.task_run_id)
+            verdicts.append(HolderVerdict(claim, Condition.HOLDING, evidence, run=run))
         else:
-            before = previous.get(claim.key)
-            verdicts.append(_leaving(claim, run, before.slot_lost_at if before else None, ctx))
+            closed.append(claim.key)  # rescheduled out of its process: it holds nothing
+    dead.sort(key=lambda item: _first(item[0], ctx), reverse=True)
     for claim, why in dead:
         if claim.slots > spare:
             closed.append(claim.key)
@@ -307,9 +405,37 @@ def _counted_holders(
     return verdicts, closed
 
 
+def _admitted_over(claims: list[Claim], limit: int, ctx: Context) -> list[Claim]:
+    """Claims shown to have lost their slot by a later admission.
+
+    Prefect admits a claim only while the count leaves room for it. A claim that takes the
+    whole limit (any claim of a limit of 1) admitted while older claims were still open shows
+    that none of those was counted any more: each had lost its slot by then, and a lost slot
+    is not counted again. Admission order is Prefect's own clock (when it received each
+    acquire) where known, the claim's time otherwise. It assumes the limit was no higher
+    then; had it been, a claim named here may be counted (never called a zombie for that:
+    only a claim whose process is shown ended is one).
+    """
+    lost: list[Claim] = []
+    before: list[Claim] = []
+    for claim in sorted(claims, key=lambda c: _first(c, ctx)):
+        if 0 < limit <= claim.slots:
+            lost.extend(before)
+            before = []
+        before.append(claim)
+    return lost
+
+
+def _first(claim: Claim, ctx: Context) -> datetime:
+    """When a claim was made, by Prefect's clock where known: clients' clocks disagree."""
+    return claim.received or claim.acquired_at or datetime.min.replace(tzinfo=ctx.now.tzinfo)
+
+
 def _leaving(
-    claim: Claim, run: RunInfo | None, lost_at: datetime | None, ctx: Context
+    claim: Claim, run: RunInfo | None, lost_at: datetime | None, life: Life, ctx: Context
 ) -> HolderVerdict:
+    """A claim whose slot Prefect no longer counts, without a release: judged by `life` once
+    the grace has passed, never by its place among the other claims."""
     lost_at = lost_at or ctx.now
     if run is None and (claim.flow_run_id is not None or claim.task_run_id is not None):
         # Its run is not (or no longer) in Prefect, within the grace: nothing says it is
@@ -319,19 +445,43 @@ def _leaving(
     if ctx.now - lost_at < ctx.grace:
         return HolderVerdict(claim, Condition.LEAVING, slot_lost_at=lost_at, run=run)
     state = f"{run.state_name or run.state_type}" if run else "unknown"
+    if life.state == GONE:
+        return HolderVerdict(
+            claim,
+            Condition.ZOMBIE,
+            f"Its slot was freed around {_at(lost_at)} without a release (the lease expired), "
+            f"and {life.why}, yet Prefect still reports the run {state}. The slot is free; "
+            "mark the run crashed so that Prefect stops showing it running.",
+            slot_lost_at=lost_at,
+            run=run,
+        )
+    if life.state == ALIVE:
+        return HolderVerdict(
+            claim,
+            Condition.HOLDING,
+            f"Prefect has not counted its slot since {_at(lost_at)}, yet {life.why}: a live run "
+            "is inside without a counted slot, so another run can get in. Do not mark it "
+            "crashed; let it finish or stop it in Prefect.",
+            slot_lost_at=lost_at,
+            run=run,
+            uncounted=True,
+        )
     return HolderVerdict(
         claim,
-        Condition.ZOMBIE,
-        f"Its slot was freed around {_at(lost_at)} without a release (the lease expired), yet Prefect "
-        f"still reports the run {state}: the process most likely died. The slot is free; "
-        "mark the run crashed so that Prefect stops showing it running.",
+        Condition.UNCOUNTED,
+        f"Prefect has not counted its slot since {_at(lost_at)} and saw no release, while "
+        f"Prefect reports the run {state}. reslock cannot tell whether it still runs inside: "
+        "if its process died, its lease expired and the slot is rightly free; if it still "
+        "works, it is inside without a counted slot and another run can get in. Check its "
+        "run in the Prefect UI (its logs and latest activity) and cancel it there if it is "
+        "stuck; reslock does not mark it crashed.",
         slot_lost_at=lost_at,
         run=run,
     )
 
 
 def _lost_slot(key: str, before: Previous, ctx: Context) -> HolderVerdict | None:
-    """A claim Prefect no longer backs with a slot: a zombie if its run still looks alive."""
+    """A claim Prefect no longer backs with a slot, judged like any claim the count misses."""
     ended, _ = ctx.ended(before.flow_run_id, before.task_run_id)
     if ended or (before.flow_run_id is None and before.task_run_id is None):
         return None
@@ -342,11 +492,19 @@ def _lost_slot(key: str, before: Previous, ctx: Context) -> HolderVerdict | None
         flow_run_id=before.flow_run_id,
         task_run_id=before.task_run_id,
         acquired_at=before.acquired_at,
+        lease_id=before.lease_id,
+        lease_seconds=before.lease_seconds,
         names=before.names,
+        process=before.process,
         slots=before.slots,
     )
+    lost_at = before.slot_lost_at or ctx.now
     return _leaving(
-        claim, ctx.run_of(before.flow_run_id, before.task_run_id), before.slot_lost_at, ctx
+        claim,
+        ctx.run_of(before.flow_run_id, before.task_run_id),
+        lost_at,
+        ctx.life(claim).as_of(lost_at),
+        ctx,
     )
 
 
@@ -421,6 +579,8 @@ def judge(
     counted = [v for v in holders if v.condition in (Condition.HOLDING, Condition.STALE)]
     stale = [v for v in holders if v.condition == Condition.STALE]
     zombies = [v for v in holders if v.condition == Condition.ZOMBIE]
+    unsure = [v for v in holders if v.condition == Condition.UNCOUNTED]
+    alive_out = [v for v in holders if v.uncounted]
     deadlocked = [w for w in waiters if w.deadlocked_by]
     enforced = info.active and info.slot_decay_per_second == 0
 
@@ -428,13 +588,19 @@ def judge(
         evidence.append({"flag": "stale", "text": f"{_who(verdict)}: {verdict.evidence}"})
     for verdict in zombies:
         evidence.append({"flag": "zombie", "text": f"{_who(verdict)}: {verdict.evidence}"})
+    for verdict in unsure:
+        evidence.append({"flag": "uncounted", "text": f"{_who(verdict)}: {verdict.evidence}"})
     for waiter in deadlocked:
         evidence.append({"flag": "deadlocked", "text": waiter.evidence})
 
     # Drift: Prefect counts more (or fewer) used slots than the holders we can name take.
-    holder_slots = sum(v.claim.slots for v in counted)
+    # A live run Prefect does not count backs none of the counted slots.
+    holder_slots = sum(v.claim.slots for v in counted if not v.uncounted)
     known = tag_lease_count if tag_lease_count is not None else holder_slots
-    mismatch = enforced and info.active_slots != known
+    # Claims that may or may not be the counted ones explain a count between the two.
+    unsure_slots = sum(v.claim.slots for v in unsure)
+    explained = unsure and known <= info.active_slots <= known + unsure_slots
+    mismatch = enforced and info.active_slots != known and not explained
     drift_since = (drift_since or ctx.now) if mismatch else None
     has_drift = mismatch and ctx.now - drift_since >= ctx.grace
     if has_drift:
@@ -463,6 +629,20 @@ def judge(
     ]
     inside_slots = sum(v.claim.slots for v in inside)
     over_limit = enforced and inside_slots > info.limit
+    if enforced and alive_out:
+        names = ", ".join(_who(v) for v in alive_out)
+        evidence.insert(
+            0,
+            {
+                "flag": "over_limit",
+                "text": f"A live run is inside without a counted slot: {names}. Prefect counts "
+                f"{info.active_slots} used slot(s) of {info.limit}, less than the live runs "
+                "take, so another run can get in (the count was lowered under a live lease by "
+                "a decrement, a PATCH of active_slots or Prefect's Reset, or the lease ran out "
+                "while the run went on). Mark nothing crashed and repair nothing on the "
+                "strength of the count.",
+            },
+        )
     if over_limit:
         names = ", ".join(_who(v) for v in inside)
         evidence.insert(
@@ -503,9 +683,9 @@ def judge(
         "is_deadlocked": bool(deadlocked),
         "has_drift": has_drift,
         "has_long_hold": bool(long_holds),
-        "is_over_limit": over_limit,
+        "is_over_limit": over_limit or (enforced and bool(alive_out)),
     }
-    status = _status(flags, info.active)
+    status = _status(flags, info.active, uncounted=bool(unsure))
     starts = [v.claim.acquired_at for v in counted if v.claim.acquired_at]
     return Verdict(
         status=status,
@@ -520,11 +700,13 @@ def judge(
     )
 
 
-def _status(flags: dict[str, bool], active: bool) -> str:
+def _status(flags: dict[str, bool], active: bool, uncounted: bool = False) -> str:
     if flags["is_over_limit"]:
         return Status.OVER_LIMIT
     if flags["is_deadlocked"]:
         return Status.DEADLOCKED
+    if uncounted:
+        return Status.UNCOUNTED
     if flags["has_zombie"]:
         return Status.ZOMBIE
     if flags["is_stale"]:

@@ -29,7 +29,14 @@ def explain(limit: Limit, holders: list[Holder], waiters: list[Waiter]) -> Expla
     for item in limit.evidence or []:
         if item.get("flag") != "long_hold":
             out.wrong.append(item.get("text", ""))
-    if limit.is_over_limit:
+    uncounted_alive = any(
+        h.condition == Condition.HOLDING and h.slot_lost_at is not None for h in holders
+    )
+    if limit.is_over_limit and uncounted_alive:
+        out.by_itself.append(
+            "Nothing: Prefect does not count a live run's slot, so it may admit another run."
+        )
+    elif limit.is_over_limit:
         out.by_itself.append(
             "Prefect admits no new run until the runs inside are fewer than the limit."
         )
@@ -74,6 +81,12 @@ def _holder_advice(limit: Limit, holder: Holder, out: Explanation) -> None:
         )
         out.to_do.append(
             f"Mark run {holder.flow_run_name or holder.key!r} crashed so that Prefect stops showing it running."
+        )
+    elif holder.condition == Condition.UNCOUNTED:
+        out.to_do.append(
+            f"Check run {holder.flow_run_name or holder.key!r} in the Prefect UI: if it still "
+            "works, another run can get in beside it; cancel it there if it is stuck. reslock "
+            "offers no release until its process is shown to have ended."
         )
     elif holder.condition == Condition.STALE:
         if holder.lease_seconds:

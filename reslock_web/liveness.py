@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe", "process_gone", "process_identity", "valid_identity"]
+__all__ = ["describe", "process_alive", "process_gone", "process_identity", "valid_identity"]
 
 PROC = Path("/proc")
 BOOT_ID = PROC / "sys" / "kernel" / "random" / "boot_id"
@@ -135,6 +135,26 @@ def process_gone(identity: object) -> bool:
     if here is None or any(here[key] != recorded[key] for key in IDENTITY_TEXT_KEYS):
         return False
     return _ended(recorded["pid"], recorded["start_ticks"])
+
+
+def process_alive(identity: object) -> bool:
+    """True only when the process `identity` names provably still runs here: its pid is held
+    by a process that started at the recorded time, on this machine, and is not a zombie."""
+    recorded = valid_identity(identity)
+    if recorded is None:
+        return False
+    here = process_identity()
+    if here is None or any(here[key] != recorded[key] for key in IDENTITY_TEXT_KEYS):
+        return False
+    try:
+        stat = _read_stat(PROC / str(recorded["pid"]) / "stat")
+    except OSError:
+        return False
+    return (
+        stat is not None
+        and stat.start_ticks == recorded["start_ticks"]
+        and stat.state not in DEAD_STATES
+    )
 
 
 def _ended(pid: int, start_ticks: int) -> bool:

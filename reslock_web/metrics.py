@@ -105,7 +105,12 @@ class ReslockCollector:
         by_condition = GaugeMetricFamily(
             "reslock_holders", "Runs holding a slot, by condition.", labels=["condition"]
         )
-        for condition in (Condition.HOLDING, Condition.STALE, Condition.ZOMBIE):
+        for condition in (
+            Condition.HOLDING,
+            Condition.STALE,
+            Condition.ZOMBIE,
+            Condition.UNCOUNTED,
+        ):
             by_condition.add_metric([condition], holders[condition] or 0)
         yield by_condition
         yield GaugeMetricFamily(

@@ -84,6 +84,8 @@ class Status(models.TextChoices):
     # More runs are certainly inside than the limit allows.
     OVER_LIMIT = "over_limit", "over the limit"
     DEADLOCKED = "deadlocked", "deadlocked"
+    # A run Prefect no longer counts may still be inside: reslock cannot tell.
+    UNCOUNTED = "uncounted", "uncounted"
     ZOMBIE = "zombie", "zombie"
     STALE = "stale", "stale"
     DRIFT = "drift", "drift"
@@ -189,7 +191,10 @@ class Source(models.TextChoices):
 class Condition(models.TextChoices):
     HOLDING = "holding", "holding"
     STALE = "stale", "stale"  # slot still counted, run over
-    ZOMBIE = "zombie", "zombie"  # slot freed by lease expiry, run still shown running
+    # Slot freed by lease expiry, run still shown running, its process shown ended.
+    ZOMBIE = "zombie", "zombie"
+    # Slot no longer counted, nothing shows whether its process still runs inside.
+    UNCOUNTED = "uncounted", "uncounted"
     # Slot gone without a release, within the grace period events need to arrive: not shown.
     LEAVING = "leaving", "leaving"
 
@@ -236,7 +241,9 @@ class Holder(RunFields):
     # or the acquire event (global limits).
     key = models.CharField(max_length=80)
     source = models.CharField(max_length=12, choices=Source.choices)
-    condition = models.CharField(max_length=8, choices=Condition.choices, default=Condition.HOLDING)
+    condition = models.CharField(
+        max_length=12, choices=Condition.choices, default=Condition.HOLDING
+    )
     acquired_at = models.DateTimeField(null=True, blank=True)
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
@@ -286,6 +293,8 @@ class LockEvent(models.Model):
     event_id = models.UUIDField(unique=True)
     event = models.CharField(max_length=80)
     occurred = models.DateTimeField(db_index=True)
+    # By Prefect's server clock: orders events from clients whose clocks disagree.
+    received = models.DateTimeField(null=True, blank=True)
     limit_prefect_id = models.UUIDField(null=True, blank=True, db_index=True)
     limit_name = models.CharField(max_length=500, blank=True)
     follows = models.UUIDField(null=True, blank=True, db_index=True)

@@ -8,7 +8,8 @@ once. So a slot is only ever freed when nothing live stands behind it:
 - a tag holder whose task run is over (its lease is ended by crashing that task run, which
   frees exactly that lease; Prefect's tag reset is never used); its flow run is crashed too
   unless it holds a deployment slot of its own;
-- a zombie, whose slot is already free (we only mark its runs crashed);
+- a zombie, whose slot is already free and whose process is shown ended (we only mark its runs
+  crashed); a claim the count lost without any such proof (uncounted) is never acted on;
 - counted slots no lease backs (drift), lowered by exactly that many;
 - a live holder is never released: its process would go on working while the next run gets in.
   That includes a Running deployment run: crashing its flow run frees its slot at once, but
@@ -81,10 +82,22 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
             True,
             f"Mark the dead run {who!r} crashed.",
             steps,
-            "Its slot is already free: Prefect let its lease expire because the process stopped "
-            "renewing it. Nothing can be admitted twice; this only stops Prefect from showing a "
-            "dead run as Running.",
+            "Its slot is already free (Prefect let its lease expire) and its process is shown "
+            "to have ended; the worker syncs and checks both again before it acts. Nothing can "
+            "be admitted twice; this only stops Prefect from showing a dead run as Running.",
             reason_required=True,
+        )
+    if holder.condition == Condition.UNCOUNTED:
+        return Plan(
+            False,
+            "Refused: nothing shows that this run has stopped.",
+            safety=(
+                "Prefect no longer counts its slot, but reslock cannot tell whether its process "
+                "still works inside: if it does, ending its run or its lease here would not stop "
+                "it. Check the run in the Prefect UI (its logs and latest activity) and cancel "
+                "it there if it is stuck. reslock marks it a zombie, which can then be released, "
+                "only once its process is shown to have ended on the machine reslock runs on."
+            ),
         )
     if holder.condition == Condition.STALE:
         if limit.kind == Kind.TAG and holder.task_run_id:

@@ -186,6 +186,8 @@ class EventInfo:
     related: list[dict[str, str]]
     payload: dict[str, Any]
     follows: UUID | None
+    # When Prefect's server received it, by the server's clock (`occurred` is the client's).
+    received: datetime | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> EventInfo | None:
@@ -205,6 +207,7 @@ class EventInfo:
             related=[{_clean(str(k)): _clean(str(v)) for k, v in r.items()} for r in related],
             payload=payload,
             follows=_uuid(data.get("follows")),
+            received=_when(data.get("received")),
         )
 
     def related_id(self, role: str, prefix: str) -> tuple[UUID | None, str]:

@@ -20,7 +20,17 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import F, Field, Model
 
 from reslock_web import diagnosis, liveness
-from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, Queued, WaiterVerdict
+from reslock_web.diagnosis import (
+    ALIVE,
+    GONE,
+    Claim,
+    Context,
+    HolderVerdict,
+    Life,
+    Previous,
+    Queued,
+    WaiterVerdict,
+)
 from reslock_web.models import (
     Condition,
     Holder,
@@ -42,6 +52,10 @@ BATCH = 500
 PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
 PREFECT_RELEASED = "prefect.concurrency-limit.released"
 NEVER_READ = datetime(1970, 1, 1, tzinfo=UTC)  # holders_checked_at of counted tag holders
+HELPER_STOPPING = "reslock.lock.stopping"
+# The helper announces `stopping` every 5 s while a block whose lease was lost is still
+# inside; one Prefect received within this long shows it alive.
+STOPPING_FRESH = timedelta(seconds=30)
 LIMIT_FIELDS = [
     "name", "kind", "resource", "search_text", "deployment_id", "limit", "active", "active_slots",
     "slot_decay_per_second", "prefect_created", "prefect_updated", "gone_at",
@@ -97,6 +111,7 @@ def event_row(event: EventInfo) -> LockEvent:
         event_id=event.id,
         event=event.event[:80],
         occurred=event.occurred,
+        received=event.received,
         limit_prefect_id=limit_id_of(event),
         limit_name=event.resource.get("prefect.resource.name", "")[:500],
         follows=event.follows,
@@ -179,6 +194,7 @@ def claim_from_row(row: LockEvent) -> Claim:
         flow_run_id=row.flow_run_id,
         task_run_id=row.task_run_id,
         acquired_at=row.occurred,
+        received=row.received,
         lease_id=row.lease_id,
         lease_seconds=row.lease_seconds,
         slots=row.slots,
@@ -411,6 +427,7 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         snapshot.flow_runs,
         _released(holders),
         snapshot.missing_since,
+        life=life_reader(now, snapshot.heartbeats),
     )
     busy = [
         info
@@ -608,6 +625,47 @@ def _released(holders: dict[int, dict[str, Holder]]) -> frozenset[str]:
     return frozenset(released)
 
 
+def life_reader(
+    now: datetime, heartbeats: dict[UUID, datetime] | None = None
+) -> Callable[[Claim], Life]:
+    """What shows whether a claim's process still runs, looked up when a rule asks: its
+    process on this machine (liveness.py), else its helper's recent `stopping` announcements,
+    and its flow run's last heartbeat (`Life.as_of` weighs it against when the slot was lost).
+    Nothing else counts: a claim made earlier or later than another says nothing of either."""
+    heartbeats = heartbeats or {}
+    stopping: dict[UUID, datetime] | None = None
+
+    def heard(lease_id: UUID) -> datetime | None:
+        nonlocal stopping
+        if stopping is None:
+            stopping = {}
+            rows = LockEvent.objects.filter(
+                event=HELPER_STOPPING, occurred__gte=now - timedelta(hours=1)
+            ).values_list("lease_id", "received", "occurred")
+            for lease, received, occurred in rows:
+                heard_at = received or occurred  # the server's clock, when Prefect gave it
+                if lease is not None and heard_at > stopping.get(lease, NEVER_READ):
+                    stopping[lease] = heard_at
+        return stopping.get(lease_id)
+
+    def life(claim: Claim) -> Life:
+        if claim.process:
+            where = liveness.describe(claim.process)
+            if liveness.process_gone(claim.process):
+                return Life(GONE, f"its process ({where}) has ended")
+            if liveness.process_alive(claim.process):
+                return Life(ALIVE, f"its process ({where}) still runs")
+        last = heard(claim.lease_id) if claim.lease_id else None
+        if last is not None and now - last <= STOPPING_FRESH:
+            return Life(
+                ALIVE,
+                f"its helper announced at {last:%H:%M:%S} UTC that its block is still inside",
+            )
+        return Life(beat=heartbeats.get(claim.flow_run_id) if claim.flow_run_id else None)
+
+    return life
+
+
 def _quiet(info: LimitInfo, stored: tuple | None, snapshot: Snapshot, holders, waiters) -> bool:
     """A free limit that nothing touched since the last pass: no need to judge or write it."""
     if (
@@ -681,6 +739,9 @@ def _judge(
             source=holder.source,
             names={"flow_run_name": holder.flow_run_name, "task_run_name": holder.task_run_name},
             slots=holder.slots,
+            lease_id=holder.lease_id,
+            lease_seconds=holder.lease_seconds,
+            process=holder.process or {},
         )
         for key, holder in stored.items()
     }

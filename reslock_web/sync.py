@@ -59,6 +59,13 @@ VERIFY_PER_PASS = 3
 # of them at least this often (in case an event was missed).
 RUNS_REFRESH = timedelta(seconds=120)
 RUN_EVENT_PREFIXES = ["prefect.flow-run.", "prefect.task-run."]
+# Prefect 3.9's flow engine sends one every PREFECT_FLOWS_HEARTBEAT_FREQUENCY (180 s by
+# default, 30 s at least) while a flow runs (flow_engine.py: _send_heartbeats).
+HEARTBEAT = "prefect.flow-run.heartbeat"
+HEARTBEATS_BACK = timedelta(minutes=15)
+# Flow runs per heartbeat request: a next_page link carries the whole filter, and must stay
+# a URL of reasonable length.
+HEARTBEAT_RUNS_PER_READ = 20
 LOCK_SECONDS = 300  # a crashed sync's lock frees itself after this long
 # A pass whose events window is longer than this reads it ahead in batches (`backfill`).
 BACKFILL_AFTER = timedelta(minutes=10)
@@ -89,6 +96,8 @@ class Snapshot:
     tag_counted: set[str] = field(default_factory=set)  # names whose holders were counted
     # Runs Prefect had shown before and did not return in this pass: since when.
     missing_since: dict[UUID, datetime] = field(default_factory=dict)
+    # Flow runs of claims the count may not cover: when Prefect last received a heartbeat.
+    heartbeats: dict[UUID, datetime] = field(default_factory=dict)
     stored: store.Stored | None = None  # our tables as the last pass left them
 
 
@@ -360,6 +369,7 @@ def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
         _claims(snapshot, runs, pending)
         claimed.result().merge_into(snapshot)
     _resolve_runs(api, snapshot, stored_runs)
+    snapshot.heartbeats = _heartbeats(api, snapshot, written)
     found = snapshot.task_runs.keys() | snapshot.flow_runs.keys()
     snapshot.missing_since = {
         run_id: since for run_id, since in snapshot.missing_since.items() if run_id not in found
@@ -773,6 +783,38 @@ def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
         for (limit_id, wait), item in waits.items()
         if (limit_id, wait) not in ended
     ]
+
+
+def _heartbeats(api: PrefectAPI, snapshot: Snapshot, written: store.Stored) -> dict[UUID, datetime]:
+    """When Prefect last received a heartbeat from each flow run whose claim the count may not
+    cover: the claims of limits whose count is lower than their claims take, and stored
+    holders whose slot was lost. Read only then, which is rare."""
+    wanted: set[UUID] = set()
+    for info in snapshot.listing:
+        claims = snapshot.claims.get(info.id, [])
+        if claims and sum(c.slots for c in claims) > info.active_slots:
+            for claim in claims:
+                run = snapshot.task_runs.get(claim.task_run_id) if claim.task_run_id else None
+                wanted |= {claim.flow_run_id, run.flow_run_id if run else None}
+    for by_key in written.holders.values():
+        wanted |= {h.flow_run_id for h in by_key.values() if h.slot_lost_at is not None}
+    wanted.discard(None)
+    if not wanted:
+        return {}
+    beats: dict[UUID, datetime] = {}
+    resources = [f"prefect.flow-run.{run_id}" for run_id in sorted(wanted, key=str)]
+    # Heartbeats are dated by the client's clock: look a little ahead of ours.
+    until = snapshot.now + timedelta(minutes=5)
+    step = HEARTBEAT_RUNS_PER_READ
+    for chunk in (resources[i : i + step] for i in range(0, len(resources), step)):
+        for event in api.events(snapshot.now - HEARTBEATS_BACK, until, [HEARTBEAT], None, chunk):
+            run_id = _uuid_of(event.resource.get("prefect.resource.id", ""))
+            if event.event != HEARTBEAT or run_id is None:
+                continue
+            heard = event.received or event.occurred  # Prefect's clock where it gives it
+            if run_id not in beats or heard > beats[run_id]:
+                beats[run_id] = heard
+    return beats
 
 
 def _resolve_runs(api: PrefectAPI, snapshot: Snapshot, stored: store.StoredRuns) -> None:

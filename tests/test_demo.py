@@ -155,12 +155,12 @@ class Board:
                 and deployment.holder_count == 1
                 and deployment.waiter_count == 1
             ),
-            "a zombie": bool(crashed and crashed.status == Status.ZOMBIE),
+            "an uncounted killed holder": bool(crashed and crashed.status == Status.UNCOUNTED),
         }
 
 
 def test_the_demo_shows_every_scenario_and_stops_every_process(prefect_server, settings, tmp_path):
-    settings.GRACE_SECONDS = 0  # drift and zombies are flagged at the first sync that sees them
+    settings.GRACE_SECONDS = 0  # drift and lost slots are judged at the first sync that sees them
     prefix = f"demo{uuid.uuid4().hex[:6]}-"
     log_path = tmp_path / "demo.log"
     with open(log_path, "wb") as log:
@@ -179,7 +179,7 @@ def test_the_demo_shows_every_scenario_and_stops_every_process(prefect_server, s
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
             return f"still missing: {missing}\nlast seen: {board.last}\n--- demo log:\n{tail}"
 
-        # Zombies need the crashed holder's 60 s lease to run out: allow up to two minutes.
+        # The killed holder's 60 s lease must run out first: allow up to two minutes.
         missing: list[str] = []
         while True:
             seen |= descendants(process.pid)
@@ -189,7 +189,7 @@ def test_the_demo_shows_every_scenario_and_stops_every_process(prefect_server, s
             elapsed = time.monotonic() - started
             if not missing:
                 break
-            late = missing == ["a zombie"] and elapsed < 120
+            late = missing == ["an uncounted killed holder"] and elapsed < 120
             assert elapsed < 90 or late, describe(missing)
             time.sleep(2)
         seen |= descendants(process.pid)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from reslock_web.diagnosis import (
+    ALIVE,
+    GONE,
     Claim,
     Context,
+    Life,
     Previous,
     Queued,
     classify_holders,
@@ -56,28 +61,148 @@ def test_names_give_the_kind_and_the_resource():
     assert kind_of("resource:db") == (Kind.GLOBAL, "resource:db", None)
 
 
-def test_with_more_live_claims_than_slots_the_newest_holds_and_the_older_lost_its_slot():
-    old_run, new_run = run(name="old"), run(name="new")
-    old, new = claim(old_run, 10), claim(new_run, 2)
-    ctx = context(old_run, new_run)
-    verdicts, closed = classify_holders(Kind.GLOBAL, info(1), [old, new], {}, ctx)
-    conditions = {v.claim.key: v.condition for v in verdicts}
-    assert conditions == {new.key: Condition.HOLDING, old.key: Condition.LEAVING}
-    assert closed == []
-    # After the grace period the old claim, still Running, is a zombie.
-    later = {
-        old.key: Previous(
-            Condition.LEAVING,
-            NOW - timedelta(seconds=30),
-            old.acquired_at,
-            old_run.id,
-            None,
-            "event",
+def lost_since(seconds: int, *claims: Claim) -> dict[str, Previous]:
+    """What the last sync stored for claims the count stopped covering `seconds` ago."""
+    return {
+        c.key: Previous(
+            Condition.LEAVING, NOW - timedelta(seconds=seconds), c.acquired_at, c.flow_run_id,
+            None, c.source, process=c.process, lease_id=c.lease_id,
         )
-    }
-    verdicts, _ = classify_holders(Kind.GLOBAL, info(1), [old, new], later, ctx)
-    zombie = next(v for v in verdicts if v.claim.key == old.key)
-    assert zombie.condition == Condition.ZOMBIE and "most likely died" in zombie.evidence
+        for c in claims
+    }  # fmt: skip
+
+
+def judged(claims: list[Claim], count: int, limit: int, lives: dict[str, Life], previous=None):
+    """(condition by claim key, the limit's verdict), every run Running."""
+    runs = [run(id=c.flow_run_id) for c in claims]
+    ctx = context(*runs)
+    ctx.life = lambda c: lives.get(c.key, Life())
+    verdicts, closed = classify_holders(
+        Kind.GLOBAL, info(count, limit), claims, previous or {}, ctx
+    )
+    verdict = judge(Kind.GLOBAL, info(count, limit), verdicts, [], closed, None, None, ctx)
+    return {v.claim.key: v for v in verdicts}, verdict
+
+
+GONE_LIFE = Life(GONE, "its process (pid 7 on this machine) has ended")
+ALIVE_LIFE = Life(ALIVE, "its process (pid 8 on this machine) still runs")
+
+
+def test_the_dead_newer_holder_is_the_zombie_and_the_live_older_one_holds():
+    """Limit 2, count fallen to 1: the newer holder's process is gone, the older one's runs.
+    Before, the newest claim filled the count and the live older one was called a zombie."""
+    older, newer = claim(run(), 10), claim(run(), 2)
+    lives = {older.key: ALIVE_LIFE, newer.key: GONE_LIFE}
+    by_key, _ = judged([older, newer], 1, 2, lives)
+    assert by_key[older.key].condition == Condition.HOLDING
+    assert by_key[newer.key].condition == Condition.LEAVING  # within the grace: not yet judged
+    by_key, verdict = judged([older, newer], 1, 2, lives, lost_since(30, newer))
+    assert by_key[older.key].condition == Condition.HOLDING and not by_key[older.key].uncounted
+    assert by_key[newer.key].condition == Condition.ZOMBIE
+    assert "pid 7 on this machine) has ended" in by_key[newer.key].evidence
+    assert verdict.status == Status.ZOMBIE and not verdict.flags["is_over_limit"]
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=-3), timedelta(hours=3)])
+def test_client_clocks_decide_nothing(skew):
+    """The live holder's clock runs hours behind or ahead: its acquire time, older or newer
+    than the dead holder's, changes no verdict."""
+    live, dead = claim(run(), 5), claim(run(), 5)
+    live.acquired_at += skew
+    lives = {live.key: ALIVE_LIFE, dead.key: GONE_LIFE}
+    by_key, verdict = judged([live, dead], 1, 2, lives, lost_since(30, live, dead))
+    assert by_key[live.key].condition == Condition.HOLDING
+    assert by_key[dead.key].condition == Condition.ZOMBIE
+    assert verdict.status == Status.ZOMBIE
+
+
+def test_when_nothing_shows_which_claim_lost_its_slot_none_is_a_zombie():
+    first, second = claim(run(), 10), claim(run(), 2)
+    by_key, verdict = judged([first, second], 1, 2, {}, lost_since(30, first))
+    assert {v.condition for v in by_key.values()} == {Condition.UNCOUNTED}
+    assert verdict.status == Status.UNCOUNTED
+    assert not verdict.flags["has_zombie"] and not verdict.flags["has_drift"]
+    assert [e["flag"] for e in verdict.evidence] == ["uncounted", "uncounted"]
+
+
+def test_a_live_run_the_count_misses_is_over_the_limit_not_a_zombie():
+    """The count was lowered (a PATCH, Prefect's Reset) under a live holder."""
+    alive = claim(run(), 3)
+    by_key, verdict = judged([alive], 0, 1, {alive.key: ALIVE_LIFE}, lost_since(30, alive))
+    [holder] = by_key.values()
+    assert holder.condition == Condition.HOLDING and holder.uncounted
+    assert verdict.status == Status.OVER_LIMIT and verdict.flags["is_over_limit"]
+    assert not verdict.flags["has_zombie"]
+    assert "A live run is inside without a counted slot" in verdict.evidence[0]["text"]
+    # Prefect counts none of its slot: that is no slot without a holder (drift).
+    assert verdict.holder_slots == 0 and not verdict.flags["has_drift"]
+
+
+def test_a_live_run_the_count_has_room_for_holds_beside_an_uncounted_one():
+    alive, unknown = claim(run(), 10), claim(run(), 2)
+    by_key, verdict = judged(
+        [alive, unknown], 1, 2, {alive.key: ALIVE_LIFE}, lost_since(30, unknown)
+    )
+    assert by_key[alive.key].condition == Condition.HOLDING and not by_key[alive.key].uncounted
+    assert by_key[unknown.key].condition == Condition.UNCOUNTED
+    assert verdict.status == Status.UNCOUNTED
+
+
+def test_a_later_admission_to_a_limit_of_one_shows_the_earlier_claim_lost_its_slot():
+    """Prefect admitted the second claim while the first was open: the first was no longer
+    counted. Prefect's receive times order them, not the clients' clocks (here the first
+    client's clock runs an hour ahead)."""
+    first, second = claim(run(), 5), claim(run(), 2)
+    first.acquired_at += timedelta(hours=1)
+    first.received, second.received = NOW - timedelta(minutes=5), NOW - timedelta(minutes=2)
+    by_key, verdict = judged([first, second], 1, 1, {}, lost_since(30, first))
+    assert by_key[second.key].condition == Condition.HOLDING
+    assert by_key[first.key].condition == Condition.UNCOUNTED  # nothing shows it dead
+    assert verdict.status == Status.UNCOUNTED
+    lives = {first.key: ALIVE_LIFE}
+    by_key, verdict = judged([first, second], 1, 1, lives, lost_since(30, first))
+    assert by_key[first.key].uncounted and verdict.status == Status.OVER_LIMIT
+    lives = {first.key: GONE_LIFE}
+    by_key, verdict = judged([first, second], 1, 1, lives, lost_since(30, first))
+    assert by_key[first.key].condition == Condition.ZOMBIE
+    assert by_key[second.key].condition == Condition.HOLDING
+
+
+def test_a_dead_holder_whose_slot_is_still_counted_is_not_the_one_that_lost_it():
+    """Limit 1: the second claim got in, so the first (alive) lost its slot; the second's
+    process has ended but its lease still counts. A live run is inside uncounted."""
+    first, second = claim(run(), 5), claim(run(), 2)
+    lives = {first.key: ALIVE_LIFE, second.key: GONE_LIFE}
+    by_key, verdict = judged([first, second], 1, 1, lives, lost_since(30, first))
+    assert by_key[second.key].condition == Condition.HOLDING
+    assert by_key[first.key].condition == Condition.HOLDING and by_key[first.key].uncounted
+    assert verdict.status == Status.OVER_LIMIT and not verdict.flags["has_zombie"]
+
+
+def test_a_heartbeat_after_the_slot_was_lost_shows_the_run_alive_and_silence_shows_nothing():
+    lost = claim(run(), 3)
+    after = {lost.key: Life(beat=NOW - timedelta(seconds=10))}  # lost 30 s ago
+    by_key, verdict = judged([lost], 0, 1, after, lost_since(30, lost))
+    [holder] = by_key.values()
+    assert holder.condition == Condition.HOLDING and holder.uncounted
+    assert "heartbeat" in holder.evidence and verdict.status == Status.OVER_LIMIT
+    before = {lost.key: Life(beat=NOW - timedelta(seconds=50))}
+    by_key, verdict = judged([lost], 0, 1, before, lost_since(30, lost))
+    assert [v.condition for v in by_key.values()] == [Condition.UNCOUNTED]
+    assert verdict.status == Status.UNCOUNTED
+
+
+def test_a_single_claim_the_count_lost_is_a_zombie_only_once_its_process_is_shown_ended():
+    lost = claim(run(), 3)
+    by_key, verdict = judged([lost], 0, 1, {}, lost_since(30, lost))
+    [holder] = by_key.values()
+    assert holder.condition == Condition.UNCOUNTED
+    assert "cannot tell whether it still runs inside" in holder.evidence
+    assert "another run can get in" in holder.evidence and "Prefect UI" in holder.evidence
+    assert verdict.status == Status.UNCOUNTED and not verdict.flags["has_zombie"]
+    by_key, verdict = judged([lost], 0, 1, {lost.key: GONE_LIFE}, lost_since(30, lost))
+    assert [v.condition for v in by_key.values()] == [Condition.ZOMBIE]
+    assert verdict.status == Status.ZOMBIE
 
 
 def test_a_claim_whose_run_ended_fills_a_still_counted_slot_as_stale():
@@ -320,7 +445,8 @@ def test_a_released_holder_whose_run_goes_on_is_gone_not_a_zombie():
     key = str(uuid.uuid4())
     ctx = context(flow_run)
     verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [], {key: earlier}, ctx)
-    assert [v.condition for v in verdicts] == [Condition.ZOMBIE]  # no release seen: lost
+    # No release seen: lost, and nothing shows whether it still runs.
+    assert [v.condition for v in verdicts] == [Condition.UNCOUNTED]
     released = Context(ctx.now, ctx.grace, ctx.long_hold, {}, ctx.flow_runs, frozenset({key}))
     verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [], {key: earlier}, released)
     assert verdicts == [] and closed == [key]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reslock_web import liveness
-from reslock_web.liveness import process_gone, process_identity, valid_identity
+from reslock_web.liveness import process_alive, process_gone, process_identity, valid_identity
 from tests.support.net import wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
@@ -95,6 +95,22 @@ def test_a_killed_child_not_yet_reaped_is_a_zombie_and_gone(child) -> None:
     os.kill(child.pid, signal.SIGKILL)
     wait_for(lambda: state_of(child.pid) == "Z", 10, what="the child to become a zombie")
     assert process_gone(identity)
+    assert not process_alive(identity)
+
+
+def test_a_child_is_alive_until_it_is_killed_and_never_by_another_start_time(child) -> None:
+    identity = process_identity(child.pid)
+    assert process_alive(identity)
+    assert not process_alive({**identity, "start_ticks": identity["start_ticks"] + 1})
+    assert not process_alive({**identity, "boot_id": "another boot"})
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=10)
+    assert not process_alive(identity)
+
+
+@pytest.mark.parametrize("identity", MALFORMED)
+def test_a_malformed_identity_is_never_proof_of_life(identity: object) -> None:
+    assert process_alive(identity) is False
 
 
 def test_another_start_time_means_the_pid_was_reused(child) -> None:

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from reslock_web.diagnosis import ALIVE, Claim, Life
 from reslock_web.models import LockEvent
 from reslock_web.prefect_api import EventInfo
-from reslock_web.store import record_events
+from reslock_web.store import life_reader, record_events
 
 pytestmark = pytest.mark.django_db
 
@@ -90,3 +91,34 @@ def test_a_release_pairs_only_within_its_limit_and_run_and_prefers_its_own_slots
     # Prefect's own follows still ends exactly the acquire it names.
     record_events([lock_event("released", 11, flow_run=flow_run, slots=2, follows=two.id)])
     assert closed(two)
+
+
+def stopping_event(lease_id: uuid.UUID, occurred: datetime, received: datetime) -> EventInfo:
+    return EventInfo.parse(
+        {
+            "id": str(uuid.uuid4()),
+            "event": "reslock.lock.stopping",
+            "occurred": occurred.isoformat(),
+            "received": received.isoformat(),
+            "resource": {"prefect.resource.id": f"prefect.concurrency-limit.{LIMIT}"},
+            "payload": {"lease_id": str(lease_id)},
+        }
+    )
+
+
+@pytest.mark.parametrize("skew", [timedelta(minutes=-10), timedelta(minutes=10)])
+def test_a_helper_announcing_stopping_is_alive_by_prefects_clock_whatever_its_own(skew):
+    """The helper announces `stopping` every 5 s while its block is inside after its lease was
+    lost: heard lately (by when Prefect received it), it is alive, however wrong its clock."""
+    now = datetime.now(UTC)
+    heard, silent = uuid.uuid4(), uuid.uuid4()
+    record_events(
+        [
+            stopping_event(heard, now + skew, now - timedelta(seconds=5)),
+            stopping_event(silent, now + skew, now - timedelta(minutes=5)),
+        ]
+    )
+    life = life_reader(now)
+    assert life(Claim("a", "helper", False, lease_id=heard)).state == ALIVE
+    assert life(Claim("b", "helper", False, lease_id=silent)) == Life()
+    assert life(Claim("c", "helper", False, lease_id=uuid.uuid4())) == Life()

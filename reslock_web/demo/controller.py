@@ -396,7 +396,7 @@ class Demo:
             at += step
             return at
 
-        # First the crashed holder: its zombie shows only once its lease ran out (about a minute).
+        # First the crashed holder: it shows (uncounted) only once its lease ran out (about a minute).
         slots.append(
             Slot("crashed", self._crashed, self._after_crash, due=at, ready=self._zombie_gone)
         )
@@ -460,7 +460,8 @@ class Demo:
         run = f"{run_name}-{self.stamp()}"
         log.info(
             "crashed holder: flow %s, run %s, takes tag %s and is killed with SIGKILL 10 s later; "
-            "its runs stay Running, the slot frees when the lease expires (zombie on the board)",
+            "its runs stay Running, the slot frees when the lease expires (uncounted on the board: "
+            "nothing shows a tag holder's process dead)",
             flow, run, tag,
         )  # fmt: skip
         return self.spawn(

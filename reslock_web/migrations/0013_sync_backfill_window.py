@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reslock", "0011_limit_over_limit"),
+        ("reslock", "0012_uncounted"),
     ]
 
     operations = [
