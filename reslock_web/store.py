@@ -19,7 +19,8 @@ from uuid import UUID
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import F, Field, Model
 
-from reslock_web import diagnosis, liveness
+from reslock.process import valid_identity
+from reslock_web import diagnosis
 from reslock_web.diagnosis import Claim, Context, HolderVerdict, Previous, Queued, WaiterVerdict
 from reslock_web.models import (
     Condition,
@@ -158,7 +159,7 @@ def _process_of(event: EventInfo) -> dict[str, Any]:
     ours to trust): a malformed one is dropped, and the holder is then never "provably dead"."""
     if event.event != "reslock.lock.acquired":
         return {}
-    return liveness.valid_identity(event.payload.get("process")) or {}
+    return valid_identity(event.payload.get("process")) or {}
 
 
 def queued_from_row(row: LockEvent) -> Queued:
