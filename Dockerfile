@@ -5,8 +5,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
 COPY pyproject.toml README.md ./
+COPY reslock ./reslock
 COPY reslock_web ./reslock_web
-RUN pip install .
+RUN pip install '.[board]'
 
 COPY manage.py ./
 COPY templates ./templates

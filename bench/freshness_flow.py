@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefect import flow  # noqa: E402
 
-from reslock_web.lock import resource_lock  # noqa: E402
+from reslock import resource_lock  # noqa: E402
 
 
 @flow(name="freshness-cycles")

@@ -100,7 +100,7 @@ def run(server: PrefectServer, n: int, where: str) -> None:
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from reslock_web.lock import resource_lock
+    from reslock import resource_lock
 
     for name in (HELPER_NAME, PLAIN_NAME):
         response = httpx.post(

@@ -9,7 +9,7 @@ call returns. So the worker:
 2. revokes the lease (`decrement-with-lease`): the holder's own slot is freed, the
    placeholder keeps the limit full;
 3. waits until the holder is shown to have stopped: its `released` event for that lease (its
-   block has exited), its process shown ended on this machine (liveness.py), or, for a helper
+   block has exited), its process shown ended on this machine (reslock/process.py), or, for a helper
    that announces `stopping` while a revoked block is still inside, silence from it well after
    it must have noticed (evidence of death: a live one keeps announcing);
 4. only then removes the placeholder.
@@ -34,8 +34,8 @@ from django.core.checks import CheckMessage, Warning
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from reslock_web.liveness import describe, process_gone
-from reslock_web.lock import EVENT_ACQUIRED, EVENT_RELEASED, EVENT_STOPPING
+from reslock.process import describe, process_gone
+from reslock.protocol import EVENT_ACQUIRED, EVENT_RELEASED, EVENT_STOPPING
 from reslock_web.models import Condition, Holder, Operation, OperationStatus
 from reslock_web.prefect_api import EventInfo, PrefectAPI, PrefectError
 

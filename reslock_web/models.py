@@ -248,7 +248,7 @@ class Holder(RunFields):
     lease_id = models.UUIDField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(null=True, blank=True)
     slots = models.PositiveIntegerField(default=1)  # slots its claim takes (occupy=N)
-    # The helper's process identity (liveness.py): lets a release prove the holder is dead.
+    # The helper's process identity (reslock/process.py): lets a release prove the holder is dead.
     process = models.JSONField(default=dict, blank=True)
     slot_lost_at = models.DateTimeField(null=True, blank=True)
     # When Prefect, having shown the run, first stopped returning it (null: found, or never

@@ -27,9 +27,9 @@ from uuid import UUID
 from django.conf import settings
 from django.utils import timezone
 
+from reslock.process import describe, process_gone
 from reslock_web import fence
 from reslock_web.diagnosis import REPOSSESS_SECONDS, TAG_LEASE_SECONDS
-from reslock_web.liveness import describe, process_gone
 from reslock_web.models import (
     FINAL_OPERATION_STATUSES,
     FINAL_STATES,

@@ -19,7 +19,8 @@ from uuid import UUID
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import F, Field, Model
 
-from reslock_web import diagnosis, liveness
+from reslock.process import describe, process_alive, process_gone, valid_identity
+from reslock_web import diagnosis
 from reslock_web.diagnosis import (
     ALIVE,
     GONE,
@@ -173,7 +174,7 @@ def _process_of(event: EventInfo) -> dict[str, Any]:
     ours to trust): a malformed one is dropped, and the holder is then never "provably dead"."""
     if event.event != "reslock.lock.acquired":
         return {}
-    return liveness.valid_identity(event.payload.get("process")) or {}
+    return valid_identity(event.payload.get("process")) or {}
 
 
 def queued_from_row(row: LockEvent) -> Queued:
@@ -629,7 +630,7 @@ def life_reader(
     now: datetime, heartbeats: dict[UUID, datetime] | None = None
 ) -> Callable[[Claim], Life]:
     """What shows whether a claim's process still runs, looked up when a rule asks: its
-    process on this machine (liveness.py), else its helper's recent `stopping` announcements,
+    process on this machine (reslock/process.py), else its helper's recent `stopping` announcements,
     and its flow run's last heartbeat (`Life.as_of` weighs it against when the slot was lost).
     Nothing else counts: a claim made earlier or later than another says nothing of either."""
     heartbeats = heartbeats or {}
@@ -650,10 +651,10 @@ def life_reader(
 
     def life(claim: Claim) -> Life:
         if claim.process:
-            where = liveness.describe(claim.process)
-            if liveness.process_gone(claim.process):
+            where = describe(claim.process)
+            if process_gone(claim.process):
                 return Life(GONE, f"its process ({where}) has ended")
-            if liveness.process_alive(claim.process):
+            if process_alive(claim.process):
                 return Life(ALIVE, f"its process ({where}) still runs")
         last = heard(claim.lease_id) if claim.lease_id else None
         if last is not None and now - last <= STOPPING_FRESH:

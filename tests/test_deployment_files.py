@@ -206,6 +206,7 @@ TOP_LEVEL = {
     "docker-compose.yml",
     "manage.py",
     "pyproject.toml",
+    "reslock",
     "reslock_web",
     "static",
     "templates",

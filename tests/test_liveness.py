@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reslock_web import liveness
-from reslock_web.liveness import process_alive, process_gone, process_identity, valid_identity
+from reslock import process as liveness
+from reslock.process import process_alive, process_gone, process_identity, valid_identity
 from tests.support.net import wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")

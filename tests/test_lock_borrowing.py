@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reslock_web import lock
+from reslock import lock
 from tests.support.flows import FlowRunner
 from tests.support.in_process import helper_talks_to, off_the_loop
 from tests.support.net import wait_for

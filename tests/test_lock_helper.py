@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
-from reslock_web import lock
-from reslock_web.liveness import process_gone, process_identity
+from reslock import lock
+from reslock.process import process_gone, process_identity
 from reslock_web.models import Limit
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_limit

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import httpx
 import pytest
 
-from reslock_web import lock
+from reslock import lock
 from tests.support.fault_proxy import FaultProxy
 from tests.support.flows import FlowRunner
 from tests.support.in_process import helper_talks_to, off_the_loop

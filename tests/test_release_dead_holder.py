@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import pytest
 from django.urls import reverse
 
+from reslock.process import process_gone, process_identity
 from reslock_web import store
-from reslock_web.liveness import process_gone, process_identity
 from reslock_web.models import Condition, Operation, OperationStatus
 from reslock_web.prefect_api import EventInfo
 from tests.support.operating import finished, form, sync, sync_until, unique

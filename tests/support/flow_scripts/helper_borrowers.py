@@ -31,7 +31,7 @@ from _common import emit, hold, params, run_main
 from prefect import flow, task
 from prefect.futures import wait
 
-from reslock_web.lock import ResourceLockLost, resource_lock
+from reslock import ResourceLockLost, resource_lock
 
 P = params()
 NAME = P["name"]

@@ -15,7 +15,7 @@ import anyio
 from _common import emit, hold, params, run_ids, run_main
 from prefect import flow, task
 
-from reslock_web.lock import resource_lock
+from reslock import resource_lock
 
 P = params()
 

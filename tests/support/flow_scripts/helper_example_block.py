@@ -1,7 +1,7 @@
 # --- README example ---
 from prefect import flow, task, unmapped
 
-from reslock_web.lock import resource_lock
+from reslock import resource_lock
 
 
 @task

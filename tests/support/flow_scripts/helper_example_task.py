@@ -1,7 +1,7 @@
 # --- README example ---
 from prefect import flow, task
 
-from reslock_web.lock import guarded
+from reslock import guarded
 
 
 @task

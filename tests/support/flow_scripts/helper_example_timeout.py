@@ -1,7 +1,7 @@
 # --- README example ---
 from prefect import flow, get_run_logger, task
 
-from reslock_web.lock import ResourceLockTimeout, resource_lock
+from reslock import ResourceLockTimeout, resource_lock
 
 
 @task

@@ -17,7 +17,7 @@ from typing import Any
 from _common import emit, hold, params, run_ids, run_main
 from prefect import flow, task
 
-from reslock_web.lock import Hold, resource_lock
+from reslock import Hold, resource_lock
 
 P = params()
 

@@ -16,7 +16,7 @@ from _common import emit, params, run_ids, run_main, terminating
 from prefect import flow, task
 from prefect.exceptions import TerminationSignal
 
-from reslock_web.lock import resource_lock
+from reslock import resource_lock
 
 P = params()
 

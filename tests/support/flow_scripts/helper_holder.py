@@ -22,7 +22,7 @@ from _common import emit, hold, params, run_ids, run_main, terminating
 from prefect import flow, task
 from prefect.exceptions import TerminationSignal
 
-from reslock_web.lock import Hold, ResourceLockLost, ResourceLockTimeout, resource_lock
+from reslock import Hold, ResourceLockLost, ResourceLockTimeout, resource_lock
 
 P = params()
 NAMES = P.get("names") or [P["name"]]

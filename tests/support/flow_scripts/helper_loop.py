@@ -11,7 +11,7 @@ import time
 from _common import emit, params, run_main
 from prefect import flow
 
-from reslock_web.lock import resource_lock
+from reslock_web.lock import resource_lock  # the old address, kept for flows written for it
 
 P = params()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from _common import emit, hold, params, result, run_ids, run_main
 from prefect import flow, task
 
-from reslock_web.lock import guarded, held_names
+from reslock import guarded, held_names
 
 P = params()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from _common import emit, hold, params, run_ids, run_main
 from prefect import flow, task
 
-from reslock_web.lock import ResourceLockLost, resource_lock
+from reslock import ResourceLockLost, resource_lock
 
 P = params()
 NAMES = P.get("names") or [P["name"]]
