@@ -80,7 +80,7 @@ class Claim:
     lease_id: UUID | None = None
     lease_seconds: int | None = None
     names: dict[str, str] = field(default_factory=dict)  # names an event carried
-    process: dict = field(default_factory=dict)  # the helper's process identity (reslock/process.py)
+    process: dict = field(default_factory=dict)  # the helper's identity (reslock/process.py)
     slots: int = 1  # slots the claim takes (an acquire's slots-acquired)
     # A deployment run waiting for an in-process retry: it keeps its slot while its lease is
     # carried forward, but a run rescheduled out of its process keeps the lease id without
