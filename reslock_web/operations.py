@@ -298,6 +298,12 @@ def longest_lease(limit: Limit) -> int:
     if limit.kind == Kind.TAG:
         return TAG_LEASE_SECONDS
     known = [h.lease_seconds for h in limit.holders.all() if h.lease_seconds]
+    if limit.kind == Kind.DEPLOYMENT:
+        # Prefect's own lease, whatever is assumed for global-limit holders: a deployment run
+        # ended while it waited for an in-process retry keeps its slot under it (nothing on the
+        # board names that run any more), and a shorter window would lower the count by name
+        # while that lease can still expire and lower it a second time.
+        known.append(DEPLOYMENT_LEASE)
     return max([assumed_lease(), *known])
 
 
