@@ -478,7 +478,7 @@ def run(operation_id: int, api: PrefectAPI) -> None:
         return
     except PrefectError as error:
         if error.retryable and operation.attempts < MAX_ATTEMPTS:
-            Operation.objects.filter(pk=operation.pk, status=OperationStatus.RUNNING).update(
+            Operation.objects.owned_by(operation).update(
                 status=OperationStatus.PENDING,
                 message=f"attempt {operation.attempts} failed: {error}; retrying",
             )

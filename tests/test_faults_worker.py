@@ -1,6 +1,8 @@
 """A worker killed with SIGKILL in the middle of an operation: the message comes back after the
 visibility timeout and does nothing the second time (the claim), the sweep ends the operation
-once, with the reason and what Prefect shows, and Prefect saw the change at most once.
+once, with the reason and what Prefect shows, and Prefect saw the change at most once. A worker
+only stalled past its time (stopped with SIGSTOP, or stuck in a call to Prefect) changes
+nothing in Prefect and rewrites nothing once the sweep has taken its operation over.
 
 Real `celery worker` processes on the real Redis; Prefect is the real test server, reached by
 the first worker through an HTTP hop that holds one kind of request (a slow step) so that the
