@@ -4,7 +4,8 @@ Run by hand (not a test; tests/test_safety_suite.py runs a fixed-seed slice in `
 
     .venv/bin/python bench/safety_soak.py [--scenarios 500] [--first-seed 1]
 
-It starts a Prefect 3.9 server, uses Redis on 127.0.0.1:6379 (database 13; or a redis-server
+It starts a Prefect 3.9 server, uses Redis on 127.0.0.1:6379 (database 13, or the one
+RESLOCK_TEST_REDIS_DB names; or a redis-server
 of its own when nothing answers), runs a real Celery worker in a subprocess whose every call to
 Prefect goes through a FaultProxy, and sets up reslock on a fresh SQLite database under
 var/bench/safety. Each scenario (tests/support/safety.py) starts real holders and waiters,
@@ -72,7 +73,10 @@ def main() -> int:
 
     shutil.rmtree(SOAK_DIR, ignore_errors=True)
     SOAK_DIR.mkdir(parents=True)
-    redis_url = ensure_redis_url().rsplit("/", 1)[0] + "/13"
+    # A database of its own: a worker on the same database would take its jobs.
+    redis_url = (
+        ensure_redis_url().rsplit("/", 1)[0] + "/" + os.environ.get("RESLOCK_TEST_REDIS_DB", "13")
+    )
     server = PrefectServer.create()
     server.start()
     proxy = FaultProxy(server.api_url)

@@ -36,7 +36,7 @@ from django.utils.dateparse import parse_datetime
 
 from reslock.process import describe, process_gone
 from reslock.protocol import EVENT_ACQUIRED, EVENT_RELEASED, EVENT_STOPPING
-from reslock_web.models import Condition, Holder, Operation, OperationStatus
+from reslock_web.models import ClaimLost, Condition, Holder, Operation, OperationStatus
 from reslock_web.prefect_api import EventInfo, PrefectAPI, PrefectError
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,8 @@ def start(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str) -> tu
     _save(operation, stage=REVOKING, revoked_at=timezone.now().isoformat())
     try:
         api.revoke_lease(lease_id)
+    except ClaimLost:
+        raise
     except Exception as error:  # applied or not, we cannot know: it counts as revoked
         log.warning("operation %s: revoke of %s failed: %s", operation.pk, lease_id, error)
         _save(operation, revoke_error=str(error)[:500])
@@ -185,6 +187,8 @@ def watch(operation: Operation, api: PrefectAPI, deadline: float) -> tuple[str, 
     while True:
         try:
             stopped = look(operation, api)
+        except ClaimLost:
+            raise
         except Exception as error:  # Prefect unreadable, a soft time limit: keep it closed
             return OperationStatus.FENCING, _still_closed(operation, f"looking failed: {error}")
         if stopped:
@@ -207,8 +211,15 @@ def fence_of(operation: Operation) -> dict[str, Any]:
 
 
 def _save(operation: Operation, **changes: Any) -> None:
-    operation.params = {**operation.params, "fence": {**fence_of(operation), **changes}}
-    Operation.objects.filter(pk=operation.pk).update(params=operation.params)
+    """Save the fence's state before its next step, only while this job owns the operation.
+
+    The stage tells whoever goes on (the sweep) which steps may have been taken. A job that
+    stalled and wakes up after the sweep took over must neither rewrite it nor take the step:
+    removing the placeholder a second time would free the next holder's slot."""
+    params = {**operation.params, "fence": {**fence_of(operation), **changes}}
+    if not Operation.objects.owned_by(operation).update(params=params):
+        raise ClaimLost(f"operation {operation.pk} was taken over while this job was stalled")
+    operation.params = params
 
 
 # --- has it stopped? -----------------------------------------------------------------------

@@ -505,6 +505,11 @@ ACTIVE_OPERATION_STATUSES = ("running", "fencing")
 FINAL_OPERATION_STATUSES = frozenset({"succeeded", "failed", "skipped"})
 
 
+class ClaimLost(Exception):
+    """A job no longer owns its operation (the sweep ended or resumed it): it changes nothing
+    more in Prefect and records nothing."""
+
+
 class OperationQuerySet(models.QuerySet["Operation"]):
     def claim(self, operation_id: int) -> bool:
         """Compare-and-set: only one worker moves an operation from pending to running, and
@@ -522,6 +527,14 @@ class OperationQuerySet(models.QuerySet["Operation"]):
                 )
         except IntegrityError:
             return False
+
+    def owned_by(self, operation: Operation) -> models.QuerySet[Operation]:
+        """The operation while the job holding this copy still owns it: running under the
+        claim it took. The sweep's take-over (ending or resuming a job past its time) changes
+        the status or the claim's start, so a stalled job that wakes up finds nothing here."""
+        return self.filter(
+            pk=operation.pk, status=OperationStatus.RUNNING, started_at=operation.started_at
+        )
 
     def acting_on(self, limit_id: int) -> Operation | None:
         """The operation that acts on this limit now, if any."""

@@ -33,6 +33,7 @@ from reslock_web.diagnosis import REPOSSESS_SECONDS, TAG_LEASE_SECONDS
 from reslock_web.models import (
     FINAL_OPERATION_STATUSES,
     FINAL_STATES,
+    ClaimLost,
     Condition,
     Holder,
     Kind,
@@ -310,6 +311,12 @@ def longest_lease(limit: Limit) -> int:
     if limit.kind == Kind.TAG:
         return TAG_LEASE_SECONDS
     known = [h.lease_seconds for h in limit.holders.all() if h.lease_seconds]
+    if limit.kind == Kind.DEPLOYMENT:
+        # Prefect's own lease, whatever is assumed for global-limit holders: a deployment run
+        # ended while it waited for an in-process retry keeps its slot under it (nothing on the
+        # board names that run any more), and a shorter window would lower the count by name
+        # while that lease can still expire and lower it a second time.
+        known.append(DEPLOYMENT_LEASE)
     return max([assumed_lease(), *known])
 
 
@@ -475,10 +482,16 @@ def run(operation_id: int, api: PrefectAPI) -> None:
         return
     operation = Operation.objects.select_related("limit").get(pk=operation_id)
     try:
-        status, message, after = execute(operation, api)
+        status, message, after = execute(operation, OwnedAPI(api, operation))
+    except ClaimLost as lost:
+        # The sweep ends or resumes it (or already did): one outcome, recorded there.
+        log.warning(
+            "operation %s: %s; this job changes and records nothing more", operation_id, lost
+        )
+        return
     except PrefectError as error:
         if error.retryable and operation.attempts < MAX_ATTEMPTS:
-            Operation.objects.filter(pk=operation.pk, status=OperationStatus.RUNNING).update(
+            Operation.objects.owned_by(operation).update(
                 status=OperationStatus.PENDING,
                 message=f"attempt {operation.attempts} failed: {error}; retrying",
             )
@@ -489,6 +502,44 @@ def run(operation_id: int, api: PrefectAPI) -> None:
     # The board shows the change before the operation says it is done.
     _resync(api, operation.limit.name)
     _finish(operation, status, message, after)
+
+
+class OwnedAPI:
+    """Prefect as one job uses it: a change is sent only while the job still owns its
+    operation and is within its own time (`OPERATION_TIMEOUT` after its claim).
+
+    The sweep takes over a job still running `OPERATION_TIMEOUT` + 15 s after its claim. A
+    worker that was only stalled (a stopped process, a paused machine) and wakes up later must
+    not change Prefect then: the operation's record says what Prefect showed without that
+    change, and an operator may already have asked for it again. The check and the change are
+    two steps: a stall of over 15 s exactly between them is not caught here. The fence's own
+    steps are safe even then, since each saves its stage under the claim first (fence._save)."""
+
+    CHANGES = frozenset({"update_limit", "decrement", "revoke_lease", "crash_run", "request"})
+
+    def __init__(self, api: PrefectAPI, operation: Operation) -> None:
+        self._api, self._operation = api, operation
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._api, name)
+        if name not in self.CHANGES:
+            return value
+
+        def change(*args: Any, **kwargs: Any) -> Any:
+            _still_owned(self._operation)
+            return value(*args, **kwargs)
+
+        return change
+
+
+def _still_owned(operation: Operation) -> None:
+    ends = operation.started_at + timedelta(seconds=settings.OPERATION_TIMEOUT_SECONDS)
+    if timezone.now() >= ends:
+        raise ClaimLost(
+            f"its time ran out at {_at(ends)} before a change to Prefect; the sweep takes it over"
+        )
+    if not Operation.objects.owned_by(operation).exists():
+        raise ClaimLost("the sweep took it over while this job was stalled")
 
 
 def finish_claimed(operation: Operation, api: PrefectAPI, status: str, message: str) -> None:
@@ -549,9 +600,7 @@ def _finish(operation: Operation, status: str, message: str, after: dict | None 
     ended it meanwhile as abandoned (a worker stalled past its deadline), and one outcome only
     may stand."""
     final = status in FINAL_OPERATION_STATUSES
-    recorded = Operation.objects.filter(
-        pk=operation.pk, status=OperationStatus.RUNNING, started_at=operation.started_at
-    ).update(
+    recorded = Operation.objects.owned_by(operation).update(
         status=status,
         message=message[:4000],
         after=after or {},

@@ -16,18 +16,24 @@ pytestmark = pytest.mark.django_db(transaction=True)
 IN_PROCESS_FAULTS = tuple(fault for fault in FAULTS if fault != "kill_worker")
 # Chosen for their spread: a helper blocked in a long call released while Prefect's events
 # fail to the worker and its jobs are short (the fence goes on in the sweep); a release whose
-# revoke answer is lost; a lease over two names; tag tasks under a deactivate and activate.
-SEEDS = [20, 31, 23, 6]
+# revoke answer is lost; a lease over two names; tag tasks under a deactivate and activate;
+# a deployment's runs (one in, one awaiting its slot) whose drift is repaired once allowed.
+SEEDS = [20, 31, 23, 6, 27]
 
 
 @pytest.fixture
-def runner(prefect_server, flows, celery_worker, operator_client, proxy, settings):
+def runner(prefect_server, flows, celery_worker, operator_client, proxy, settings, monkeypatch):
+    from reslock_web import operations
     from reslock_web.celery import app
 
     # Jobs hand a fence to the sweep after a few seconds: the soft time limit path, every time.
     settings.OPERATION_TIMEOUT_SECONDS = 40
     settings.PREFECT_TIMEOUT_SECONDS = 3
     settings.GRACE_SECONDS = 5
+    # A deployment's drift repair is allowed 10 s + 15 s after the drift appeared, as if
+    # Prefect's deployment leases were that short (they are 300 s).
+    settings.ASSUMED_LEASE_SECONDS = 10
+    monkeypatch.setattr(operations, "DEPLOYMENT_LEASE", 10)
 
     def sync() -> None:
         with PrefectAPI(prefect_server.api_url) as api:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from reslock_web.models import Limit, Operation
+from django.urls import reverse
+
+from reslock_web.models import Condition, Limit, Operation, OperationKind
 from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_all
 from tests.support.net import wait_for
@@ -43,3 +45,43 @@ def finished(operation_id: int, timeout: float = 60) -> Operation:
         timeout,
         what=f"operation {operation_id} to finish",
     )
+
+
+# --- the fenced release of a live helper holder ----------------------------------------
+def holder_and_waiter(flows, server, name: str, **holder_params):
+    holder = flows.start("helper_holder", name=name, flow_run_name="stuck-job", **holder_params)
+    holder.wait_event("acquired")
+    waiter = flows.start("helper_holder", name=name, flow_run_name="next-job")
+    waiter.wait_event("want")
+    limit = sync_until(
+        server, name, lambda limit: limit.holder_count == 1 and limit.waiter_count == 1
+    )
+    return holder, waiter, limit
+
+
+def ask_release(client, limit, reason: str = "job hangs") -> Operation:
+    row = limit.holders.get(condition=Condition.HOLDING)
+    url = reverse("operate", args=["release", limit.name]) + f"?holder={row.pk}"
+    response = client.post(url, {**form(client, url), "reason": reason})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    return Operation.objects.get(limit=limit, kind=OperationKind.RELEASE_HOLDER)
+
+
+def status_becomes(operation: Operation, status: str, timeout: float) -> Operation:
+    return wait_for(
+        lambda: (op := Operation.objects.get(pk=operation.pk)).status == status and op,
+        timeout,
+        what=f"operation {operation.pk} to be {status}",
+    )
+
+
+def sweep_until_finished(operation: Operation, timeout: float) -> Operation:
+    """Beat's sweep, sent every 2 s, as beat would every 30 s."""
+    from reslock_web.celery import app
+
+    def ended():
+        app.send_task("reslock.sweep")
+        op = Operation.objects.get(pk=operation.pk)
+        return op.finished and op
+
+    return wait_for(ended, timeout, interval=2, what=f"operation {operation.pk} to end")

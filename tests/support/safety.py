@@ -2,7 +2,8 @@
 called stale or zombie.
 
 A seeded generator mixes holders (the helper on one or two names, blocked in a long call or
-not; Prefect's `concurrency()` with `occupy=2`; tag tasks), faults (the holder killed with
+not; Prefect's `concurrency()` with `occupy=2`; tag tasks; the runs of a deployment with a
+concurrency limit of 1, started by a real Prefect Runner), faults (the holder killed with
 SIGKILL; Prefect's events failing to the worker; a revoke whose answer is lost; the worker
 killed mid-operation, where the runner can restart it) and an operator's action through the
 board's own pages (release, repair, set limit, deactivate then activate, bulk release). A
@@ -20,8 +21,10 @@ tests/test_safety_suite.py runs a fixed-seed slice; bench/safety_soak.py runs hu
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +36,13 @@ from tests.support.patient import patient_client
 KINDS = ("helper", "helper_block", "helper_pair", "occupy", "tag")
 FAULTS = ("none", "kill_holder", "events_failing", "revoke_answer_lost", "kill_worker")
 ACTIONS = ("release", "repair", "set_limit", "toggle", "bulk")
+# Deployment runs: one Runner process serves them all, each run in a child process of its own.
+# Releasing a running one is refused (its process would work on); its drift can be repaired.
+DEPLOYMENT = "deployment"
+DEPLOYMENT_ACTIONS = ("release", "repair")
+# Prefect lets a run awaiting a deployment slot try again every 30 s: the runs inside stay that
+# long after the operator acted, so that a slot wrongly freed under one is taken meanwhile.
+SLOT_RETRY_SECONDS = 35
 
 
 @dataclass(frozen=True)
@@ -52,14 +62,47 @@ class Scenario:
 def generate(seed: int, faults: tuple[str, ...] = FAULTS) -> Scenario:
     rng = random.Random(seed)
     kind = rng.choice(KINDS)
-    return Scenario(
-        seed=seed,
-        kind=kind,
-        fault=rng.choice(faults),
-        action=rng.choice(ACTIONS),
-        waiters=rng.choice((1, 2)),
-        block=float(rng.randint(50, 75)) if kind == "helper_block" else 0.0,
-    )
+    fault, action, waiters = rng.choice(faults), rng.choice(ACTIONS), rng.choice((1, 2))
+    block = float(rng.randint(50, 75)) if kind == "helper_block" else 0.0
+    # A draw of its own, so that every other seed keeps the scenario it always had.
+    deployment = random.Random(f"{seed}-deployment")
+    if deployment.random() < 1 / 6:
+        kind, action, block = DEPLOYMENT, deployment.choice(DEPLOYMENT_ACTIONS), 0.0
+    return Scenario(seed, kind, fault, action, waiters, block)
+
+
+@dataclass
+class Entry:
+    """One run getting in through a process: a deployment's Runner lets in one run after
+    another, each in a child process of its own (the `pid` its events carry)."""
+
+    flow_run_id: str | None
+    pid: int | None
+    start: float
+    end: float | None
+
+
+def entries(process, killed: dict[int, float]) -> list[Entry]:
+    """When each run of this process got in and left (its body's own times), or was killed."""
+    events = process.events()
+    several = process.script == "deployment_limit"
+    found = []
+    for acquired in [e for e in events if e.get("event") == "acquired"]:
+        run, pid = acquired.get("flow_run_id"), acquired.get("pid")
+        if several:
+            left = [
+                e for e in events if e.get("event") == "released" and e.get("flow_run_id") == run
+            ]
+        else:  # one run per process: the first time in counts
+            left = [e for e in events if e.get("event") in ("left", "released", "lost", "exited")]
+        ends = [e["t"] for e in left]
+        if (pid if several else process.pid) in killed:
+            ends.append(killed[pid if several else process.pid])
+        end = min((t for t in ends if t >= acquired["t"]), default=None)
+        found.append(Entry(run, pid, acquired["t"], end))
+        if not several:
+            break
+    return found
 
 
 @dataclass
@@ -128,13 +171,8 @@ class Runner:
         outcome = Outcome(scenario)
         rng = random.Random(scenario.seed * 7919)
         name = f"safety-{scenario.seed}-{rng.randrange(16**6):06x}"
-        limit_name, allowed, slots = self._create(scenario, name)
-        processes = [self._start(scenario, name, "holder")]
-        processes[0].wait_event("acquired", timeout=120)
         killed: dict[int, float] = {}
-        processes += [self._start(scenario, name, f"waiter-{i}") for i in range(scenario.waiters)]
-        for waiter in processes[1:]:
-            waiter.wait_event("want" if scenario.kind.startswith("helper") else "started", 60)
+        limit_name, allowed, slots, processes = self._start_all(scenario, name)
         watcher = VerdictWatch(self.sync, processes, killed, limit_name)
         watcher.start()
         exempt: list[tuple[float, float]] = []
@@ -154,10 +192,36 @@ class Runner:
                 if process.process.poll() is None:
                     process.stop()
         outcome.false_verdicts = watcher.false_verdicts
-        spans = [self._span(p, killed, slots) for p in processes]
-        outcome.double_admissions = overlaps([s for s in spans if s], allowed, exempt)
+        spans = [
+            Span(f"{p.params.get('flow_run_name', '?')} {e.flow_run_id}", e.start, e.end, slots)
+            for p in processes
+            for e in entries(p, killed)
+        ]
+        outcome.double_admissions = overlaps(spans, allowed, exempt)
         outcome.seconds = time.monotonic() - started
         return outcome
+
+    def _start_all(self, scenario: Scenario, name: str) -> tuple[str, int, int, list]:
+        """(the limit's name, its size, the slots one holder takes, the processes): the holder
+        inside, its waiters waiting."""
+        if scenario.kind == DEPLOYMENT:
+            runs = self.flows.start(
+                "deployment_limit",
+                runs=1 + scenario.waiters,
+                flow_run_name=f"run-{scenario.seed}",
+            )
+            limit_name = runs.wait_event("deployed", timeout=120)["limit_name"]
+            runs.wait_event("acquired", timeout=120)
+            # The Runner proposes the other runs at once: Prefect makes them wait for the slot.
+            self._wait_board(limit_name, lambda row: row.waiter_count >= scenario.waiters, 90)
+            return limit_name, 1, 1, [runs]
+        limit_name, allowed, slots = self._create(scenario, name)
+        processes = [self._start(scenario, name, "holder")]
+        processes[0].wait_event("acquired", timeout=120)
+        processes += [self._start(scenario, name, f"waiter-{i}") for i in range(scenario.waiters)]
+        for waiter in processes[1:]:
+            waiter.wait_event("want" if scenario.kind.startswith("helper") else "started", 60)
+        return limit_name, allowed, slots, processes
 
     def _create(self, scenario: Scenario, name: str) -> tuple[str, int, int]:
         """(the limit's name, its size, the slots one holder takes)."""
@@ -194,7 +258,14 @@ class Runner:
             time.sleep(0.5)
 
     def _fault(self, scenario: Scenario, processes: list, killed: dict[int, float]) -> None:
-        if scenario.fault == "kill_holder":
+        if scenario.fault == "kill_holder" and scenario.kind == DEPLOYMENT:
+            # The run's own process, as an out-of-memory kill would: its Runner lives on and
+            # reports the run crashed, which frees its slot.
+            pid = processes[0].find_events("acquired")[0]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed[pid] = time.time()
+            self.sync()
+        elif scenario.fault == "kill_holder":
             processes[0].kill()
             killed[processes[0].pid] = time.time()
             self.sync()
@@ -229,7 +300,11 @@ class Runner:
                 )
             self._wait_board(limit.name, lambda row: row.has_drift, 30)
             url = reverse("operate", args=["repair", limit.name])
-            self._confirm(url, outcome, {"reason": "soak", "accept_risk": "on"})
+            fields = {"reason": "soak", "accept_risk": "on"}
+            if not self._confirm(url, outcome, fields) and limit.kind == DEPLOYMENT:
+                # Refused until no lease taken when the slot appeared can be live: the
+                # operator comes back then (a deployment's waiting runs stay out meanwhile).
+                self._confirm_once_allowed(limit, url, outcome, fields)
         elif action == "set_limit":
             url = reverse("operate", args=["set-limit", limit.name])
             if self._confirm(url, outcome, {"value": str(limit.limit + 1)}):
@@ -254,6 +329,18 @@ class Runner:
             if response.status_code != 302:
                 outcome.refused.append("bulk: nothing stale to release")
         return None
+
+    def _confirm_once_allowed(self, limit, url: str, outcome: Outcome, fields: dict[str, str]):
+        from reslock_web.diagnosis import REPOSSESS_SECONDS
+        from reslock_web.operations import longest_lease
+
+        deadline = time.monotonic() + longest_lease(limit) + REPOSSESS_SECONDS + 60
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            self.sync()
+            if "Refused" not in self.client.get(url).content.decode():
+                self._confirm(url, outcome, fields)
+                return
 
     def _reactivate(self, limit_name: str, outcome: Outcome, exempt: list) -> None:
         from django.urls import reverse
@@ -306,27 +393,27 @@ class Runner:
     def _drain(self, processes: list, killed: dict[int, float]) -> None:
         """Let every live process take its turn and leave, in the order they get in."""
         deadline = time.monotonic() + 300
+        dwell_until = time.time() + SLOT_RETRY_SECONDS
         pending = [p for p in processes if p.pid not in killed]
         while pending and time.monotonic() < deadline:
             for process in list(pending):
                 if process.process.poll() is not None:
                     pending.remove(process)
+                elif process.script == "deployment_limit":
+                    # Each run leaves when told to; the Runner serves on until all are done.
+                    inside = process.find_events("acquired")
+                    last = len(inside) == process.params["runs"]
+                    for acquired in inside:
+                        if last or time.time() >= dwell_until:
+                            process.release(acquired)
+                    done = [e for e in entries(process, killed) if e.end is not None]
+                    if len(done) == process.params["runs"]:
+                        process.stop()
+                        pending.remove(process)
                 elif process.find_events("acquired") and process.release_file:
                     process.release()
             self.sweep()
             time.sleep(1)
-
-    @staticmethod
-    def _span(process, killed: dict[int, float], slots: int) -> Span | None:
-        acquired = process.find_events("acquired")
-        if not acquired:
-            return None
-        ends = [e["t"] for e in process.events() if e.get("event") in ("left", "released")]
-        ends += [e["t"] for e in process.events() if e.get("event") in ("lost", "exited")]
-        if process.pid in killed:
-            ends.append(killed[process.pid])
-        end = min((t for t in ends if t >= acquired[0]["t"]), default=None)
-        return Span(process.params.get("flow_run_name", "?"), acquired[0]["t"], end, slots)
 
 
 class VerdictWatch:
@@ -347,14 +434,15 @@ class VerdictWatch:
         self._stop.set()
         self._thread.join(timeout=60)
 
-    def _inside(self, process, at: float) -> bool:
-        acquired = process.find_events("acquired")
-        if not acquired or acquired[0]["t"] > at or process.pid in self.killed:
-            return False
-        return not any(
-            e.get("event") in ("left", "released", "lost", "exited") and e["t"] <= at
-            for e in process.events()
-        )
+    def _inside(self, flow_run_id: str, at: float) -> bool:
+        """Whether that run was inside, alive, at that instant (by its body's own times)."""
+        for process in self.processes:
+            for entry in entries(process, self.killed):
+                if entry.flow_run_id == flow_run_id and entry.start <= at:
+                    if entry.pid in self.killed or process.pid in self.killed:
+                        return False
+                    return entry.end is None or entry.end > at
+        return False
 
     def _run(self) -> None:
         from django.db import connection
@@ -373,18 +461,11 @@ class VerdictWatch:
                     limit__name=self.limit_name, condition__in=("stale", "zombie")
                 )
                 for holder in flagged:
-                    for process in self.processes:
-                        acquired = process.find_events("acquired")
-                        run_id = acquired[0].get("flow_run_id") if acquired else None
-                        if (
-                            run_id
-                            and str(holder.flow_run_id) == str(run_id)
-                            and self._inside(process, before - 2)
-                            and self._inside(process, after + 2)
-                        ):
-                            self.false_verdicts.append(
-                                f"{holder.flow_run_name or holder.key} called {holder.condition} "
-                                f"while inside and alive: {holder.evidence}"
-                            )
+                    run_id = str(holder.flow_run_id)
+                    if self._inside(run_id, before - 2) and self._inside(run_id, after + 2):
+                        self.false_verdicts.append(
+                            f"{holder.flow_run_name or holder.key} called {holder.condition} "
+                            f"while inside and alive: {holder.evidence}"
+                        )
         finally:
             connection.close()
