@@ -111,6 +111,18 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
                 "once), so the next waiter gets the slot and nothing else changes.",
                 reason_required=True,
             )
+        if holder.lease_id and limit.kind == Kind.DEPLOYMENT:
+            return Plan(
+                False,
+                "Refused: a deployment run can come back under this lease.",
+                safety=(
+                    "Prefect carries a deployment run's lease through an in-process retry: a run "
+                    "shown over may go back to Running under the same lease, and revoking it then "
+                    f"would let the next run in beside it. The lease ({DEPLOYMENT_LEASE} s, "
+                    "renewed while the process lives) frees the slot by itself once the process "
+                    "has stopped; cancel the run in Prefect to stop it sooner."
+                ),
+            )
         if holder.lease_id:
             return Plan(
                 True,

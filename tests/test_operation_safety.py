@@ -14,8 +14,17 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reslock_web.dispatch import send
-from reslock_web.models import Condition, Operation, OperationKind, OperationStatus, SyncState
+from reslock_web.models import (
+    Condition,
+    Holder,
+    Kind,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    SyncState,
+)
 from reslock_web.operate_views import _holder_snapshot
+from reslock_web.operations import plan_release
 from reslock_web.sync import try_lock, unlock
 from tests.support.board_data import make_limit
 from tests.support.operating import finished, form, sync_until, unique
@@ -290,3 +299,16 @@ def test_a_drift_repair_counts_every_slot_a_holder_takes(
     assert acquired["t"] > holder.wait_event("released")["t"]
     waiter.release()
     assert holder.wait() == 0 and waiter.wait() == 0
+
+
+def test_a_stale_deployment_run_with_a_known_lease_is_never_revoked():
+    """Prefect carries a deployment run's lease into an in-process retry: revoking the lease of
+    a run shown over could let the next run in beside it when it comes back Running."""
+    limit = make_limit(unique("deployment:stale"), kind=Kind.DEPLOYMENT)
+    holder = Holder.objects.create(
+        limit=limit, key="run", source="deployment", condition=Condition.STALE,
+        flow_run_id=uuid.uuid4(), lease_id=uuid.uuid4(), state_type="CRASHED",
+    )  # fmt: skip
+    plan = plan_release(limit, holder)
+    assert not plan.allowed
+    assert "in-process retry" in plan.safety
