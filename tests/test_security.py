@@ -505,6 +505,7 @@ def test_an_internal_sync_error_shows_viewers_a_summary_and_logs_the_detail(
     def broken(*args, **kwargs):
         raise OperationalError('connection to server at "db.internal" failed for user "reslock"')
 
+    monkeypatch.setattr(sync, "backfill", broken)  # a first sync starts with past events
     monkeypatch.setattr(sync, "gather", broken)
     with caplog.at_level(logging.ERROR), PrefectAPI("http://127.0.0.1:9/api", "", timeout=2) as api:
         run = sync_all(api)
