@@ -84,7 +84,11 @@ def setup(proxy_url: str) -> dict[str, str]:
         "SECRET_KEY": "reslock-bench-only",
         "RESLOCK_VAR_DIR": str(WORK),
         "DATABASE_URL": f"sqlite:///{WORK / 'reslock.sqlite3'}",
-        "REDIS_URL": ensure_redis_url().rsplit("/", 1)[0] + "/13",
+        # Its own Redis database (RESLOCK_TEST_REDIS_DB, as the safety soak): a test run on the
+        # same machine must not consume its worker's messages, nor it theirs.
+        "REDIS_URL": ensure_redis_url().rsplit("/", 1)[0]
+        + "/"
+        + os.environ.get("RESLOCK_TEST_REDIS_DB", "11"),
         "PREFECT_API_URL": proxy_url,
         "PREFECT_API_KEY": KEY,
         "RESLOCK_SECURE_COOKIES": "false",
