@@ -1,4 +1,4 @@
-"""Children inside a hold of the helper (reslock_web/lock.py), against the session's Prefect.
+"""Children inside a hold of the helper (reslock/lock.py), against the session's Prefect.
 
 Prefect copies the context into the tasks a block submits, so they see the block's hold: they
 borrow it instead of waiting for their own ancestor. Borrowers take turns, the hold is

@@ -1,4 +1,4 @@
-"""The flow-side helper (reslock_web/lock.py) against the session's real Prefect server.
+"""The flow-side helper (reslock/lock.py) against the session's real Prefect server.
 
 Real flows run in subprocesses (tests/support/flow_scripts/helper_*.py). The three slow cases
 (a SIGKILLed holder whose lease must expire, a revoked holder stopped at its next renewal, a

@@ -1,4 +1,4 @@
-"""The helper (reslock_web/lock.py) never lets two holders in, against the session's real Prefect.
+"""The helper (reslock/lock.py) never lets two holders in, against the session's real Prefect.
 
 A limit that would make the lock non-exclusive is refused; a lost lease keeps being announced
 while the body is still inside; the renewal deadline holds even while a renewal hangs; a lost

@@ -1,4 +1,4 @@
-"""The helper (reslock_web/lock.py) called from the test process itself."""
+"""The helper (reslock/lock.py) called from the test process itself."""
 
 from __future__ import annotations
 
