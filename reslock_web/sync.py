@@ -42,7 +42,7 @@ LIFECYCLE_EVENTS = [
 ]
 ACQUIRED = "prefect.concurrency-limit.acquired"
 RELEASED = "prefect.concurrency-limit.released"
-# reslock's flow-side helper (reslock_web.lock) announces its waits and leases.
+# reslock's flow-side helper (the reslock package) announces its waits and leases.
 HELPER_WAITING = "reslock.lock.waiting"
 HELPER_ACQUIRED = "reslock.lock.acquired"
 HELPER_RELEASED = "reslock.lock.released"

@@ -1,4 +1,4 @@
-"""A flow that holds resources through reslock's helper (`reslock_web.lock.resource_lock`).
+"""A flow that holds resources through reslock's helper (`reslock.resource_lock`).
 
 Params: names (list of resource names) or name, where ("task": inside a @task, the default;
 "flow": in the flow body; "async_task": `async with` in an async @task; "none": outside any
