@@ -121,6 +121,18 @@ def describe(identity: dict[str, Any]) -> str:
 
 
 # --- has it ended? -----------------------------------------------------------------------
+def _from_here(identity: object) -> dict[str, Any] | None:
+    """The identity, if well formed and recorded where our /proc can judge it (this boot,
+    our PID and time namespaces); else None, and nothing can be proven about it."""
+    recorded = valid_identity(identity)
+    here = process_identity()
+    if recorded is None or here is None:
+        return None
+    if any(here[key] != recorded[key] for key in IDENTITY_TEXT_KEYS):
+        return None
+    return recorded
+
+
 def process_gone(identity: object) -> bool:
     """True only when the process `identity` names provably runs no code any more.
 
@@ -128,23 +140,15 @@ def process_gone(identity: object) -> bool:
     now: no process has its pid, or the one that has it started at another time (the pid
     was reused), or it is a zombie whose every thread has exited.
     """
-    recorded = valid_identity(identity)
-    if recorded is None:
-        return False
-    here = process_identity()
-    if here is None or any(here[key] != recorded[key] for key in IDENTITY_TEXT_KEYS):
-        return False
-    return _ended(recorded["pid"], recorded["start_ticks"])
+    recorded = _from_here(identity)
+    return recorded is not None and _ended(recorded["pid"], recorded["start_ticks"])
 
 
 def process_alive(identity: object) -> bool:
     """True only when the process `identity` names provably still runs here: its pid is held
     by a process that started at the recorded time, on this machine, and is not a zombie."""
-    recorded = valid_identity(identity)
+    recorded = _from_here(identity)
     if recorded is None:
-        return False
-    here = process_identity()
-    if here is None or any(here[key] != recorded[key] for key in IDENTITY_TEXT_KEYS):
         return False
     try:
         stat = _read_stat(PROC / str(recorded["pid"]) / "stat")

@@ -102,8 +102,20 @@ class Snapshot:
 
 
 # --- the lock --------------------------------------------------------------------------
+def where_pids_mean_something() -> str:
+    """This host and PID namespace: two containers may share a host name (host networking)
+    while a pid of one means nothing in the other. Empty without /proc."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
 def _me() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}"
+    return (
+        f"{where_pids_mean_something() or socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}"
+    )
 
 
 def try_lock(now: datetime) -> str | None:
@@ -125,8 +137,9 @@ def _holder_died(token: str) -> bool:
     """Whether the lock's holder was a process of this machine that no longer runs (a killed
     worker or listener): its lock would otherwise keep every sync out for LOCK_SECONDS. A pid
     taken by another process since reads as alive: the lock then expires as before."""
-    host, pid_text, _ = (token.rsplit(":", 2) + ["", ""])[:3]  # _me(): host:pid:clock
-    if host != socket.gethostname() or not pid_text.isdigit():
+    where, pid_text, _ = (token.rsplit(":", 2) + ["", ""])[:3]  # _me(): where:pid:clock
+    here = where_pids_mean_something()
+    if not here or where != here or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():

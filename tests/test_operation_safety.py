@@ -25,7 +25,7 @@ from reslock_web.models import (
 )
 from reslock_web.operate_views import _holder_snapshot
 from reslock_web.operations import plan_release
-from reslock_web.sync import try_lock, unlock
+from reslock_web.sync import try_lock, unlock, where_pids_mean_something
 from tests.support.board_data import make_limit
 from tests.support.operating import finished, form, sync_until, unique
 from tests.support.patient import patient_client
@@ -237,9 +237,11 @@ def test_a_sync_lock_left_by_a_process_that_died_here_is_taken_over_at_once():
     dead.wait()
     try:
         for pid, host, expected in [
-            (alive.pid, socket.gethostname(), False),  # still running: it may be syncing
+            (alive.pid, where_pids_mean_something(), False),  # running: it may be syncing
             (dead.pid, "another-machine", False),  # elsewhere: this machine cannot tell
-            (dead.pid, socket.gethostname(), True),
+            # Same host name, another PID namespace (a container on the host's network).
+            (dead.pid, f"{socket.gethostname()}/pid:[1]", False),
+            (dead.pid, where_pids_mean_something(), True),
         ]:
             token = f"{host}:{pid}:123"
             SyncState.objects.update_or_create(
