@@ -176,7 +176,13 @@ def test_tasks_submitted_inside_a_hold_borrow_it_one_at_a_time(
     assert all(event["acquired"] == [] for event in enters.values())
     assert flow.wait_event("body_done")["m"] >= max(event["m"] for event in exits.values())
     (limit_id,) = acquired["limit_ids"].values()
-    assert lease_events(api, limit_id, acquired["lease_id"], [lock.EVENT_ACQUIRED])
+    # Events reach Prefect's REST API a few seconds after they were sent.
+    wait_for(
+        lambda: lease_events(api, limit_id, acquired["lease_id"], [lock.EVENT_ACQUIRED]),
+        30,
+        interval=0.5,
+        what=f"the acquired event of lease {acquired['lease_id']}",
+    )
     assert slots(api, name) == 0
 
 
