@@ -53,7 +53,12 @@ MAX_LEASE_SECONDS = 86400.0
 RENEWAL_FRACTION = 0.75  # renewed like Prefect's own: every 0.75 x the lease
 
 
+def lease_length(lease_seconds: float | None) -> float:
+    """A holder's lease, or the helper's default when its acquired event did not say."""
+    return lease_seconds or DEFAULT_LEASE_SECONDS
+
+
 def renews_every(lease_seconds: float | None) -> float:
     """How often a holder renews a lease of this length (the helper's default when unknown):
     a revoke is noticed at the latest this long after it, plus one request."""
-    return (lease_seconds or DEFAULT_LEASE_SECONDS) * RENEWAL_FRACTION
+    return lease_length(lease_seconds) * RENEWAL_FRACTION

@@ -35,7 +35,13 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from reslock.process import describe, process_gone
-from reslock.protocol import EVENT_ACQUIRED, EVENT_RELEASED, EVENT_STOPPING
+from reslock.protocol import (
+    EVENT_ACQUIRED,
+    EVENT_RELEASED,
+    EVENT_STOPPING,
+    lease_length,
+    renews_every,
+)
 from reslock_web.models import ClaimLost, Condition, Holder, Operation, OperationStatus
 from reslock_web.prefect_api import EventInfo, PrefectAPI, PrefectError
 
@@ -56,7 +62,7 @@ SILENCE = 30
 MAX_FENCED_LEASE = 240
 # The longest a holder takes to notice a revoke and say so: a job waits that long at most,
 # then the sweep takes over (a job longer than this would keep a worker from everything else).
-MAX_JOB_WAIT = int(MAX_FENCED_LEASE * 0.75) + HELPER_REQUEST_TIMEOUT + EVENT_LAG
+MAX_JOB_WAIT = int(renews_every(MAX_FENCED_LEASE)) + HELPER_REQUEST_TIMEOUT + EVENT_LAG
 # The job leaves this much of its soft time limit for recording its outcome.
 JOB_MARGIN = 15
 LOOK_EVERY = 1.0
@@ -251,7 +257,7 @@ def look(operation: Operation, api: PrefectAPI) -> str:
         return ""
     if fence.get("protocol", 1) < ANNOUNCES_STOPPING:
         return ""  # an older helper says nothing while it stops: only its release or /proc
-    lease = int(operation.holder.get("lease_seconds") or 60)
+    lease = int(lease_length(operation.holder.get("lease_seconds")))
     # By then it has noticed the revoke (at its next renewal) or its own lease's end.
     noticed_by = revoked_at + timedelta(seconds=lease + HELPER_REQUEST_TIMEOUT + EVENT_LAG)
     heard_at = parse_datetime(str(fence.get("heard_at") or ""))

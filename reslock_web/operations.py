@@ -28,6 +28,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from reslock.process import describe, process_gone
+from reslock.protocol import lease_length, renews_every
 from reslock_web import fence
 from reslock_web.diagnosis import REPOSSESS_SECONDS, TAG_LEASE_SECONDS
 from reslock_web.models import (
@@ -175,14 +176,14 @@ def plan_release(limit: Limit, holder: Holder) -> Plan:
     )
 
 
-# Prefect's flow engine keeps a deployment slot with a 300 s lease, renewed every 0.75 of it,
+# Prefect's flow engine keeps a deployment slot with a 300 s lease, renewed like the helper's,
 # and stops the run only when a renewal fails (prefect/flow_engine.py).
 DEPLOYMENT_LEASE = 300
 
 
 def _plan_live_deployment_run(holder: Holder, who: str) -> Plan:
     """A Running deployment run is refused: crashing it frees the slot before its process stops."""
-    renewal = int(DEPLOYMENT_LEASE * 0.75)
+    renewal = int(renews_every(DEPLOYMENT_LEASE))
     free_by = timezone.now() + timedelta(seconds=DEPLOYMENT_LEASE + REPOSSESS_SECONDS)
     return Plan(
         False,
@@ -201,7 +202,7 @@ def _plan_live_deployment_run(holder: Holder, who: str) -> Plan:
 
 
 # A fenced release keeps the limit closed while the revoked holder stops; a Celery job can
-# wait that long (0.75 x lease + margin) only for short leases.
+# wait that long (a renewal period + margin) only for short leases.
 MAX_FENCED_LEASE = fence.MAX_FENCED_LEASE
 FENCE_MARGIN = 10
 
@@ -228,14 +229,14 @@ def _plan_ended_process(holder: Holder, who: str) -> Plan:
 
 
 def _plan_fenced(limit: Limit, holder: Holder, who: str) -> Plan:
-    lease = holder.lease_seconds or 60
+    lease = int(lease_length(holder.lease_seconds))
     if lease > MAX_FENCED_LEASE:
         return Plan(
             False,
             "Refused: this lease is too long to fence.",
             safety=(
                 f"{who!r} renews a {lease} s lease: after a revoke it may run for up to "
-                f"{int(lease * 0.75)} s before it notices, longer than a release job waits. "
+                f"{int(renews_every(lease))} s before it notices, longer than a release job waits. "
                 "Cancel its flow run in Prefect, or wait for it to finish."
             ),
         )
@@ -264,7 +265,7 @@ def _plan_fenced(limit: Limit, holder: Holder, who: str) -> Plan:
                 "Cancel the run in Prefect if it must stop."
             ),
         )
-    notices = int(lease * 0.75)
+    notices = int(renews_every(lease))
     return Plan(
         True,
         f"Revoke the lease of {who!r} and keep the resource closed until it has stopped.",
@@ -945,7 +946,7 @@ def _fence(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):
     """The fenced release (fence.py), for a holder that may be alive. Its plan refused a lease
     too long to wait for; one planned as ended elsewhere (another machine's view) is refused
     here."""
-    lease = int(operation.holder.get("lease_seconds") or 60)
+    lease = int(lease_length(operation.holder.get("lease_seconds")))
     if lease > MAX_FENCED_LEASE:
         raise Skip(
             f"{who!r} could not be shown to have ended where this job runs, and its {lease} s "
