@@ -14,7 +14,10 @@ from tests.support.net import free_port
 
 # Two suites on one machine (say, a full run and a single file) each need a database of their
 # own: RESLOCK_TEST_REDIS_DB picks it.
-DB = int(os.environ.get("RESLOCK_TEST_REDIS_DB", "15"))
+# Under pytest-xdist each worker (gw0, gw1...) takes the database below the previous one's, so
+# that one worker's Celery jobs and locks never reach another's.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+DB = (int(os.environ.get("RESLOCK_TEST_REDIS_DB", "15")) - WORKER) % 16
 
 
 def _answers(port: int) -> bool:
