@@ -593,12 +593,6 @@ class Operation(models.Model):
     def finished(self) -> bool:
         return self.status in FINAL_OPERATION_STATUSES
 
-    def finish(self, status: str, message: str, after: dict | None = None) -> None:
-        self.status, self.message = status, message[:4000]
-        self.after = after or {}
-        self.finished_at = timezone.now()
-        self.save(update_fields=["status", "message", "after", "finished_at"])
-
 
 class LoginFailureQuerySet(models.QuerySet["LoginFailure"]):
     """Failed log-ins, counted in the database so that every web process sees the same count.
