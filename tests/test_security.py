@@ -541,6 +541,7 @@ def test_the_debug_error_page_hides_passwords_inside_urls(admin_client, settings
         ("REDIS_URL", f"http://:{URL_PASSWORD}@redis.internal:6379/0"),
         ("CELERY_BROKER_URL", f"amqp://bob:{URL_PASSWORD}@rabbit.internal//"),
     ],
+    ids=["DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"],  # the same in every xdist worker
 )
 def test_a_start_up_error_about_a_url_does_not_print_its_password(variable, value):
     result = run_entry_point("import django; django.setup()", **{variable: value})
