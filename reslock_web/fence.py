@@ -47,9 +47,9 @@ from reslock_web.prefect_api import EventInfo, PrefectAPI, PrefectError
 
 log = logging.getLogger(__name__)
 
-# The helper's events: lock.py is their home. From protocol 2 on, a helper whose lease was
-# lost announces `stopping` every few seconds for as long as its block is still inside: then
-# silence means it died.
+# The helper's events: reslock/protocol.py is their home. From protocol 2 on, a helper whose
+# lease was lost announces `stopping` every few seconds for as long as its block is still
+# inside: then silence means it died.
 ACQUIRED, RELEASED, STOPPING = EVENT_ACQUIRED, EVENT_RELEASED, EVENT_STOPPING
 ANNOUNCES_STOPPING = 2
 # The helper's request timeout: a renewal that noticed the revoke may take this long.
