@@ -34,7 +34,9 @@ def short_database_timeout(seconds: float = 0.5):
 def database_locked():
     """Another process holds SQLite's exclusive lock: no one else can read or write."""
     path = connection.settings_dict["NAME"]
-    locker = sqlite3.connect(path, timeout=1, isolation_level=None)
+    # Patient: a write still in flight from the test's own process (a worker thread finishing
+    # up) must end before anyone can have the database to itself.
+    locker = sqlite3.connect(path, timeout=30, isolation_level=None)
     locker.execute("PRAGMA locking_mode=EXCLUSIVE")
     locker.execute("BEGIN EXCLUSIVE")
     locker.execute("UPDATE reslock_syncstate SET name = name")  # writing takes the lock
