@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -207,3 +208,18 @@ def test_the_banner_and_the_api_say_when_live_updates_are_off(viewer_client, row
     html = viewer_client.get("/").content.decode()
     assert "Live updates are off" in html and "is not connected to Prefect" in html
     assert viewer_client.get("/api/v1/resources").json()["sync"]["listener"]["connected"] is False
+
+
+def test_the_banner_counts_one_limit_in_the_singular(viewer_client):
+    SyncRun.objects.create(ok=True, finished_at=timezone.now(), limits=1, duration_ms=7)
+    html = viewer_client.get("/").content.decode()
+    assert "(1 limit, 7 ms)" in html and "1 limits" not in html
+
+
+def test_every_page_names_its_icon_and_the_icon_is_a_static_file(viewer_client):
+    from django.contrib.staticfiles import finders
+
+    html = viewer_client.get("/").content.decode()
+    [href] = re.findall(r'<link rel="icon" href="/static/([^"]+)" type="image/svg\+xml">', html)
+    found = finders.find(href)  # what collectstatic copies and the web server then serves
+    assert found and "<svg" in Path(found).read_text()
