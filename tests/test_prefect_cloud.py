@@ -249,17 +249,19 @@ def test_behind_the_budget_a_throttled_prefect_never_fails_a_sync_nor_sees_more_
     prefect_server, cloud, settings
 ):
     """The budget shared by every process paces what reaches Prefect, 429s and their retries
-    included; the Cloud's own limit is tighter still, so syncs meet 429s and wait them out."""
+    included. The Cloud's limit here is two a second, so the budget's first burst of three
+    meets a 429 that every request then waits out; unpaced, these syncs would reach the Cloud
+    more than twice a second."""
     name = unique("resource:budgeted")
     with patient_client(prefect_server.api_url) as http:
         http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
-    per_minute = 20
+    per_minute = 30  # a burst of 3, then one request every 2.1 s
     settings.PREFECT_API_URL, settings.PREFECT_API_KEY = cloud.api_url, KEY
     settings.PREFECT_MAX_REQUESTS_PER_MINUTE = per_minute
-    cloud.per_window, cloud.window = 3, 10.0  # 18 a minute: tighter than the budget
+    cloud.per_window, cloud.window = 2, 1.0
     with PrefectAPI.from_settings() as api:
         assert api.budget is not None and api.budget.per_minute == per_minute
-        for _ in range(2):
+        for _ in range(6):  # two or three requests each
             run = sync_limit(api, name, wait=120)
             assert run is not None and run.ok, run and run.error
     assert cloud.throttled() > 0  # Prefect did refuse some: the syncs waited them out
