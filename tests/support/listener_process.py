@@ -45,3 +45,71 @@ class ListenerProcess:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.process.send_signal(sig)
         return self.process.wait(timeout=30)
+
+
+def each_change_resyncs_once(server, pids: list[int], changes: int = 3) -> None:
+    """Change a limit nobody holds `changes` times while these listeners run, and count the
+    re-syncs of that limit: each change's event is applied once, by whichever listener gets it
+    first, so there is one re-sync per change. A listener that applied an event again (one
+    another listener applied, or one replayed to it) would re-sync once more for it.
+
+    The ids the database keeps unique (applied events, lock events) cannot show this: a second
+    application is refused there, or never tried, either way leaving one row."""
+    from django.utils import timezone
+    from django.utils.dateparse import parse_datetime
+
+    from reslock_web.models import Limit, SyncRun
+    from tests.support.patient import patient_client
+    from tests.support.prefect_events import limit_resource, prefect_events
+
+    name = f"db-quiet-{os.urandom(4).hex()}"
+    since = timezone.now()
+    with patient_client(server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+        wait_for(lambda: Limit.objects.named(name), 60, what=f"{name} on the board")
+        limit_id = http.get(f"/v2/concurrency_limits/{name}").json()["id"]
+        for value in range(2, 2 + changes):
+            http.patch(f"/v2/concurrency_limits/{name}", json={"limit": value}).raise_for_status()
+            # Each change on the board before the next: one re-sync cannot cover two of them.
+            wait_for(
+                lambda value=value: Limit.objects.named(name).limit == value,
+                60,
+                what=f"{name}'s limit {value} on the board",
+            )
+        events = wait_for(
+            lambda: (
+                (
+                    found := prefect_events(
+                        http,
+                        ["prefect.concurrency-limit.created", "prefect.concurrency-limit.updated"],
+                        [limit_resource(limit_id)],
+                    )
+                )
+                and len(found) == 1 + changes
+                and found
+            ),
+            60,
+            interval=0.5,
+            what=f"the events of {name} in Prefect",
+        )
+    last = max(parse_datetime(event["occurred"]) for event in events)
+    # Every listener has had the last event (applied or found applied already): each reports
+    # the newest event it handled with its beat, and a second application would have come
+    # with it.
+    seen: set[int] = set()
+
+    def everyone_had_it() -> bool:
+        beat = Heartbeat.objects.get(service="listener")
+        at = parse_datetime(beat.detail.get("last_event_at") or "")
+        if at is not None and at >= last:
+            seen.add(beat.pid)
+        return seen >= set(pids)
+
+    wait_for(everyone_had_it, 60, interval=0.1, what="every listener to have the last event")
+    wait_for(
+        lambda: not SyncRun.objects.filter(scope=name, finished_at__isnull=True).exists(),
+        60,
+        what=f"the re-syncs of {name} to end",
+    )
+    resyncs = SyncRun.objects.filter(scope=name, ok=True, started_at__gte=since).count()
+    assert resyncs == 1 + changes, (resyncs, 1 + changes)  # the creation, then each change
