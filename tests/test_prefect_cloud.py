@@ -7,6 +7,7 @@ the test's real Prefect server.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from playwright.sync_api import expect
 
 from reslock_web.env import is_prefect_cloud, prefect_ui_url
 from reslock_web.health import BACKOFF_AFTER, freshness, sync_backoff
@@ -242,6 +244,35 @@ def test_a_sync_prefect_keeps_throttling_is_throttled_not_failed_and_the_next_pa
     assert "rate-limiting" not in text and "Synced" in text
     assert scrape(viewer_client, settings.METRICS_TOKEN)["reslock_sync_throttled"] == 0
     assert viewer_client.get("/api/v1/resources").json()["sync"]["outcome"] == "ok"
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_a_browser_the_throttled_banner_counts_down_to_the_next_try(
+    board, live_server, prefect_server, cloud
+):
+    name = unique("resource:countdown")
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    sync(prefect_server)  # a good sync first: the board has a state to show
+    cloud.per_window, cloud.window = 1, 40.0  # one request, then Retry-After ~40 s
+    with PrefectAPI(cloud.api_url, KEY, patience=1) as api:
+        run = sync_limit(api, name)  # a listener's re-sync, say
+    assert run is not None and run.throttled, run and run.error
+    board.goto(live_server.url + reverse("board"))
+    banner = board.locator("#banner")
+    expect(banner).to_contain_text("Prefect is rate-limiting reslock", timeout=15_000)
+    expect(banner).to_contain_text("The board shows the state of")
+    countdown = banner.locator("time[data-in]")
+
+    def seconds_left() -> int:
+        text = countdown.inner_text()
+        assert re.fullmatch(r"\d+ s", text), text
+        return int(text.split()[0])
+
+    first = seconds_left()
+    assert 0 < first <= 40
+    wait_for(lambda: seconds_left() < first, 15, what="the countdown to move on")
 
 
 @pytest.mark.django_db(transaction=True)
