@@ -123,7 +123,12 @@ def _sync_json() -> dict[str, Any]:
         "last_finished_at": _when(last.finished_at) if last else None,
         "last_ok_at": _when(ok.finished_at) if ok else None,
         "ok": last.ok if last else None,
-        "error": last.error if last and not last.ok else "",
+        # "ok", "failed", or "throttled": Prefect is rate-limiting reslock, which is not a
+        # failure; nothing is sent before `next_try_at`, and the next sync tries again then.
+        "outcome": last.outcome if last else None,
+        "error": last.error if last and last.outcome == "failed" else "",
+        "throttled": last.error if last and last.throttled else "",
+        "next_try_at": _when(last.throttled_until) if last and last.throttled else None,
         "listener": {
             "connected": bool(listener and listener.is_connected_listener),
             "last_seen": _when(listener.last_seen) if listener else None,

@@ -142,6 +142,8 @@ def start(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str) -> tu
         # least the true one (a release meanwhile leaves one slot too many: closed, never open).
         api.update_limit(info.id, {"active_slots": info.active_slots + 1})
     except PrefectError as error:
+        if error.throttled:  # surely not counted, nothing revoked: the job tries again later
+            raise
         return OperationStatus.FAILED, (
             f"Failed: the placeholder slot could not be counted ({error}). The lease of {who!r} "
             "was not revoked, so it still holds the resource. If Prefect applied the change "
@@ -311,6 +313,13 @@ def remove_placeholder(operation: Operation, api: PrefectAPI, stopped: str) -> t
         # stage saved above keeps a retry from lowering the count a second time).
         api.decrement(operation.limit.name, 1)
     except PrefectError as error:
+        if error.throttled:
+            # Surely not applied (a 429 is refused before anything is done, and the budget
+            # sends nothing): back to the stage before, so the sweep removes it once.
+            _save(operation, stage=REVOKING)
+            return OperationStatus.FENCING, _still_closed(
+                operation, f"removing the placeholder slot had to wait: {error}"
+            )
         return OperationStatus.SUCCEEDED, (
             f"Revoked the lease of {who}; {stopped}. Removing the placeholder slot failed "
             f"({error}): if it is still counted the resource shows drift (closed to everyone, "

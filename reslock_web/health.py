@@ -30,7 +30,17 @@ class Freshness:
 
     @property
     def failing(self) -> bool:
-        return self.last_finished is not None and not self.last_finished.ok
+        return self.last_finished is not None and self.last_finished.outcome == "failed"
+
+    @property
+    def throttled(self) -> bool:
+        """The last pass stopped because Prefect is rate-limiting reslock: not a failure."""
+        return self.last_finished is not None and self.last_finished.throttled
+
+    @property
+    def next_try(self) -> datetime | None:
+        """While throttled: when the next sync may send to Prefect again."""
+        return self.last_finished.throttled_until if self.throttled else None
 
     @property
     def never_synced(self) -> bool:
@@ -89,8 +99,8 @@ def _read_freshness() -> Freshness:
     last = SyncRun.objects.last_finished()
     ok = last if last is not None and last.ok else SyncRun.objects.last_ok()
     failing_since = None
-    if last is not None and not last.ok:
-        failures = SyncRun.objects.filter(ok=False)
+    if last is not None and last.outcome == "failed":
+        failures = SyncRun.objects.failed()
         if ok is not None:
             failures = failures.filter(started_at__gt=ok.started_at)
         first = failures.order_by("started_at").first()
@@ -137,7 +147,8 @@ def sync_backoff() -> Backoff:
     """How long periodic syncs wait, from the failed full syncs since the last good one."""
     full = SyncRun.objects.filter(scope="all", finished_at__isnull=False)
     last_ok = full.filter(ok=True).order_by("-started_at").values_list("started_at", flat=True)
-    failures = full.filter(ok=False)
+    # A throttled pass is not a failure: Prefect's own Retry-After already spaces them out.
+    failures = full.failed()
     if (ok_at := last_ok.first()) is not None:
         failures = failures.filter(started_at__gt=ok_at)
     count = failures.count()

@@ -103,7 +103,8 @@ def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
             log.warning("%d limits to re-sync wait: another sync holds the lock", len(names))
             return names
         if not run.ok:
-            log.warning("re-sync of %d limits after events failed: %s", len(names), run.error)
+            words = "waits: Prefect is rate-limiting reslock" if run.throttled else "failed"
+            log.warning("re-sync of %d limits after events %s: %s", len(names), words, run.error)
             return names
         return set()
     failed = set()
@@ -115,6 +116,9 @@ def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
                 name,
                 RESYNC_WAIT,
             )
+            failed.add(name)
+        elif run.throttled:  # tried again once Prefect takes requests (the budget waits)
+            log.info("re-sync of %s waits: Prefect is rate-limiting reslock", name)
             failed.add(name)
         elif not run.ok:
             log.warning("re-sync of %s after an event failed: %s", name, run.error)

@@ -43,6 +43,7 @@ def banner_digest(health: Freshness) -> str:
         health.last_ok.pk if health.last_ok else None,
         health.last_finished.pk if health.last_finished else None,
         health.failing,
+        health.throttled,
         health.retry_at,
         health.stale,
         health.worker_late,

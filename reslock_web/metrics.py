@@ -140,9 +140,13 @@ class ReslockCollector:
     def _sync(self) -> Iterator[Metric]:
         last = SyncRun.objects.last_finished()
         last_ok = last if last is not None and last.ok else SyncRun.objects.last_ok()
-        since_ok = Q(ok=False, started_at__gt=last_ok.started_at) if last_ok else Q(ok=False)
+        # A throttled pass is not a failure (models.SyncRun.throttled_until).
+        failed = Q(ok=False, throttled_until__isnull=True)
+        since_ok = failed & Q(started_at__gt=last_ok.started_at) if last_ok else failed
         failures = SyncRun.objects.aggregate(
-            failed=Count("id", filter=Q(ok=False)), since_ok=Count("id", filter=since_ok)
+            failed=Count("id", filter=failed),
+            since_ok=Count("id", filter=since_ok),
+            throttled=Count("id", filter=Q(ok=False, throttled_until__isnull=False)),
         )
         yield GaugeMetricFamily(
             "reslock_last_sync_duration_seconds",
@@ -163,6 +167,17 @@ class ReslockCollector:
             "reslock_sync_consecutive_failures",
             "Failed sync runs since the last successful one (0 while syncs succeed).",
             value=failures["since_ok"],
+        )
+        yield GaugeMetricFamily(
+            "reslock_sync_throttled",
+            "1 while the last finished sync was stopped by Prefect's rate limit or reslock's "
+            "request budget (RESLOCK_PREFECT_MAX_REQUESTS_PER_MINUTE); not a failure.",
+            value=1 if last is not None and last.throttled else 0,
+        )
+        yield GaugeMetricFamily(
+            "reslock_sync_throttled_runs",
+            "Sync runs on record stopped by the rate limit (not counted as failed).",
+            value=failures["throttled"],
         )
 
     def _services(self, now: datetime) -> Iterator[Metric]:

@@ -372,6 +372,13 @@ class SyncRunQuerySet(models.QuerySet["SyncRun"]):
     def last_ok(self) -> SyncRun | None:
         return self.filter(ok=True).order_by("-finished_at").first()
 
+    def failed(self) -> models.QuerySet[SyncRun]:
+        """Passes that failed. A throttled one did not: Prefect only asked it to wait."""
+        return self.filter(ok=False, throttled_until__isnull=True)
+
+    def throttled(self) -> models.QuerySet[SyncRun]:
+        return self.filter(ok=False, throttled_until__isnull=False)
+
 
 class SyncRun(models.Model):
     """One pass of the sync, kept so the board can say how fresh it is and why it failed."""
@@ -381,6 +388,10 @@ class SyncRun(models.Model):
     ok = models.BooleanField(null=True)
     scope = models.CharField(max_length=500, default="all")
     error = models.TextField(blank=True)
+    # Set when the pass stopped because Prefect is rate-limiting reslock (a 429 past the
+    # patience, or no turn in the request budget): not a failure, nothing was written, and
+    # nothing is sent to Prefect before this time. The next pass simply tries again.
+    throttled_until = models.DateTimeField(null=True, blank=True)
     limits = models.PositiveIntegerField(default=0)
     created = models.PositiveIntegerField(default=0)
     updated = models.PositiveIntegerField(default=0)
@@ -398,7 +409,26 @@ class SyncRun(models.Model):
     def __str__(self) -> str:
         return f"sync {self.started_at:%H:%M:%S} {'ok' if self.ok else self.error[:40]}"
 
+    @property
+    def throttled(self) -> bool:
+        return not self.ok and self.throttled_until is not None
+
+    @property
+    def outcome(self) -> str | None:
+        """ "ok", "throttled" or "failed"; None while the pass runs."""
+        if self.ok is None:
+            return None
+        if self.ok:
+            return "ok"
+        return "throttled" if self.throttled else "failed"
+
     def summary(self) -> str:
+        if self.throttled:
+            return (
+                f"sync stopped after {self.duration_ms or 0} ms: Prefect is rate-limiting "
+                f"reslock ({self.error}); nothing was changed, and the next sync tries again "
+                f"from {self.throttled_until:%H:%M:%S} UTC"
+            )
         if not self.ok:
             return f"sync failed after {self.duration_ms or 0} ms: {self.error}"
         return (

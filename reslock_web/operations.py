@@ -595,6 +595,12 @@ def send_next(limit_id: int) -> None:
 
 def _in_words(error: PrefectError) -> str:
     """A failure retrying cannot fix, said so that the operator knows what happened."""
+    if error.throttled:
+        return (
+            f"Not done: Prefect kept rate-limiting reslock through {MAX_ATTEMPTS} attempts. The "
+            "request it refused was not carried out; ask again once Prefect takes requests "
+            f"(RESLOCK_PREFECT_MAX_REQUESTS_PER_MINUTE keeps reslock under its limit). {error}"
+        )
     if error.retryable:
         return f"Prefect error: {error}"
     if error.status == 404:
@@ -699,7 +705,7 @@ def _set_limit(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[st
     return (
         OperationStatus.SUCCEEDED,
         f"Limit set from {expected} to {value}.",
-        limit_snapshot(api.read_limit(str(info.id))),
+        limit_snapshot(_read_quietly(api, operation)),
     )
 
 
@@ -717,7 +723,7 @@ def _toggle(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, 
         if inside:
             raise Skip(_uncounted_words(inside))
     api.update_limit(info.id, {"active": active})
-    after = limit_snapshot(api.read_limit(str(info.id)))
+    after = limit_snapshot(_read_quietly(api, operation))
     return OperationStatus.SUCCEEDED, f"Limit {'activated' if active else 'deactivated'}.", after
 
 
@@ -743,7 +749,7 @@ def _repair(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, 
     if extra <= 0:
         raise Skip("Prefect's counter already matches the holders")
     api.decrement(info.name, extra)
-    after = limit_snapshot(api.read_limit(str(info.id)))
+    after = limit_snapshot(_read_quietly(api, operation))
     return (
         OperationStatus.SUCCEEDED,
         f"Lowered used slots by {extra} (slots without a lease).",
@@ -778,7 +784,7 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
     flow_run_id = _uuid(holder.get("flow_run_id"))
     lease_id = _uuid(holder.get("lease_id"))
     condition = holder.get("condition")
-    info = _current(operation, api)
+    _current(operation, api)  # it must still exist
     who = holder.get("flow_run_name") or holder.get("task_run_name") or operation.holder_key
     if condition == Condition.HOLDING and lease_id and holder.get("source") == Source.HELPER:
         if process_gone(holder.get("process")):
@@ -827,7 +833,7 @@ def _release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str,
             done.append(_crash_flow_run(operation, api, flow_run, message))
         else:
             done.append(f"flow run left {flow_run.state_name or 'running'} (not asked to crash it)")
-    after = limit_snapshot(api.read_limit(str(info.id)))
+    after = limit_snapshot(_read_quietly(api, operation))
     return OperationStatus.SUCCEEDED, f"Released {who!r}: " + ", ".join(done) + ".", after
 
 
@@ -933,7 +939,7 @@ def _release_ended_process(operation: Operation, api: PrefectAPI, lease_id: UUID
     if not process_gone(identity):  # checked again last thing, on the machine that revokes
         return _fence(operation, api, lease_id, who)
     api.revoke_lease(lease_id)
-    after = limit_snapshot(api.read_limit(str(operation.limit.prefect_id)))
+    after = limit_snapshot(_read_quietly(api, operation))
     return (
         OperationStatus.SUCCEEDED,
         f"Revoked the lease of {who!r} at once: its process ({describe(identity)}) had ended, "
@@ -960,7 +966,9 @@ def _fence(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str):
 
 
 def _read_quietly(api: PrefectAPI, operation: Operation):
-    """The limit as Prefect shows it now, for the record; None if Prefect cannot say."""
+    """The limit as Prefect shows it now, for the record; None if Prefect cannot say. After a
+    change it is only that: a read refused (Prefect rate-limiting reslock, a 5xx) must not send
+    a change that was made back for a retry, which would then find nothing to do."""
     try:
         return api.read_limit(str(operation.limit.prefect_id))
     except PrefectError:

@@ -41,10 +41,29 @@ DEFAULT_RETRY_AFTER = 5.0  # seconds, for a 429 that does not say
 
 
 class PrefectError(Exception):
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after  # seconds before Prefect takes requests again (429)
+
+    @classmethod
+    def rate_limited(cls, message: str, retry_after: float) -> PrefectError:
+        return cls(message, retryable=True, status=THROTTLED, retry_after=retry_after)
+
+    @property
+    def throttled(self) -> bool:
+        """Prefect is rate-limiting reslock, or reslock's own budget had no turn in time. Either
+        way the request was not carried out: Prefect refuses a 429 before doing anything, and
+        a request the budget holds back is never sent."""
+        return self.status == THROTTLED
 
 
 def _uuid(value: Any) -> UUID | None:
@@ -292,7 +311,12 @@ class PrefectAPI:
             message = redact(str(error), [self._api_key] if self._api_key else [])
             if message == str(error):
                 raise
-            raise PrefectError(message, retryable=error.retryable, status=error.status) from None
+            raise PrefectError(
+                message,
+                retryable=error.retryable,
+                status=error.status,
+                retry_after=error.retry_after,
+            ) from None
 
     def _request(self, method: str, path: str, json: Any) -> Any:
         # A read that meets Prefect's "database is busy" (503, SQLite under concurrent writes)
@@ -329,6 +353,7 @@ class PrefectAPI:
                     f"{error.wait:.0f} s away)",
                     retryable=True,
                     status=THROTTLED,
+                    retry_after=error.wait,
                 ) from None
         try:
             return self._http.request(method, path.lstrip("/"), json=json)
@@ -348,6 +373,7 @@ class PrefectAPI:
                 f"Prefect answered {response.status_code} to {method} /{path.lstrip('/')}: {detail}",
                 retryable=response.status_code in RETRYABLE_STATUS,
                 status=response.status_code,
+                retry_after=retry_after(response) if response.status_code == THROTTLED else None,
             )
         if response.status_code == 204 or not response.content:
             return None

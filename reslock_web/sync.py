@@ -270,11 +270,14 @@ def sync_limit_or_raise(api: PrefectAPI, name: str) -> SyncRun:
             "deciding; nothing was changed",
             retryable=True,
         )
+    message = (
+        f"the limit could not be read again before deciding ({run.error}); nothing was changed"
+    )
+    if run.throttled:  # still throttled for the operation, which waits and tries again
+        wait = (run.throttled_until - timezone.now()).total_seconds()
+        raise PrefectError.rate_limited(message, retry_after=max(0.0, wait))
     if not run.ok:
-        raise PrefectError(
-            f"the limit could not be read again before deciding ({run.error}); nothing was changed",
-            retryable=True,
-        )
+        raise PrefectError(message, retryable=True)
     return run
 
 
@@ -299,7 +302,12 @@ def _run(
     except PrefectError as error:
         run.ok = False
         run.error = str(error)
-        log.warning("sync failed: %s", error)
+        if error.throttled:  # not a failure: the next pass tries again (health.py)
+            wait = timedelta(seconds=error.retry_after or 0)
+            run.throttled_until = timezone.now() + wait
+            log.info("sync stopped: Prefect is rate-limiting reslock (%s)", error)
+        else:
+            log.warning("sync failed: %s", error)
     except Exception as error:
         run.ok = False
         # Every viewer sees this text; the exception's own (a database error names the host

@@ -135,6 +135,33 @@ def test_prefect_failing_while_the_fence_waits_never_opens_the_resource(
     assert waiter.wait() == 0
 
 
+def test_a_throttled_placeholder_removal_keeps_the_resource_closed_until_the_sweep_removes_it(
+    prefect_server, flows, celery_worker, operator_client, proxy
+):
+    """Prefect refuses the placeholder's removal with a 429 past the job's patience: it was
+    not carried out, so the fence goes back to waiting to remove it, and the sweep removes it
+    once; the resource opens then, without a slot left counted."""
+    removal = "/concurrency_limits/decrement$"  # by name; the revoke is "-with-lease"
+    proxy.route(removal, "fail", status=429, retry_after=600, times=1)
+    name = unique("db-throttled-removal")
+    holder, waiter, limit = holder_and_waiter(flows, prefect_server, name)
+    operation = ask_release(operator_client, limit)
+    fencing = status_becomes(operation, OperationStatus.FENCING, timeout=120)
+    assert "removing the placeholder slot had to wait" in fencing.message, fencing.message
+    assert fencing.params["fence"]["stage"] == "revoking"
+    holder.wait_event("left", timeout=10)
+    assert not waiter.find_events("acquired")  # the placeholder is still counted
+    done = sweep_until_finished(operation, timeout=120)
+    assert done.status == OperationStatus.SUCCEEDED and "open again" in done.message, done.message
+    waiter.wait_event("acquired", timeout=60)
+    removals = [path for _, method, path in proxy.received if path.endswith(removal[:-1])]
+    assert len(removals) == 2  # the refused one, then the one Prefect carried out
+    with patient_client(prefect_server.api_url) as http:
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1  # the waiter
+    waiter.release()
+    assert waiter.wait() == 0
+
+
 def test_a_lease_over_several_resources_is_refused_on_the_page_and_by_the_worker(
     prefect_server, flows, celery_worker, operator_client
 ):

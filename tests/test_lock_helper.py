@@ -34,7 +34,7 @@ from reslock_web.prefect_api import PrefectAPI
 from reslock_web.sync import sync_limit
 from tests.support.flows import SCRIPTS_DIR, FlowProcess, FlowRunner
 from tests.support.patient import patient_client
-from tests.support.prefect_events import prefect_events
+from tests.support.prefect_events import lock_event_in_prefect, prefect_events
 from tests.support.prefect_server import PrefectServer
 
 LEASE = 60  # Prefect's minimum lease; renewals every 45 s
@@ -177,8 +177,14 @@ def revoke_scenario(runner: FlowRunner, api: httpx.Client, stop: threading.Event
     ).raise_for_status()
     async_revoked = time.time()
     second = runner.start("helper_holder", name=name, lease_duration=LEASE)
-    second.wait_event("want", timeout=90)
-    time.sleep(2)  # it has met the full limit and waits
+    second_wants = second.wait_event("want", timeout=90)
+    # It has met the full limit and waits: it says so once Prefect refused it.
+    lock_event_in_prefect(
+        api,
+        lock.EVENT_WAITING,
+        first_in["limit_ids"][name],
+        flow_run_id=second_wants["flow_run_id"],
+    )
     response = api.post(
         "/v2/concurrency_limits/decrement-with-lease", json={"lease_id": first_in["lease_id"]}
     )
@@ -191,8 +197,9 @@ def revoke_scenario(runner: FlowRunner, api: httpx.Client, stop: threading.Event
     lost = first.wait_event("lost", timeout=RENEWAL + 30)
     async_lost = asynchronous.wait_event("lost", timeout=RENEWAL + 30)
     async_rc = asynchronous.wait(timeout=30)
-    first_rc = first.wait(timeout=30)  # its release (a no-op on a revoked lease) is done
-    time.sleep(3)
+    # Its renewal (410) and its release (a no-op on a revoked lease) were answered before its
+    # process ended: the count read now is the one they left.
+    first_rc = first.wait(timeout=30)
     observed = {
         "slots_after_first_left": slots(api, name),
         "third_in_while_second_holds": bool(third.find_events("acquired")),
@@ -426,8 +433,10 @@ def test_a_nested_task_runs_inside_its_parents_hold_and_other_runs_still_wait(
     assert slots(api, name) == 1
 
     other = flows.start("helper_holder", name=name, hold=0)  # another flow run: it waits
-    other.wait_event("want", timeout=90)
-    time.sleep(3)
+    other_wants = other.wait_event("want", timeout=90)
+    lock_event_in_prefect(  # Prefect refused it: the limit is full
+        api, lock.EVENT_WAITING, gcl(api, name)["id"], flow_run_id=other_wants["flow_run_id"]
+    )
     assert not other.find_events("acquired")
     nested.release()
     assert nested.wait(timeout=60) == 0
@@ -446,8 +455,7 @@ def test_a_nested_task_runs_inside_its_parents_hold_and_other_runs_still_wait(
         ]
         return found or None
 
-    time.sleep(2)
-    found = poll(outer_events, 20, "the outer task's acquired event")
+    found = poll(outer_events, 60, "the outer task's acquired event")
     assert [run_of(e, "task-run") for e in found] == [outer["task_run_id"]]
 
 
@@ -484,7 +492,10 @@ def test_a_timeout_names_the_holder_and_takes_no_slot(flows: FlowRunner, api: ht
     free, held = sorted([unique("helper-to-free"), unique("helper-to-held")])
     holder = flows.start("helper_holder", name=held)
     holder_in = holder.wait_event("acquired", timeout=90)
-    time.sleep(5)  # the holder's acquired event reaches Prefect's REST API (≤ 5 s)
+    # The waiter names the holder from its acquired event, once Prefect's REST API has it.
+    lock_event_in_prefect(
+        api, lock.EVENT_ACQUIRED, holder_in["limit_ids"][held], lease_id=holder_in["lease_id"]
+    )
     waiter = flows.start("helper_holder", names=[held, free], timeout=3, hold=0)
     timed_out = waiter.wait_event("timed_out", timeout=90)
     assert waiter.wait(timeout=30) == 0
@@ -787,7 +798,13 @@ def test_the_readme_examples_run(flows: FlowRunner, api: httpx.Client) -> None:
     block = flows.start("helper_example_block", account=account, batches=[["a", "b"], ["c"], ["d"]])
     several = flows.start("helper_example_several", a=a, b=b)
     holder_in = holder.wait_event("acquired", timeout=90)
-    time.sleep(4)  # its acquired event reaches Prefect's REST API
+    # The bounded example names the holder from its acquired event, once Prefect has it.
+    lock_event_in_prefect(
+        api,
+        lock.EVENT_ACQUIRED,
+        holder_in["limit_ids"][f"printer-{printer}"],
+        lease_id=holder_in["lease_id"],
+    )
     bounded = flows.start("helper_example_timeout", printer=printer, wait_seconds=3)
 
     for process in (task, block, several, bounded):

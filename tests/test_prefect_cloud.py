@@ -7,24 +7,30 @@ the test's real Prefect server.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
+import uuid
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from playwright.sync_api import expect
 
 from reslock_web.env import is_prefect_cloud, prefect_ui_url
+from reslock_web.health import BACKOFF_AFTER, freshness, sync_backoff
 from reslock_web.models import Condition, Holder, Limit, Operation, OperationStatus
 from reslock_web.prefect_api import PrefectAPI, PrefectError
 from reslock_web.prefect_budget import Budget, Rate, Throttled, reserve
-from reslock_web.sync import sync_limit
+from reslock_web.sync import sync_limit, sync_with_settings
 from tests.support.cloud_standin import CloudStandIn
 from tests.support.listener_process import ListenerProcess
 from tests.support.net import wait_for
 from tests.support.operating import finished, form, sync, unique
 from tests.support.patient import patient_client
+from tests.support.readouts import banner, scrape
 
 KEY = "pnu_standin0123456789abcdefghijklmnopqrstu"
 
@@ -190,6 +196,170 @@ def test_an_operation_against_a_throttled_prefect_still_succeeds(
     operation = finished(Operation.objects.get(limit__name=name).pk, timeout=180)
     assert operation.status == OperationStatus.SUCCEEDED, operation.message
     assert cloud.throttled() > 0
+    with patient_client(prefect_server.api_url) as http:
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["active"] is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_prefect_keeps_throttling_is_throttled_not_failed_and_the_next_pass_tries_again(
+    prefect_server, cloud, settings, viewer_client
+):
+    """Past its patience a sync stops, and says so: the banner, /metrics and the API call it
+    throttled, not failing, no back-off starts, and the next periodic pass simply runs."""
+    settings.PREFECT_API_URL, settings.PREFECT_API_KEY = cloud.api_url, KEY
+    settings.PREFECT_MAX_REQUESTS_PER_MINUTE = 0  # Prefect's 429s alone, no shared hold
+    settings.METRICS_TOKEN = "metrics-token"
+    cloud.per_window, cloud.window = 1, 600.0  # one request, then Retry-After ~600 s
+    runs = []
+    for _ in range(BACKOFF_AFTER + 1):  # more than would start a back-off if these failed
+        run = sync_with_settings(periodic=True)
+        assert run is not None, "a throttled pass must not make the next one skip"
+        runs.append(run)
+    assert cloud.throttled() >= len(runs)
+    for run in runs:
+        assert run.outcome == "throttled" and not run.ok, (run.outcome, run.error)
+        assert "429" in run.error
+        # Prefect's Retry-After (about 600 s) is when the next try may send again.
+        assert run.throttled_until - run.finished_at > timedelta(seconds=500)
+    assert sync_backoff().failures == 0 and sync_backoff().retry_at is None
+    health = freshness()
+    assert health.throttled and not health.failing and health.next_try == runs[-1].throttled_until
+
+    text = banner(viewer_client)
+    assert "Prefect is rate-limiting reslock" in text and "Sync failing" not in text
+    assert f"reslock sends nothing until {runs[-1].throttled_until:%H:%M:%S} UTC" in text
+    assert "the next sync tries again then (in <time" in text and "data-in=" in text
+    api = viewer_client.get("/api/v1/resources").json()["sync"]
+    assert api["outcome"] == "throttled" and api["error"] == "" and "429" in api["throttled"]
+    assert api["next_try_at"] == runs[-1].throttled_until.isoformat()
+    metrics = scrape(viewer_client, settings.METRICS_TOKEN)
+    assert metrics["reslock_sync_throttled"] == 1 and metrics["reslock_sync_throttled_runs"] == 4
+    assert metrics["reslock_sync_failed_runs"] == 0
+    assert metrics["reslock_sync_consecutive_failures"] == 0
+
+    cloud.per_window = None  # Prefect takes requests again
+    good = sync_with_settings(periodic=True)
+    assert good is not None and good.ok, good and good.error
+    text = banner(viewer_client)
+    assert "rate-limiting" not in text and "Synced" in text
+    assert scrape(viewer_client, settings.METRICS_TOKEN)["reslock_sync_throttled"] == 0
+    assert viewer_client.get("/api/v1/resources").json()["sync"]["outcome"] == "ok"
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_a_browser_the_throttled_banner_counts_down_to_the_next_try(
+    board, live_server, prefect_server, cloud
+):
+    name = unique("resource:countdown")
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    sync(prefect_server)  # a good sync first: the board has a state to show
+    cloud.per_window, cloud.window = 1, 40.0  # one request, then Retry-After ~40 s
+    with PrefectAPI(cloud.api_url, KEY, patience=1) as api:
+        run = sync_limit(api, name)  # a listener's re-sync, say
+    assert run is not None and run.throttled, run and run.error
+    board.goto(live_server.url + reverse("board"))
+    banner = board.locator("#banner")
+    expect(banner).to_contain_text("Prefect is rate-limiting reslock", timeout=15_000)
+    expect(banner).to_contain_text("The board shows the state of")
+    countdown = banner.locator("time[data-in]")
+
+    def seconds_left() -> int:
+        text = countdown.inner_text()
+        assert re.fullmatch(r"\d+ s", text), text
+        return int(text.split()[0])
+
+    first = seconds_left()
+    assert 0 < first <= 40
+    wait_for(lambda: seconds_left() < first, 15, what="the countdown to move on")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_behind_the_budget_a_throttled_prefect_never_fails_a_sync_nor_sees_more_than_the_budget(
+    prefect_server, cloud, settings
+):
+    """The budget shared by every process paces what reaches Prefect, 429s and their retries
+    included. The Cloud's limit here is two a second, so the budget's first burst of three
+    meets a 429 that every request then waits out; unpaced, these syncs would reach the Cloud
+    more than twice a second."""
+    name = unique("resource:budgeted")
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    per_minute = 30  # a burst of 3, then one request every 2.1 s
+    settings.PREFECT_API_URL, settings.PREFECT_API_KEY = cloud.api_url, KEY
+    settings.PREFECT_MAX_REQUESTS_PER_MINUTE = per_minute
+    cloud.per_window, cloud.window = 2, 1.0
+    with PrefectAPI.from_settings() as api:
+        assert api.budget is not None and api.budget.per_minute == per_minute
+        for _ in range(6):  # two or three requests each
+            run = sync_limit(api, name, wait=120)
+            assert run is not None and run.ok, run and run.error
+    assert cloud.throttled() > 0  # Prefect did refuse some: the syncs waited them out
+    rate = Rate.per_minute(per_minute)
+    burst = round(rate.tolerance / rate.interval) + 1
+    for seconds in (5, 10, 30, 60):
+        # A burst, then one request per interval (and one of slack for the clocks).
+        allowed = min(per_minute, burst + math.ceil(seconds / rate.interval))
+        reached = cloud.most_in_any(seconds, refused_too=True)
+        assert reached <= allowed, (seconds, reached, allowed, cloud.requests)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_operation_prefect_keeps_throttling_goes_back_to_pending_then_ends_having_changed_nothing(
+    prefect_server, cloud, operator
+):
+    from reslock_web.operations import MAX_ATTEMPTS, TryAgain, run
+
+    name = unique("resource:throttled-away")
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    sync(prefect_server)
+    operation = Operation.objects.create(
+        kind="deactivate", limit=Limit.objects.named(name), limit_name=name,
+        requested_by=operator, requested_by_name=operator.username, token=uuid.uuid4(),
+    )  # fmt: skip
+    cloud.per_window, cloud.window = 1, 600.0
+    with PrefectAPI(cloud.api_url, KEY, patience=1) as api:
+        for attempt in range(1, MAX_ATTEMPTS):
+            cloud._recent.clear()  # each attempt reads the limit, then its change meets a 429
+            with pytest.raises(TryAgain):
+                run(operation.pk, api)
+            operation.refresh_from_db()
+            assert operation.status == OperationStatus.PENDING and operation.attempts == attempt
+            assert "retrying" in operation.message and "429" in operation.message
+        cloud._recent.clear()
+        run(operation.pk, api)
+    operation.refresh_from_db()
+    assert operation.status == OperationStatus.FAILED and operation.attempts == MAX_ATTEMPTS
+    assert operation.message.startswith("Not done: Prefect kept rate-limiting reslock")
+    changes = [status for _, method, _, status in cloud.requests if method == "PATCH"]
+    assert changes == [429] * MAX_ATTEMPTS  # each attempt's change was refused, none passed
+    with patient_client(prefect_server.api_url) as http:
+        assert http.get(f"/v2/concurrency_limits/{name}").json()["active"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_made_stands_when_the_read_after_it_is_throttled(prefect_server, cloud, operator):
+    """The read for the record comes after the change: a 429 there must not send the
+    operation back for a retry that would find nothing to do."""
+    from reslock_web.operations import run
+
+    name = unique("resource:read-after")
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    sync(prefect_server)
+    operation = Operation.objects.create(
+        kind="deactivate", limit=Limit.objects.named(name), limit_name=name,
+        requested_by=operator, requested_by_name=operator.username, token=uuid.uuid4(),
+    )  # fmt: skip
+    cloud.per_window, cloud.window = 2, 600.0  # the read, the change; then 429s
+    with PrefectAPI(cloud.api_url, KEY, patience=1) as api:
+        run(operation.pk, api)
+    operation.refresh_from_db()
+    assert operation.status == OperationStatus.SUCCEEDED, operation.message
+    assert [r[1] for r in cloud.requests[:2]] == ["GET", "PATCH"]
+    assert cloud.requests[2][3] == 429
     with patient_client(prefect_server.api_url) as http:
         assert http.get(f"/v2/concurrency_limits/{name}").json()["active"] is False
 

@@ -403,7 +403,9 @@ def test_a_release_without_follows_ends_its_acquire_while_the_run_goes_on(
         ),
         what="the release to be read",
     )
-    # Past the grace a lost slot would be a zombie by now.
+    # Past the grace a lost slot would be a zombie by now. A real wait, not one for an event:
+    # the verdict under test is reached only once the configured grace (1 s) has passed, and
+    # nothing can be awaited instead of the clock.
     time.sleep(1.5)
     sync(prefect_server)
     limit = Limit.objects.named(name)
@@ -499,7 +501,9 @@ def test_a_holder_whose_task_run_prefect_has_not_recorded_yet_is_holding_not_sta
     acquired = holder.wait_event("acquired")
     limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
     assert limit.status == Status.HELD and not limit.is_stale, limit.evidence
-    time.sleep(1.5)  # past the grace
+    # A real wait, not one for an event: "stale" could be reached only once the configured
+    # grace (1 s) has passed, and nothing can be awaited instead of the clock.
+    time.sleep(1.5)
     sync(prefect_server)
     limit = Limit.objects.named(name)
     assert limit.status == Status.HELD and not limit.is_stale, limit.evidence

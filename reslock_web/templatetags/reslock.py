@@ -54,6 +54,21 @@ def since(when: datetime | None, blank: str = "") -> str:
     )
 
 
+@register.simple_tag
+def until(when: datetime | None, blank: str = "") -> str:
+    """How long until `when`, as a `<time>` the browser keeps counting down between redraws
+    (`data-in`: the seconds left when drawn)."""
+    if when is None:
+        return blank
+    seconds = max(0, (when - timezone.now()).total_seconds())
+    return format_html(
+        '<time datetime="{}" data-in="{}">{}</time>',
+        when.isoformat(),
+        int(seconds),
+        humane(seconds),
+    )
+
+
 # What `since` writes, and nothing a name can produce: names are escaped, so a "<" in one
 # arrives as "&lt;".
 SINCE = re.compile(r'<time datetime="([^"<>]+)" data-age="\d+">[^<]*</time>')

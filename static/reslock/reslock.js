@@ -20,7 +20,8 @@
 
 // Ages ("held for 3 h 12 min") count up in the browser between redraws, so that the live
 // refresh only has to redraw rows that really changed. Each <time data-age> carries its age
-// in seconds when drawn; the browser adds the seconds since it first saw the element.
+// in seconds when drawn; the browser adds the seconds since it first saw the element. A
+// <time data-in> (when a throttled sync tries again) counts down the same way, to 0.
 (function () {
   "use strict";
   function humane(seconds) {
@@ -44,6 +45,15 @@
       }
       var age = Number(element.dataset.age) + (now - Number(element.dataset.seenAt)) / 1000;
       var text = humane(age);
+      if (element.textContent !== text) element.textContent = text;
+    });
+    document.querySelectorAll("time[data-in]").forEach(function (element) {
+      if (!element.dataset.seenAt) {
+        element.dataset.seenAt = String(now);
+        return;
+      }
+      var left = Number(element.dataset.in) - (now - Number(element.dataset.seenAt)) / 1000;
+      var text = humane(Math.ceil(left));
       if (element.textContent !== text) element.textContent = text;
     });
   }

@@ -89,9 +89,11 @@ class CloudStandIn:
     def throttled(self) -> int:
         return sum(1 for *_, status in self.requests if status == 429)
 
-    def most_in_any(self, seconds: float) -> int:
-        """The most requests passed on (not refused) in any window of that many seconds."""
-        sent = sorted(t for t, _, _, status in self.requests if status not in (401, 429))
+    def most_in_any(self, seconds: float, refused_too: bool = False) -> int:
+        """The most requests passed on (not refused) in any window of that many seconds; with
+        `refused_too`, every request that reached the stand-in, its 429s included."""
+        refused = (401,) if refused_too else (401, 429)
+        sent = sorted(t for t, _, _, status in self.requests if status not in refused)
         most, start = 0, 0
         for end, at in enumerate(sent):
             while at - sent[start] >= seconds:

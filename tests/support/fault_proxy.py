@@ -11,12 +11,15 @@ answers with Prefect's answer. Switch it at any time:
 - `route(path_part, action, ...)`: a fault for the requests whose path contains `path_part`
   only, the rest forwarded faithfully: "fail" (answer `status` without asking Prefect, after
   `seconds`), "drop" (Prefect does it, the caller never hears back) or "hold" (Prefect does it,
-  the answer comes `seconds` later); `times=N` for the next N such requests only. `clear()`
-  and `ok()` end routes.
+  the answer comes `seconds` later); `times=N` for the next N such requests only;
+  `retry_after=S` sends that `Retry-After` with a "fail" (a 429 as Prefect Cloud's). A
+  `path_part` ending in "$" matches the paths that end with the rest only. `clear()` and
+  `ok()` end routes.
 
     proxy.route("/increment-with-lease", "drop", times=1)
     proxy.route("/events/filter", "fail", status=500)
     proxy.route("/decrement-with-lease", "hold", seconds=20)
+    proxy.route("/concurrency_limits/decrement$", "fail", status=429, retry_after=600)
 
 It counts the requests Prefect actually received, by method, so a test can tell how many
 times a change reached Prefect, and `received` lists (time.time(), method, path) of every
@@ -43,6 +46,7 @@ class Route:
     status: int = 500
     seconds: float = 0.0
     times: int | None = None  # how many requests it applies to (None: all)
+    retry_after: float | None = None  # the Retry-After header of a "fail"
 
 
 class FaultProxy:
@@ -92,7 +96,7 @@ class FaultProxy:
     def _take(self, path: str) -> Route | None:
         with self._lock:
             for part, route in self.routes.items():
-                if part in path:
+                if path.endswith(part[:-1]) if part.endswith("$") else part in path:
                     if route.times is not None:
                         route.times -= 1
                         if route.times <= 0:
@@ -147,7 +151,8 @@ class FaultProxy:
         route = self._take(handler.path)
         if route is not None and route.action == "fail":
             time.sleep(route.seconds)
-            self._answer(handler, route.status, b'{"detail": "proxy says: failed"}', {})
+            extra = {} if route.retry_after is None else {"Retry-After": str(route.retry_after)}
+            self._answer(handler, route.status, b'{"detail": "proxy says: failed"}', extra)
             return
         if route is None and self.mode == "fail":
             self._answer(handler, self.status, b'{"detail": "proxy says: internal error"}', {})

@@ -61,3 +61,36 @@ def emit(api_url: str, events: list[dict]) -> None:
     thread = threading.Thread(target=asyncio.run, args=(send(),))
     thread.start()
     thread.join()
+
+
+def lock_event_in_prefect(
+    api: httpx.Client,
+    name: str,
+    limit_id: str,
+    *,
+    lease_id: str | None = None,
+    flow_run_id: str | None = None,
+    timeout: float = 60,
+) -> dict:
+    """Wait until Prefect's REST API returns this lock event of that limit (of that lease, or
+    of that flow run), and return it. Prefect stores events in batches, a few seconds after
+    they were sent (more on a loaded machine)."""
+    from tests.support.net import wait_for
+
+    def found() -> dict | None:
+        for event in prefect_events(api, [name], [limit_resource(limit_id)]):
+            if lease_id is not None and event["payload"].get("lease_id") != lease_id:
+                continue
+            runs = [
+                item["prefect.resource.id"].rsplit(".", 1)[-1]
+                for item in event["related"]
+                if item["prefect.resource.role"] == "flow-run"
+            ]
+            if flow_run_id is not None and flow_run_id not in runs:
+                continue
+            return event
+        return None
+
+    return wait_for(  # type: ignore[return-value]
+        found, timeout, interval=0.5, what=f"{name} of {lease_id or flow_run_id} in Prefect"
+    )

@@ -16,6 +16,6 @@ class Command(BaseCommand):
         if run is None:
             self.stdout.write("another sync is running; nothing done")
             return
-        if not run.ok:
+        if run.outcome == "failed":
             raise CommandError(run.summary())
         self.stdout.write(run.summary())
