@@ -3,8 +3,11 @@ under /api/), never a stack trace, and work again as soon as the database does."
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
-from contextlib import contextmanager
+import tempfile
+from contextlib import closing, contextmanager
+from pathlib import Path
 
 import pytest
 from django.db import OperationalError, connection
@@ -32,19 +35,30 @@ def short_database_timeout(seconds: float = 0.5):
 
 @contextmanager
 def database_locked():
-    """Another process holds SQLite's exclusive lock: no one else can read or write."""
-    path = connection.settings_dict["NAME"]
-    # Patient: a write still in flight from the test's own process (a worker thread finishing
-    # up) must end before anyone can have the database to itself.
-    locker = sqlite3.connect(path, timeout=30, isolation_level=None)
+    """Another process holds SQLite's exclusive lock: no one else can read or write.
+
+    The web process is pointed at a copy of the test database for the while: in WAL mode an
+    exclusive lock needs every other connection to the file closed, and one left open by a
+    finished thread of an earlier test in this process would make the lock itself fail."""
+    settings_dict = connection.settings_dict
+    original = settings_dict["NAME"]
+    copy = Path(tempfile.mkdtemp(prefix="reslock-locked-")) / "locked.sqlite3"
+    connection.close()
+    with closing(sqlite3.connect(original)) as source, closing(sqlite3.connect(copy)) as target:
+        source.backup(target)
+    locker = sqlite3.connect(copy, timeout=1, isolation_level=None)
     locker.execute("PRAGMA locking_mode=EXCLUSIVE")
     locker.execute("BEGIN EXCLUSIVE")
     locker.execute("UPDATE reslock_syncstate SET name = name")  # writing takes the lock
+    settings_dict["NAME"] = str(copy)
     try:
         yield
     finally:
+        connection.close()
+        settings_dict["NAME"] = original
         locker.execute("ROLLBACK")
         locker.close()
+        shutil.rmtree(copy.parent, ignore_errors=True)
 
 
 @pytest.fixture

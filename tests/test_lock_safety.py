@@ -269,7 +269,9 @@ def orphan_scenario(
         # The orphan: Prefect counts a slot that nobody knows the lease of.
         orphan_held = wait_for(
             lambda: gcl(api, name)["active_slots"] == 1 and not holder.find_events("acquired"),
-            30,  # Prefect, busy with the rest of the suite, may be slow to show it
+            # Prefect, busy with the rest of the suite, may be slow to show it; the orphan's
+            # 60 s lease keeps it counted, and the holder out, for longer than this.
+            50,
             what="the orphan lease's slot",
         )
         acquired = holder.wait_event("acquired", timeout=LEASE + REPOSSESS + 60)
