@@ -94,7 +94,7 @@ class LagWatch:
     """Reads the lag the listener reports (its heartbeat) every second."""
 
     def __init__(self) -> None:
-        self.values: list[float] = []
+        self.values: list[tuple[float, float]] = []  # (time, lag)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -108,7 +108,7 @@ class LagWatch:
                 beat = Heartbeat.objects.filter(service="listener").first()
                 lag = beat.detail.get("lag_seconds") if beat else None
                 if isinstance(lag, int | float):
-                    self.values.append(float(lag))
+                    self.values.append((time.time(), float(lag)))
         finally:
             connection.close()
 
@@ -148,6 +148,17 @@ def churn(server: PrefectServer, rate: float, seconds: float) -> float:
     return start
 
 
+def failed_takes() -> int:
+    """Takes Prefect failed to answer, as the flows reported them (their logs are kept)."""
+    from bench.churn_flow import FAILED_TAKES
+
+    total = 0
+    for log in WORK.glob("flow-*.log"):
+        lines = [line for line in log.read_text().splitlines() if line.startswith(FAILED_TAKES)]
+        total += int(lines[-1].removeprefix(FAILED_TAKES)) if lines else 0
+    return total
+
+
 def level(server: PrefectServer, listener: subprocess.Popen, rate: float, seconds: float):
     from django.utils import timezone
 
@@ -159,6 +170,8 @@ def level(server: PrefectServer, listener: subprocess.Popen, rate: float, second
         for watcher in watchers:
             watcher.__enter__()
         try:
+            for log in WORK.glob("flow-*.log"):
+                log.unlink()
             start = churn(server, rate, seconds)
             time.sleep(5)  # the last give-backs reach the board
         finally:
@@ -178,11 +191,22 @@ def level(server: PrefectServer, listener: subprocess.Popen, rate: float, second
     polls = sum(w.polls for w in watchers) / watched / len(watchers)
     errors = sum(len(w.errors) for w in watchers)
     print(
-        f"{rate:g} events/s asked, {events / seconds:.1f} made ({events} events); "
-        f"board read {polls:.1f} times a second per search, {errors} failed reads"
+        f"{rate:g} events/s asked, {events / seconds:.1f} made ({events} events, "
+        f"{failed_takes()} takes Prefect failed); board read {polls:.1f} times a second per "
+        f"search, {errors} failed reads"
+    )
+    (WORK / f"timeline-{rate:g}.json").write_text(
+        json.dumps(
+            {
+                "events": times,
+                "flips": {n: [f for w in watchers for f in w.flips_of(n)] for n in RESOURCE_NAMES},
+                "lag": lag.values,
+            }
+        )
     )
     figures = summary("freshness", found, missed)
-    reported = lag.values or [float("nan")]
+    # From the level's first event on: before it, the lag is still that of the last change.
+    reported = [value for at, value in lag.values if at >= start] or [float("nan")]
     figures.update(
         missed=missed,
         events=events,

@@ -4,7 +4,8 @@ Prefect pushes events over its websocket about 0.1 s after they occur, while its
 them only seconds later and the periodic sync runs every `RESLOCK_SYNC_SECONDS`. For each event
 that concerns a lock (a concurrency-limit event, one of the flow helper's `reslock.lock.*`
 events, or a state change of a run that holds or waits), the listener records it and re-syncs
-just that limit. Applying an event is idempotent by its id (`AppliedEvent`), so several
+just that limit. The events of one flush (DEBOUNCE, or as long as the last re-sync took) are
+applied together and their limits re-synced in one pass over those limits only. Applying an event is idempotent by its id (`AppliedEvent`), so several
 listeners can run at once, and a listener that restarts catches up from the last event it
 applied (within Prefect's backfill window; the periodic sync covers anything older).
 """
@@ -45,7 +46,12 @@ SETTLE_WINDOW = timedelta(seconds=60)
 HEARTBEAT = 5.0
 RESYNC_WAIT = 10  # seconds a re-sync waits for another sync to end before it is retried
 RETRY_AFTER = 2.0  # seconds before limits whose re-sync failed are tried again
-FULL_RESYNC_OVER = 25  # more limits than this to re-sync at once: one full pass instead
+# More limits than this to re-sync at once: one full pass instead (a catch-up after a long
+# gap, thousands of limits made at once). A pass over a few limits costs a request per limit
+# plus their events, a full one the whole listing plus every limit's events since the last:
+# under churn (bench/churn_bench.py, 20 events a second), a lower bound made each slow flush
+# a full pass, and each full pass a slower flush.
+FULL_RESYNC_OVER = 100
 
 
 def limits_touched(events: Iterable[EventInfo]) -> dict[UUID, set[str]]:

@@ -487,7 +487,7 @@ class _Scope:
         if len(ordered) == 1:
             found = [api.read_limit(ordered[0])]
         else:
-            with ThreadPoolExecutor(max_workers=min(6, len(ordered))) as pool:
+            with ThreadPoolExecutor(max_workers=min(8, len(ordered))) as pool:
                 found = list(pool.map(api.read_limit, ordered))
         listing = [info for info in found if info is not None]
         rows = Limit.objects.filter(Q(name__in=ordered) | Q(prefect_id__in=[i.id for i in listing]))
