@@ -42,14 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._board_watch import BoardWatcher, delays, event_times, summary, sync_once  # noqa: E402
 from bench._prefect_fixture import BenchPrefect  # noqa: E402
-from bench.freshness_bench import (  # noqa: E402
-    BoardWatcher,
-    delays,
-    event_times,
-    run_cycles,
-    summary,
-)
+from bench.freshness_bench import run_cycles  # noqa: E402
 from tests.support.cloud_standin import CloudStandIn  # noqa: E402
 from tests.support.redis_server import ensure_redis_url  # noqa: E402
 
@@ -166,18 +161,18 @@ def count(proxy: CloudStandIn, minutes: float, label: str) -> tuple[float, Count
 def freshness(prefect: BenchPrefect, cycles: int) -> dict[str, float]:
     from django.utils import timezone
 
-    from bench.freshness_bench import _sync_once  # the row exists before the first cycle
-
     name = f"load-fresh-{int(time.time())}"
     since = timezone.now()
     with BoardWatcher(name) as watcher:
         run_cycles(prefect.server, name, 1, 0.2, 0.5)
-        _sync_once(prefect.server)
+        sync_once(prefect.server.api_url)  # the row exists before the first cycle
         time.sleep(2)
-        first = len(watcher.flips)
+        first = len(watcher.flips_of(name))
         run_cycles(prefect.server, name, cycles, hold=1.5, gap=1.5)
         time.sleep(3)
-    found, missed = delays(event_times(prefect.server, name, since)[2:], watcher.flips[first:])
+        flips = watcher.flips_of(name)[first:]
+    events = event_times(prefect.server.api_url, [name], since).get(name, [])[2:]
+    found, missed = delays(events, flips)
     return summary("freshness", found, missed)
 
 

@@ -4,7 +4,8 @@ Prefect pushes events over its websocket about 0.1 s after they occur, while its
 them only seconds later and the periodic sync runs every `RESLOCK_SYNC_SECONDS`. For each event
 that concerns a lock (a concurrency-limit event, one of the flow helper's `reslock.lock.*`
 events, or a state change of a run that holds or waits), the listener records it and re-syncs
-just that limit. Applying an event is idempotent by its id (`AppliedEvent`), so several
+just that limit. The events of one flush (DEBOUNCE, or as long as the last re-sync took) are
+applied together and their limits re-synced in one pass over those limits only. Applying an event is idempotent by its id (`AppliedEvent`), so several
 listeners can run at once, and a listener that restarts catches up from the last event it
 applied (within Prefect's backfill window; the periodic sync covers anything older).
 """
@@ -30,7 +31,7 @@ from prefect.events.filters import EventFilter, EventNameFilter
 from reslock_web import store
 from reslock_web.models import AppliedEvent, Heartbeat, Holder, Limit, Waiter
 from reslock_web.prefect_api import EventInfo, PrefectAPI
-from reslock_web.sync import sync_all, sync_limit
+from reslock_web.sync import sync_all, sync_limits
 
 log = logging.getLogger(__name__)
 
@@ -45,50 +46,96 @@ SETTLE_WINDOW = timedelta(seconds=60)
 HEARTBEAT = 5.0
 RESYNC_WAIT = 10  # seconds a re-sync waits for another sync to end before it is retried
 RETRY_AFTER = 2.0  # seconds before limits whose re-sync failed are tried again
-FULL_RESYNC_OVER = 25  # more limits than this to re-sync at once: one full pass instead
+# More limits than this to re-sync at once: one full pass instead (a catch-up after a long
+# gap, thousands of limits made at once). A pass over a few limits costs a request per limit
+# plus their events, a full one the whole listing plus every limit's events since the last:
+# under churn (bench/churn_bench.py, 20 events a second), a lower bound made each slow flush
+# a full pass, and each full pass a slower flush.
+FULL_RESYNC_OVER = 100
 
 
-def limits_touched(event: EventInfo) -> set[str]:
-    """The limit names an event may change."""
-    if event.event.startswith(LOCK_PREFIXES):
-        name = event.resource.get("prefect.resource.name", "")
-        return {name} if name else set()
-    resource_id = event.resource.get("prefect.resource.id", "")
-    kind, _, raw_id = resource_id.rpartition(".")
-    try:
-        run_id = UUID(raw_id)
-    except ValueError:
-        return set()
-    field = {"prefect.flow-run": "flow_run_id", "prefect.task-run": "task_run_id"}.get(kind)
-    if field is None:
-        return set()
-    names = set(Holder.objects.filter(**{field: run_id}).values_list("limit__name", flat=True))
-    names |= set(Waiter.objects.filter(**{field: run_id}).values_list("limit__name", flat=True))
-    if kind == "prefect.task-run" and event.event.endswith(".Pending"):
-        # A new Pending task carrying a tag may be a waiter of that tag's limit.
-        tags = [
-            r.get("prefect.resource.id", "").removeprefix("prefect.tag.")
-            for r in event.related
-            if r.get("prefect.resource.role") == "tag"
-        ]
-        names |= set(
-            Limit.objects.present()
-            .filter(name__in=[f"tag:{t}" for t in tags])
-            .values_list("name", flat=True)
-        )
-    return names
+def limits_touched(events: Iterable[EventInfo]) -> dict[UUID, set[str]]:
+    """The limit names each event may change (run events that change none are left out): a
+    lock event its limit's; a run's state change the limits the run holds or waits on (a few
+    queries for the whole batch), and a new Pending task's its tags' limits (it may be a
+    waiter). The stream carries every run's changes; only those of runs that hold or wait
+    are followed."""
+    touched: dict[UUID, set[str]] = {}
+    runs: dict[str, dict[UUID, list[UUID]]] = {"flow_run_id": {}, "task_run_id": {}}
+    tags: dict[str, list[UUID]] = {}
+    for event in events:
+        if event.event.startswith(LOCK_PREFIXES):  # recorded even when it names no limit
+            name = event.resource.get("prefect.resource.name", "")
+            touched[event.id] = {name} if name else set()
+            continue
+        kind, _, raw_id = event.resource.get("prefect.resource.id", "").rpartition(".")
+        field = {"prefect.flow-run": "flow_run_id", "prefect.task-run": "task_run_id"}.get(kind)
+        try:
+            run_id = UUID(raw_id)
+        except ValueError:
+            continue
+        if field is None:
+            continue
+        runs[field].setdefault(run_id, []).append(event.id)
+        if kind == "prefect.task-run" and event.event.endswith(".Pending"):
+            for related in event.related:
+                if related.get("prefect.resource.role") == "tag":
+                    tag = related.get("prefect.resource.id", "").removeprefix("prefect.tag.")
+                    tags.setdefault(f"tag:{tag}", []).append(event.id)
+    for field, by_run in runs.items():
+        ids = list(by_run)
+        for chunk in (ids[i : i + 400] for i in range(0, len(ids), 400)):
+            for model in (Holder, Waiter):
+                rows = model.objects.filter(**{f"{field}__in": chunk})
+                for run_id, name in rows.values_list(field, "limit__name"):
+                    for event_id in by_run[run_id]:
+                        touched.setdefault(event_id, set()).add(name)
+    if tags:
+        present = Limit.objects.present().filter(name__in=list(tags))
+        for name in present.values_list("name", flat=True):
+            for event_id in tags[name]:
+                touched.setdefault(event_id, set()).add(name)
+    return touched
 
 
 def apply(event: EventInfo) -> set[str]:
     """Record one event once (whoever applies it first); returns the limits to re-sync."""
+    return apply_all([event]).get(event.id, set())
+
+
+def apply_all(events: list[EventInfo]) -> dict[UUID, set[str]]:
+    """Record a batch of events, each once (whoever applies it first, several listeners
+    alike), in a few statements; returns the limits to re-sync for each event applied here."""
+    events = list({event.id: event for event in events}.values())
+    touched = limits_touched(events)
+    if not touched:
+        return {}
     try:
         with transaction.atomic():
-            AppliedEvent.objects.create(event_id=event.id)
+            done = set(
+                AppliedEvent.objects.filter(event_id__in=list(touched)).values_list(
+                    "event_id", flat=True
+                )
+            )
+            mine = [event_id for event_id in touched if event_id not in done]
+            AppliedEvent.objects.bulk_create([AppliedEvent(event_id=i) for i in mine])
     except IntegrityError:
-        return set()  # another listener (or an earlier life of this one) applied it
-    if event.event.startswith(LOCK_PREFIXES):
-        store.record_events([event])
-    return limits_touched(event)
+        # Another listener applied one of them meanwhile: claim them one at a time.
+        mine = [event_id for event_id in touched if _claim(event_id)]
+    claimed = set(mine)
+    store.record_events(
+        [e for e in events if e.id in claimed and e.event.startswith(LOCK_PREFIXES)]
+    )
+    return {event_id: touched[event_id] for event_id in mine}
+
+
+def _claim(event_id: UUID) -> bool:
+    try:
+        with transaction.atomic():
+            AppliedEvent.objects.create(event_id=event_id)
+    except IntegrityError:
+        return False  # another listener (or an earlier life of this one) applied it
+    return True
 
 
 def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
@@ -107,23 +154,24 @@ def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
             log.warning("re-sync of %d limits after events %s: %s", len(names), words, run.error)
             return names
         return set()
-    failed = set()
-    for name in sorted(names):
-        run = sync_limit(api, name, wait=RESYNC_WAIT)
-        if run is None:
-            log.warning(
-                "re-sync of %s waits: another sync has held the lock for over %d s",
-                name,
-                RESYNC_WAIT,
-            )
-            failed.add(name)
-        elif run.throttled:  # tried again once Prefect takes requests (the budget waits)
-            log.info("re-sync of %s waits: Prefect is rate-limiting reslock", name)
-            failed.add(name)
-        elif not run.ok:
-            log.warning("re-sync of %s after an event failed: %s", name, run.error)
-            failed.add(name)
-    return failed
+    if not names:
+        return set()
+    # One pass over the limits of this flush: it reads only their data.
+    run = sync_limits(api, names, wait=RESYNC_WAIT)
+    if run is None:
+        log.warning(
+            "re-sync of %s waits: another sync has held the lock for over %d s",
+            ", ".join(sorted(names)),
+            RESYNC_WAIT,
+        )
+        return names
+    if run.throttled:  # tried again once Prefect takes requests (the budget waits)
+        log.info("re-sync of %s waits: Prefect is rate-limiting reslock", ", ".join(sorted(names)))
+        return names
+    if not run.ok:
+        log.warning("re-sync of %s after events failed: %s", ", ".join(sorted(names)), run.error)
+        return names
+    return set()
 
 
 def subscriber(api_url: str, api_key: str) -> PrefectEventSubscriber:
@@ -150,6 +198,10 @@ class Listener:
         # Limits to re-sync -> since when the board has been behind on them: the event's time
         # for one that came live, the catch-up's start for one missed while disconnected.
         self.pending: dict[str, datetime] = {}
+        # Events received and not yet applied, each with since when the board has been behind
+        # on it when that is not the event's own time (a catch-up's start): applied together,
+        # at the next flush.
+        self.inbox: list[tuple[EventInfo, datetime | None]] = []
         self.retry_at = 0.0  # monotonic; limits whose re-sync failed wait until then
         self.last_event_at: str | None = None
         # The board's real delay: how long the last change took to reach our tables, or how
@@ -246,30 +298,20 @@ class Listener:
             log.warning("the catch-up after connecting failed: %s", error)
 
     async def _handle(self, event: EventInfo, behind_since: datetime | None = None) -> None:
-        try:
-            names = await sync_to_async(apply)(event)
-        except Exception:
-            log.exception("could not apply event %s (%s); skipped", event.id, event.event)
-            return
-        if self.last_event_at is None or event.occurred.isoformat() > self.last_event_at:
-            self.last_event_at = event.occurred.isoformat()  # where a catch-up starts from
-        # A duplicate (replayed on connect, or applied by another listener) touches nothing,
-        # so it says nothing about how far behind the board is.
-        since = behind_since or event.occurred
-        for name in names:
-            self.pending[name] = min(self.pending.get(name, since), since)
+        self.inbox.append((event, behind_since))
 
     async def _flusher(self, api: PrefectAPI, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(DEBOUNCE)
-            if self.pending and time.monotonic() >= self.retry_at:
+            if self.inbox or (self.pending and time.monotonic() >= self.retry_at):
                 await asyncio.to_thread(self._flush, api)
 
     def _flush(self, api: PrefectAPI) -> None:
-        pending, self.pending = self.pending, {}
-        if not pending:
-            return
         close_old_connections()
+        self._apply()
+        if not self.pending or time.monotonic() < self.retry_at:
+            return
+        pending, self.pending = self.pending, {}
         failed = resync(api, pending)
         done = timezone.now()
         synced = [since for name, since in pending.items() if name not in failed]
@@ -279,6 +321,31 @@ class Listener:
             for name in failed:  # kept with their first time: the board is behind since then
                 self.pending[name] = min(self.pending.get(name, pending[name]), pending[name])
             self.retry_at = time.monotonic() + RETRY_AFTER
+
+    def _apply(self) -> None:
+        """Apply the events received since the last flush, all at once."""
+        inbox, self.inbox = self.inbox, []
+        if not inbox:
+            return
+        events = [event for event, _ in inbox]
+        try:
+            touched = apply_all(events)
+        except Exception:
+            log.warning("could not apply %d events at once; applying them one by one", len(events))
+            touched = {}
+            for event in events:
+                try:
+                    touched.update(apply_all([event]))
+                except Exception:
+                    log.exception("could not apply event %s (%s); skipped", event.id, event.event)
+        for event, behind_since in inbox:
+            if self.last_event_at is None or event.occurred.isoformat() > self.last_event_at:
+                self.last_event_at = event.occurred.isoformat()  # where a catch-up starts from
+            # A duplicate (replayed on connect, or applied by another listener) touches
+            # nothing, so it says nothing about how far behind the board is.
+            since = behind_since or event.occurred
+            for name in touched.get(event.id, ()):
+                self.pending[name] = min(self.pending.get(name, since), since)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -152,6 +152,9 @@ class Limit(models.Model):
     held_since = models.DateTimeField(null=True, blank=True)
     drift_since = models.DateTimeField(null=True, blank=True)
     holders_checked_at = models.DateTimeField(null=True, blank=True)
+    # How far a pass over this limit alone has read its lock events: the next such pass reads
+    # on from there (complete passes keep their own mark, for every limit at once).
+    events_read_until = models.DateTimeField(null=True, blank=True)
     evidence = models.JSONField(default=list, blank=True)
     changed_at = models.DateTimeField(default=timezone.now, db_index=True)
 

@@ -484,8 +484,10 @@ class PrefectAPI:
         """Every Pending task run that carries a tag (the filter has no "any of these tags")."""
         return self.tagged_task_runs("PENDING")
 
-    def tagged_task_runs(self, state: str) -> list[RunInfo]:
-        criteria = {"tags": {"is_null_": False}, "state": {"type": {"any_": [state]}}}
+    def tagged_task_runs(self, state: str, tag: str | None = None) -> list[RunInfo]:
+        """Task runs in this state that carry a tag: any tag, or this one."""
+        tags = {"all_": [tag]} if tag is not None else {"is_null_": False}
+        criteria = {"tags": tags, "state": {"type": {"any_": [state]}}}
         return self._paged_runs("task_run", criteria)
 
     def deployment_runs(self, deployment_ids: Iterable[UUID]) -> list[RunInfo]:

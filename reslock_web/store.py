@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import F, Field, Model
+from django.db.models import Case, CharField, DateTimeField, F, Field, Model, Value, When
 
 from reslock.process import describe, process_alive, process_gone, valid_identity
 from reslock_web import diagnosis
@@ -54,6 +54,10 @@ PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
 PREFECT_RELEASED = "prefect.concurrency-limit.released"
 NEVER_READ = datetime(1970, 1, 1, tzinfo=UTC)  # holders_checked_at of counted tag holders
 HELPER_STOPPING = "reslock.lock.stopping"
+HELPER_WAITING = "reslock.lock.waiting"
+HELPER_ACQUIRED = "reslock.lock.acquired"
+HELPER_RELEASED = "reslock.lock.released"
+HELPER_TIMED_OUT = "reslock.lock.timed_out"
 # The helper announces `stopping` every 5 s while a block whose lease was lost is still
 # inside; one Prefect received within this long shows it alive.
 STOPPING_FRESH = timedelta(seconds=30)
@@ -214,50 +218,91 @@ def _store_events(snapshot: Snapshot) -> int:
 
 def record_events(events: list[EventInfo]) -> int:
     """Store lock events (idempotent by event id) and close what they end. Returns how many
-    were new. The sync and the live listener both call this."""
+    were new. The sync and the live listener both call this, with every event of a read or a
+    flush at once: a few statements per call, however many events (a pass re-reads a window
+    it has mostly recorded already, and one statement per event made that cost grow with the
+    rate of events)."""
+    events = list({event.id: event for event in events}.values())  # each event once
     if not events:
         return 0
-    ids = [event.id for event in events]
-    known = set(LockEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True))
+    known: set[UUID] = set()
+    for chunk in _chunked([event.id for event in events]):
+        known |= set(
+            LockEvent.objects.filter(event_id__in=chunk).values_list("event_id", flat=True)
+        )
     new = [event_row(event) for event in events if event.id not in known]
     LockEvent.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
-    open_rows = LockEvent.objects.filter(closed_at__isnull=True)
-    unfollowed = []
-    for event in events:
-        limit_id = limit_id_of(event)
-        if event.event == PREFECT_RELEASED and event.follows:
-            open_rows.filter(event_id=event.follows).update(
-                closed_at=event.occurred, closed_reason="released"
-            )
-        elif event.event == PREFECT_RELEASED:
-            unfollowed.append(event)
-        elif event.event == "reslock.lock.released" and (
-            lease := _uuid(event.payload.get("lease_id"))
-        ):
-            open_rows.filter(
-                event="reslock.lock.acquired", lease_id=lease, limit_prefect_id=limit_id
-            ).update(
-                closed_at=event.occurred,
-                closed_reason=str(event.payload.get("reason") or "released")[:40],
-            )
-        elif event.event in ("reslock.lock.acquired", "reslock.lock.timed_out") and (
-            wait := _uuid(event.payload.get("wait_id"))
-        ):
-            open_rows.filter(
-                event="reslock.lock.waiting", wait_id=wait, limit_prefect_id=limit_id
-            ).update(closed_at=event.occurred, closed_reason=event.event.rsplit(".", 1)[1])
+    ends = _ends(events)
+    unfollowed = [e for e in events if e.event == PREFECT_RELEASED and not e.follows]
     if unfollowed:
-        _pair_releases(unfollowed)
+        _pair_releases(unfollowed, ends)
+    _close(ends)
     return len(new)
 
 
-def _pair_releases(events: list[EventInfo]) -> None:
-    """Close the acquires that Prefect releases without `follows` end (see `pair_release`).
-    The pairing is written on the release's row, in its `follows`: a release read again (the
-    sync re-reads a minute of events; the listener and the sync both record) ends the same
-    acquire, never a second one. A release not paired yet is tried again when read again."""
+End = tuple[datetime, str]  # when a hold or a wait ended, and why
+
+
+def _ends(events: list[EventInfo]) -> dict[UUID, End]:
+    """The open acquires and waits these events end: event id -> (when, why). The first
+    event to end one wins, as when they were applied one by one."""
+    ends: dict[UUID, End] = {}
+    leases: dict[tuple[UUID, UUID | None], End] = {}
+    waits: dict[tuple[UUID, UUID | None], End] = {}
+    for event in events:
+        limit_id = limit_id_of(event)
+        if event.event == PREFECT_RELEASED and event.follows:
+            ends.setdefault(event.follows, (event.occurred, "released"))
+        elif event.event == HELPER_RELEASED and (lease := _uuid(event.payload.get("lease_id"))):
+            reason = str(event.payload.get("reason") or "released")[:40]
+            leases.setdefault((lease, limit_id), (event.occurred, reason))
+        elif event.event in (HELPER_ACQUIRED, HELPER_TIMED_OUT) and (
+            wait := _uuid(event.payload.get("wait_id"))
+        ):
+            waits.setdefault((wait, limit_id), (event.occurred, event.event.rsplit(".", 1)[1]))
+    open_rows = LockEvent.objects.filter(closed_at__isnull=True)
+    for kind, by, wanted in (
+        (HELPER_ACQUIRED, "lease_id", leases),
+        (HELPER_WAITING, "wait_id", waits),
+    ):
+        ids = sorted({key for key, _ in wanted}, key=str)
+        for chunk in _chunked(ids):
+            rows = open_rows.filter(event=kind, **{f"{by}__in": chunk})
+            for event_id, key, limit_id in rows.values_list("event_id", by, "limit_prefect_id"):
+                end = wanted.get((key, limit_id))
+                if end is not None:
+                    ends.setdefault(event_id, end)
+    return ends
+
+
+def _close(ends: dict[UUID, End]) -> None:
+    """Close these rows, those still open only, in one UPDATE per few hundred."""
+    items = sorted(ends.items(), key=lambda item: str(item[0]))
+    # Each row costs five parameters; SQLite takes at most 999 in one statement.
+    for chunk in _chunked(items, 150):
+        ids = [event_id for event_id, _ in chunk]
+        LockEvent.objects.filter(event_id__in=ids, closed_at__isnull=True).update(
+            closed_at=Case(
+                *(When(event_id=event_id, then=Value(at)) for event_id, (at, _) in chunk),
+                output_field=DateTimeField(),
+            ),
+            closed_reason=Case(
+                *(When(event_id=event_id, then=Value(why)) for event_id, (_, why) in chunk),
+                output_field=CharField(),
+            ),
+        )
+
+
+def _pair_releases(events: list[EventInfo], ends: dict[UUID, End]) -> None:
+    """Add to `ends` the acquires that Prefect releases without `follows` end (see
+    `pair_release`). The pairing is written on the release's row, in its `follows`: a release
+    read again (the sync re-reads a minute of events; the listener and the sync both record)
+    ends the same acquire, never a second one. A release not paired yet is tried again when
+    read again. An acquire that another event of this batch ends is not a candidate."""
     rows = {
-        row.event_id: row for row in LockEvent.objects.filter(event_id__in=[e.id for e in events])
+        row.event_id: row
+        for chunk in _chunked([e.id for e in events])
+        for row in LockEvent.objects.filter(event_id__in=chunk)
     }
     for event in sorted(events, key=lambda e: e.occurred):
         release = rows.get(event.id)
@@ -273,14 +318,12 @@ def _pair_releases(events: list[EventInfo]) -> None:
                 task_run_id=release.task_run_id,
                 occurred__lte=release.occurred,
             )
-            match = pair_release(release, candidates)
+            match = pair_release(release, (c for c in candidates if c.event_id not in ends))
             if match is None:
                 continue
             target = match.event_id
             LockEvent.objects.filter(pk=release.pk).update(follows=target)
-        LockEvent.objects.filter(event_id=target, closed_at__isnull=True).update(
-            closed_at=release.occurred, closed_reason="released"
-        )
+        ends.setdefault(target, (release.occurred, "released"))
 
 
 def release_pairs(release_ids: list[UUID]) -> dict[UUID, UUID]:
@@ -323,12 +366,13 @@ class StoredRuns:
     missing_flows: dict[UUID, datetime]
 
 
-def stored_runs() -> StoredRuns:
+def stored_runs(limit_pks: list[int] | None = None) -> StoredRuns:
+    """Of every limit, or of these limits only (a single-limit pass)."""
     tasks: dict[UUID, RunInfo] = {}
     flows: dict[UUID, RunInfo] = {}
     missing_tasks: dict[UUID, datetime] = {}
     missing_flows: dict[UUID, datetime] = {}
-    rows = Holder.objects.filter(run_missing_since__isnull=False)
+    rows = _of_limits(Holder.objects.filter(run_missing_since__isnull=False), limit_pks)
     for task_id, run_id, since in rows.values_list(
         "task_run_id", "flow_run_id", "run_missing_since"
     ):
@@ -348,7 +392,7 @@ def stored_runs() -> StoredRuns:
             state,
             name,
             at,
-        ) in model.objects.exclude(state_type="").values_list(*fields):
+        ) in _of_limits(model.objects.exclude(state_type=""), limit_pks).values_list(*fields):
             if task_id:
                 tasks[task_id] = RunInfo(
                     task_id, task_name, state, name, at, None, None, None, flow_run_id=run_id
@@ -395,10 +439,20 @@ class Stored:
     rows: dict[UUID, Limit]  # whole rows of the limits that were not quiet last time
 
 
-def read_stored() -> Stored:
-    compact = {row[1]: row for row in Limit.objects.values_list(*COMPACT)}
-    holders = _grouped(Holder.objects.all())
-    waiters = _grouped(Waiter.objects.all())
+def _of_limits(rows: Any, limit_pks: list[int] | None, field: str = "limit_id") -> Any:
+    if limit_pks is None:
+        return rows
+    return rows.filter(**{f"{field}__in": limit_pks})
+
+
+def read_stored(limit_pks: list[int] | None = None) -> Stored:
+    """Every stored limit with its holders and waiters, or these limits only (a single-limit
+    pass compares and writes nothing else)."""
+    compact = {
+        row[1]: row for row in _of_limits(Limit.objects, limit_pks, "pk").values_list(*COMPACT)
+    }
+    holders = _grouped(_of_limits(Holder.objects.all(), limit_pks))
+    waiters = _grouped(_of_limits(Waiter.objects.all(), limit_pks))
     people = holders.keys() | waiters.keys()
     quiet = (Status.FREE, Status.INACTIVE)
     # (pk, _, _, _, _, slots, _, _, status, drift_since, gone_at, ...): likely busy again.
@@ -488,9 +542,15 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         LockEvent.objects.filter(event_id__in=closed_events, closed_at__isnull=True).update(
             closed_at=now, closed_reason="ended"
         )
-    SyncState.objects.update_or_create(
-        name="events", defaults={"events_until": snapshot.events_until}
-    )
+    if snapshot.only is None:
+        SyncState.objects.update_or_create(
+            name="events", defaults={"events_until": snapshot.events_until}
+        )
+    else:
+        # A pass over a few limits read their events only: its mark is theirs, and the mark
+        # of how far every limit's events were read moves with complete passes alone.
+        listed = [info.id for info in snapshot.listing]
+        Limit.objects.filter(prefect_id__in=listed).update(events_read_until=snapshot.events_until)
     counts["limits"] = len(snapshot.listing)
     if new_limits or changed or touched or counts["gone"]:
         raise_board_version()
@@ -944,15 +1004,15 @@ def _pk(row: Model | None) -> int | None:
 
 
 def _mark_gone(snapshot: Snapshot, compact: dict[UUID, tuple], now: datetime) -> int:
-    """What a complete listing lacks is gone from Prefect; a single-limit read only speaks
-    for that one name."""
+    """What a complete listing lacks is gone from Prefect; a read of a few limits only speaks
+    for those names."""
     present = {info.id for info in snapshot.listing}
     gone_pks = [
         row[0]
         for prefect_id, row in compact.items()
         if prefect_id not in present
         and row[COMPACT.index("gone_at")] is None
-        and (snapshot.only is None or row[COMPACT.index("name")] == snapshot.only)
+        and (snapshot.only is None or row[COMPACT.index("name")] in snapshot.only)
     ]
     gone = [row for chunk in _chunked(gone_pks) for row in Limit.objects.filter(pk__in=chunk)]
     for row in gone:

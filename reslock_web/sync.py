@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,7 +26,7 @@ from django.utils import timezone
 from reslock_web import store, sync_plan
 from reslock_web.diagnosis import Claim, Queued, kind_of
 from reslock_web.health import sync_backoff
-from reslock_web.models import Kind, LockEvent, Source, SyncRun, SyncState
+from reslock_web.models import Kind, Limit, LockEvent, Source, SyncRun, SyncState
 from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, PrefectError, RunInfo
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Snapshot:
     """Everything one pass read from Prefect."""
 
     now: datetime
-    only: str | None  # a single limit's name, or None for a complete listing
+    only: frozenset[str] | None  # the names of a pass over a few limits; None: every limit
     listing: list[LimitInfo]
     tag_holders: dict[str, list[UUID]]  # limit name -> task-run ids with a lease
     tag_checked: set[str]  # names whose holders were read in this pass
@@ -252,12 +252,29 @@ def _at(when: datetime) -> str:
 def sync_limit(api: PrefectAPI, name: str, wait: float = 30.0) -> SyncRun | None:
     """Sync one limit now (after an operation), waiting for a running sync to finish first:
     that sync may have read Prefect before the change."""
+    token = _wait_for_lock(wait)
+    return _run(api, token, only=name) if token is not None else None
+
+
+def sync_limits(api: PrefectAPI, names: Collection[str], wait: float = 30.0) -> SyncRun | None:
+    """Sync these limits in one pass (the listener's events of one flush): one turn of the
+    sync lock, one read of their events and of their runs, one write. Limits synced one after
+    another each wait for the lock and read on their own, which under churn costs more than
+    the events come in."""
+    names = sorted(set(names))
+    if len(names) == 1:
+        return sync_limit(api, names[0], wait)
+    token = _wait_for_lock(wait)
+    return _run(api, token, only=names) if token is not None else None
+
+
+def _wait_for_lock(wait: float) -> str | None:
     deadline = time.monotonic() + wait
     while (token := try_lock(timezone.now())) is None:
         if time.monotonic() > deadline:
             return None
         time.sleep(0.2)
-    return _run(api, token, only=name)
+    return token
 
 
 def sync_limit_or_raise(api: PrefectAPI, name: str) -> SyncRun:
@@ -282,9 +299,13 @@ def sync_limit_or_raise(api: PrefectAPI, name: str) -> SyncRun:
 
 
 def _run(
-    api: PrefectAPI, token: str, only: str | None, progress: Progress | None = None
+    api: PrefectAPI,
+    token: str,
+    only: str | list[str] | None,
+    progress: Progress | None = None,
 ) -> SyncRun:
-    run = SyncRun.objects.create(scope=only[:500] if only else "all")
+    scope = "all" if only is None else only if isinstance(only, str) else ", ".join(only)
+    run = SyncRun.objects.create(scope=scope[:500])
     started = time.monotonic()
     try:
         if only is None:
@@ -325,25 +346,29 @@ def _run(
     return run
 
 
-def gather(api: PrefectAPI, only: str | None = None) -> Snapshot:
+def gather(api: PrefectAPI, only: str | Collection[str] | None = None) -> Snapshot:
     """Read everything from Prefect. The listing starts first and our own tables are read
     while it pages; reads that do not depend on the listing run alongside it, and reads that
     probably will be needed (tagged task runs) are made ahead, so that a sync costs little more
     than the listing itself."""
     now = timezone.now()
     since = _events_since(now)
+    if only is not None:
+        only = frozenset([only] if isinstance(only, str) else only)
+    scope = _Scope.of(api, only) if only is not None else None
     with ThreadPoolExecutor(max_workers=8) as pool:
-        listed = pool.submit(_listing, api, only)
-        events = pool.submit(lambda: list(api.events(since, now, EVENT_PREFIXES, LIFECYCLE_EVENTS)))
-        stored_runs = store.stored_runs()
+        listed = pool.submit(_listing, api) if scope is None else _done(scope.listing)
+        events = pool.submit(_events, api, since, now, scope)
+        pks = scope.pks if scope is not None else None
+        stored_runs = store.stored_runs(pks)
         stored_tasks, stored_flows = stored_runs.tasks, stored_runs.flows
         claimed = pool.submit(_claimed_runs, api, events, set(stored_tasks), set(stored_flows))
         refresh_all = only is not None or _runs_refresh_due(now)
         runs = pool.submit(_fresh_runs, api, stored_tasks, stored_flows, since, now, refresh_all)
-        written = store.read_stored()  # what the write compares with, read while Prefect pages
+        written = store.read_stored(pks)  # what the write compares with, read while Prefect pages
         stored = _stored_limits(written.compact.values())
         deployment_runs = pool.submit(api.deployment_runs, stored.deployments)
-        tagged = TaggedRuns(api, pool, set(stored_flows))
+        tagged = TaggedRuns(api, pool, set(stored_flows), tags=scope.tags if scope else None)
         if only is None:
             tagged.prefetch(stored)
         listing = listed.result()
@@ -440,11 +465,71 @@ def _claimed_runs(
     return RunsAhead(tasks, api.flow_runs(flow_ids), task_ids, flow_ids)
 
 
-def _listing(api: PrefectAPI, only: str | None) -> list[LimitInfo]:
-    if only is None:
-        return api.list_limits().limits
-    one = api.read_limit(only)
-    return [one] if one is not None else []
+def _listing(api: PrefectAPI) -> list[LimitInfo]:
+    return api.list_limits().limits
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What a pass over a few limits reads: those limits, their stored rows (by name, and by
+    Prefect id in case a name changed), their events and their tags' runs, and nothing of the
+    other limits. A re-sync after an event must cost the same with 200 busy limits beside it
+    as alone."""
+
+    listing: list[LimitInfo]
+    pks: list[int]  # our rows of those limits
+    tags: list[str]  # the tags of those that are tag limits
+    read_until: datetime | None  # how far their events were read, all of them; None: unknown
+
+    @classmethod
+    def of(cls, api: PrefectAPI, names: frozenset[str]) -> _Scope:
+        ordered = sorted(names)
+        if len(ordered) == 1:
+            found = [api.read_limit(ordered[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(8, len(ordered))) as pool:
+                found = list(pool.map(api.read_limit, ordered))
+        listing = [info for info in found if info is not None]
+        rows = Limit.objects.filter(Q(name__in=ordered) | Q(prefect_id__in=[i.id for i in listing]))
+        stored = dict(rows.values_list("prefect_id", "events_read_until"))
+        marks = [stored.get(info.id) for info in listing]
+        tags = [name.removeprefix("tag:") for name in ordered if name.startswith("tag:")]
+        read_until = min(marks) if marks and None not in marks else None
+        return cls(listing, list(rows.values_list("pk", flat=True)), tags, read_until)
+
+    def since(self, since: datetime) -> datetime:
+        """Where this pass reads events from: where the last complete pass left off, or, when
+        every limit of it was read on its own since, where those reads left off (less the
+        overlap: events reach Prefect's REST API late). A limit re-synced after each event
+        then reads a minute or so of its events, however long ago the last complete pass."""
+        if self.read_until is None:
+            return since
+        return max(since, self.read_until - EVENTS_OVERLAP)
+
+    @property
+    def resources(self) -> list[str]:
+        return [f"prefect.concurrency-limit.{info.id}" for info in self.listing]
+
+
+def _done(value: list[LimitInfo]) -> Future[list[LimitInfo]]:
+    future: Future[list[LimitInfo]] = Future()
+    future.set_result(value)
+    return future
+
+
+def _events(
+    api: PrefectAPI, since: datetime, now: datetime, scope: _Scope | None
+) -> list[EventInfo]:
+    """The lock events of the window: every limit's, or only those whose resource is the
+    scope's limit (each lock event names one limit as its resource; the stored open acquires
+    of that limit cover what happened before the window)."""
+    if scope is None:
+        return list(api.events(since, now, EVENT_PREFIXES, LIFECYCLE_EVENTS))
+    if not scope.resources:
+        return []  # gone from Prefect: nothing to read
+    return list(
+        api.events(scope.since(since), now, EVENT_PREFIXES, LIFECYCLE_EVENTS, scope.resources)
+    )
 
 
 @dataclass
@@ -485,10 +570,17 @@ class TaggedRuns:
     belong to. A read that proves unneeded is dropped, its error too.
     """
 
-    def __init__(self, api: PrefectAPI, pool: ThreadPoolExecutor, stored_flows: set[UUID]):
+    def __init__(
+        self,
+        api: PrefectAPI,
+        pool: ThreadPoolExecutor,
+        stored_flows: set[UUID],
+        tags: list[str] | None = None,
+    ):
         self._api = api
         self._pool = pool
         self._stored_flows = stored_flows
+        self._tags = tags  # a pass over a few limits: those tags' runs only
         self._ahead: dict[str, Future[tuple[list[RunInfo], dict[UUID, RunInfo], set[UUID]]]] = {}
 
     def prefetch(self, stored: StoredLimits) -> None:
@@ -499,20 +591,28 @@ class TaggedRuns:
             self._ahead["PENDING"] = self._pool.submit(self._read, "PENDING")
 
     def _read(self, state: str) -> tuple[list[RunInfo], dict[UUID, RunInfo], set[UUID]]:
-        runs = self._api.tagged_task_runs(state)
+        runs = self._tagged(state)
         flow_ids = {run.flow_run_id for run in runs if run.flow_run_id} - self._stored_flows
         return runs, self._api.flow_runs(flow_ids), flow_ids
 
     def _get(self, state: str, snapshot: Snapshot) -> list[RunInfo]:
         ahead = self._ahead.get(state)
         if ahead is None:
-            return self._api.tagged_task_runs(state)
+            return self._tagged(state)
         runs, flows, asked = ahead.result()
         # As if _resolve_runs had looked them up: it skips the flow runs already asked for.
         for run_id, run in flows.items():
             snapshot.flow_runs.setdefault(run_id, run)
         snapshot.asked_flows |= asked
         return runs
+
+    def _tagged(self, state: str) -> list[RunInfo]:
+        if self._tags is None:
+            return self._api.tagged_task_runs(state)
+        found: dict[UUID, RunInfo] = {}
+        for tag in self._tags:
+            found.update((run.id, run) for run in self._api.tagged_task_runs(state, tag))
+        return list(found.values())
 
     def running(self, snapshot: Snapshot) -> list[RunInfo]:
         return self._get("RUNNING", snapshot)
@@ -644,12 +744,14 @@ def _claims(snapshot: Snapshot, deployment_runs: list[RunInfo], pending: list[Ru
                 for run_id in run_ids
             ]
     # Global limits: acquires without a release, stored ones plus those read in this pass,
-    # and the helper's announced waits, in the order they began.
-    for claim_limit, claim in _open_acquires(snapshot.events):
+    # and the helper's announced waits, in the order they began. A single-limit pass reads
+    # the stored ones of its limit only.
+    limit_ids = None if snapshot.only is None else set(by_id)
+    for claim_limit, claim in _open_acquires(snapshot.events, limit_ids):
         info = by_id.get(claim_limit)
         if info is not None and kind_of(info.name)[0] == Kind.GLOBAL:
             snapshot.claims.setdefault(info.id, []).append(claim)
-    for wait_limit, item in _open_waits(snapshot.events):
+    for wait_limit, item in _open_waits(snapshot.events, limit_ids):
         info = by_id.get(wait_limit)
         if info is not None and kind_of(info.name)[0] == Kind.GLOBAL:
             snapshot.queued.setdefault(info.id, []).append(item)
@@ -725,7 +827,9 @@ def _keeps_slot(run: RunInfo) -> bool:
     return run.state_type == "SCHEDULED" and run.lease_id is not None
 
 
-def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:
+def _open_acquires(
+    events: list[EventInfo], limit_ids: set[UUID] | None = None
+) -> list[tuple[UUID, Claim]]:
     """Acquires not yet released: the ones stored open, plus new ones, minus new releases.
 
     Prefect's own release `follows` its acquire when the two are less than five minutes
@@ -738,6 +842,8 @@ def _open_acquires(events: list[EventInfo]) -> list[tuple[UUID, Claim]]:
     rows = LockEvent.objects.filter(event__in=ACQUIRES, closed_at__isnull=True).exclude(
         limit_prefect_id=None
     )
+    if limit_ids is not None:
+        rows = rows.filter(limit_prefect_id__in=limit_ids)
     for row in rows:
         acquires[row.event_id] = row
     ended = _closed_ids([e.id for e in events if e.event in ACQUIRES])
@@ -780,7 +886,9 @@ def _closed_ids(event_ids: list[UUID]) -> set[UUID]:
     return closed
 
 
-def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
+def _open_waits(
+    events: list[EventInfo], limit_ids: set[UUID] | None = None
+) -> list[tuple[UUID, Queued]]:
     """Helper waits not yet ended by an acquire or a time-out (matched on the wait id)."""
     ended = {
         (store.limit_id_of(e), str(e.payload.get("wait_id")))
@@ -788,9 +896,12 @@ def _open_waits(events: list[EventInfo]) -> list[tuple[UUID, Queued]]:
         if e.event in (HELPER_ACQUIRED, HELPER_TIMED_OUT)
     }
     waits: dict[tuple[UUID, str], Queued] = {}
-    for row in LockEvent.objects.filter(event=HELPER_WAITING, closed_at__isnull=True).exclude(
+    rows = LockEvent.objects.filter(event=HELPER_WAITING, closed_at__isnull=True).exclude(
         limit_prefect_id=None
-    ):
+    )
+    if limit_ids is not None:
+        rows = rows.filter(limit_prefect_id__in=limit_ids)
+    for row in rows:
         waits[(row.limit_prefect_id, str(row.wait_id))] = store.queued_from_row(row)
     ended_rows = _closed_ids([e.id for e in events if e.event == HELPER_WAITING])
     for event in events:

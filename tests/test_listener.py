@@ -17,6 +17,7 @@ from django.db import connection
 from django.utils import timezone
 
 from reslock.protocol import EVENT_ACQUIRED
+from reslock_web.listener import FULL_RESYNC_OVER
 from reslock_web.models import (
     AppliedEvent,
     Condition,
@@ -128,7 +129,7 @@ def test_an_event_whose_resync_finds_the_sync_lock_busy_still_reaches_the_board(
 
 def test_a_catch_up_over_many_limits_resyncs_them_in_one_pass(prefect_server):
     prefix = f"many-{uuid.uuid4().hex[:6]}"
-    names = create_limits(prefect_server, [f"{prefix}-{i}" for i in range(30)])
+    names = create_limits(prefect_server, [f"{prefix}-{i}" for i in range(FULL_RESYNC_OVER + 1)])
     with PrefectAPI(prefect_server.api_url) as api:  # once Prefect shows them all by REST
         wait_for(
             lambda: (
@@ -150,7 +151,7 @@ def test_a_catch_up_over_many_limits_resyncs_them_in_one_pass(prefect_server):
     try:
         arrives(
             lambda: Limit.objects.filter(name__startswith=prefix).count() == len(names),
-            "the 30 new limits",
+            "the new limits",
         )
     finally:
         assert listener.stop() == 0

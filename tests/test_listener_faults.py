@@ -68,8 +68,10 @@ def test_malformed_events_are_skipped_and_the_stream_goes_on(prefect_server, flo
             env=prefect_server.client_env(), capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert sent.returncode == 0, sent.stderr
+        # The four lock events are recorded; the two run events name no run that holds or
+        # waits, so the listener passes them over without a trace.
         wait_for(
-            lambda: AppliedEvent.objects.count() >= applied + 6, 20, what="the bad events to pass"
+            lambda: AppliedEvent.objects.count() >= applied + 4, 20, what="the bad events to pass"
         )
         assert listener.process.poll() is None
         assert not Holder.objects.filter(limit__name=name).exists()
