@@ -28,6 +28,7 @@ from django.utils.dateparse import parse_datetime
 from prefect.events.clients import PrefectCloudEventSubscriber, PrefectEventSubscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 
+from reslock.protocol import EVENT_PREFIX
 from reslock_web import store
 from reslock_web.models import AppliedEvent, Heartbeat, Holder, Limit, Waiter
 from reslock_web.prefect_api import EventInfo, PrefectAPI
@@ -35,8 +36,8 @@ from reslock_web.sync import sync_all, sync_limits
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ["prefect.concurrency-limit.", "reslock.lock.", "prefect.flow-run.", "prefect.task-run."]
-LOCK_PREFIXES = ("prefect.concurrency-limit.", "reslock.lock.")
+LOCK_PREFIXES = ("prefect.concurrency-limit.", EVENT_PREFIX)
+PREFIXES = [*LOCK_PREFIXES, "prefect.flow-run.", "prefect.task-run."]
 DEBOUNCE = 0.15  # seconds: events of one hand-off (release, acquire) share one re-sync
 CATCH_UP = timedelta(minutes=15)  # Prefect's websocket backfill is capped at 15 minutes
 # Prefect stores events in batches every few seconds (its event persister's flush interval,

@@ -21,8 +21,9 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from reslock.protocol import EVENT_WAITING
 from reslock_web.models import AppliedEvent, LockEvent, SyncRun
-from reslock_web.sync import ACQUIRES, HELPER_WAITING
+from reslock_web.sync import ACQUIRES
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def cutoff(now: datetime | None = None) -> datetime:
 
 
 def prunable_lock_events(before: datetime) -> QuerySet[LockEvent]:
-    still_open = Q(event__in=(*ACQUIRES, HELPER_WAITING), closed_at__isnull=True)
+    still_open = Q(event__in=(*ACQUIRES, EVENT_WAITING), closed_at__isnull=True)
     return LockEvent.objects.filter(occurred__lt=before).exclude(still_open)
 
 

@@ -20,6 +20,13 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Case, CharField, DateTimeField, F, Field, Model, Value, When
 
 from reslock.process import describe, process_alive, process_gone, valid_identity
+from reslock.protocol import (
+    EVENT_ACQUIRED,
+    EVENT_RELEASED,
+    EVENT_STOPPING,
+    EVENT_TIMED_OUT,
+    EVENT_WAITING,
+)
 from reslock_web import diagnosis
 from reslock_web.diagnosis import (
     ALIVE,
@@ -53,11 +60,6 @@ BATCH = 500
 PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
 PREFECT_RELEASED = "prefect.concurrency-limit.released"
 NEVER_READ = datetime(1970, 1, 1, tzinfo=UTC)  # holders_checked_at of counted tag holders
-HELPER_STOPPING = "reslock.lock.stopping"
-HELPER_WAITING = "reslock.lock.waiting"
-HELPER_ACQUIRED = "reslock.lock.acquired"
-HELPER_RELEASED = "reslock.lock.released"
-HELPER_TIMED_OUT = "reslock.lock.timed_out"
 # The helper announces `stopping` every 5 s while a block whose lease was lost is still
 # inside; one Prefect received within this long shows it alive.
 STOPPING_FRESH = timedelta(seconds=30)
@@ -176,7 +178,7 @@ def pair_release(release: LockEvent, acquires: Iterable[LockEvent]) -> LockEvent
 def _process_of(event: EventInfo) -> dict[str, Any]:
     """The holder's process identity from a helper acquire, checked (Prefect's data is not
     ours to trust): a malformed one is dropped, and the holder is then never "provably dead"."""
-    if event.event != "reslock.lock.acquired":
+    if event.event != EVENT_ACQUIRED:
         return {}
     return valid_identity(event.payload.get("process")) or {}
 
@@ -253,17 +255,17 @@ def _ends(events: list[EventInfo]) -> dict[UUID, End]:
         limit_id = limit_id_of(event)
         if event.event == PREFECT_RELEASED and event.follows:
             ends.setdefault(event.follows, (event.occurred, "released"))
-        elif event.event == HELPER_RELEASED and (lease := _uuid(event.payload.get("lease_id"))):
+        elif event.event == EVENT_RELEASED and (lease := _uuid(event.payload.get("lease_id"))):
             reason = str(event.payload.get("reason") or "released")[:40]
             leases.setdefault((lease, limit_id), (event.occurred, reason))
-        elif event.event in (HELPER_ACQUIRED, HELPER_TIMED_OUT) and (
+        elif event.event in (EVENT_ACQUIRED, EVENT_TIMED_OUT) and (
             wait := _uuid(event.payload.get("wait_id"))
         ):
             waits.setdefault((wait, limit_id), (event.occurred, event.event.rsplit(".", 1)[1]))
     open_rows = LockEvent.objects.filter(closed_at__isnull=True)
     for kind, by, wanted in (
-        (HELPER_ACQUIRED, "lease_id", leases),
-        (HELPER_WAITING, "wait_id", waits),
+        (EVENT_ACQUIRED, "lease_id", leases),
+        (EVENT_WAITING, "wait_id", waits),
     ):
         ids = sorted({key for key, _ in wanted}, key=str)
         for chunk in _chunked(ids):
@@ -701,7 +703,7 @@ def life_reader(
         if stopping is None:
             stopping = {}
             rows = LockEvent.objects.filter(
-                event=HELPER_STOPPING, occurred__gte=now - timedelta(hours=1)
+                event=EVENT_STOPPING, occurred__gte=now - timedelta(hours=1)
             ).values_list("lease_id", "received", "occurred")
             for lease, received, occurred in rows:
                 heard_at = received or occurred  # the server's clock, when Prefect gave it

@@ -23,6 +23,13 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from reslock.protocol import (
+    EVENT_ACQUIRED,
+    EVENT_PREFIX,
+    EVENT_RELEASED,
+    EVENT_TIMED_OUT,
+    EVENT_WAITING,
+)
 from reslock_web import store, sync_plan
 from reslock_web.diagnosis import Claim, Queued, kind_of
 from reslock_web.health import sync_backoff
@@ -33,7 +40,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]  # told how a long read goes, in words
 
-EVENT_PREFIXES = ["prefect.concurrency-limit.", "reslock.lock."]
+EVENT_PREFIXES = ["prefect.concurrency-limit.", EVENT_PREFIX]
 # Emitted for every limit created or changed: many, and nothing here needs them.
 LIFECYCLE_EVENTS = [
     "prefect.concurrency-limit.created",
@@ -43,11 +50,7 @@ LIFECYCLE_EVENTS = [
 ACQUIRED = "prefect.concurrency-limit.acquired"
 RELEASED = "prefect.concurrency-limit.released"
 # reslock's flow-side helper (the reslock package) announces its waits and leases.
-HELPER_WAITING = "reslock.lock.waiting"
-HELPER_ACQUIRED = "reslock.lock.acquired"
-HELPER_RELEASED = "reslock.lock.released"
-HELPER_TIMED_OUT = "reslock.lock.timed_out"
-ACQUIRES = (ACQUIRED, HELPER_ACQUIRED)
+ACQUIRES = (ACQUIRED, EVENT_ACQUIRED)
 # Events reach Prefect's REST API a few seconds after they occur: re-read this much each time
 # (duplicates are dropped by event id).
 EVENTS_OVERLAP = timedelta(seconds=60)
@@ -455,7 +458,7 @@ def _claimed_runs(
     task_ids: set[UUID] = set()
     flow_ids: set[UUID] = set()
     for event in events.result():
-        if event.event in ACQUIRES or event.event == HELPER_WAITING:
+        if event.event in ACQUIRES or event.event == EVENT_WAITING:
             task_ids.add(event.related_id("task-run", "prefect.task-run.")[0])
             flow_ids.add(event.related_id("flow-run", "prefect.flow-run.")[0])
     task_ids -= {None, *stored_tasks}
@@ -837,7 +840,7 @@ def _open_acquires(
     as the write will record it. reslock's helper releases name the lease.
     """
     released = {e.follows for e in events if e.event == RELEASED and e.follows}
-    released_leases = {str(e.payload.get("lease_id")) for e in events if e.event == HELPER_RELEASED}
+    released_leases = {str(e.payload.get("lease_id")) for e in events if e.event == EVENT_RELEASED}
     acquires: dict[UUID, LockEvent] = {}
     rows = LockEvent.objects.filter(event__in=ACQUIRES, closed_at__isnull=True).exclude(
         limit_prefect_id=None
@@ -893,21 +896,21 @@ def _open_waits(
     ended = {
         (store.limit_id_of(e), str(e.payload.get("wait_id")))
         for e in events
-        if e.event in (HELPER_ACQUIRED, HELPER_TIMED_OUT)
+        if e.event in (EVENT_ACQUIRED, EVENT_TIMED_OUT)
     }
     waits: dict[tuple[UUID, str], Queued] = {}
-    rows = LockEvent.objects.filter(event=HELPER_WAITING, closed_at__isnull=True).exclude(
+    rows = LockEvent.objects.filter(event=EVENT_WAITING, closed_at__isnull=True).exclude(
         limit_prefect_id=None
     )
     if limit_ids is not None:
         rows = rows.filter(limit_prefect_id__in=limit_ids)
     for row in rows:
         waits[(row.limit_prefect_id, str(row.wait_id))] = store.queued_from_row(row)
-    ended_rows = _closed_ids([e.id for e in events if e.event == HELPER_WAITING])
+    ended_rows = _closed_ids([e.id for e in events if e.event == EVENT_WAITING])
     for event in events:
         if event.id in ended_rows:
             continue
-        if event.event == HELPER_WAITING and (limit_id := store.limit_id_of(event)) is not None:
+        if event.event == EVENT_WAITING and (limit_id := store.limit_id_of(event)) is not None:
             row = store.event_row(event)
             waits[(limit_id, str(row.wait_id))] = store.queued_from_row(row)
     return [
