@@ -659,12 +659,14 @@ def _is_uuid(value: str | bytes) -> bool:
 
 
 def _is_integer(value: str | bytes) -> bool:
+    """What the optional hidden field accepts: an integer, or nothing (blank: the page's)."""
     from django import forms
 
     try:
-        return forms.IntegerField(required=False).clean(shown(value)) is not None
+        forms.IntegerField(required=False).clean(shown(value))
     except forms.ValidationError:
         return False
+    return True
 
 
 def _spoilt(valid: Callable[[str | bytes], bool]) -> Callable[[str | bytes], str | bytes]:
