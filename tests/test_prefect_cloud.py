@@ -305,6 +305,21 @@ def test_behind_the_budget_a_throttled_prefect_never_fails_a_sync_nor_sees_more_
         assert reached <= allowed, (seconds, reached, allowed, cloud.requests)
 
 
+def deactivation(prefect_server, operator, name: str) -> Operation:
+    """A pending deactivation of a new limit of 1, created in Prefect and synced."""
+    with patient_client(prefect_server.api_url) as http:
+        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    sync(prefect_server)
+    return Operation.objects.create(
+        kind="deactivate",
+        limit=Limit.objects.named(name),
+        limit_name=name,
+        requested_by=operator,
+        requested_by_name=operator.username,
+        token=uuid.uuid4(),
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_operation_prefect_keeps_throttling_goes_back_to_pending_then_ends_having_changed_nothing(
     prefect_server, cloud, operator
@@ -312,13 +327,7 @@ def test_an_operation_prefect_keeps_throttling_goes_back_to_pending_then_ends_ha
     from reslock_web.operations import MAX_ATTEMPTS, TryAgain, run
 
     name = unique("resource:throttled-away")
-    with patient_client(prefect_server.api_url) as http:
-        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
-    sync(prefect_server)
-    operation = Operation.objects.create(
-        kind="deactivate", limit=Limit.objects.named(name), limit_name=name,
-        requested_by=operator, requested_by_name=operator.username, token=uuid.uuid4(),
-    )  # fmt: skip
+    operation = deactivation(prefect_server, operator, name)
     cloud.per_window, cloud.window = 1, 600.0
     with PrefectAPI(cloud.api_url, KEY, patience=1) as api:
         for attempt in range(1, MAX_ATTEMPTS):
@@ -346,13 +355,7 @@ def test_a_change_made_stands_when_the_read_after_it_is_throttled(prefect_server
     from reslock_web.operations import run
 
     name = unique("resource:read-after")
-    with patient_client(prefect_server.api_url) as http:
-        http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
-    sync(prefect_server)
-    operation = Operation.objects.create(
-        kind="deactivate", limit=Limit.objects.named(name), limit_name=name,
-        requested_by=operator, requested_by_name=operator.username, token=uuid.uuid4(),
-    )  # fmt: skip
+    operation = deactivation(prefect_server, operator, name)
     cloud.per_window, cloud.window = 2, 600.0  # the read, the change; then 429s
     with PrefectAPI(cloud.api_url, KEY, patience=1) as api:
         run(operation.pk, api)
