@@ -5,9 +5,9 @@ Run by hand (not a test; tests/test_safety_suite.py runs a fixed-seed slice in `
     .venv/bin/python bench/safety_soak.py [--scenarios 500] [--first-seed 1]
 
 It starts a Prefect 3.9 server, uses Redis on 127.0.0.1:6379 (database 13, or the one
-RESLOCK_TEST_REDIS_DB names; or a redis-server
-of its own when nothing answers), runs a real Celery worker in a subprocess whose every call to
-Prefect goes through a FaultProxy, and sets up reslock on a fresh SQLite database under
+RESLOCK_TEST_REDIS_DB names; or a redis-server of its own when nothing answers), runs a real
+Celery worker in a subprocess whose every call to Prefect goes through a FaultProxy, runs the
+event listener (`--no-listener` leaves it out), and sets up reslock on a fresh SQLite database under
 var/bench/safety. Each scenario (tests/support/safety.py) starts real holders and waiters,
 injects one fault (a holder killed with SIGKILL, Prefect's events failing to the worker, a
 revoke whose answer is lost, the worker killed with SIGKILL mid-operation and restarted) and
@@ -65,10 +65,34 @@ class Worker:
             self.process.wait(timeout=60)
 
 
+class ListenerProcess:
+    """`manage.py reslock_listen` as `make run` starts it, straight to Prefect (the fault proxy
+    carries no event stream, and its faults are aimed at the worker): its per-limit re-syncs
+    run beside the operations and the complete syncs, as on a live board."""
+
+    def __init__(self, env: dict[str, str], api_url: str) -> None:
+        log = (SOAK_DIR / "listener.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "reslock_listen"],
+            cwd=ROOT, env={**env, "PREFECT_API_URL": api_url}, start_new_session=True,
+            stdout=log, stderr=log,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenarios", type=int, default=500)
     parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument(
+        "--no-listener",
+        action="store_true",
+        help="complete syncs only, without the event listener's per-limit re-syncs",
+    )
     args = parser.parse_args()
 
     shutil.rmtree(SOAK_DIR, ignore_errors=True)
@@ -96,7 +120,7 @@ def main() -> int:
         "ALLOWED_HOSTS": "testserver,127.0.0.1",
     }
     os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
-    worker = None
+    worker = listener = None
     try:
         import django
 
@@ -106,8 +130,13 @@ def main() -> int:
         call_command("migrate", verbosity=0, interactive=False)
         call_command("collectstatic", interactive=False, verbosity=0)  # the pages' assets
         worker = Worker(env)
+        if not args.no_listener:
+            listener = ListenerProcess(env, server.api_url)
+        print(f"listener: {'off' if listener is None else 'on'}", flush=True)
         return soak(server, proxy, worker, args.first_seed, args.scenarios)
     finally:
+        if listener is not None:
+            listener.stop()
         if worker is not None:
             worker.stop()
         proxy.close()
