@@ -114,7 +114,7 @@ def event_times(api_url: str, names: Iterable[str], since: datetime) -> dict[str
     recorded them, by resource name."""
     from django.utils import timezone
 
-    from reslock_web.prefect_api import PrefectAPI
+    from reslock_web.prefect_io.api import PrefectAPI
 
     names = set(names)
     wanted = {ACQUIRED: "held", RELEASED: "free"}
@@ -174,8 +174,8 @@ def summary(label: str, values: list[float], missed: int) -> dict[str, float]:
 
 
 def sync_once(api_url: str) -> None:
-    from reslock_web.prefect_api import PrefectAPI
-    from reslock_web.sync import sync_all
+    from reslock_web.prefect_io.api import PrefectAPI
+    from reslock_web.sync.run import sync_all
 
     with PrefectAPI(api_url, timeout=60) as api:
         sync_all(api)

@@ -50,8 +50,8 @@ def main() -> None:
     import django
 
     django.setup()
-    from reslock_web.prefect_api import PrefectAPI
-    from reslock_web.sync import sync_all
+    from reslock_web.prefect_io.api import PrefectAPI
+    from reslock_web.sync.run import sync_all
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

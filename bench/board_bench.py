@@ -98,7 +98,7 @@ def as_after_a_sync(pks: list[int], changed: int = 50) -> None:
     from django.utils import timezone
 
     from reslock_web.models import Limit
-    from reslock_web.store import raise_board_version
+    from reslock_web.sync.store import raise_board_version
 
     with transaction.atomic():
         Limit.objects.filter(pk__in=random.sample(pks, changed)).update(changed_at=timezone.now())
@@ -111,8 +111,8 @@ def measure(api_url: str, count: int, engine: str) -> None:
     from django.test import Client
 
     from reslock_web.models import Limit
-    from reslock_web.prefect_api import PrefectAPI
-    from reslock_web.sync import sync_all
+    from reslock_web.prefect_io.api import PrefectAPI
+    from reslock_web.sync.run import sync_all
 
     with PrefectAPI(api_url) as api:
         run = sync_all(api)

@@ -526,8 +526,8 @@ def main() -> None:
             from django.db import connections
 
             from reslock_web.models import Holder, Limit, Waiter
-            from reslock_web.prefect_api import PrefectAPI
-            from reslock_web.sync import sync_all
+            from reslock_web.prefect_io.api import PrefectAPI
+            from reslock_web.sync.run import sync_all
 
             call_command("collectstatic", interactive=False, verbosity=0)
             with PrefectAPI(prefect.api_url) as api:

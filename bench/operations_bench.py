@@ -109,8 +109,8 @@ def run(server: PrefectServer, rounds: int) -> None:
 
     from reslock_web.celery import app
     from reslock_web.models import Limit, Operation
-    from reslock_web.prefect_api import PrefectAPI
-    from reslock_web.sync import sync_all
+    from reslock_web.prefect_io.api import PrefectAPI
+    from reslock_web.sync.run import sync_all
 
     app.control.purge()
     operator = User.objects.create_user("bench-operator", password="x")

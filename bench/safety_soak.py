@@ -148,8 +148,8 @@ def soak(server, proxy, worker: Worker, first: int, count: int) -> int:
     from django.test import Client
 
     from reslock_web.celery import app
-    from reslock_web.prefect_api import PrefectAPI
-    from reslock_web.sync import sync_all
+    from reslock_web.prefect_io.api import PrefectAPI
+    from reslock_web.sync.run import sync_all
     from tests.support.safety import Runner, generate
 
     app.control.purge()

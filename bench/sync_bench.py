@@ -103,16 +103,16 @@ class Meter:
     """Wall time per sync phase and per Prefect endpoint, by wrapping functions in memory."""
 
     PHASES = (
-        ("reslock_web.sync", "gather"),
-        ("reslock_web.prefect_api", "PrefectAPI.list_limits"),
-        ("reslock_web.sync", "_tag_holders"),
-        ("reslock_web.sync", "_claims"),
-        ("reslock_web.sync", "_resolve_runs"),
-        ("reslock_web.store", "write"),
-        ("reslock_web.store", "_store_events"),
-        ("reslock_web.store", "_judge"),
-        ("reslock_web.store", "_write_people"),
-        ("reslock_web.store", "_mark_gone"),
+        ("reslock_web.sync.run", "gather"),
+        ("reslock_web.prefect_io.api", "PrefectAPI.list_limits"),
+        ("reslock_web.sync.run", "_tag_holders"),
+        ("reslock_web.sync.run", "_claims"),
+        ("reslock_web.sync.run", "_resolve_runs"),
+        ("reslock_web.sync.store", "write"),
+        ("reslock_web.sync.store", "_store_events"),
+        ("reslock_web.sync.store", "_judge"),
+        ("reslock_web.sync.store", "_write_people"),
+        ("reslock_web.sync.store", "_mark_gone"),
     )
 
     def __init__(self) -> None:
@@ -142,7 +142,7 @@ class Meter:
     def install(self) -> None:
         import importlib
 
-        from reslock_web.prefect_api import PrefectAPI
+        from reslock_web.prefect_io.api import PrefectAPI
 
         for module_name, attr in self.PHASES:
             owner: Any = importlib.import_module(module_name)
@@ -192,8 +192,8 @@ class Meter:
 def measure_once(api_url: str, kind: str, meter: Meter) -> tuple[float, dict[str, Any], Any]:
     from django.db import connection
 
-    from reslock_web.prefect_api import PrefectAPI
-    from reslock_web.sync import sync_all
+    from reslock_web.prefect_io.api import PrefectAPI
+    from reslock_web.sync.run import sync_all
 
     if kind == "full sync":
         flush()
@@ -243,8 +243,8 @@ def memory_child(api_url: str, mode: str) -> dict[str, Any]:
     before it; Python keeps freed memory, so each needs its own process. Mode "traced": the
     tracemalloc peak (Python allocations only) of a full sync and then of a resync."""
     setup_django(os.environ["DATABASE_URL"], migrate=False)
-    from reslock_web.prefect_api import PrefectAPI
-    from reslock_web.sync import sync_all
+    from reslock_web.prefect_io.api import PrefectAPI
+    from reslock_web.sync.run import sync_all
 
     def step(kind: str) -> None:
         if kind == "full sync":
@@ -304,8 +304,8 @@ def measure_memory(api_url: str, database_url: str) -> None:
 
 def profile(api_url: str, path: Path) -> str:
     """cProfile of one full sync and one resync; returns the printed top costs."""
-    from reslock_web.prefect_api import PrefectAPI
-    from reslock_web.sync import sync_all
+    from reslock_web.prefect_io.api import PrefectAPI
+    from reslock_web.sync.run import sync_all
 
     out = io.StringIO()
     for kind in ("full sync", "resync"):
@@ -329,7 +329,7 @@ def what_if(api_url: str) -> str:
     Only Prefect is called here; reslock's code is not changed or patched."""
     import httpx
 
-    from reslock_web.sync import EVENT_PREFIXES
+    from reslock_web.sync.run import EVENT_PREFIXES
 
     out = io.StringIO()
     http = httpx.Client(base_url=api_url + "/", timeout=60)

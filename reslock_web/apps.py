@@ -12,7 +12,8 @@ class ReslockConfig(AppConfig):
         from django.core.checks import register
         from django.db.models.signals import post_delete, post_save
 
-        from reslock_web import fence, health
+        from reslock_web.operations import fence
+        from reslock_web.sync import health
 
         register(fence.check_operation_timeout)
         from reslock_web.models import Heartbeat, SyncRun

@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery import Celery
 from django.conf import settings
 
-from reslock_web.schedule import beat_schedule
 from reslock_web.startup import configure_or_exit
+from reslock_web.sync.schedule import beat_schedule
 
 configure_or_exit()
 

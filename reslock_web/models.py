@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from reslock_web import links
+from reslock_web.prefect_io import links
 
-# The live listener reports every LISTENER_BEAT_SECONDS (listener.py); beyond
+# The live listener reports every LISTENER_BEAT_SECONDS (sync/listener.py); beyond
 # LISTENER_MAX_LAG_SECONDS behind, the board cannot count on it (the full sync takes over).
 LISTENER_BEAT_SECONDS = 5
 LISTENER_MAX_LAG_SECONDS = 30
@@ -134,7 +134,7 @@ class Limit(models.Model):
     first_seen = models.DateTimeField(default=timezone.now)
     gone_at = models.DateTimeField(null=True, blank=True)
 
-    # Derived at each sync (see reslock_web.diagnosis); stored so that facets are indexed counts.
+    # Derived at each sync (see reslock_web.status.diagnosis); stored so that facets are indexed counts.
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.FREE)
     is_held = models.BooleanField(default=False)
     has_waiters = models.BooleanField(default=False)
@@ -331,14 +331,14 @@ class SyncState(models.Model):
 
     name = models.CharField(max_length=40, unique=True)
     events_until = models.DateTimeField(null=True, blank=True)
-    # Row "backfill": the window of past events a long read covers (sync.py's backfill).
+    # Row "backfill": the window of past events a long read covers (sync/run.py's backfill).
     window_start = models.DateTimeField(null=True, blank=True)
     window_end = models.DateTimeField(null=True, blank=True)
     locked_by = models.CharField(max_length=200, blank=True)
     locked_until = models.DateTimeField(null=True, blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
     # Row "board": raised by every write that changes what the board shows, inside that
-    # write's transaction, so that versions follow commit order (see live.py).
+    # write's transaction, so that versions follow commit order (see board/poll.py).
     version = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:

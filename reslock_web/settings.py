@@ -53,7 +53,7 @@ MIDDLEWARE = [
     # Before anything asks whether the request came over HTTPS.
     "reslock_web.security.ForwardedProtoMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "reslock_web.login_throttle.UndeclaredProxyMiddleware",
+    "reslock_web.web.login_throttle.UndeclaredProxyMiddleware",
     "reslock_web.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -64,7 +64,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # A locked or unreachable database answers 503 with a plain page, not a stack trace.
-    "reslock_web.dberrors.DatabaseUnavailableMiddleware",
+    "reslock_web.web.dberrors.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "reslock_web.urls"
@@ -80,7 +80,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "reslock_web.context_processors.reslock",
+                "reslock_web.web.context_processors.reslock",
             ],
         },
     },
@@ -273,7 +273,7 @@ SYNC_SECONDS = envint("RESLOCK_SYNC_SECONDS", 10, minimum=2, maximum=3600)
 FULL_SYNC_SECONDS = envint(
     "RESLOCK_FULL_SYNC_SECONDS", max(300, SYNC_SECONDS), minimum=SYNC_SECONDS, maximum=86400
 )
-# The longest wait between periodic syncs while Prefect keeps failing (see health.py).
+# The longest wait between periodic syncs while Prefect keeps failing (see sync/health.py).
 SYNC_BACKOFF_MAX_SECONDS = envint("RESLOCK_SYNC_BACKOFF_MAX_SECONDS", 300, minimum=10, maximum=3600)
 HEARTBEAT_SECONDS = envint("RESLOCK_HEARTBEAT_SECONDS", 30, minimum=5, maximum=3600)
 LONG_HOLD_SECONDS = envint("RESLOCK_LONG_HOLD_SECONDS", 3600, minimum=60)

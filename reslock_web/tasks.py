@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from reslock_web import dispatch, retention
 from reslock_web.celery import app
 from reslock_web.models import Heartbeat
-from reslock_web.operations import MAX_ATTEMPTS, TryAgain
-from reslock_web.operations import run as run_operation
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_with_settings
+from reslock_web.operations import sweep as operations_sweep
+from reslock_web.operations.jobs import MAX_ATTEMPTS, TryAgain
+from reslock_web.operations.jobs import run as run_operation
+from reslock_web.operations.queue import OPERATE_TASK
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync import retention
+from reslock_web.sync.run import sync_with_settings
 
 
 @app.task(name="reslock.heartbeat", ignore_result=True)
@@ -30,11 +32,11 @@ def prune() -> None:
 
 @app.task(name="reslock.sweep", ignore_result=True)
 def sweep() -> None:
-    dispatch.sweep()
+    operations_sweep.sweep()
 
 
 @app.task(
-    name="reslock.operate",
+    name=OPERATE_TASK,
     ignore_result=True,
     autoretry_for=(TryAgain,),
     retry_backoff=2,

@@ -4,8 +4,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from reslock_web import api, login_throttle, metrics, operate_views, views
-from reslock_web.converters import NameConverter
+from reslock_web.web import api, login_throttle, metrics, views
+from reslock_web.web import operate as operate_views
+from reslock_web.web.converters import NameConverter
 
 register_converter(NameConverter, "name")
 
@@ -29,4 +30,4 @@ urlpatterns = [
 ]
 
 # A database that is not answering gets a 503 page wherever the error surfaces.
-handler500 = "reslock_web.dberrors.server_error"
+handler500 = "reslock_web.web.dberrors.server_error"

@@ -61,7 +61,7 @@ def _nothing_reused_across_tests() -> None:
     banner's answer, drawn board pages), which an earlier test's rows would otherwise fill."""
     from django.core.cache import caches
 
-    from reslock_web import health
+    from reslock_web.sync import health
 
     health.forget()
     caches["board"].clear()

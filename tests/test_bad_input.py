@@ -38,7 +38,7 @@ from reslock_web.models import (
     SyncState,
     Waiter,
 )
-from reslock_web.operate_views import ACTIONS
+from reslock_web.web.operate import ACTIONS
 from tests.conftest import PASSWORD
 
 # Hypothesis caches what it learns under a folder of its own: keep it out of the tree.

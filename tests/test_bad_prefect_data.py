@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from reslock_web import store
 from reslock_web.models import Limit, LockEvent
-from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, RunInfo
-from reslock_web.sync import Snapshot, sync_all
+from reslock_web.prefect_io.api import EventInfo, LimitInfo, PrefectAPI, RunInfo
+from reslock_web.sync import store
+from reslock_web.sync.run import Snapshot, sync_all
 
 # Hypothesis caches what it learns under a folder of its own: keep it out of the tree.
 set_hypothesis_home_dir(str(django_settings.VAR_DIR / "hypothesis"))

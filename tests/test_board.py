@@ -11,8 +11,8 @@ from urllib.parse import quote
 import pytest
 from django.utils import timezone
 
+from reslock_web.board.format import humane
 from reslock_web.models import Condition, Holder, LockEvent, Status, SyncRun
-from reslock_web.templatetags.reslock import humane
 from tests.support.board_data import XSS, make_limit
 
 pytestmark = pytest.mark.django_db

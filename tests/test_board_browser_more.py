@@ -19,7 +19,7 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from reslock_web.models import Holder, Limit, Status, SyncRun
-from reslock_web.store import raise_board_version
+from reslock_web.sync.store import raise_board_version
 from tests.support.board_data import make_limit
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

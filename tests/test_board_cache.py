@@ -13,9 +13,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from reslock_web import health, store
+from reslock_web.board.format import redraw_ages, since
 from reslock_web.models import Limit, SyncRun
-from reslock_web.templatetags.reslock import redraw_ages, since
+from reslock_web.sync import health, store
 from tests.support.board_data import XSS
 
 pytestmark = pytest.mark.django_db

@@ -12,8 +12,7 @@ from urllib.parse import parse_qs
 import pytest
 from django.utils import timezone
 
-from reslock_web import listener
-from reslock_web.board import PAGE_SIZE
+from reslock_web.board.query import PAGE_SIZE
 from reslock_web.models import (
     FACETS,
     Condition,
@@ -25,7 +24,8 @@ from reslock_web.models import (
     Status,
     Waiter,
 )
-from reslock_web.prefect_api import EventInfo
+from reslock_web.prefect_io.api import EventInfo
+from reslock_web.sync import listener
 from tests.support.board_data import XSS, make_limit, sample_rows
 
 pytestmark = pytest.mark.django_db

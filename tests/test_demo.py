@@ -17,8 +17,8 @@ import pytest
 
 from reslock_web.demo import catalog, is_local_prefect
 from reslock_web.models import Kind, Limit, Status
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import sync_all
 from tests.support.net import alive, descendants, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

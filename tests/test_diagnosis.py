@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reslock_web.diagnosis import (
+from reslock_web.models import Condition, Kind, Status
+from reslock_web.prefect_io.api import LimitInfo, RunInfo
+from reslock_web.status.diagnosis import (
     ALIVE,
     GONE,
     Claim,
@@ -20,8 +22,6 @@ from reslock_web.diagnosis import (
     kind_of,
     order_waiters,
 )
-from reslock_web.models import Condition, Kind, Status
-from reslock_web.prefect_api import LimitInfo, RunInfo
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

@@ -17,7 +17,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
 from reslock_web.models import Holder, Limit, Operation
-from reslock_web.operate_views import ACTIONS
+from reslock_web.web.operate import ACTIONS
 
 pytestmark = pytest.mark.django_db
 CSRF = "A" * 32  # a valid unmasked CSRF secret, sent as cookie and header like htmx does

@@ -15,10 +15,11 @@ import redis
 from django.urls import reverse
 from django.utils import timezone
 
-from reslock_web.dispatch import QUEUED_NOTE, sweep
 from reslock_web.models import Limit, Operation, OperationStatus
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.operations.queue import QUEUED_NOTE
+from reslock_web.operations.sweep import sweep
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 from tests.support.redis_process import RedisProcess
@@ -131,8 +132,8 @@ def test_every_operation_of_a_batch_is_kept_and_noted_when_redis_is_down(own_red
     """A bulk release dispatches many operations in one transaction: each is noted, none lost."""
     from django.db import transaction
 
-    from reslock_web.dispatch import dispatch
     from reslock_web.models import Kind
+    from reslock_web.operations.queue import dispatch
 
     own_redis.stop()
     limit = Limit.objects.create(

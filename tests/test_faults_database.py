@@ -13,8 +13,8 @@ import pytest
 from django.db import OperationalError, connection
 from django.test import RequestFactory
 
-from reslock_web.dberrors import MESSAGE, server_error
 from reslock_web.models import ApiToken
+from reslock_web.web.dberrors import MESSAGE, server_error
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 
-from reslock_web.health import BACKOFF_AFTER, backoff_wait, freshness, sync_backoff
 from reslock_web.models import Limit, SyncRun
-from reslock_web.sync import sync_with_settings
+from reslock_web.sync.health import BACKOFF_AFTER, backoff_wait, freshness, sync_backoff
+from reslock_web.sync.run import sync_with_settings
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from reslock_web.dispatch import WORKER_STOPPED
 from reslock_web.models import Limit, Operation, OperationStatus
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.operations.sweep import WORKER_STOPPED
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import sync_all
 from tests.support.fault_proxy import FaultProxy
 from tests.support.net import wait_for
 from tests.support.operating import ask_release, holder_and_waiter
@@ -184,8 +184,8 @@ def test_a_stalled_worker_woken_after_the_sweep_took_over_its_fence_changes_noth
     time: the sweep resumes the fence and lifts it once the holder has stopped; the worker,
     woken afterwards, must not remove the placeholder a second time (that would free the next
     holder's slot) nor rewrite what the sweep recorded."""
-    from reslock_web import dispatch
     from reslock_web.celery import app
+    from reslock_web.operations import sweep
 
     app.control.purge()
     settings.OPERATION_TIMEOUT_SECONDS = 30  # its job watches 9 s; the sweep takes over at 45 s
@@ -212,7 +212,7 @@ def test_a_stalled_worker_woken_after_the_sweep_took_over_its_fence_changes_noth
         holder.kill()  # the holder stops for good while the worker is stuck
 
         def swept(status: str):
-            dispatch.sweep()
+            sweep.sweep()
             op = Operation.objects.get(pk=operation.pk)
             return op.status == status and op
 
@@ -264,8 +264,8 @@ def test_a_worker_stuck_in_a_prefect_call_past_the_sweep_sends_no_change_when_it
 ):
     """Its re-read of the limit answers only after the sweep has ended the operation as
     failed ("ask again"): the worker must not set the limit then, behind that record."""
-    from reslock_web import dispatch
     from reslock_web.celery import app
+    from reslock_web.operations import sweep
 
     app.control.purge()
     settings.OPERATION_TIMEOUT_SECONDS = 10  # the sweep takes over 25 s after the claim
@@ -290,7 +290,7 @@ def test_a_worker_stuck_in_a_prefect_call_past_the_sweep_sends_no_change_when_it
         operation = Operation.objects.get(limit_name=name)
 
         def ended():
-            dispatch.sweep()
+            sweep.sweep()
             op = Operation.objects.get(pk=operation.pk)
             return op.finished and op
 

@@ -11,7 +11,7 @@ import pytest
 from django.urls import reverse
 
 from reslock_web.models import Condition, Operation, OperationKind, OperationStatus
-from reslock_web.operate_views import _holder_snapshot
+from reslock_web.operations.plans import holder_snapshot
 from tests.support.net import wait_for
 from tests.support.operating import (
     ask_release,
@@ -185,14 +185,14 @@ def test_a_lease_over_several_resources_is_refused_on_the_page_and_by_the_worker
 
     # The worker refuses by itself too: it reads the lease's acquire from Prefect, whatever
     # the board showed when the operation was asked for.
-    from reslock_web.dispatch import send
+    from reslock_web.operations.queue import send
 
     operation = Operation.objects.create(
         kind=OperationKind.RELEASE_HOLDER,
         limit=limit,
         limit_name=limit.name,
         holder_key=row.key,
-        holder=_holder_snapshot(row),
+        holder=holder_snapshot(row),
         reason="hangs",
         requested_by_name="olga-operator",
         token=uuid.uuid4(),
@@ -222,7 +222,7 @@ def test_a_lease_over_several_resources_is_refused_on_the_page_and_by_the_worker
 def test_an_operation_timeout_too_short_for_the_longest_fence_is_reported_at_start_up(settings):
     from django.core.management import call_command
 
-    from reslock_web import fence
+    from reslock_web.operations import fence
 
     settings.OPERATION_TIMEOUT_SECONDS = 300
     assert fence.check_operation_timeout() == []
@@ -240,7 +240,7 @@ def test_a_holder_that_goes_silent_while_still_inside_is_taken_as_dead_only_then
 ):
     """From another machine a killed holder cannot be proved dead: the helper's `stopping`
     announcements are the evidence of life, and only silence after them lifts the fence."""
-    from reslock_web.dispatch import send
+    from reslock_web.operations.queue import send
 
     settings.OPERATION_TIMEOUT_SECONDS = 40
     name = unique("db-silent")
@@ -252,7 +252,7 @@ def test_a_holder_that_goes_silent_while_still_inside_is_taken_as_dead_only_then
         limit=limit,
         limit_name=limit.name,
         holder_key=row.key,
-        holder={**_holder_snapshot(row), "process": {}},
+        holder={**holder_snapshot(row), "process": {}},
         reason="hangs",
         requested_by_name="olga-operator",
         token=uuid.uuid4(),

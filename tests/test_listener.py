@@ -17,7 +17,6 @@ from django.db import connection
 from django.utils import timezone
 
 from reslock.protocol import EVENT_ACQUIRED
-from reslock_web.listener import FULL_RESYNC_OVER
 from reslock_web.models import (
     AppliedEvent,
     Condition,
@@ -28,8 +27,9 @@ from reslock_web.models import (
     Status,
     SyncRun,
 )
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import try_lock, unlock
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.listener import FULL_RESYNC_OVER
+from reslock_web.sync.run import try_lock, unlock
 from tests.support.listener_process import (
     ListenerProcess,
     assert_each_applied_once,

@@ -11,10 +11,10 @@ import uuid
 
 import pytest
 
-from reslock_web.listener import SETTLE_SECONDS
 from reslock_web.models import AppliedEvent, Condition, Heartbeat, Holder, Limit
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.listener import SETTLE_SECONDS
+from reslock_web.sync.run import sync_all
 from tests.support.flows import FlowRunner
 from tests.support.listener_process import (
     ListenerProcess,

@@ -12,8 +12,9 @@ from urllib.parse import quote
 import pytest
 from django.utils import timezone
 
-from reslock_web import live, store
+from reslock_web.board import poll as board_poll
 from reslock_web.models import Holder, Limit, Status, SyncRun, Waiter
+from reslock_web.sync import store
 from tests.support.board_data import XSS
 
 pytestmark = pytest.mark.django_db
@@ -110,7 +111,7 @@ def test_the_refresh_needs_a_login(client, rows):
 
 def test_a_waiter_moving_up_marks_the_limit_changed(rows):
     """The store stamps a limit whose holders or waiters changed, not only its own columns."""
-    from reslock_web import store
+    from reslock_web.sync import store
 
     before = rows.changed_at
     Waiter.objects.filter(limit=rows).delete()
@@ -143,7 +144,7 @@ def test_the_resource_page_poll_is_empty_until_the_limit_changes(viewer_client, 
 
 
 def test_the_resource_page_redraws_every_half_minute_for_its_wording(viewer_client, rows):
-    stamp = live.version(Limit.objects.get(pk=rows.pk).changed_at)
+    stamp = board_poll.version(Limit.objects.get(pk=rows.pk).changed_at)
     headers = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "live"}
     url = "/resources/resource:db-main?seen="
     fresh, old = int(time.time()), int(time.time()) - 31
@@ -163,12 +164,14 @@ def test_ages_are_drawn_for_the_browser_to_count_on(viewer_client, rows):
 
 def test_state_round_trips():
     when = timezone.now()
-    seen = live.Seen.of(1, 7, [(1, when), (2, when - timedelta(seconds=1))], "f", "b")
-    assert live.Seen.parse(seen.encode()) == seen
-    assert live.compare(seen, seen).nothing
-    moved = live.Seen.of(1, 7, [(1, when), (2, when)], "f", "b")
-    assert live.compare(seen, moved).rows == (2,)
-    assert live.compare(seen, live.Seen.of(1, 8, [(1, when), (2, when)], "f", "b")).everything
+    seen = board_poll.Seen.of(1, 7, [(1, when), (2, when - timedelta(seconds=1))], "f", "b")
+    assert board_poll.Seen.parse(seen.encode()) == seen
+    assert board_poll.compare(seen, seen).nothing
+    moved = board_poll.Seen.of(1, 7, [(1, when), (2, when)], "f", "b")
+    assert board_poll.compare(seen, moved).rows == (2,)
+    assert board_poll.compare(
+        seen, board_poll.Seen.of(1, 8, [(1, when), (2, when)], "f", "b")
+    ).everything
 
 
 def test_the_board_version_answers_most_polls_without_reading_rows(

@@ -9,8 +9,8 @@ import uuid
 import pytest
 from playwright.sync_api import Page
 
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import sync_all
 from tests.support.listener_process import ListenerProcess
 from tests.test_board_browser import create_limits
 

@@ -30,8 +30,8 @@ import pytest
 from reslock import lock
 from reslock.process import process_gone, process_identity
 from reslock_web.models import Limit
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_limit
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import sync_limit
 from tests.support.flows import SCRIPTS_DIR, FlowProcess, FlowRunner
 from tests.support.patient import patient_client
 from tests.support.prefect_events import lock_event_in_prefect, prefect_events

@@ -13,8 +13,8 @@ from django.contrib.auth.signals import user_login_failed
 from django.db import connection
 from django.test import Client
 
-from reslock_web import login_throttle
 from reslock_web.models import LoginFailure
+from reslock_web.web import login_throttle
 from tests.conftest import PASSWORD
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -239,7 +239,7 @@ def test_forwarded_addresses_count_only_behind_a_trusted_proxy(client, viewer, s
 @pytest.mark.django_db
 def test_requests_through_an_undeclared_proxy_are_warned_about_once(client, caplog, monkeypatch):
     monkeypatch.setattr(login_throttle, "_warned_about_proxy", False)
-    with caplog.at_level(logging.WARNING, logger="reslock_web.login_throttle"):
+    with caplog.at_level(logging.WARNING, logger="reslock_web.web.login_throttle"):
         client.get("/login/", REMOTE_ADDR="10.6.0.1")
         assert not caplog.records  # a direct request says nothing
         for _ in range(3):
@@ -252,7 +252,7 @@ def test_requests_through_an_undeclared_proxy_are_warned_about_once(client, capl
 def test_a_declared_proxy_is_not_warned_about(client, caplog, monkeypatch, settings):
     monkeypatch.setattr(login_throttle, "_warned_about_proxy", False)
     settings.TRUSTED_PROXIES = 1
-    with caplog.at_level(logging.WARNING, logger="reslock_web.login_throttle"):
+    with caplog.at_level(logging.WARNING, logger="reslock_web.web.login_throttle"):
         client.get("/login/", REMOTE_ADDR="10.6.0.1", headers={"X-Forwarded-For": "192.0.2.1"})
     assert not caplog.records
 

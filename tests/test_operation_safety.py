@@ -13,7 +13,6 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from reslock_web.dispatch import send
 from reslock_web.models import (
     Condition,
     Holder,
@@ -23,9 +22,9 @@ from reslock_web.models import (
     OperationStatus,
     SyncState,
 )
-from reslock_web.operate_views import _holder_snapshot
-from reslock_web.operations import plan_release
-from reslock_web.sync import try_lock, unlock, where_pids_mean_something
+from reslock_web.operations.plans import holder_snapshot, plan_release
+from reslock_web.operations.queue import send
+from reslock_web.sync.run import try_lock, unlock, where_pids_mean_something
 from tests.support.board_data import make_limit
 from tests.support.operating import finished, form, sync_until, unique
 from tests.support.patient import patient_client
@@ -76,7 +75,7 @@ def test_a_stale_release_of_a_run_prefect_does_not_return_changes_nothing(
     limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
     row = limit.holders.get()
     snapshot = {
-        **_holder_snapshot(row),
+        **holder_snapshot(row),
         "key": row.key,
         "condition": Condition.STALE,
         "task_run_id": str(uuid.uuid4()),  # a task run Prefect has not (yet) written
@@ -214,7 +213,7 @@ def test_a_stale_tag_holder_running_again_is_left_alone(
 
 
 def test_the_sync_lock_frees_itself_once_it_expires():
-    from reslock_web.sync import LOCK_SECONDS
+    from reslock_web.sync.run import LOCK_SECONDS
 
     now = timezone.now()
     first = try_lock(now)

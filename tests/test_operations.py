@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 
 from reslock_web.models import Condition, Limit, Operation, OperationStatus, Status
-from reslock_web.prefect_api import PrefectAPI
+from reslock_web.prefect_io.api import PrefectAPI
 from tests.support.operating import finished, form, sync, sync_until, unique
 from tests.support.patient import patient_client
 
@@ -365,7 +365,7 @@ def test_releasing_a_live_helper_holder_fences_until_it_has_stopped(
 
 
 def test_an_unreachable_prefect_is_retried_then_reported_in_words(operator):
-    from reslock_web.operations import MAX_ATTEMPTS, TryAgain, run
+    from reslock_web.operations.jobs import MAX_ATTEMPTS, TryAgain, run
 
     limit = Limit.objects.create(
         prefect_id=uuid.uuid4(),
@@ -397,7 +397,7 @@ def test_an_unreachable_prefect_is_retried_then_reported_in_words(operator):
 
 
 def test_the_operate_task_retries_a_transient_failure_with_backoff():
-    from reslock_web.operations import TryAgain
+    from reslock_web.operations.jobs import TryAgain
     from reslock_web.tasks import operate
 
     assert TryAgain in operate.autoretry_for

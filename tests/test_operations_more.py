@@ -403,7 +403,7 @@ def test_the_worker_acts_on_a_zombie_only_if_its_own_sync_judges_one(
 def test_a_deployment_drift_repair_waits_for_its_window_and_the_risk_box_then_lowers_only_what_was_shown(
     prefect_server, flows, celery_worker, operator_client, settings, monkeypatch
 ):
-    from reslock_web import operations
+    from reslock_web.operations import plans
 
     settings.GRACE_SECONDS = 0
     settings.ASSUMED_LEASE_SECONDS = 10  # what global-limit holders are assumed to take
@@ -438,7 +438,7 @@ def test_a_deployment_drift_repair_waits_for_its_window_and_the_risk_box_then_lo
     assert not Operation.objects.exists()
 
     # A Prefect whose deployment leases were as short: the window has passed.
-    monkeypatch.setattr(operations, "DEPLOYMENT_LEASE", 10)
+    monkeypatch.setattr(plans, "DEPLOYMENT_LEASE", 10)
     page = operator_client.get(url).content.decode()
     assert "by at most 1 (from 2 to 1)" in page
     # Without the box it stays refused: nobody can show that no lease stands behind the slot.

@@ -20,11 +20,11 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from reslock_web.env import is_prefect_cloud, prefect_ui_url
-from reslock_web.health import BACKOFF_AFTER, freshness, sync_backoff
 from reslock_web.models import Condition, Holder, Limit, Operation, OperationStatus
-from reslock_web.prefect_api import PrefectAPI, PrefectError
-from reslock_web.prefect_budget import Budget, Rate, Throttled, reserve
-from reslock_web.sync import sync_limit, sync_with_settings
+from reslock_web.prefect_io.api import PrefectAPI, PrefectError
+from reslock_web.prefect_io.budget import Budget, Rate, Throttled, reserve
+from reslock_web.sync.health import BACKOFF_AFTER, freshness, sync_backoff
+from reslock_web.sync.run import sync_limit, sync_with_settings
 from tests.support.cloud_standin import CloudStandIn
 from tests.support.listener_process import ListenerProcess
 from tests.support.net import wait_for
@@ -324,7 +324,7 @@ def deactivation(prefect_server, operator, name: str) -> Operation:
 def test_an_operation_prefect_keeps_throttling_goes_back_to_pending_then_ends_having_changed_nothing(
     prefect_server, cloud, operator
 ):
-    from reslock_web.operations import MAX_ATTEMPTS, TryAgain, run
+    from reslock_web.operations.jobs import MAX_ATTEMPTS, TryAgain, run
 
     name = unique("resource:throttled-away")
     operation = deactivation(prefect_server, operator, name)
@@ -352,7 +352,7 @@ def test_an_operation_prefect_keeps_throttling_goes_back_to_pending_then_ends_ha
 def test_a_change_made_stands_when_the_read_after_it_is_throttled(prefect_server, cloud, operator):
     """The read for the record comes after the change: a 429 there must not send the
     operation back for a retry that would find nothing to do."""
-    from reslock_web.operations import run
+    from reslock_web.operations.jobs import run
 
     name = unique("resource:read-after")
     operation = deactivation(prefect_server, operator, name)

@@ -15,9 +15,9 @@ import pytest
 from django.urls import reverse
 
 from reslock.process import process_gone, process_identity
-from reslock_web import store
 from reslock_web.models import Condition, Operation, OperationStatus
-from reslock_web.prefect_api import EventInfo
+from reslock_web.prefect_io.api import EventInfo
+from reslock_web.sync import store
 from tests.support.operating import finished, form, sync, sync_until, unique
 from tests.support.patient import patient_client
 from tests.support.slot_watch import CounterWatch

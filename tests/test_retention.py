@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reslock_web import retention
 from reslock_web.models import AppliedEvent, LockEvent, SyncRun, SyncState
-from reslock_web.prefect_api import EventInfo
-from reslock_web.store import record_events
-from reslock_web.sync import _events_since
+from reslock_web.prefect_io.api import EventInfo
+from reslock_web.sync import retention
+from reslock_web.sync.run import _events_since
+from reslock_web.sync.store import record_events
 
 LIMIT = uuid.uuid4()
 

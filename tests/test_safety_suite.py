@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import sync_all
 from tests.support.safety import FAULTS, Runner, generate
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,8 +23,8 @@ SEEDS = [20, 31, 23, 6, 27]
 
 @pytest.fixture
 def runner(prefect_server, flows, celery_worker, operator_client, proxy, settings, monkeypatch):
-    from reslock_web import operations
     from reslock_web.celery import app
+    from reslock_web.operations import plans
 
     # Jobs hand a fence to the sweep after a few seconds: the soft time limit path, every time.
     settings.OPERATION_TIMEOUT_SECONDS = 40
@@ -33,7 +33,7 @@ def runner(prefect_server, flows, celery_worker, operator_client, proxy, setting
     # A deployment's drift repair is allowed 10 s + 15 s after the drift appeared, as if
     # Prefect's deployment leases were that short (they are 300 s).
     settings.ASSUMED_LEASE_SECONDS = 10
-    monkeypatch.setattr(operations, "DEPLOYMENT_LEASE", 10)
+    monkeypatch.setattr(plans, "DEPLOYMENT_LEASE", 10)
 
     def sync() -> None:
         with PrefectAPI(prefect_server.api_url) as api:

@@ -19,8 +19,8 @@ from django.urls import include, path, reverse
 from playwright.sync_api import Page, expect
 
 from reslock_web.models import Limit, Operation, SyncRun
-from reslock_web.prefect_api import PrefectAPI, PrefectError
-from reslock_web.sync import sync_all
+from reslock_web.prefect_io.api import PrefectAPI, PrefectError
+from reslock_web.sync.run import sync_all
 from tests.conftest import PASSWORD
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
@@ -322,7 +322,7 @@ def test_a_request_path_with_cr_and_lf_stays_on_one_log_line(viewer_client):
     logger = logging.getLogger("django.request")
     logger.addHandler(handler)
     try:
-        forged = "x%0D%0A2026-01-01 00:00:00,000 ERROR reslock_web.sync: forged"
+        forged = "x%0D%0A2026-01-01 00:00:00,000 ERROR reslock_web.sync.run: forged"
         assert viewer_client.get(f"/resources/{forged}").status_code == 404
         logging.getLogger("reslock.test.lines").addHandler(handler)
         logging.getLogger("reslock.test.lines").warning("name %s", "evil\u2028name\nnext")
@@ -500,7 +500,7 @@ def test_an_internal_sync_error_shows_viewers_a_summary_and_logs_the_detail(
 ):
     from django.db import OperationalError
 
-    from reslock_web import sync
+    from reslock_web.sync import run as sync
 
     def broken(*args, **kwargs):
         raise OperationalError('connection to server at "db.internal" failed for user "reslock"')

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from reslock_web.env import SettingError, envbool, envint, envurl
-from reslock_web.schedule import beat_schedule
+from reslock_web.sync.schedule import beat_schedule
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

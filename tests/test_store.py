@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reslock_web.diagnosis import ALIVE, Claim, Life
 from reslock_web.models import LockEvent
-from reslock_web.prefect_api import EventInfo
-from reslock_web.store import life_reader, record_events
+from reslock_web.prefect_io.api import EventInfo
+from reslock_web.status.diagnosis import ALIVE, Claim, Life
+from reslock_web.sync.store import life_reader, record_events
 
 pytestmark = pytest.mark.django_db
 

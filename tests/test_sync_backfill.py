@@ -10,10 +10,10 @@ import httpx
 import pytest
 from django.core.management import call_command
 
-from reslock_web import sync
 from reslock_web.models import LockEvent, SyncState
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync import run as sync
+from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
 from tests.support.operating import unique
 from tests.support.prefect_events import emit

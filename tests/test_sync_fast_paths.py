@@ -10,9 +10,9 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from reslock_web import store
 from reslock_web.models import Limit
-from reslock_web.prefect_api import PrefectAPI
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync import store
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 
@@ -59,7 +59,7 @@ def test_limits_inserted_in_bulk_are_stored_as_django_would_store_them():
 @pytest.mark.django_db(transaction=True)
 def test_which_of_a_thousand_stored_runs_changed_is_answered_in_full(prefect_server):
     """More changed runs than one page of events holds, among many that did nothing."""
-    from reslock_web.sync import RUN_EVENT_PREFIXES
+    from reslock_web.sync.run import RUN_EVENT_PREFIXES
 
     started = timezone.now()
     with patient_client(prefect_server.api_url) as http:

@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from reslock_web.models import Condition, Limit, Source, Status
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,8 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from reslock_web.models import Holder, Limit, LockEvent, SyncState
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import gather, sync_all, sync_limit
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import gather, sync_all, sync_limit
 from tests.support.net import wait_for
 from tests.support.operating import unique
 from tests.support.patient import patient_client

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reslock_web import sync_plan
 from reslock_web.models import Condition, Heartbeat, Holder, SyncRun
-from reslock_web.sync import sync_with_settings
+from reslock_web.sync import plan as sync_plan
+from reslock_web.sync.run import sync_with_settings
 from tests.support.board_data import make_limit
 from tests.support.listener_process import ListenerProcess
 from tests.support.net import wait_for

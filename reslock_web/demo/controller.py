@@ -28,7 +28,7 @@ from typing import Any
 from uuid import UUID
 
 from reslock_web.demo import catalog
-from reslock_web.prefect_api import PrefectAPI, PrefectError
+from reslock_web.prefect_io.api import PrefectAPI, PrefectError
 
 log = logging.getLogger("reslock_web.demo")
 

@@ -9,8 +9,8 @@ import uuid
 from django.urls import reverse
 
 from reslock_web.models import Condition, Limit, Operation, OperationKind
-from reslock_web.prefect_api import PrefectAPI
-from reslock_web.sync import sync_all
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
 
 

@@ -15,8 +15,8 @@ class PeriodicSync:
     def _run(self) -> None:
         from django.db import connection
 
-        from reslock_web.prefect_api import PrefectAPI
-        from reslock_web.sync import sync_all
+        from reslock_web.prefect_io.api import PrefectAPI
+        from reslock_web.sync.run import sync_all
 
         try:
             with PrefectAPI(self.api_url) as api:

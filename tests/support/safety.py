@@ -331,8 +331,8 @@ class Runner:
         return None
 
     def _confirm_once_allowed(self, limit, url: str, outcome: Outcome, fields: dict[str, str]):
-        from reslock_web.diagnosis import REPOSSESS_SECONDS
-        from reslock_web.operations import longest_lease
+        from reslock_web.operations.plans import longest_lease
+        from reslock_web.status.diagnosis import REPOSSESS_SECONDS
 
         deadline = time.monotonic() + longest_lease(limit) + REPOSSESS_SECONDS + 60
         while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from reslock_web.demo import LOCAL_PREFECT_ENV, is_local_prefect
 from reslock_web.demo.catalog import NAME_RULE
 from reslock_web.demo.controller import Demo
-from reslock_web.prefect_api import PrefectAPI, PrefectError
+from reslock_web.prefect_io.api import PrefectAPI, PrefectError
 
 
 def _count(value: str) -> int:

@@ -7,7 +7,7 @@ import signal
 
 from django.core.management.base import BaseCommand
 
-from reslock_web.listener import Listener
+from reslock_web.sync.listener import Listener
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from reslock_web.sync import sync_with_settings
+from reslock_web.sync.run import sync_with_settings
 
 
 class Command(BaseCommand):

@@ -4,8 +4,9 @@ What is never pruned, however old: an acquire that is still open (its holder has
 to leave: a hold may last longer than any retention) and a helper wait still open (its waiter
 is still queued). Everything else older than `RESLOCK_EVENTS_RETENTION_DAYS` only draws old
 timelines. Sync runs go too, except the last successful ones and every run after them: the
-back-off (health.py) and the metrics count the failures since the last success. The sync never reads events older than `RESLOCK_EVENTS_BACKFILL_DAYS`, which the
-settings keep shorter than the retention, so an event pruned here is never recorded again.
+back-off (`health`) and the metrics count the failures since the last success. The sync never
+reads events older than `RESLOCK_EVENTS_BACKFILL_DAYS`, which the settings keep shorter than the
+retention, so an event pruned here is never recorded again.
 
 Rows go in batches of `BATCH`, each its own short transaction, so that a first prune of a large
 table neither holds a long lock nor loads the ids of millions of rows at once.
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from reslock.protocol import EVENT_WAITING
 from reslock_web.models import AppliedEvent, LockEvent, SyncRun
-from reslock_web.sync import ACQUIRES
+from reslock_web.sync.run import ACQUIRES
 
 log = logging.getLogger(__name__)
 

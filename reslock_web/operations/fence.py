@@ -43,7 +43,8 @@ from reslock.protocol import (
     renews_every,
 )
 from reslock_web.models import ClaimLost, Condition, Holder, Operation, OperationStatus
-from reslock_web.prefect_api import EventInfo, PrefectAPI, PrefectError
+from reslock_web.prefect_io.api import EventInfo, PrefectAPI, PrefectError
+from reslock_web.sync.run import sync_limit_or_raise
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def lease_scope(api: PrefectAPI, snapshot: dict[str, Any], lease_id: UUID) -> tu
 
 def start(operation: Operation, api: PrefectAPI, lease_id: UUID, who: str) -> tuple[str, str]:
     """Steps 1-4, or as far as this job's time allows. Returns (status, message)."""
-    from reslock_web.sync import sync_limit_or_raise
-
     limit = operation.limit
     sync_limit_or_raise(api, limit.name)
     if not Holder.objects.filter(

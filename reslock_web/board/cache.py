@@ -24,11 +24,11 @@ from django.core.cache import caches
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
-from reslock_web.board import ROW_LIMIT_FIELDS, BoardQuery, with_people
-from reslock_web.board_row import board_row
-from reslock_web.live import version
+from reslock_web.board.format import redraw_ages
+from reslock_web.board.poll import version
+from reslock_web.board.query import ROW_LIMIT_FIELDS, BoardQuery, with_people
+from reslock_web.board.rows import board_row
 from reslock_web.models import Limit
-from reslock_web.templatetags.reslock import redraw_ages
 
 CACHE = "board"
 T = TypeVar("T")

@@ -29,10 +29,10 @@ from prefect.events.clients import PrefectCloudEventSubscriber, PrefectEventSubs
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from reslock.protocol import EVENT_PREFIX
-from reslock_web import store
 from reslock_web.models import AppliedEvent, Heartbeat, Holder, Limit, Waiter
-from reslock_web.prefect_api import EventInfo, PrefectAPI
-from reslock_web.sync import sync_all, sync_limits
+from reslock_web.prefect_io.api import EventInfo, PrefectAPI
+from reslock_web.sync import store
+from reslock_web.sync.run import sync_all, sync_limits
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from reslock_web.health import Freshness
+from reslock_web.sync.health import Freshness
 
 MAX_ROWS = 500  # a page has 50; anything longer is not ours
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reslock_web.diagnosis import REPOSSESS_SECONDS
 from reslock_web.models import Condition, Holder, Limit, Waiter
+from reslock_web.status.diagnosis import REPOSSESS_SECONDS
 
 
 @dataclass

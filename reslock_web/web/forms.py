@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from reslock_web.models import Condition, Holder, Kind, Limit, OperationKind
-from reslock_web.operations import MAX_LIMIT
+from reslock_web.operations.plans import MAX_LIMIT
 
 REASON_REQUIRED = {OperationKind.RELEASE_HOLDER, OperationKind.REPAIR_DRIFT}
 

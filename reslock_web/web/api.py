@@ -12,9 +12,10 @@ from django.db.models import Prefetch
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from reslock_web import board_cache, live
-from reslock_web.auth import api_user_required
+from reslock_web.board import cache as board_cache
+from reslock_web.board import poll
 from reslock_web.models import FACETS, Condition, Heartbeat, Holder, Kind, Limit, SyncRun, Waiter
+from reslock_web.web.auth import api_user_required
 
 PAGE_SIZE = 100
 MAX_SEARCH = 200
@@ -153,7 +154,7 @@ def resources(request: HttpRequest) -> JsonResponse:
     page_text = request.GET.get("page", "1")
     # The same rows answer everyone until the board's version moves (see board_cache).
     listing = board_cache.kept(
-        "api", live.board_version(), repr((search, status, kind, page_text)),
+        "api", poll.board_version(), repr((search, status, kind, page_text)),
         lambda: _listing(search, status, kind, page_text),
     )  # fmt: skip
     if isinstance(listing, str):

@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from reslock_web.board.format import evidence_text, since
 from reslock_web.models import Limit
-from reslock_web.templatetags.reslock import evidence_text, since
 
 MUTED_DASH = '<span class="muted">—</span>'
 

@@ -20,7 +20,7 @@ def _every(seconds: int, task: str, **kwargs: Any) -> dict[str, Any]:
 def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
     return {
         "reslock-heartbeat": _every(settings.HEARTBEAT_SECONDS, "reslock.heartbeat"),
-        # periodic=True: these copies back off while Prefect keeps failing (see health.py).
+        # periodic=True: these copies back off while Prefect keeps failing (see sync/health.py).
         "reslock-sync": _every(settings.SYNC_SECONDS, "reslock.sync", periodic=True),
         # Re-sends operations whose message was lost and ends those whose worker died.
         "reslock-sweep": _every(SWEEP_SECONDS, "reslock.sweep"),

@@ -13,11 +13,13 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import reswap, retarget
 
-from reslock_web import board_cache, live, timeline
-from reslock_web.board import SORTS, BoardQuery, facets, with_people
-from reslock_web.explain import explain
-from reslock_web.health import freshness
+from reslock_web.board import cache as board_cache
+from reslock_web.board import poll
+from reslock_web.board.query import SORTS, BoardQuery, facets, with_people
 from reslock_web.models import Condition, Holder, Kind, Limit, Waiter
+from reslock_web.status import timeline
+from reslock_web.status.explain import explain
+from reslock_web.sync.health import freshness
 
 REDRAW_SECONDS = 30
 
@@ -39,17 +41,17 @@ def board(request: HttpRequest) -> HttpResponse:
 def board_changes(request: HttpRequest) -> HttpResponse:
     """The board's live refresh: nothing, the rows that changed, or the whole result list.
 
-    The page polls this every second with what it shows (see `live`); most answers are an
+    The page polls this every second with what it shows (see `board.poll`); most answers are an
     empty 204, and a change redraws only its own rows.
     """
     query = BoardQuery.from_params(request.GET)
-    seen = live.Seen.parse(request.GET.get("seen", ""))
-    board, health = live.board_version(), freshness()
-    if seen and seen.version == board and seen.banner == live.banner_digest(health):
+    seen = poll.Seen.parse(request.GET.get("seen", ""))
+    board, health = poll.board_version(), freshness()
+    if seen and seen.version == board and seen.banner == poll.banner_digest(health):
         return HttpResponse(status=204)
     results = board_cache.results(query, board)
     now = _seen(board, results, query, health)
-    changes = live.compare(seen, now)
+    changes = poll.compare(seen, now)
     # With nothing of this page changed, the answer still carries the new state (the version
     # moved): without it, every later poll would take this longer way again.
     if changes.everything:
@@ -75,7 +77,7 @@ def _board_context(
 ) -> dict[str, object]:
     # The version is read before what it stands for: a change committed in between raises
     # it again, so the next poll looks.
-    board = live.board_version() if board is None else board
+    board = poll.board_version() if board is None else board
     health = freshness() if health is None else health
     results = board_cache.results(query, board) if results is None else results
     return {
@@ -89,13 +91,13 @@ def _board_context(
     }
 
 
-def _seen(board: int, results: board_cache.Results, query: BoardQuery, health) -> live.Seen:
-    return live.Seen.of(
+def _seen(board: int, results: board_cache.Results, query: BoardQuery, health) -> poll.Seen:
+    return poll.Seen.of(
         board,
         results.counts.get(query.status, 0),
         results.versions,
-        live.facets_digest(results.counts),
-        live.banner_digest(health),
+        poll.facets_digest(results.counts),
+        poll.banner_digest(health),
     )
 
 
@@ -126,7 +128,7 @@ def resource(request: HttpRequest, name: str) -> HttpResponse:
         "health": freshness(),
         "can_operate": request.user.has_perm("reslock.operate"),
         "operations": limit.operations.order_by("-created_at", "-id")[:20],
-        "seen": f"{live.version(limit.changed_at)}~{int(time.time())}",
+        "seen": f"{poll.version(limit.changed_at)}~{int(time.time())}",
     }
     template = "resource.html"
     if request.htmx and request.htmx.target == "live":
@@ -151,7 +153,7 @@ def _unchanged(name: str, params) -> bool:
         .values_list("changed_at", flat=True)
         .first()
     )
-    return changed is not None and live.version(changed) == stamp
+    return changed is not None and poll.version(changed) == stamp
 
 
 @require_GET

@@ -23,9 +23,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from reslock_web import operations
-from reslock_web.board import BoardQuery
-from reslock_web.forms import OperateForm
+from reslock_web.board.query import BoardQuery
 from reslock_web.models import (
     Condition,
     Holder,
@@ -34,6 +32,9 @@ from reslock_web.models import (
     OperationKind,
     OperationStatus,
 )
+from reslock_web.operations import plans
+from reslock_web.operations.queue import dispatch  # after commit; a dead broker leaves it pending
+from reslock_web.web.forms import OperateForm
 
 ACTIONS = {
     "release": OperationKind.RELEASE_HOLDER,
@@ -60,24 +61,17 @@ def operator_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
     return wrapper
 
 
-def dispatch(operation: Operation) -> None:
-    # After commit; a broker that does not answer leaves the row pending for the sweep.
-    from reslock_web.dispatch import dispatch as send_after_commit
-
-    send_after_commit(operation)
-
-
-def _plan(kind: str, limit: Limit, holder: Holder | None, form: OperateForm) -> operations.Plan:
+def _plan(kind: str, limit: Limit, holder: Holder | None, form: OperateForm) -> plans.Plan:
     if kind == OperationKind.RELEASE_HOLDER:
-        return operations.plan_release(limit, holder)
+        return plans.plan_release(limit, holder)
     if kind == OperationKind.REPAIR_DRIFT:
-        return operations.plan_repair(limit, timezone.now())
+        return plans.plan_repair(limit, timezone.now())
     if kind == OperationKind.SET_LIMIT:
         value = form.cleaned_data.get("value") if form.is_bound and form.is_valid() else None
         if value is None:
-            return operations.Plan(True, f"Set the limit of {limit.name} (now {limit.limit}).")
-        return operations.plan_set_limit(limit, value)
-    return operations.plan_toggle(limit, kind == OperationKind.ACTIVATE)
+            return plans.Plan(True, f"Set the limit of {limit.name} (now {limit.limit}).")
+        return plans.plan_set_limit(limit, value)
+    return plans.plan_toggle(limit, kind == OperationKind.ACTIVATE)
 
 
 def _holder_for(limit: Limit, raw: str | None) -> Holder:
@@ -144,7 +138,7 @@ def _record(
         params["crash_flow_run"] = True
     if kind == OperationKind.REPAIR_DRIFT:
         # What the operator was shown: the worker never lowers by more.
-        params["shown_extra"] = max(0, limit.active_slots - operations.known_slots(limit))
+        params["shown_extra"] = max(0, limit.active_slots - plans.known_slots(limit))
         if form.cleaned_data.get("accept_risk"):
             params["risk_accepted"] = str(form.fields["accept_risk"].label)
     try:
@@ -154,7 +148,7 @@ def _record(
                 limit=limit,
                 limit_name=limit.name,
                 holder_key=holder.key if holder else "",
-                holder=_holder_snapshot(holder) if holder else {},
+                holder=plans.holder_snapshot(holder) if holder else {},
                 params=params,
                 reason=form.cleaned_data.get("reason", ""),
                 requested_by=request.user,
@@ -171,28 +165,6 @@ def _record(
         return Operation.objects.get(token=form.cleaned_data["token"])
     dispatch(operation)
     return operation
-
-
-def _holder_snapshot(holder: Holder) -> dict[str, object]:
-    fields = [
-        "condition",
-        "source",
-        "flow_run_id",
-        "flow_run_name",
-        "task_run_id",
-        "task_run_name",
-        "lease_id",
-        "lease_seconds",
-        "state_name",
-        "acquired_at",
-    ]
-    snapshot: dict[str, object] = {
-        name: str(getattr(holder, name)) if getattr(holder, name) is not None else None
-        for name in fields
-    }
-    # Kept as JSON: the worker checks, where it runs, whether that process has ended.
-    snapshot["process"] = holder.process or {}
-    return snapshot
 
 
 @require_GET
@@ -307,7 +279,7 @@ def bulk_release(request: HttpRequest) -> HttpResponse:
     ).distinct()[:500]:
         for holder in limit.holders.all():
             if holder.condition in (Condition.STALE, Condition.ZOMBIE):
-                items.append((limit, holder, operations.plan_release(limit, holder)))
+                items.append((limit, holder, plans.plan_release(limit, holder)))
     allowed = [(limit, holder) for limit, holder, plan in items if plan.allowed]
     # The reason comes from the operator's own form only: a link must not pre-fill the audit
     # trail. Without NUL, which no database takes: a reason of NULs is no reason.
@@ -330,7 +302,7 @@ def bulk_release(request: HttpRequest) -> HttpResponse:
                 for limit, holder in chosen:
                     operation = Operation.objects.create(
                         kind=OperationKind.RELEASE_HOLDER, limit=limit, limit_name=limit.name,
-                        holder_key=holder.key, holder=_holder_snapshot(holder), reason=reason,
+                        holder_key=holder.key, holder=plans.holder_snapshot(holder), reason=reason,
                         requested_by=request.user, requested_by_name=request.user.get_username(),
                         token=uuid.uuid4(), bulk=batch,
                         before={"limit": limit.limit, "active": limit.active, "active_slots": limit.active_slots},

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -30,11 +30,13 @@ from reslock.protocol import (
     EVENT_TIMED_OUT,
     EVENT_WAITING,
 )
-from reslock_web import store, sync_plan
-from reslock_web.diagnosis import Claim, Queued, kind_of
-from reslock_web.health import sync_backoff
 from reslock_web.models import Kind, Limit, LockEvent, Source, SyncRun, SyncState
-from reslock_web.prefect_api import EventInfo, LimitInfo, PrefectAPI, PrefectError, RunInfo
+from reslock_web.prefect_io.api import EventInfo, LimitInfo, PrefectAPI, PrefectError, RunInfo
+from reslock_web.status.diagnosis import Claim, Queued, kind_of
+from reslock_web.sync import plan as sync_plan
+from reslock_web.sync import store
+from reslock_web.sync.health import sync_backoff
+from reslock_web.sync.snapshot import Snapshot, Stored, StoredRuns
 
 log = logging.getLogger(__name__)
 
@@ -74,34 +76,6 @@ LOCK_SECONDS = 300  # a crashed sync's lock frees itself after this long
 BACKFILL_AFTER = timedelta(minutes=10)
 BACKFILL_BATCH = 1000  # events recorded per step: 20 of Prefect's pages
 ANCESTOR_DEPTH = 10
-
-
-@dataclass
-class Snapshot:
-    """Everything one pass read from Prefect."""
-
-    now: datetime
-    only: frozenset[str] | None  # the names of a pass over a few limits; None: every limit
-    listing: list[LimitInfo]
-    tag_holders: dict[str, list[UUID]]  # limit name -> task-run ids with a lease
-    tag_checked: set[str]  # names whose holders were read in this pass
-    events: list[EventInfo]
-    events_until: datetime
-    claims: dict[UUID, list[Claim]]  # limit prefect id -> claims
-    queued: dict[UUID, list[Queued]]
-    task_runs: dict[UUID, RunInfo] = field(default_factory=dict)
-    asked_tasks: set[UUID] = field(default_factory=set)  # ids already looked up (found or not)
-    asked_flows: set[UUID] = field(default_factory=set)
-    flow_runs: dict[UUID, RunInfo] = field(default_factory=dict)
-    flow_names: dict[UUID, str] = field(default_factory=dict)
-    deployments: dict[UUID, tuple[str, UUID | None]] = field(default_factory=dict)
-    ancestors: dict[UUID, tuple[UUID, ...]] = field(default_factory=dict)
-    tag_counted: set[str] = field(default_factory=set)  # names whose holders were counted
-    # Runs Prefect had shown before and did not return in this pass: since when.
-    missing_since: dict[UUID, datetime] = field(default_factory=dict)
-    # Flow runs of claims the count may not cover: when Prefect last received a heartbeat.
-    heartbeats: dict[UUID, datetime] = field(default_factory=dict)
-    stored: store.Stored | None = None  # our tables as the last pass left them
 
 
 # --- the lock --------------------------------------------------------------------------
@@ -326,7 +300,7 @@ def _run(
     except PrefectError as error:
         run.ok = False
         run.error = str(error)
-        if error.throttled:  # not a failure: the next pass tries again (health.py)
+        if error.throttled:  # not a failure: the next pass tries again (`health`)
             wait = timedelta(seconds=error.retry_after or 0)
             run.throttled_until = timezone.now() + wait
             log.info("sync stopped: Prefect is rate-limiting reslock (%s)", error)
@@ -920,7 +894,7 @@ def _open_waits(
     ]
 
 
-def _heartbeats(api: PrefectAPI, snapshot: Snapshot, written: store.Stored) -> dict[UUID, datetime]:
+def _heartbeats(api: PrefectAPI, snapshot: Snapshot, written: Stored) -> dict[UUID, datetime]:
     """When Prefect last received a heartbeat from each flow run whose claim the count may not
     cover: the claims of limits whose count is lower than their claims take, and stored
     holders whose slot was lost. Read only then, which is rare."""
@@ -952,7 +926,7 @@ def _heartbeats(api: PrefectAPI, snapshot: Snapshot, written: store.Stored) -> d
     return beats
 
 
-def _resolve_runs(api: PrefectAPI, snapshot: Snapshot, stored: store.StoredRuns) -> None:
+def _resolve_runs(api: PrefectAPI, snapshot: Snapshot, stored: StoredRuns) -> None:
     """Fetch every run, flow and deployment a claim, waiter or stored holder points at."""
     # Runs of stored holders that were missing last time: found again, or still missing.
     task_ids: set[UUID] = set(stored.missing_tasks)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -27,18 +26,6 @@ from reslock.protocol import (
     EVENT_TIMED_OUT,
     EVENT_WAITING,
 )
-from reslock_web import diagnosis
-from reslock_web.diagnosis import (
-    ALIVE,
-    GONE,
-    Claim,
-    Context,
-    HolderVerdict,
-    Life,
-    Previous,
-    Queued,
-    WaiterVerdict,
-)
 from reslock_web.models import (
     Condition,
     Holder,
@@ -51,10 +38,20 @@ from reslock_web.models import (
     Waiter,
     search_text,
 )
-from reslock_web.prefect_api import EventInfo, LimitInfo, RunInfo, _uuid
-
-if TYPE_CHECKING:
-    from reslock_web.sync import Snapshot
+from reslock_web.prefect_io.api import EventInfo, LimitInfo, RunInfo, _uuid
+from reslock_web.status import diagnosis
+from reslock_web.status.diagnosis import (
+    ALIVE,
+    GONE,
+    Claim,
+    Context,
+    HolderVerdict,
+    Life,
+    Previous,
+    Queued,
+    WaiterVerdict,
+)
+from reslock_web.sync.snapshot import Snapshot, Stored, StoredRuns
 
 BATCH = 500
 PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
@@ -356,18 +353,6 @@ def stored_tag_holders(names: set[str]) -> dict[str, list[UUID]]:
     return held
 
 
-@dataclass
-class StoredRuns:
-    """The runs behind stored holders and waiters, as the last pass saw them. Runs Prefect
-    did not return then are left out, to be asked for again; `missing_*` says since when those
-    it had shown before have been missing."""
-
-    tasks: dict[UUID, RunInfo]
-    flows: dict[UUID, RunInfo]
-    missing_tasks: dict[UUID, datetime]
-    missing_flows: dict[UUID, datetime]
-
-
 def stored_runs(limit_pks: list[int] | None = None) -> StoredRuns:
     """Of every limit, or of these limits only (a single-limit pass)."""
     tasks: dict[UUID, RunInfo] = {}
@@ -429,16 +414,6 @@ def stored_runs(limit_pks: list[int] | None = None) -> StoredRuns:
 
 
 # --- the write -------------------------------------------------------------------------
-@dataclass
-class Stored:
-    """What the last pass wrote, as the write compares with it. The sync reads it while
-    Prefect pages the listing: only the sync writes limits, holders and waiters, under its
-    lock, so nothing read before the write can change before it."""
-
-    compact: dict[UUID, tuple]  # Prefect id -> the COMPACT values, every stored limit
-    holders: dict[int, dict[str, Holder]]
-    waiters: dict[int, dict[str, Waiter]]
-    rows: dict[UUID, Limit]  # whole rows of the limits that were not quiet last time
 
 
 def _of_limits(rows: Any, limit_pks: list[int] | None, field: str = "limit_id") -> Any:

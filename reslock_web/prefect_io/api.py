@@ -28,7 +28,7 @@ import httpx
 from django.utils.dateparse import parse_datetime
 from django.utils.http import parse_http_date_safe
 
-from reslock_web.prefect_budget import Budget, Throttled
+from reslock_web.prefect_io.budget import Budget, Throttled
 from reslock_web.security import redact
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ class PrefectAPI:
         """A session with the settings' key, timeout and the shared request budget."""
         from django.conf import settings
 
-        from reslock_web import prefect_budget
+        from reslock_web.prefect_io import budget as prefect_budget
 
         return cls(
             api_url,

@@ -1,14 +1,8 @@
-"""Handing operations to Celery, and the periodic sweep that catches what fell between.
+"""The periodic sweep (a beat job) that catches what fell between a request and a worker.
 
-An operation row is the truth; a broker message is only a nudge. So:
-
-- `dispatch(operation)` sends the message after the request's transaction commits. If the
-  broker (Redis) does not answer, the request still succeeds: the row stays pending with a note
-  that says so, and the sweep sends it again later.
-- `sweep()` (a beat job) re-sends pending operations that have waited too long (a lost or never
-  sent message), and ends operations left "running" by a worker that died, after reading what
-  Prefect shows now. A message sent twice is harmless: `operations.run()` claims an operation
-  with a compare-and-set, so the second delivery does nothing.
+It re-sends pending operations that have waited too long (a lost or never sent message), looks
+again at every fence that keeps a resource closed (`fence.follow_up`), and ends operations left
+"running" by a worker that died, after reading what Prefect shows now.
 """
 
 from __future__ import annotations
@@ -17,13 +11,15 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerError
 
 from reslock_web.models import Operation, OperationKind, OperationStatus
-from reslock_web.prefect_api import PrefectAPI, PrefectError
+from reslock_web.operations import fence
+from reslock_web.operations.jobs import finish_claimed, limit_snapshot
+from reslock_web.operations.queue import send
+from reslock_web.prefect_io.api import PrefectAPI, PrefectError
+from reslock_web.sync.run import sync_limit
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +28,7 @@ REQUEUE_AFTER = timedelta(seconds=60)
 # A worker past Celery's hard time limit is gone; this margin lets its kill land first.
 DEADLINE_MARGIN = timedelta(seconds=15)
 SWEEP_BATCH = 200
-QUEUED_NOTE = (
-    "Queued: the job broker (Redis) is not answering, so no worker has this job yet. "
-    "It starts by itself once the broker is back; nothing has been changed in Prefect."
-)
 WORKER_STOPPED = "The worker running it stopped before it finished"
-# One quick retry covers a connection the broker closed (a Redis restart); a broker that is
-# really down must not keep the operator's request waiting.
-PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
-
-
-def dispatch(operation: Operation) -> None:
-    """Send the operation to a worker once the current transaction has committed."""
-    transaction.on_commit(lambda: send(operation.pk))
-
-
-def send(operation_id: int) -> bool:
-    """Publish one operation; on a broker failure, note it on the row and return False."""
-    from reslock_web.tasks import operate
-
-    try:
-        operate.apply_async(args=[operation_id], retry=True, retry_policy=PUBLISH_RETRY)
-    except (BrokerError, OSError) as error:
-        log.warning("operation %s not queued, the broker did not answer: %s", operation_id, error)
-        Operation.objects.filter(pk=operation_id, status=OperationStatus.PENDING).update(
-            message=QUEUED_NOTE
-        )
-        return False
-    Operation.objects.filter(
-        pk=operation_id, status=OperationStatus.PENDING, message=QUEUED_NOTE
-    ).update(message="")
-    return True
 
 
 def deadline() -> timedelta:
@@ -109,9 +75,6 @@ def sweep(now: datetime | None = None) -> dict[str, int]:
 
 def follow_fence(operation: Operation, api: PrefectAPI) -> bool:
     """Look again at an operation that keeps a resource closed; True if that has ended."""
-    from reslock_web import fence
-    from reslock_web.operations import finish_claimed
-
     now = timezone.now()
     claimed = Operation.objects.filter(pk=operation.pk, status=OperationStatus.FENCING).update(
         status=OperationStatus.RUNNING, started_at=now
@@ -126,16 +89,12 @@ def follow_fence(operation: Operation, api: PrefectAPI) -> bool:
 
 def end_abandoned(operation: Operation, api: PrefectAPI) -> bool:
     """End an operation whose worker died, saying what Prefect shows now. True if we ended it."""
-    from reslock_web.operations import limit_snapshot
-
     try:
         info = api.read_limit(str(operation.limit.prefect_id))
         after = limit_snapshot(info)
         seen = _what_prefect_shows(operation, info)
     except PrefectError as error:
         info, after, seen = None, {}, f"Prefect could not be read to check ({error})."
-    from reslock_web import fence
-
     if fence.resumable(operation):
         # A revoke may have been applied: the placeholder stays until the holder is shown to
         # have stopped, whatever happened to the job.
@@ -194,8 +153,6 @@ def _goal_reached(operation: Operation, info) -> bool:
 
 
 def _resync(api: PrefectAPI, name: str) -> None:
-    from reslock_web.sync import sync_limit
-
     try:
         sync_limit(api, name, wait=10)
     except Exception:  # the next periodic sync catches up

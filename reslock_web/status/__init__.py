@@ -1,0 +1,8 @@
+"""Status: what the board says about a lock, as pure rules over our tables' rows.
+
+- `diagnosis`: the verdicts (held, waiting, stale, zombie, drift, uncounted, ...) and why.
+- `explain`: those verdicts in words for a resource's page.
+- `timeline`: a resource's recent holds, drawn as bars.
+
+May import: `reslock_web.models`, `reslock_web.prefect_io`. It never calls Prefect.
+"""
