@@ -236,6 +236,13 @@ class RunFields(models.Model):
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
+class HolderQuerySet(models.QuerySet["Holder"]):
+    def shown(self) -> HolderQuerySet:
+        """The holders the board shows: all but those leaving (gone without a release, within
+        the grace events need to arrive)."""
+        return self.exclude(condition=Condition.LEAVING)
+
+
 class Holder(RunFields):
     """A run that holds (or held, for a zombie) a slot of a limit."""
 
@@ -260,12 +267,19 @@ class Holder(RunFields):
     evidence = models.TextField(blank=True)
     first_seen = models.DateTimeField(default=timezone.now)
 
+    objects = HolderQuerySet.as_manager()
+
     class Meta:
         constraints = [models.UniqueConstraint(fields=["limit", "key"], name="holder_unique_claim")]
         ordering = ["acquired_at", "id"]
 
     def __str__(self) -> str:
         return f"{self.flow_run_name or self.key} on {self.limit_id}"
+
+    @property
+    def is_shown(self) -> bool:
+        """`shown()` for a holder already in memory (a prefetched list)."""
+        return self.condition != Condition.LEAVING
 
 
 class Waiter(RunFields):
@@ -326,8 +340,20 @@ class LockEvent(models.Model):
         return f"{self.event} {self.limit_name} @ {self.occurred}"
 
 
+class SyncStateQuerySet(models.QuerySet["SyncState"]):
+    def row(self, name: str) -> SyncState:
+        """The named row, created on first use."""
+        return self.get_or_create(name=name)[0]
+
+
 class SyncState(models.Model):
-    """Singleton-per-name bookkeeping: the events watermark and the sync lock."""
+    """Singleton-per-name bookkeeping, one row for each of the names below."""
+
+    SYNC = "sync"  # the sync lock: locked_by, locked_until
+    EVENTS = "events"  # the lock events read so far: events_until
+    BACKFILL = "backfill"  # a long read of past events: window_start, window_end, events_until
+    RUNS = "runs"  # when every stored holder's and waiter's runs were last read: checked_at
+    BOARD = "board"  # the board's version: version
 
     name = models.CharField(max_length=40, unique=True)
     events_until = models.DateTimeField(null=True, blank=True)
@@ -340,6 +366,8 @@ class SyncState(models.Model):
     # Row "board": raised by every write that changes what the board shows, inside that
     # write's transaction, so that versions follow commit order (see board/poll.py).
     version = models.PositiveBigIntegerField(default=0)
+
+    objects = SyncStateQuerySet.as_manager()
 
     def __str__(self) -> str:
         return self.name

@@ -11,7 +11,7 @@ import pytest
 from django.urls import reverse
 
 from reslock_web.models import Condition, Operation, OperationKind, OperationStatus
-from reslock_web.operations.plans import holder_snapshot
+from reslock_web.operations.requests import holder_snapshot
 from tests.support.net import wait_for
 from tests.support.operating import (
     ask_release,

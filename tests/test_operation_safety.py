@@ -22,8 +22,8 @@ from reslock_web.models import (
     OperationStatus,
     SyncState,
 )
-from reslock_web.operations.plans import holder_snapshot, plan_release
 from reslock_web.operations.queue import send
+from reslock_web.operations.requests import holder_snapshot, plan_release
 from reslock_web.sync.run import try_lock, unlock, where_pids_mean_something
 from tests.support.board_data import make_limit
 from tests.support.operating import finished, form, sync_until, unique

@@ -16,7 +16,6 @@ from django.http import QueryDict
 
 from reslock_web.models import (
     FACETS,
-    Condition,
     Holder,
     Kind,
     Limit,
@@ -149,8 +148,8 @@ def with_people(rows: list[Limit]) -> list[Limit]:
     holders: dict[int, list[Holder]] = defaultdict(list)
     if rows:
         shown = (
-            Holder.objects.filter(limit_id__in=[row.pk for row in rows])
-            .exclude(condition=Condition.LEAVING)
+            Holder.objects.shown()
+            .filter(limit_id__in=[row.pk for row in rows])
             .order_by("acquired_at", "id")
             .only(*ROW_HOLDER_FIELDS)  # a holder has ~30 columns, and each datetime read costs
         )

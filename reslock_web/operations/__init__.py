@@ -2,10 +2,11 @@
 deactivate), planned, queued, done by a Celery worker and audited.
 
 - `plans`: what each operation will do and whether it is safe (reads our tables only).
+- `requests`: asking for one: the operation row and the holder snapshot the worker acts on.
 - `jobs`: doing it in the worker: claim, re-read Prefect, act, record.
 - `fence`: keeping a limit closed while a revoked holder stops (the placeholder slot).
-- `queue`: handing operations to Celery after commit, and the sweep that catches what fell
-  between.
+- `queue`: handing operations to Celery after commit.
+- `sweep`: the beat job that catches what fell between (lost messages, dead workers, fences).
 
 May import: `reslock_web.sync`, `reslock_web.status`, `reslock_web.models`,
 `reslock_web.prefect_io`. Celery tasks are sent by name, so nothing here imports `tasks`.

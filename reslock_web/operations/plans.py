@@ -57,30 +57,6 @@ class Plan:
     warning: str = ""
 
 
-def holder_snapshot(holder: Holder) -> dict[str, object]:
-    """The holder as the operation's plan saw it, kept on the operation: the worker acts on
-    this (`jobs`, `fence`), never on a row that may have changed since the operator confirmed."""
-    fields = [
-        "condition",
-        "source",
-        "flow_run_id",
-        "flow_run_name",
-        "task_run_id",
-        "task_run_name",
-        "lease_id",
-        "lease_seconds",
-        "state_name",
-        "acquired_at",
-    ]
-    snapshot: dict[str, object] = {
-        name: str(getattr(holder, name)) if getattr(holder, name) is not None else None
-        for name in fields
-    }
-    # Kept as JSON: the worker checks, where it runs, whether that process has ended.
-    snapshot["process"] = holder.process or {}
-    return snapshot
-
-
 # --- plans (read our tables only) ------------------------------------------------------
 def plan_release(limit: Limit, holder: Holder) -> Plan:
     who = holder.flow_run_name or holder.task_run_name or holder.key
@@ -456,7 +432,7 @@ def plan_set_limit(limit: Limit, value: int) -> Plan:
 def uncounted_holders(limit: Limit) -> list[Holder]:
     """Runs inside an inactive limit: Prefect did not count them, but when their leases end it
     lowers the counter of the limit, active again by then, under somebody else."""
-    return [h for h in limit.holders.all() if h.condition != Condition.LEAVING]
+    return [h for h in limit.holders.all() if h.is_shown]
 
 
 def uncounted_words(inside: list[Holder]) -> str:

@@ -25,10 +25,12 @@ from urllib.parse import quote
 from uuid import UUID
 
 import httpx
+from django.conf import settings
 from django.utils.dateparse import parse_datetime
 from django.utils.http import parse_http_date_safe
 
 from reslock_web.prefect_io.budget import Budget, Throttled
+from reslock_web.prefect_io.budget import for_settings as budget_for_settings
 from reslock_web.security import redact
 
 log = logging.getLogger(__name__)
@@ -273,22 +275,16 @@ class PrefectAPI:
 
     @classmethod
     def from_settings(cls) -> PrefectAPI:
-        from django.conf import settings
-
         return cls.for_url(settings.PREFECT_API_URL)
 
     @classmethod
     def for_url(cls, api_url: str) -> PrefectAPI:
         """A session with the settings' key, timeout and the shared request budget."""
-        from django.conf import settings
-
-        from reslock_web.prefect_io import budget as prefect_budget
-
         return cls(
             api_url,
             settings.PREFECT_API_KEY,
             settings.PREFECT_TIMEOUT_SECONDS,
-            budget=prefect_budget.for_settings(api_url),
+            budget=budget_for_settings(api_url),
         )
 
     def __enter__(self) -> PrefectAPI:

@@ -116,7 +116,9 @@ def _read_freshness() -> Freshness:
         listener=beats.get("listener"),
         now=timezone.now(),
         retry_at=sync_backoff().retry_at if failing_since else None,
-        backfill=SyncState.objects.filter(name="backfill", window_start__isnull=False).first(),
+        backfill=SyncState.objects.filter(
+            name=SyncState.BACKFILL, window_start__isnull=False
+        ).first(),
     )
 
 

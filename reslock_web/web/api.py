@@ -102,9 +102,7 @@ def limit_json(limit: Limit) -> dict[str, Any]:
         "held_since": _when(limit.held_since),
         "changed_at": _when(limit.changed_at),
         "gone_at": _when(limit.gone_at),
-        "holders": [
-            holder_json(h) for h in limit.holders.all() if h.condition != Condition.LEAVING
-        ],
+        "holders": [holder_json(h) for h in limit.holders.all() if h.is_shown],
         "waiters": [waiter_json(w) for w in limit.waiters.all()],
     }
 

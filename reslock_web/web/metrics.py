@@ -95,8 +95,8 @@ class ReslockCollector:
 
     def _holders_and_waiters(self, now: datetime) -> Iterator[Metric]:
         holders = (
-            Holder.objects.filter(limit__gone_at__isnull=True)
-            .exclude(condition=Condition.LEAVING)
+            Holder.objects.shown()
+            .filter(limit__gone_at__isnull=True)
             .aggregate(
                 **{c: Count("id", filter=Q(condition=c)) for c in Condition.values},
                 oldest=Min("acquired_at"),

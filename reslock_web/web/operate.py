@@ -33,7 +33,7 @@ from reslock_web.models import (
     OperationStatus,
 )
 from reslock_web.operations import plans
-from reslock_web.operations.queue import dispatch  # after commit; a dead broker leaves it pending
+from reslock_web.operations.requests import request_operation
 from reslock_web.web.forms import OperateForm
 
 ACTIONS = {
@@ -77,7 +77,7 @@ def _plan(kind: str, limit: Limit, holder: Holder | None, form: OperateForm) -> 
 def _holder_for(limit: Limit, raw: str | None) -> Holder:
     if not raw or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise Http404("Choose a holder to release from the resource page.")
-    holder = limit.holders.exclude(condition=Condition.LEAVING).filter(pk=int(raw)).first()
+    holder = limit.holders.shown().filter(pk=int(raw)).first()
     if holder is None:
         raise Http404(
             "That holder no longer holds this resource: the board has been updated meanwhile."
@@ -143,28 +143,18 @@ def _record(
             params["risk_accepted"] = str(form.fields["accept_risk"].label)
     try:
         with transaction.atomic():
-            operation = Operation.objects.create(
+            return request_operation(
                 kind=kind,
                 limit=limit,
-                limit_name=limit.name,
-                holder_key=holder.key if holder else "",
-                holder=plans.holder_snapshot(holder) if holder else {},
-                params=params,
+                holder=holder,
+                user=request.user,
                 reason=form.cleaned_data.get("reason", ""),
-                requested_by=request.user,
-                requested_by_name=request.user.get_username(),
+                params=params,
                 token=form.cleaned_data["token"],
-                before={
-                    "limit": limit.limit,
-                    "active": limit.active,
-                    "active_slots": limit.active_slots,
-                },
             )
     except IntegrityError:
         # The same form posted twice (a double click): one operation, shown again.
         return Operation.objects.get(token=form.cleaned_data["token"])
-    dispatch(operation)
-    return operation
 
 
 @require_GET
@@ -300,14 +290,14 @@ def bulk_release(request: HttpRequest) -> HttpResponse:
                 return redirect("bulk", batch=batch)
             with transaction.atomic():
                 for limit, holder in chosen:
-                    operation = Operation.objects.create(
-                        kind=OperationKind.RELEASE_HOLDER, limit=limit, limit_name=limit.name,
-                        holder_key=holder.key, holder=plans.holder_snapshot(holder), reason=reason,
-                        requested_by=request.user, requested_by_name=request.user.get_username(),
-                        token=uuid.uuid4(), bulk=batch,
-                        before={"limit": limit.limit, "active": limit.active, "active_slots": limit.active_slots},
-                    )  # fmt: skip
-                    dispatch(operation)
+                    request_operation(
+                        kind=OperationKind.RELEASE_HOLDER,
+                        limit=limit,
+                        holder=holder,
+                        user=request.user,
+                        reason=reason,
+                        bulk=batch,
+                    )
             if len(previewed) > len(chosen):
                 messages.warning(
                     request,

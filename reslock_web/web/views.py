@@ -16,7 +16,7 @@ from django_htmx.http import reswap, retarget
 from reslock_web.board import cache as board_cache
 from reslock_web.board import poll
 from reslock_web.board.query import SORTS, BoardQuery, facets, with_people
-from reslock_web.models import Condition, Holder, Kind, Limit, Waiter
+from reslock_web.models import Holder, Kind, Limit, Waiter
 from reslock_web.status import timeline
 from reslock_web.status.explain import explain
 from reslock_web.sync.health import freshness
@@ -110,9 +110,7 @@ def resource(request: HttpRequest, name: str) -> HttpResponse:
     limit = Limit.objects.prefetch_related(
         Prefetch(
             "holders",
-            queryset=Holder.objects.exclude(condition=Condition.LEAVING).order_by(
-                "acquired_at", "id"
-            ),
+            queryset=Holder.objects.shown().order_by("acquired_at", "id"),
         ),
         Prefetch("waiters", queryset=Waiter.objects.order_by("position", "id")),
     ).named(name)
