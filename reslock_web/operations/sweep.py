@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from reslock_web.models import Operation, OperationKind, OperationStatus
 from reslock_web.operations import fence
-from reslock_web.operations.jobs import finish_claimed, limit_snapshot
+from reslock_web.operations.jobs import finish_claimed
+from reslock_web.operations.outcome import limit_snapshot
 from reslock_web.operations.queue import send
 from reslock_web.prefect_io.api import PrefectAPI, PrefectError
 from reslock_web.sync.run import sync_limit
