@@ -4,7 +4,9 @@ It picks a Prefect server and a Celery broker (reusing what answers, starting wh
 prepares the database, then runs web, worker and beat in the foreground. Ctrl-C (or SIGTERM)
 stops every process it started, and only those.
 
-This module does not import Django: it only starts processes that do.
+This module does not import Django: it only starts processes that do. It is one module, longer
+than the others, on purpose: it runs before anything is prepared, and read top to bottom
+(probes, choices, then `launch`) it is the whole start-up.
 """
 
 from __future__ import annotations

@@ -1,3 +1,11 @@
+"""The board's tables, and the small rules that belong to them.
+
+One module, as a Django app has it: the schema reads in one place and the migrations follow it.
+Rules about one table live on its model or queryset, so that there is one home for each:
+`Limit.objects.present()`, `Holder.objects.shown()`, `Heartbeat.objects.listener_is_current()`,
+`Operation.objects.claim()`, `SyncState`'s named rows.
+"""
+
 from __future__ import annotations
 
 import hashlib

@@ -8,7 +8,6 @@ what is left after a few seconds.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 from uuid import UUID
 
 from reslock_web.demo import catalog
+from reslock_web.demo.processes import FlowProcess, children_by_parent
 from reslock_web.prefect_io.api import PrefectAPI, PrefectError
 
 log = logging.getLogger("reslock_web.demo")
@@ -41,94 +41,6 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 PRIVATE_ENV = re.compile(
     r"^(PREFECT_|SECRET_KEY$|DATABASE_URL$|REDIS_URL$|CELERY_BROKER_URL$|.*(PASSWORD|TOKEN|SECRET))"
 )
-
-
-# --- processes -------------------------------------------------------------------------------
-def _children_by_parent() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: split after the last ')'.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _descendants(pid: int, children: dict[int, list[int]]) -> set[int]:
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie runs no code
-
-
-class FlowProcess:
-    """One `flow_script.py` subprocess, and every process it started (remembered, so that
-    orphans left by a dying Prefect runner are still found)."""
-
-    def __init__(self, label: str, process: subprocess.Popen, folder: Path) -> None:
-        self.label = label
-        self.process = process
-        self.folder = folder
-        self.started = time.monotonic()
-        self._known: set[int] = {process.pid}
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def log_file(self) -> Path:
-        return self.folder / "output.log"
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def refresh(self, children: dict[int, list[int]]) -> None:
-        if self.running():
-            self._known |= _descendants(self.pid, children)
-        # Forget the dead at once, so that a reused pid is never signalled.
-        self._known = {pid for pid in self._known if _alive(pid)}
-
-    def members(self) -> set[int]:
-        return {pid for pid in self._known if _alive(pid)}
-
-    def signal(self, signum: int) -> None:
-        # Never killpg: these processes share the demo's own group.
-        for pid in self.members():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        try:
-            data = (self.folder / "events.jsonl").read_bytes()
-        except OSError:
-            return []
-        found = []
-        for line in data.split(b"\n")[:-1]:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == name:
-                found.append(event)
-        return found
 
 
 # --- scenarios -------------------------------------------------------------------------------
@@ -193,7 +105,7 @@ class Demo:
             self.stop.wait(2.0)
 
     def tick(self, now: float) -> None:
-        children = _children_by_parent()
+        children = children_by_parent()
         for process in self.processes:
             process.refresh(children)
         self.processes = [p for p in self.processes if p.running() or p.members()]
@@ -246,7 +158,7 @@ class Demo:
 
     def shutdown(self, grace: float = 8.0) -> None:
         """Let the flows go (they may have had the signal already), SIGTERM, then SIGKILL."""
-        children = _children_by_parent()
+        children = children_by_parent()
         for process in self.processes:
             process.refresh(children)
         left = [p for p in self.processes if p.running() or p.members()]

@@ -22,6 +22,10 @@ The rules follow what Prefect 3.9 does (see the README's "How reslock reads Pref
 - A run Prefect does not return is unknown, not over: Prefect records task runs some seconds
   after they start. It counts as over only once it has stayed missing past the grace, after
   Prefect had shown it; a claim whose run was never seen is never closed on that ground.
+
+The rules stay in one module, longer than the others, on purpose: a holder's verdict feeds the
+limit's, and reading them side by side is how one checks that no rule can call a live holder
+stale or zombie (the worst thing the board could say).
 """
 
 from __future__ import annotations
