@@ -184,10 +184,12 @@ def sync_once(api_url: str) -> None:
 def start_listener(api_url: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`manage.py reslock_listen` against this Prefect, once it says it is connected."""
     listener = subprocess.Popen(
-        [sys.executable, "manage.py", "reslock_listen"], cwd=ROOT,
+        [sys.executable, "manage.py", "reslock_listen"],
+        cwd=ROOT,
         env={**os.environ, **(env or {}), "PREFECT_API_URL": api_url},
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-    )  # fmt: skip
+        stdout=open(log, "ab"),  # noqa: SIM115 - written to as long as the listener runs
+        stderr=subprocess.STDOUT,
+    )
     wait_connected(listener.pid)
     return listener
 

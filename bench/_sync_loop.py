@@ -66,8 +66,9 @@ def main() -> None:
             run = sync_all(api)
             line = {"at": time.time(), "round": round_, "ok": False, "ms": None, "updated": 0}
             if run is not None:
-                line.update(ok=bool(run.ok), ms=run.duration_ms, updated=run.updated,
-                            error=run.error[:200])  # fmt: skip
+                line.update(
+                    ok=bool(run.ok), ms=run.duration_ms, updated=run.updated, error=run.error[:200]
+                )
             print(json.dumps(line), flush=True)
             stop.wait(max(0.0, args.every - (time.monotonic() - started)))
         set_limits(http, names, 1)  # the kept workspace stays as other benchmarks expect it

@@ -131,8 +131,13 @@ def churn(server: PrefectServer, rate: float, seconds: float) -> float:
     processes = []
     for p in range(PROCESSES):
         mine = RESOURCE_NAMES[p::PROCESSES]
-        params = {"names": mine, "firsts": [firsts[n] for n in mine], "period": period,
-                  "hold": HOLD, "until": until}  # fmt: skip
+        params = {
+            "names": mine,
+            "firsts": [firsts[n] for n in mine],
+            "period": period,
+            "hold": HOLD,
+            "until": until,
+        }
         processes.append(
             subprocess.Popen(
                 [sys.executable, str(ROOT / "bench" / "churn_flow.py"), json.dumps(params)],
@@ -140,7 +145,7 @@ def churn(server: PrefectServer, rate: float, seconds: float) -> float:
                 cwd=ROOT,
                 stdout=open(WORK / f"flow-{p}.log", "ab"),  # noqa: SIM115
                 stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
         )
     for process in processes:
         if process.wait(timeout=seconds + 300) != 0:

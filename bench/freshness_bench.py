@@ -60,11 +60,17 @@ def run_cycles(server: PrefectServer, name: str, cycles: int, hold: float, gap: 
     env = server.client_env()
     env["PREFECT_HOME"] = str(WORK / "client")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "freshness_flow.py"), json.dumps(
-            {"name": name, "cycles": cycles, "hold": hold, "gap": gap}
-        )],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=cycles * (hold + gap) + 300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "freshness_flow.py"),
+            json.dumps({"name": name, "cycles": cycles, "hold": hold, "gap": gap}),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=cycles * (hold + gap) + 300,
+    )
     if result.returncode != 0:
         raise RuntimeError(
             f"the cycling flow failed:\n{result.stdout[-2000:]}{result.stderr[-4000:]}"

@@ -374,8 +374,10 @@ def database_cpu(server: str, name: str, seen: dict[int, float]) -> float:
     import psycopg
 
     with psycopg.connect(f"{server.rstrip('/')}/postgres", autocommit=True) as admin:
-        pids = [row[0] for row in admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]  # fmt: skip
+        pids = [
+            row[0]
+            for row in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+        ]
     spent = 0.0
     for pid in pids:
         now = cpu_seconds(pid)
@@ -389,12 +391,30 @@ def web_server(workers: int, threads: int) -> Iterator[tuple[str, int]]:
     port = free_port()
     log = open(BENCH_DIR / "load-gunicorn.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "reslock_web.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
-         "--keep-alive", "5", "--log-level", "warning"],
-        cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "reslock_web.wsgi",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--worker-class",
+            "gthread",
+            "--keep-alive",
+            "5",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _answers(base) or process.poll() is not None, 60, 0.2, "gunicorn")
@@ -418,9 +438,12 @@ def sync_loop(api_url: str) -> Iterator[list[dict]]:
     """The syncs in their own process; yields the list its JSON lines are collected into."""
     process = subprocess.Popen(
         [sys.executable, "-m", "bench._sync_loop", api_url, "--every", "10"],
-        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
     lines: list[dict] = []
     try:
         yield lines
@@ -456,24 +479,34 @@ def table(samples: list[Sample]) -> dict[str, dict[str, float]]:
 
 def report(base: list[Sample], load: list[Sample], seconds: float, viewers: int) -> bool:
     one, many = table(base), table(load)
-    order = sorted((k for k in many if k not in ("overall", "healthz")), key=lambda k: -many[k]["count"])  # fmt: skip
-    print(f"\n{viewers} viewers for {seconds:.0f} s: {many['overall']['count']} requests "
-          f"({many['overall']['count'] / seconds:.0f}/s), baseline = the same mix with 1 viewer")  # fmt: skip
-    print(f"{'':16} {'count':>6} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'errors':>6}"
-          f" {'base p95':>9} {'p95 ratio':>9}")  # fmt: skip
+    order = sorted(
+        (k for k in many if k not in ("overall", "healthz")), key=lambda k: -many[k]["count"]
+    )
+    print(
+        f"\n{viewers} viewers for {seconds:.0f} s: {many['overall']['count']} requests "
+        f"({many['overall']['count'] / seconds:.0f}/s), baseline = the same mix with 1 viewer"
+    )
+    print(
+        f"{'':16} {'count':>6} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'errors':>6}"
+        f" {'base p95':>9} {'p95 ratio':>9}"
+    )
     for kind in [*order, "overall", "healthz"]:
         row, ref = many[kind], one.get(kind)
         ratio = f"{row['p95'] / ref['p95']:8.1f}x" if ref else f"{'-':>9}"
         base_p95 = f"{ref['p95']:9.1f}" if ref else f"{'-':>9}"
-        print(f"{kind:16} {row['count']:6d} {row['p50']:7.1f} {row['p95']:7.1f} {row['max']:7.1f}"
-              f" {row['errors']:6d} {base_p95} {ratio}")  # fmt: skip
+        print(
+            f"{kind:16} {row['count']:6d} {row['p50']:7.1f} {row['p95']:7.1f} {row['max']:7.1f}"
+            f" {row['errors']:6d} {base_p95} {ratio}"
+        )
     errors = [s for s in load if not s.ok]
     for sample in errors[:10]:
         print(f"  error: {sample.kind}: {sample.detail}")
     overall = many["overall"]
     passed = overall["p95"] <= TARGET_P95_MS and overall["errors"] == 0
-    print(f"\ntarget: overall p95 <= {TARGET_P95_MS:.0f} ms with 0 errors: "
-          f"{'PASS' if passed else 'MISS'} (p95 {overall['p95']:.1f} ms, {overall['errors']} errors)")  # fmt: skip
+    print(
+        f"\ntarget: overall p95 <= {TARGET_P95_MS:.0f} ms with 0 errors: "
+        f"{'PASS' if passed else 'MISS'} (p95 {overall['p95']:.1f} ms, {overall['errors']} errors)"
+    )
     return passed
 
 
@@ -491,8 +524,10 @@ def around_syncs(samples: list[Sample], syncs: list[dict], after: float = 2.0) -
             (inside if near else outside).append(sample.ms)
     for label, values in (("during a sync or 2 s after", inside), ("between syncs", outside)):
         if values:
-            print(f"  requests started {label}: {len(values)}, p50 {statistics.median(values):.1f} ms, "
-                  f"p95 {percentile(values, 0.95):.1f} ms")  # fmt: skip
+            print(
+                f"  requests started {label}: {len(values)}, p50 {statistics.median(values):.1f} ms, "
+                f"p95 {percentile(values, 0.95):.1f} ms"
+            )
 
 
 def main() -> None:
@@ -505,8 +540,12 @@ def main() -> None:
     parser.add_argument("--web-workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--poll-seconds", type=float, default=0.0,
-                        help="poll every N s instead of what the page says (hx-trigger)")  # fmt: skip
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=0.0,
+        help="poll every N s instead of what the page says (hx-trigger)",
+    )
     args = parser.parse_args()
     global POLL_SECONDS
     POLL_SECONDS = args.poll_seconds
@@ -533,8 +572,10 @@ def main() -> None:
             with PrefectAPI(prefect.api_url) as api:
                 run = sync_all(api)
             assert run is not None and run.ok, run and run.error
-            print(f"seeded: {Limit.objects.count()} resources, {Holder.objects.count()} holders, "
-                  f"{Waiter.objects.count()} waiters")  # fmt: skip
+            print(
+                f"seeded: {Limit.objects.count()} resources, {Holder.objects.count()} holders, "
+                f"{Waiter.objects.count()} waiters"
+            )
             sessions = make_viewers(args.viewers)
             connections.close_all()
             load_before = os.getloadavg()
@@ -561,15 +602,19 @@ def main() -> None:
                 db_cpu.append(database_cpu(args.postgres, dbname, backends))
                 load_after = os.getloadavg()
         durations = [line["ms"] for line in syncs if line.get("ms") is not None]
-        print(f"\nconditions: {os.cpu_count()} cores; load average {load_before[0]:.1f} before, "
-              f"{load_after[0]:.1f} after (1 min); gunicorn gthread {args.web_workers} workers x "
-              f"{args.threads} threads; polls every "
-              f"{f'{POLL_SECONDS:g} s' if POLL_SECONDS else 'interval the page says'}; PostgreSQL, the bench Prefect server and this client on "
-              f"the same machine")  # fmt: skip
-        print(f"syncs during the run: {len(syncs)} ({sum(bool(s['ok']) for s in syncs)} ok), "
-              f"{statistics.median(durations) if durations else 0:.0f} ms median, "
-              f"{max(durations) if durations else 0} ms max, ~{syncs[-1]['updated'] if syncs else 0} "
-              f"limits written each")  # fmt: skip
+        print(
+            f"\nconditions: {os.cpu_count()} cores; load average {load_before[0]:.1f} before, "
+            f"{load_after[0]:.1f} after (1 min); gunicorn gthread {args.web_workers} workers x "
+            f"{args.threads} threads; polls every "
+            f"{f'{POLL_SECONDS:g} s' if POLL_SECONDS else 'interval the page says'}; PostgreSQL, the bench Prefect server and this client on "
+            f"the same machine"
+        )
+        print(
+            f"syncs during the run: {len(syncs)} ({sum(bool(s['ok']) for s in syncs)} ok), "
+            f"{statistics.median(durations) if durations else 0:.0f} ms median, "
+            f"{max(durations) if durations else 0} ms max, ~{syncs[-1]['updated'] if syncs else 0} "
+            f"limits written each"
+        )
         passed = report(baseline, load, args.seconds, args.viewers)
         around_syncs(load, syncs)
         cores = os.cpu_count() or 1
@@ -582,11 +627,13 @@ def main() -> None:
             used = cpu[index + 1] - cpu[index]
             browsers = client[index + 1] - client[index]
             busy = machine[index + 1] - machine[index]
-            print(f"CPU, {label}: web server {used * 1000 / len(samples):.1f} ms + PostgreSQL "
-                  f"{db * 1000 / len(samples):.1f} ms per request; in cores used on average: "
-                  f"web {used / seconds:.2f}, PostgreSQL {db / seconds:.2f}, the simulated "
-                  f"browsers {browsers / seconds:.2f}, the whole machine {busy / seconds:.2f} "
-                  f"of {cores} (the rest: the sync loop, Prefect, the system)")  # fmt: skip
+            print(
+                f"CPU, {label}: web server {used * 1000 / len(samples):.1f} ms + PostgreSQL "
+                f"{db * 1000 / len(samples):.1f} ms per request; in cores used on average: "
+                f"web {used / seconds:.2f}, PostgreSQL {db / seconds:.2f}, the simulated "
+                f"browsers {browsers / seconds:.2f}, the whole machine {busy / seconds:.2f} "
+                f"of {cores} (the rest: the sync loop, Prefect, the system)"
+            )
     finally:
         drop()
     sys.exit(0 if passed else 1)

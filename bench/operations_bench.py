@@ -91,10 +91,24 @@ def main() -> None:
         call_command("migrate", verbosity=0, interactive=False)
         call_command("collectstatic", interactive=False, verbosity=0)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "reslock_web.celery", "worker", "-P", "solo",
-             "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=env, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "reslock_web.celery",
+                "worker",
+                "-P",
+                "solo",
+                "--loglevel",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
         run(server, args.rounds)
     finally:
         if worker is not None:
@@ -158,8 +172,12 @@ def run(server: PrefectServer, rounds: int) -> None:
                 wait(lambda name=name, value=value: shown(name, value))
             else:
                 op = click(name, value)
-                wait(lambda op=op, name=name, value=value: Operation.objects.get(pk=op).finished
-                     and Limit.objects.get(name=name).limit == value)  # fmt: skip
+                wait(
+                    lambda op=op, name=name, value=value: (
+                        Operation.objects.get(pk=op).finished
+                        and Limit.objects.get(name=name).limit == value
+                    )
+                )
             timings[kind].append((time.perf_counter() - started) * 1000)
         # The "direct" limit changed behind reslock's back: a sync catches up, as beat would.
         with PrefectAPI(server.api_url) as api:

@@ -101,9 +101,13 @@ def setup(proxy_url: str) -> dict[str, str]:
 
 def start(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
     return subprocess.Popen(
-        args, cwd=ROOT, env=env, start_new_session=True,
-        stdout=open(WORK / log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-    )  # fmt: skip
+        args,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=open(WORK / log, "ab"),
+        stderr=subprocess.STDOUT,  # noqa: SIM115
+    )
 
 
 def stop(process: subprocess.Popen | None) -> None:
@@ -120,11 +124,26 @@ def stop(process: subprocess.Popen | None) -> None:
 def worker(env: dict[str, str], full_sync_seconds: int) -> subprocess.Popen:
     env = {**env, "RESLOCK_FULL_SYNC_SECONDS": str(full_sync_seconds)}
     return start(
-        [sys.executable, "-m", "celery", "-A", "reslock_web.celery", "worker", "--beat",
-         "-P", "solo", "--loglevel", "WARNING", "--without-mingle", "--without-gossip",
-         "--schedule", str(WORK / "beat-schedule")],
-        env, "worker.log",
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "reslock_web.celery",
+            "worker",
+            "--beat",
+            "-P",
+            "solo",
+            "--loglevel",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+            "--schedule",
+            str(WORK / "beat-schedule"),
+        ],
+        env,
+        "worker.log",
+    )
 
 
 def wait(check, timeout: float, what: str) -> None:
@@ -211,8 +230,10 @@ def main() -> None:
             proxy.close()
     print(f"    ratio: listener up / listener down {live / down:.3f}x")
     verdict = "PASS" if live <= TARGET_PER_MINUTE else "MISS"
-    print(f"   target: listener up <= {TARGET_PER_MINUTE} a minute: {verdict}; "
-          f"freshness p95 {fresh['p95'] * 1000:,.0f} ms")  # fmt: skip
+    print(
+        f"   target: listener up <= {TARGET_PER_MINUTE} a minute: {verdict}; "
+        f"freshness p95 {fresh['p95'] * 1000:,.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -50,10 +50,26 @@ class Worker:
     def start(self) -> None:
         log = (SOAK_DIR / "worker.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "reslock_web.celery", "worker", "-P", "solo",
-             "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=self.env, start_new_session=True, stdout=log, stderr=log,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "reslock_web.celery",
+                "worker",
+                "-P",
+                "solo",
+                "--loglevel",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            start_new_session=True,
+            stdout=log,
+            stderr=log,
+        )
 
     def restart(self) -> None:
         self.stop(signal.SIGKILL)
@@ -74,9 +90,12 @@ class ListenerProcess:
         log = (SOAK_DIR / "listener.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "reslock_listen"],
-            cwd=ROOT, env={**env, "PREFECT_API_URL": api_url}, start_new_session=True,
-            stdout=log, stderr=log,
-        )  # fmt: skip
+            cwd=ROOT,
+            env={**env, "PREFECT_API_URL": api_url},
+            start_new_session=True,
+            stdout=log,
+            stderr=log,
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:

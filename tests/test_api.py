@@ -26,13 +26,28 @@ def make_limit(name: str, **fields) -> Limit:
 
 @pytest.fixture
 def board():
-    held = make_limit("resource:db/primary", status=Status.CONTENDED, is_held=True, has_waiters=True,
-                      active_slots=1, holder_count=1, waiter_count=1)  # fmt: skip
+    held = make_limit(
+        "resource:db/primary",
+        status=Status.CONTENDED,
+        is_held=True,
+        has_waiters=True,
+        active_slots=1,
+        holder_count=1,
+        waiter_count=1,
+    )
     Holder.objects.create(
-        limit=held, key="h1", source="event", flow_run_id=uuid.uuid4(), flow_run_name="<b>run</b>",
-        flow_name="loader", task_run_name="load-1", state_type="RUNNING", state_name="Running",
-        acquired_at=timezone.now(), condition=Condition.HOLDING,
-    )  # fmt: skip
+        limit=held,
+        key="h1",
+        source="event",
+        flow_run_id=uuid.uuid4(),
+        flow_run_name="<b>run</b>",
+        flow_name="loader",
+        task_run_name="load-1",
+        state_type="RUNNING",
+        state_name="Running",
+        acquired_at=timezone.now(),
+        condition=Condition.HOLDING,
+    )
     Holder.objects.create(limit=held, key="h2", source="event", condition=Condition.LEAVING)
     Waiter.objects.create(
         limit=held, key="w1", source="tag_lease", position=1, flow_run_name="next"

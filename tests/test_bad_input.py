@@ -235,28 +235,58 @@ def make_limit(name: str, **fields) -> Limit:
 def world(operator) -> World:
     now = timezone.now()
     held = make_limit(
-        "resource:db-main", status=Status.CONTENDED, is_held=True, has_waiters=True,
-        active_slots=1, holder_count=1, waiter_count=1, held_since=now - timedelta(hours=1),
-    )  # fmt: skip
+        "resource:db-main",
+        status=Status.CONTENDED,
+        is_held=True,
+        has_waiters=True,
+        active_slots=1,
+        holder_count=1,
+        waiter_count=1,
+        held_since=now - timedelta(hours=1),
+    )
     Holder.objects.create(
-        limit=held, key="live", source="event", flow_run_id=uuid.uuid4(), flow_run_name=IMG,
-        flow_name=SCRIPT, task_run_name=QUOTED_NAME, state_type="RUNNING", state_name="Running",
-        acquired_at=now - timedelta(hours=1), lease_seconds=60,
-    )  # fmt: skip
+        limit=held,
+        key="live",
+        source="event",
+        flow_run_id=uuid.uuid4(),
+        flow_run_name=IMG,
+        flow_name=SCRIPT,
+        task_run_name=QUOTED_NAME,
+        state_type="RUNNING",
+        state_name="Running",
+        acquired_at=now - timedelta(hours=1),
+        lease_seconds=60,
+    )
     Waiter.objects.create(limit=held, key="w", source="event", position=1, flow_run_name=SCRIPT)
     stale = make_limit(
-        f"tag:{MARKUP_NAME}", status=Status.STALE, is_held=True, is_stale=True, active_slots=1,
-        holder_count=1, evidence=[{"flag": "stale", "text": f"run {IMG} is over"}],
-    )  # fmt: skip
+        f"tag:{MARKUP_NAME}",
+        status=Status.STALE,
+        is_held=True,
+        is_stale=True,
+        active_slots=1,
+        holder_count=1,
+        evidence=[{"flag": "stale", "text": f"run {IMG} is over"}],
+    )
     stale_holder = Holder.objects.create(
-        limit=stale, key="t1", source="tag_lease", condition=Condition.STALE,
-        task_run_id=uuid.uuid4(), task_run_name=IMG, flow_run_id=uuid.uuid4(),
-        state_type="COMPLETED", state_name="Completed", acquired_at=now - timedelta(hours=2),
-    )  # fmt: skip
+        limit=stale,
+        key="t1",
+        source="tag_lease",
+        condition=Condition.STALE,
+        task_run_id=uuid.uuid4(),
+        task_run_name=IMG,
+        flow_run_id=uuid.uuid4(),
+        state_type="COMPLETED",
+        state_name="Completed",
+        acquired_at=now - timedelta(hours=2),
+    )
     drift = make_limit(
-        "tag:leaky", status=Status.DRIFT, has_drift=True, active_slots=3, limit=5,
+        "tag:leaky",
+        status=Status.DRIFT,
+        has_drift=True,
+        active_slots=3,
+        limit=5,
         drift_since=now - timedelta(hours=1),
-    )  # fmt: skip
+    )
     names = [held.name, stale.name, drift.name]
     for name in [
         QUOTED_NAME,
@@ -271,16 +301,32 @@ def world(operator) -> World:
         names.append(make_limit(name).name)
     gone = make_limit("resource:gone", gone_at=now, status=Status.GONE).name
     operation = Operation.objects.create(
-        kind="set_limit", limit=held, limit_name=MARKUP_NAME, reason=IMG, message=SCRIPT,
-        requested_by=operator, requested_by_name=QUOTED_NAME, token=uuid.uuid4(),
-        status="succeeded", params={"value": 2}, before={"limit": 1}, after={"limit": IMG},
-        holder={"flow_run_name": "=cmd|' /C calc'!A0"}, finished_at=now,
-    )  # fmt: skip
+        kind="set_limit",
+        limit=held,
+        limit_name=MARKUP_NAME,
+        reason=IMG,
+        message=SCRIPT,
+        requested_by=operator,
+        requested_by_name=QUOTED_NAME,
+        token=uuid.uuid4(),
+        status="succeeded",
+        params={"value": 2},
+        before={"limit": 1},
+        after={"limit": IMG},
+        holder={"flow_run_name": "=cmd|' /C calc'!A0"},
+        finished_at=now,
+    )
     SyncRun.objects.create(ok=False, finished_at=now, error=f"Prefect said {SCRIPT}")
     return World(
-        names=names, gone=gone, held=held, stale=stale, stale_holder=stale_holder, drift=drift,
-        operation=operation, before=tables(),
-    )  # fmt: skip
+        names=names,
+        gone=gone,
+        held=held,
+        stale=stale,
+        stale_holder=stale_holder,
+        drift=drift,
+        operation=operation,
+        before=tables(),
+    )
 
 
 def unchanged(world: World) -> None:
@@ -465,8 +511,14 @@ def test_resource_operate_and_operation_pages_survive_any_parameter(
 
 
 @hypothesis_settings
-@given(next_url=st.one_of(values, st.sampled_from(["//evil.example", "https://evil.example/x",
-                                                    "javascript:alert(1)", "/\\evil.example"])))  # fmt: skip
+@given(
+    next_url=st.one_of(
+        values,
+        st.sampled_from(
+            ["//evil.example", "https://evil.example/x", "javascript:alert(1)", "/\\evil.example"]
+        ),
+    )
+)
 def test_the_login_page_never_sends_anyone_off_site(client, world, operator, next_url):
     client.logout()
     check_html(client.get("/login/?" + query_string({"next": next_url})))
@@ -607,7 +659,7 @@ bad_limits = st.one_of(
             "9" * 21,
             "9" * 5_000,
         ]
-    ),  # fmt: skip
+    ),
     values.filter(lambda v: not (shown(v).strip().isascii() and shown(v).strip().isdigit())),
 )
 
@@ -713,9 +765,13 @@ def test_tampered_hidden_fields_are_refused_and_create_nothing(
 
 
 @hypothesis_settings
-@given(action=st.sampled_from(["release", "repair"]), reason=st.one_of(
-    st.sampled_from(["", " ", "\n\t ", "\x00", "why\x00", "x" * 1001]), st.text(" \t\r\n", max_size=5),
-))  # fmt: skip
+@given(
+    action=st.sampled_from(["release", "repair"]),
+    reason=st.one_of(
+        st.sampled_from(["", " ", "\n\t ", "\x00", "why\x00", "x" * 1001]),
+        st.text(" \t\r\n", max_size=5),
+    ),
+)
 def test_releases_and_repairs_need_a_reason_and_create_nothing_without_one(
     operator_client, world, action, reason
 ):

@@ -374,9 +374,16 @@ def injected(html: str) -> list[str]:
 def snapshot_of(listing: list[LimitInfo]) -> Snapshot:
     now = timezone.now()
     return Snapshot(
-        now=now, only=None, listing=listing, tag_holders={}, tag_checked=set(), events=[],
-        events_until=now, claims={}, queued={},
-    )  # fmt: skip
+        now=now,
+        only=None,
+        listing=listing,
+        tag_holders={},
+        tag_checked=set(),
+        events=[],
+        events_until=now,
+        claims={},
+        queued={},
+    )
 
 
 @with_db

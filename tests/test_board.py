@@ -149,11 +149,14 @@ def test_the_timeline_draws_recent_holds_from_events(viewer_client, rows):
     now = timezone.now()
     for index, name in enumerate(["run-a", "run-b"]):
         LockEvent.objects.create(
-            event_id=uuid.uuid4(), event="prefect.concurrency-limit.acquired",
-            occurred=now - timedelta(minutes=30 - index * 10), limit_prefect_id=rows.prefect_id,
-            limit_name=rows.name, flow_run_name=name,
+            event_id=uuid.uuid4(),
+            event="prefect.concurrency-limit.acquired",
+            occurred=now - timedelta(minutes=30 - index * 10),
+            limit_prefect_id=rows.prefect_id,
+            limit_name=rows.name,
+            flow_run_name=name,
             closed_at=now - timedelta(minutes=25 - index * 10) if index == 0 else None,
-        )  # fmt: skip
+        )
     html = viewer_client.get("/resources/resource:db-main").content.decode()
     assert html.count("<rect ") >= 2
     assert "run-a: " in html and "run-b: " in html
@@ -190,8 +193,14 @@ def test_durations_read_the_way_people_say_them(seconds, text):
 
 def test_zombie_holders_are_listed_with_their_evidence(viewer_client, rows):
     zombie = make_limit("resource:z", status=Status.ZOMBIE, has_zombie=True)
-    Holder.objects.create(limit=zombie, key="z", source="event", condition=Condition.ZOMBIE,
-                          flow_run_name="ghost", evidence="the process most likely died")  # fmt: skip
+    Holder.objects.create(
+        limit=zombie,
+        key="z",
+        source="event",
+        condition=Condition.ZOMBIE,
+        flow_run_name="ghost",
+        evidence="the process most likely died",
+    )
     html = viewer_client.get("/resources/resource:z").content.decode()
     assert "ghost" in html and "the process most likely died" in html
 

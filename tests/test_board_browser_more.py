@@ -86,31 +86,53 @@ def test_the_stale_and_zombie_facets_count_and_show_their_own_rows(board, live_s
     p = prefix()
     now = timezone.now()
     stale = make_limit(
-        f"resource:{p}-stale", status=Status.STALE, is_held=True, is_stale=True, active_slots=1,
+        f"resource:{p}-stale",
+        status=Status.STALE,
+        is_held=True,
+        is_stale=True,
+        active_slots=1,
         evidence=[{"flag": "stale", "text": "run 'nightly' is Completed but still counted"}],
-    )  # fmt: skip
+    )
     stale_tag = make_limit(
         f"tag:{p}-stale-tag", status=Status.STALE, is_held=True, is_stale=True, active_slots=1
     )
     zombie = make_limit(
-        f"resource:{p}-zombie", status=Status.ZOMBIE, has_zombie=True,
+        f"resource:{p}-zombie",
+        status=Status.ZOMBIE,
+        has_zombie=True,
         evidence=[{"flag": "zombie", "text": "run 'loader' is Running but its slot is gone"}],
-    )  # fmt: skip
+    )
     # Facets follow the flags, not the one-word status: a zombie that is also stale is in both.
     both = make_limit(
-        f"resource:{p}-both", status=Status.ZOMBIE, is_held=True, is_stale=True,
-        has_zombie=True, active_slots=1,
-    )  # fmt: skip
+        f"resource:{p}-both",
+        status=Status.ZOMBIE,
+        is_held=True,
+        is_stale=True,
+        has_zombie=True,
+        active_slots=1,
+    )
     # Deadlocked is the worse word, yet the row still belongs under zombie.
     dead = make_limit(
-        f"resource:{p}-dead", status=Status.DEADLOCKED, is_held=True, has_waiters=True,
-        is_deadlocked=True, has_zombie=True, active_slots=1, waiter_count=1,
-    )  # fmt: skip
+        f"resource:{p}-dead",
+        status=Status.DEADLOCKED,
+        is_held=True,
+        has_waiters=True,
+        is_deadlocked=True,
+        has_zombie=True,
+        active_slots=1,
+        waiter_count=1,
+    )
     held = make_limit(f"resource:{p}-held", status=Status.HELD, is_held=True, active_slots=1)
     Holder.objects.create(
-        limit=held, key="h", source="event", flow_run_id=uuid.uuid4(), flow_run_name="alive",
-        state_type="RUNNING", state_name="Running", acquired_at=now - timedelta(minutes=3),
-    )  # fmt: skip
+        limit=held,
+        key="h",
+        source="event",
+        flow_run_id=uuid.uuid4(),
+        flow_run_name="alive",
+        state_type="RUNNING",
+        state_name="Running",
+        acquired_at=now - timedelta(minutes=3),
+    )
     free = make_limit(f"resource:{p}-free")
     every = {stale, stale_tag, zombie, both, dead, held, free}
     synced(*every)
@@ -289,9 +311,18 @@ def test_tab_walks_search_filters_facets_rows_and_pager_in_reading_order(board, 
     board.goto(f"{live_server.url}/?q={p}")
     expect(rows(board)).to_have_count(50, timeout=WAIT)
     stops = tab_stops(board, until="pager:next")
-    order = ["#q", "#kind", "#sort", "facet-all", "facet-stale", "facet-zombie",
-             "facet-inactive", f"resource:resource:{p}-000", f"resource:resource:{p}-049",
-             "pager:next"]  # fmt: skip
+    order = [
+        "#q",
+        "#kind",
+        "#sort",
+        "facet-all",
+        "facet-stale",
+        "facet-zombie",
+        "facet-inactive",
+        f"resource:resource:{p}-000",
+        f"resource:resource:{p}-049",
+        "pager:next",
+    ]
     positions = [stops.index(stop) for stop in order]
     assert positions == sorted(positions), stops
     # Enter on "Next" turns the page; the last page has no "Next", so focus goes to "Previous".
@@ -334,14 +365,25 @@ def test_the_board_fits_the_width_with_search_and_names_in_view(
     limits = free_rows(p, 12)
     # Long names without spaces and a long run name: what pushes a narrow table wider.
     long = make_limit(
-        f"resource:{p}-{'warehouse-eu-west-1-replica-' * 3}primary", status=Status.CONTENDED,
-        is_held=True, has_waiters=True, active_slots=1, waiter_count=1, held_since=now,
-    )  # fmt: skip
+        f"resource:{p}-{'warehouse-eu-west-1-replica-' * 3}primary",
+        status=Status.CONTENDED,
+        is_held=True,
+        has_waiters=True,
+        active_slots=1,
+        waiter_count=1,
+        held_since=now,
+    )
     Holder.objects.create(
-        limit=long, key="h", source="event", flow_run_id=uuid.uuid4(),
-        flow_run_name="nightly-rebuild-of-every-partition-" * 2, flow_name="loader",
-        state_type="RUNNING", state_name="Running", acquired_at=now,
-    )  # fmt: skip
+        limit=long,
+        key="h",
+        source="event",
+        flow_run_id=uuid.uuid4(),
+        flow_run_name="nightly-rebuild-of-every-partition-" * 2,
+        flow_name="loader",
+        state_type="RUNNING",
+        state_name="Running",
+        acquired_at=now,
+    )
     synced(*limits, long)
     board.set_viewport_size({"width": width, "height": height})
     board.goto(f"{live_server.url}/?q={p}")

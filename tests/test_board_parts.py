@@ -73,9 +73,13 @@ def facet_rows(db):
     )
     # Gone from Prefect with the flags of its last sync: no facet but "gone" may count it.
     make_limit(
-        "resource:deleted", gone_at=timezone.now(), status=Status.GONE, is_stale=True,
-        has_zombie=True, is_held=True,
-    )  # fmt: skip
+        "resource:deleted",
+        gone_at=timezone.now(),
+        status=Status.GONE,
+        is_stale=True,
+        has_zombie=True,
+        is_held=True,
+    )
 
 
 def test_the_zombie_facet_shows_only_zombie_resources(viewer_client, facet_rows):
@@ -197,23 +201,49 @@ def busy(db):
     """A full limit with a marked-up holder, two waiters and evidence for its badge."""
     now = timezone.now()
     limit = make_limit(
-        "resource:printer", status=Status.CONTENDED, is_held=True, has_waiters=True,
-        active_slots=1, holder_count=1, waiter_count=2, held_since=now - timedelta(minutes=7),
+        "resource:printer",
+        status=Status.CONTENDED,
+        is_held=True,
+        has_waiters=True,
+        active_slots=1,
+        holder_count=1,
+        waiter_count=2,
+        held_since=now - timedelta(minutes=7),
         evidence=[
             {"flag": "contended", "text": "2 runs wait for <b>1</b> slot."},
             {"flag": "long_hold", "text": "held for 7 min"},
         ],
-    )  # fmt: skip
+    )
     limit.holder = Holder.objects.create(
-        limit=limit, key="h", source="event", flow_run_id=uuid.uuid4(), flow_run_name=XSS,
-        flow_name="printing", task_run_id=uuid.uuid4(), task_run_name="<i>print-page</i>",
-        state_type="RUNNING", state_name="Running", acquired_at=now - timedelta(minutes=7),
-    )  # fmt: skip
+        limit=limit,
+        key="h",
+        source="event",
+        flow_run_id=uuid.uuid4(),
+        flow_run_name=XSS,
+        flow_name="printing",
+        task_run_id=uuid.uuid4(),
+        task_run_name="<i>print-page</i>",
+        state_type="RUNNING",
+        state_name="Running",
+        acquired_at=now - timedelta(minutes=7),
+    )
     # Made out of order: the first in line is the lowest position, not the first row made.
-    Waiter.objects.create(limit=limit, key="w2", source="tag_lease", position=2,
-                          flow_run_name="second-run", waiting_since=now - timedelta(minutes=3))  # fmt: skip
-    Waiter.objects.create(limit=limit, key="w1", source="tag_lease", position=1,
-                          flow_run_name="<u>first-run</u>", waiting_since=now - timedelta(minutes=5))  # fmt: skip
+    Waiter.objects.create(
+        limit=limit,
+        key="w2",
+        source="tag_lease",
+        position=2,
+        flow_run_name="second-run",
+        waiting_since=now - timedelta(minutes=3),
+    )
+    Waiter.objects.create(
+        limit=limit,
+        key="w1",
+        source="tag_lease",
+        position=1,
+        flow_run_name="<u>first-run</u>",
+        waiting_since=now - timedelta(minutes=5),
+    )
     return limit
 
 
@@ -268,25 +298,54 @@ def shared(db):
     """A limit of 3 with two holders (one stale, one a zombie) and two waiters."""
     now = timezone.now()
     limit = make_limit(
-        "resource:gpu", limit=3, active_slots=2, status=Status.ZOMBIE, is_held=True,
-        is_stale=True, has_zombie=True, has_waiters=True, holder_count=2, waiter_count=2,
+        "resource:gpu",
+        limit=3,
+        active_slots=2,
+        status=Status.ZOMBIE,
+        is_held=True,
+        is_stale=True,
+        has_zombie=True,
+        has_waiters=True,
+        holder_count=2,
+        waiter_count=2,
         evidence=[{"flag": "stale", "text": "run 'done' is Completed but still counted"}],
-    )  # fmt: skip
+    )
     limit.stale = Holder.objects.create(
-        limit=limit, key="s", source="helper", flow_run_id=uuid.uuid4(), flow_run_name="<b>done</b>",
-        state_type="COMPLETED", state_name="Completed", condition=Condition.STALE,
-        acquired_at=now - timedelta(hours=2), lease_seconds=30,
+        limit=limit,
+        key="s",
+        source="helper",
+        flow_run_id=uuid.uuid4(),
+        flow_run_name="<b>done</b>",
+        state_type="COMPLETED",
+        state_name="Completed",
+        condition=Condition.STALE,
+        acquired_at=now - timedelta(hours=2),
+        lease_seconds=30,
         evidence="the run ended 2 h ago but its lease is still counted",
-    )  # fmt: skip
+    )
     limit.zombie = Holder.objects.create(
-        limit=limit, key="z", source="event", flow_run_id=uuid.uuid4(), flow_run_name="ghost",
-        task_run_id=uuid.uuid4(), task_run_name="train", state_type="RUNNING",
-        state_name="Running", condition=Condition.ZOMBIE, acquired_at=now - timedelta(hours=1),
-    )  # fmt: skip
+        limit=limit,
+        key="z",
+        source="event",
+        flow_run_id=uuid.uuid4(),
+        flow_run_name="ghost",
+        task_run_id=uuid.uuid4(),
+        task_run_name="train",
+        state_type="RUNNING",
+        state_name="Running",
+        condition=Condition.ZOMBIE,
+        acquired_at=now - timedelta(hours=1),
+    )
     for position, name, waited in [(1, "first-waiter", 12), (2, "second-waiter", 3)]:
-        Waiter.objects.create(limit=limit, key=name, source="tag_lease", position=position,
-                              flow_run_name=name, flow_run_id=uuid.uuid4(),
-                              waiting_since=now - timedelta(minutes=waited, seconds=30))  # fmt: skip
+        Waiter.objects.create(
+            limit=limit,
+            key=name,
+            source="tag_lease",
+            position=position,
+            flow_run_name=name,
+            flow_run_id=uuid.uuid4(),
+            waiting_since=now - timedelta(minutes=waited, seconds=30),
+        )
     return limit
 
 
@@ -356,15 +415,24 @@ def test_the_diagnosis_says_what_happens_by_itself_and_what_to_do(viewer_client,
 
 def test_the_resource_page_lists_the_operations_recorded_for_it(viewer_client, shared, operator):
     operation = Operation.objects.create(
-        kind=OperationKind.RELEASE_HOLDER, limit=shared, limit_name=shared.name, holder_key="s",
-        reason="stuck <script>x</script>", requested_by=operator,
-        requested_by_name=operator.username, token=uuid.uuid4(), status=OperationStatus.FAILED,
-    )  # fmt: skip
+        kind=OperationKind.RELEASE_HOLDER,
+        limit=shared,
+        limit_name=shared.name,
+        holder_key="s",
+        reason="stuck <script>x</script>",
+        requested_by=operator,
+        requested_by_name=operator.username,
+        token=uuid.uuid4(),
+        status=OperationStatus.FAILED,
+    )
     elsewhere = make_limit("resource:other")
     Operation.objects.create(
-        kind=OperationKind.ACTIVATE, limit=elsewhere, limit_name=elsewhere.name,
-        requested_by_name="someone-else", token=uuid.uuid4(),
-    )  # fmt: skip
+        kind=OperationKind.ACTIVATE,
+        limit=elsewhere,
+        limit_name=elsewhere.name,
+        requested_by_name="someone-else",
+        token=uuid.uuid4(),
+    )
     html = resource_page(viewer_client)
     section = re.search(r'<section class="card" aria-labelledby="ops-h">.*?</section>', html, re.S)
     ops = section.group(0)

@@ -17,15 +17,26 @@ pytestmark = pytest.mark.django_db
 
 def stale_tag(name: str) -> tuple[Limit, Holder]:
     limit = make_limit(
-        f"tag:{name}", kind="tag", status=Status.STALE, is_held=True, is_stale=True,
-        active_slots=1, holder_count=1,
-    )  # fmt: skip
+        f"tag:{name}",
+        kind="tag",
+        status=Status.STALE,
+        is_held=True,
+        is_stale=True,
+        active_slots=1,
+        holder_count=1,
+    )
     holder = Holder.objects.create(
-        limit=limit, key=f"{name}-holder", source="tag_lease", condition=Condition.STALE,
-        task_run_id=uuid.uuid4(), flow_run_id=uuid.uuid4(), task_run_name=f"{name}-run",
-        state_type="COMPLETED", state_name="Completed",
+        limit=limit,
+        key=f"{name}-holder",
+        source="tag_lease",
+        condition=Condition.STALE,
+        task_run_id=uuid.uuid4(),
+        flow_run_id=uuid.uuid4(),
+        task_run_name=f"{name}-run",
+        state_type="COMPLETED",
+        state_name="Completed",
         acquired_at=timezone.now() - timedelta(hours=2),
-    )  # fmt: skip
+    )
     return limit, holder
 
 

@@ -40,8 +40,16 @@ def demo_env(prefect_server, **extra: str) -> dict[str, str]:
 
 
 def demo_command(prefix: str, *options: str) -> list[str]:
-    return [sys.executable, "manage.py", "reslock_demo", "--resources", "40", "--prefix", prefix,
-            *options]  # fmt: skip
+    return [
+        sys.executable,
+        "manage.py",
+        "reslock_demo",
+        "--resources",
+        "40",
+        "--prefix",
+        prefix,
+        *options,
+    ]
 
 
 def limit_names(prefect_server) -> list[str]:
@@ -62,9 +70,13 @@ def test_it_refuses_a_prefect_that_make_run_did_not_start(prefect_server, settin
     prefix = f"refused{uuid.uuid4().hex[:6]}-"
     for extra in ({}, {"RESLOCK_LOCAL_PREFECT": "http://127.0.0.1:4200/api"}):
         result = subprocess.run(
-            demo_command(prefix), cwd=BASE_DIR, env=demo_env(prefect_server, **extra),
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            demo_command(prefix),
+            cwd=BASE_DIR,
+            env=demo_env(prefect_server, **extra),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.strip().splitlines()
         assert "refusing" in line and prefect_server.api_url in line and "--force" in line
@@ -75,9 +87,13 @@ def test_it_refuses_a_prefect_that_make_run_did_not_start(prefect_server, settin
 
 def test_a_bad_prefix_is_refused_before_anything_is_created(prefect_server):
     result = subprocess.run(
-        demo_command("db/orders-", "--force"), cwd=BASE_DIR, env=demo_env(prefect_server),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        demo_command("db/orders-", "--force"),
+        cwd=BASE_DIR,
+        env=demo_env(prefect_server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "--prefix" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -124,14 +140,18 @@ class Board:
         self.last = {
             "limits": str(len(ours)),
             **{
-                key: limit and f"{limit.status} {limit.holder_count}h {limit.waiter_count}w "
+                key: limit
+                and f"{limit.status} {limit.holder_count}h {limit.waiter_count}w "
                 f"{limit.active_slots}/{limit.limit}"
                 for key, limit in [
-                    ("contended", contended), ("leaked", leaked), ("deadlocked", deadlocked),
-                    ("crashed", crashed), ("deployment", deployment),
+                    ("contended", contended),
+                    ("leaked", leaked),
+                    ("deadlocked", deadlocked),
+                    ("crashed", crashed),
+                    ("deployment", deployment),
                 ]
             },
-        }  # fmt: skip
+        }
         return {
             "40 limits": len(ours) >= 40,
             "a held global limit": held.exists(),
@@ -166,10 +186,14 @@ def test_the_demo_shows_every_scenario_and_stops_every_process(prefect_server, s
     with open(log_path, "wb") as log:
         # Its own session, as the launcher starts it: its flows must share its group.
         process = subprocess.Popen(
-            demo_command(prefix, "--force"), cwd=BASE_DIR, env=demo_env(prefect_server),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            demo_command(prefix, "--force"),
+            cwd=BASE_DIR,
+            env=demo_env(prefect_server),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     board = Board(prefect_server, prefix)
     seen: set[int] = set()
     started = time.monotonic()
@@ -207,7 +231,14 @@ def test_the_demo_shows_every_scenario_and_stops_every_process(prefect_server, s
     output = log_path.read_text()
     assert code == 0, output[-3000:]
     assert output.rstrip().endswith("reslock demo stopped"), output[-3000:]
-    for scenario in ("resources:", "held:", "contended:", "deadlock:", "crashed holder:",
-                     "deployment:", "leaked slot:"):  # fmt: skip
+    for scenario in (
+        "resources:",
+        "held:",
+        "contended:",
+        "deadlock:",
+        "crashed holder:",
+        "deployment:",
+        "leaked slot:",
+    ):
         assert f"reslock_web.demo: {scenario}" in output, scenario
     wait_for(lambda: not any(alive(pid) for pid in seen), 10, what="every demo process to exit")

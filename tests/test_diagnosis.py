@@ -32,10 +32,16 @@ def info(active_slots: int, limit: int = 1, active: bool = True) -> LimitInfo:
 
 def run(state: str = "RUNNING", name: str = "r", **fields) -> RunInfo:
     return RunInfo(
-        id=fields.pop("id", uuid.uuid4()), name=name, state_type=state, state_name=state.title(),
-        state_at=fields.pop("state_at", NOW - timedelta(minutes=1)), start_time=None, created=None,
-        expected_start_time=None, **fields,
-    )  # fmt: skip
+        id=fields.pop("id", uuid.uuid4()),
+        name=name,
+        state_type=state,
+        state_name=state.title(),
+        state_at=fields.pop("state_at", NOW - timedelta(minutes=1)),
+        start_time=None,
+        created=None,
+        expected_start_time=None,
+        **fields,
+    )
 
 
 def context(*runs: RunInfo, grace: int = 20) -> Context:
@@ -44,9 +50,12 @@ def context(*runs: RunInfo, grace: int = 20) -> Context:
 
 def claim(flow_run: RunInfo, minutes_ago: int) -> Claim:
     return Claim(
-        key=str(uuid.uuid4()), source="event", certain=False, flow_run_id=flow_run.id,
+        key=str(uuid.uuid4()),
+        source="event",
+        certain=False,
+        flow_run_id=flow_run.id,
         acquired_at=NOW - timedelta(minutes=minutes_ago),
-    )  # fmt: skip
+    )
 
 
 def test_names_give_the_kind_and_the_resource():
@@ -65,11 +74,17 @@ def lost_since(seconds: int, *claims: Claim) -> dict[str, Previous]:
     """What the last sync stored for claims the count stopped covering `seconds` ago."""
     return {
         c.key: Previous(
-            Condition.LEAVING, NOW - timedelta(seconds=seconds), c.acquired_at, c.flow_run_id,
-            None, c.source, process=c.process, lease_id=c.lease_id,
+            Condition.LEAVING,
+            NOW - timedelta(seconds=seconds),
+            c.acquired_at,
+            c.flow_run_id,
+            None,
+            c.source,
+            process=c.process,
+            lease_id=c.lease_id,
         )
         for c in claims
-    }  # fmt: skip
+    }
 
 
 def judged(claims: list[Claim], count: int, limit: int, lives: dict[str, Life], previous=None):
@@ -232,9 +247,13 @@ def test_a_run_prefect_has_not_recorded_yet_holds_and_is_never_closed_nor_called
     """Prefect records task runs some seconds after they start: a claim naming a task run it
     does not return yet is a holder, whatever the time, and never a stale or zombie one."""
     unseen = Claim(
-        key="k", source="event", certain=False, flow_run_id=uuid.uuid4(),
-        task_run_id=uuid.uuid4(), acquired_at=NOW - timedelta(hours=1),
-    )  # fmt: skip
+        key="k",
+        source="event",
+        certain=False,
+        flow_run_id=uuid.uuid4(),
+        task_run_id=uuid.uuid4(),
+        acquired_at=NOW - timedelta(hours=1),
+    )
     ctx = context()
     [verdict], closed = classify_holders(Kind.GLOBAL, info(1), [unseen], {}, ctx)
     assert verdict.condition == Condition.HOLDING and closed == []
@@ -244,10 +263,14 @@ def test_a_run_prefect_has_not_recorded_yet_holds_and_is_never_closed_nor_called
     # says it is over (not closed): it is left out of the board until Prefect shows its run.
     lost = {
         "k": Previous(
-            Condition.LEAVING, NOW - timedelta(minutes=30), unseen.acquired_at,
-            unseen.flow_run_id, unseen.task_run_id, "event",
+            Condition.LEAVING,
+            NOW - timedelta(minutes=30),
+            unseen.acquired_at,
+            unseen.flow_run_id,
+            unseen.task_run_id,
+            "event",
         )
-    }  # fmt: skip
+    }
     [verdict], closed = classify_holders(Kind.GLOBAL, info(0), [unseen], lost, ctx)
     assert verdict.condition == Condition.LEAVING and closed == []
     [verdict], closed = classify_holders(Kind.GLOBAL, info(0), [], lost, ctx)
@@ -304,18 +327,30 @@ def test_a_run_waiting_to_retry_holds_only_a_slot_the_count_has_room_for():
     """A deployment run in AwaitingRetry names its lease; it keeps its slot only while it
     retries in its process, so it never pushes a running holder out, and is no zombie."""
     running, retrying = run(name="running"), run("SCHEDULED", name="retrying")
-    holder = Claim(key="r", source="deployment", certain=False, flow_run_id=running.id,
-                   acquired_at=NOW - timedelta(minutes=5))  # fmt: skip
-    waiting = Claim(key="w", source="deployment", certain=False, flow_run_id=retrying.id,
-                    acquired_at=NOW, tentative=True)  # fmt: skip
+    holder = Claim(
+        key="r",
+        source="deployment",
+        certain=False,
+        flow_run_id=running.id,
+        acquired_at=NOW - timedelta(minutes=5),
+    )
+    waiting = Claim(
+        key="w",
+        source="deployment",
+        certain=False,
+        flow_run_id=retrying.id,
+        acquired_at=NOW,
+        tentative=True,
+    )
     ctx = context(running, retrying)
     verdicts, closed = classify_holders(Kind.DEPLOYMENT, info(1), [holder, waiting], {}, ctx)
     assert [(v.claim.key, v.condition) for v in verdicts] == [("r", Condition.HOLDING)]
     assert closed == ["w"]
     verdicts, closed = classify_holders(Kind.DEPLOYMENT, info(2, 2), [holder, waiting], {}, ctx)
     assert {v.claim.key: v.condition for v in verdicts} == {
-        "r": Condition.HOLDING, "w": Condition.HOLDING,
-    }  # fmt: skip
+        "r": Condition.HOLDING,
+        "w": Condition.HOLDING,
+    }
 
 
 def test_more_live_holders_than_the_limit_is_the_worst_status():
@@ -345,8 +380,10 @@ def test_more_live_holders_than_the_limit_is_the_worst_status():
     assert judge(Kind.GLOBAL, info(2, limit=2), holders, [], [], None, None, runs).status == (
         Status.HELD
     )
-    unseen = [Claim(key=str(i), source="event", certain=False, task_run_id=uuid.uuid4(),
-                    acquired_at=NOW) for i in range(2)]  # fmt: skip
+    unseen = [
+        Claim(key=str(i), source="event", certain=False, task_run_id=uuid.uuid4(), acquired_at=NOW)
+        for i in range(2)
+    ]
     holders, _ = classify_holders(Kind.GLOBAL, info(2, limit=1), unseen, {}, context())
     assert judge(Kind.GLOBAL, info(2, limit=1), holders, [], [], None, None, context()).status == (
         Status.HELD
@@ -438,10 +475,14 @@ def test_a_released_holder_whose_run_goes_on_is_gone_not_a_zombie():
     though the run is still Running and the slot count no longer backs them."""
     flow_run = run(name="loops")
     earlier = Previous(
-        condition=Condition.HOLDING, slot_lost_at=NOW - timedelta(minutes=5),
-        acquired_at=NOW - timedelta(minutes=6), flow_run_id=flow_run.id, task_run_id=None,
-        source="helper", names={},
-    )  # fmt: skip
+        condition=Condition.HOLDING,
+        slot_lost_at=NOW - timedelta(minutes=5),
+        acquired_at=NOW - timedelta(minutes=6),
+        flow_run_id=flow_run.id,
+        task_run_id=None,
+        source="helper",
+        names={},
+    )
     key = str(uuid.uuid4())
     ctx = context(flow_run)
     verdicts, closed = classify_holders(Kind.GLOBAL, info(0), [], {key: earlier}, ctx)

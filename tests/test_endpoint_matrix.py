@@ -138,23 +138,48 @@ def data(operator, settings) -> Data:
     settings.METRICS_TOKEN = "matrix-" + uuid.uuid4().hex  # on, so that it asks for the token
     now = timezone.now()
     tag = Limit.objects.create(
-        prefect_id=uuid.uuid4(), name="tag:matrix", kind="tag", resource="matrix", limit=1,
-        active_slots=2, holder_count=1, status="stale", is_held=True, is_stale=True,
-        has_drift=True, drift_since=now - timedelta(hours=1),
-    )  # fmt: skip
+        prefect_id=uuid.uuid4(),
+        name="tag:matrix",
+        kind="tag",
+        resource="matrix",
+        limit=1,
+        active_slots=2,
+        holder_count=1,
+        status="stale",
+        is_held=True,
+        is_stale=True,
+        has_drift=True,
+        drift_since=now - timedelta(hours=1),
+    )
     off = Limit.objects.create(
-        prefect_id=uuid.uuid4(), name="matrix-off", kind="global", resource="matrix-off",
-        limit=1, active=False, status="inactive",
-    )  # fmt: skip
+        prefect_id=uuid.uuid4(),
+        name="matrix-off",
+        kind="global",
+        resource="matrix-off",
+        limit=1,
+        active=False,
+        status="inactive",
+    )
     stale = Holder.objects.create(
-        limit=tag, key="task-run", source="tag_lease", condition="stale", acquired_at=now,
-        task_run_id=uuid.uuid4(), flow_run_id=uuid.uuid4(), state_type="COMPLETED",
-    )  # fmt: skip
+        limit=tag,
+        key="task-run",
+        source="tag_lease",
+        condition="stale",
+        acquired_at=now,
+        task_run_id=uuid.uuid4(),
+        flow_run_id=uuid.uuid4(),
+        state_type="COMPLETED",
+    )
     batch = uuid.uuid4()
     operation = Operation.objects.create(
-        kind="activate", limit=off, limit_name=off.name, requested_by=operator,
-        requested_by_name=operator.username, token=uuid.uuid4(), bulk=batch,
-    )  # fmt: skip
+        kind="activate",
+        limit=off,
+        limit_name=off.name,
+        requested_by=operator,
+        requested_by_name=operator.username,
+        token=uuid.uuid4(),
+        bulk=batch,
+    )
     return Data(tag, off, stale, operation, batch)
 
 

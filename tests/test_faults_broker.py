@@ -147,7 +147,7 @@ def test_every_operation_of_a_batch_is_kept_and_noted_when_redis_is_down(own_red
                 limit_name=limit.name,
                 requested_by_name="olga-operator",
                 token=uuid.uuid4(),
-            )  # fmt: skip
+            )
             for _ in range(3)
         ]
         for op in ops:

@@ -33,10 +33,18 @@ def board_state() -> list[dict]:
     """Everything a failed sync must leave alone."""
     return list(
         Limit.objects.order_by("pk").values(
-            "pk", "name", "limit", "active", "active_slots", "gone_at", "status",
-            "holder_count", "waiter_count", "changed_at",
+            "pk",
+            "name",
+            "limit",
+            "active",
+            "active_slots",
+            "gone_at",
+            "status",
+            "holder_count",
+            "waiter_count",
+            "changed_at",
         )
-    )  # fmt: skip
+    )
 
 
 def good_sync() -> SyncRun:

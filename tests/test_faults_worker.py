@@ -63,11 +63,28 @@ class WorkerProcess:
             **env,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "reslock_web.celery", "worker",
-             "--pool", "solo", "--loglevel", "INFO", "--without-heartbeat", "--without-mingle",
-             "--without-gossip", "-n", f"faults-{uuid.uuid4().hex[:6]}@%h"],
-            cwd=BASE_DIR, env=environ, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "reslock_web.celery",
+                "worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+                "--without-heartbeat",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"faults-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=BASE_DIR,
+            env=environ,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

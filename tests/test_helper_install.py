@@ -46,10 +46,16 @@ def test_a_flow_worker_installs_the_helper_without_the_board(prefect_server, tmp
     )
     assert install.returncode == 0, install.stderr[-3000:]
     board_parts = subprocess.run(
-        [python, "-c", "import importlib.util as u, json; print(json.dumps([m for m in "
-         "('django', 'celery', 'gunicorn', 'psycopg', 'whitenoise') if u.find_spec(m)]))"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            python,
+            "-c",
+            "import importlib.util as u, json; print(json.dumps([m for m in "
+            "('django', 'celery', 'gunicorn', 'psycopg', 'whitenoise') if u.find_spec(m)]))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(board_parts.stdout) == []
 
     script = tmp_path / "flow.py"

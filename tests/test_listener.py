@@ -206,12 +206,19 @@ def test_a_killed_listener_catches_up_on_restart_without_duplicates(prefect_serv
         )
         assert AppliedEvent.objects.count() > applied
         second = ListenerProcess.__new__(ListenerProcess)  # a second listener at the same time
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PREFECT_API_URL": prefect_server.api_url,
-               "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}"}  # fmt: skip
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PREFECT_API_URL": prefect_server.api_url,
+            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        }
         second.process = subprocess.Popen(
-            [sys.executable, "manage.py", "reslock_listen"], cwd=BASE_DIR, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [sys.executable, "manage.py", "reslock_listen"],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(
             lambda: Heartbeat.objects.filter(service="listener", pid=second.process.pid).exists(),
             60,

@@ -65,8 +65,11 @@ def test_malformed_events_are_skipped_and_the_stream_goes_on(prefect_server, flo
         applied = AppliedEvent.objects.count()
         sent = subprocess.run(
             [sys.executable, "-c", EMIT_BAD_EVENTS, name],
-            env=prefect_server.client_env(), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            env=prefect_server.client_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert sent.returncode == 0, sent.stderr
         # The four lock events are recorded; the two run events name no run that holds or
         # waits, so the listener passes them over without a trace.

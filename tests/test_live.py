@@ -65,9 +65,12 @@ def test_a_new_holder_alone_counts_as_a_change(viewer_client, rows):
     """A holder that came with the limit's own columns unchanged still redraws the row."""
     seen = drawn_state(viewer_client.get("/").content.decode())
     Holder.objects.create(
-        limit=rows, key="second", source="event", flow_run_name="another-holder",
+        limit=rows,
+        key="second",
+        source="event",
+        flow_run_name="another-holder",
         flow_run_id=uuid.uuid4(),
-    )  # fmt: skip
+    )
     assert poll(viewer_client, "?", seen).status_code == 204  # not stamped: not a change yet
     touch(rows)
     html = poll(viewer_client, "?", seen).content.decode()

@@ -80,24 +80,54 @@ def test_it_reports_resources_holders_waiters_sync_listener_and_operations(clien
         nested.has_drift = True
         nested.save()
         nest_holder = holder(nested, "c", NOW - timedelta(seconds=60))
-        Waiter.objects.create(limit=nested, key="w1", source="tag_lease", position=1,
-                              waiting_since=NOW - timedelta(seconds=90), deadlocked_by=nest_holder)  # fmt: skip
-        Waiter.objects.create(limit=held, key="w2", source="event", position=1,
-                              waiting_since=NOW - timedelta(seconds=30))  # fmt: skip
+        Waiter.objects.create(
+            limit=nested,
+            key="w1",
+            source="tag_lease",
+            position=1,
+            waiting_since=NOW - timedelta(seconds=90),
+            deadlocked_by=nest_holder,
+        )
+        Waiter.objects.create(
+            limit=held,
+            key="w2",
+            source="event",
+            position=1,
+            waiting_since=NOW - timedelta(seconds=30),
+        )
         limit("db-2")  # free
         gone = limit("db-old", gone_at=NOW - timedelta(days=1), status="held")
         holder(gone, "d", NOW - timedelta(days=30))  # a gone limit's holder is no hold
-        SyncRun.objects.create(started_at=NOW - timedelta(seconds=50), finished_at=NOW - timedelta(seconds=49),
-                               ok=True, duration_ms=800)  # fmt: skip
+        SyncRun.objects.create(
+            started_at=NOW - timedelta(seconds=50),
+            finished_at=NOW - timedelta(seconds=49),
+            ok=True,
+            duration_ms=800,
+        )
         for ago in (30, 20):
-            SyncRun.objects.create(started_at=NOW - timedelta(seconds=ago), finished_at=NOW - timedelta(seconds=ago - 1),
-                                   ok=False, error="Prefect answered 500", duration_ms=1500)  # fmt: skip
+            SyncRun.objects.create(
+                started_at=NOW - timedelta(seconds=ago),
+                finished_at=NOW - timedelta(seconds=ago - 1),
+                ok=False,
+                error="Prefect answered 500",
+                duration_ms=1500,
+            )
         SyncRun.objects.create(started_at=NOW - timedelta(seconds=90), ok=False, duration_ms=5)
         Heartbeat.objects.beat("listener", connected=True, lag_seconds=2.5)
-        for kind, status in [("set_limit", "succeeded"), ("set_limit", "succeeded"),
-                             ("release_holder", "failed"), ("activate", "pending")]:  # fmt: skip
-            Operation.objects.create(kind=kind, status=status, limit=held, limit_name=held.name,
-                                     requested_by_name="olga", token=uuid.uuid4())  # fmt: skip
+        for kind, status in [
+            ("set_limit", "succeeded"),
+            ("set_limit", "succeeded"),
+            ("release_holder", "failed"),
+            ("activate", "pending"),
+        ]:
+            Operation.objects.create(
+                kind=kind,
+                status=status,
+                limit=held,
+                limit_name=held.name,
+                requested_by_name="olga",
+                token=uuid.uuid4(),
+            )
         answer = scrape(client)
     assert answer.status_code == 200
     assert answer["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -142,8 +172,12 @@ def test_a_quiet_listener_and_a_recovered_sync_read_as_such(client, token):
     with time_machine.travel(NOW, tick=False) as clock:
         Heartbeat.objects.beat("listener", connected=True, lag_seconds=1)
         SyncRun.objects.create(started_at=NOW, finished_at=NOW, ok=False, duration_ms=10)
-        SyncRun.objects.create(started_at=NOW + timedelta(seconds=5),
-                               finished_at=NOW + timedelta(seconds=6), ok=True, duration_ms=300)  # fmt: skip
+        SyncRun.objects.create(
+            started_at=NOW + timedelta(seconds=5),
+            finished_at=NOW + timedelta(seconds=6),
+            ok=True,
+            duration_ms=300,
+        )
         clock.shift(timedelta(seconds=60))  # the listener missed its beats
         got = samples(scrape(client))
     assert got[("reslock_listener_connected", ())] == 0
@@ -166,6 +200,11 @@ def test_a_scrape_costs_the_same_few_queries_however_many_rows(client, token):
         many = limit(f"many-{n}", status="held", is_held=True)
         holder(many, "x", NOW)
         Waiter.objects.create(limit=many, key="w", source="event", waiting_since=NOW)
-        Operation.objects.create(kind="activate", limit=many, limit_name=many.name,
-                                 requested_by_name="olga", token=uuid.uuid4())  # fmt: skip
+        Operation.objects.create(
+            kind="activate",
+            limit=many,
+            limit_name=many.name,
+            requested_by_name="olga",
+            token=uuid.uuid4(),
+        )
     assert queries() == few <= 12

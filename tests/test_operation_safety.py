@@ -307,9 +307,14 @@ def test_a_stale_deployment_run_with_a_known_lease_is_never_revoked():
     a run shown over could let the next run in beside it when it comes back Running."""
     limit = make_limit(unique("deployment:stale"), kind=Kind.DEPLOYMENT)
     holder = Holder.objects.create(
-        limit=limit, key="run", source="deployment", condition=Condition.STALE,
-        flow_run_id=uuid.uuid4(), lease_id=uuid.uuid4(), state_type="CRASHED",
-    )  # fmt: skip
+        limit=limit,
+        key="run",
+        source="deployment",
+        condition=Condition.STALE,
+        flow_run_id=uuid.uuid4(),
+        lease_id=uuid.uuid4(),
+        state_type="CRASHED",
+    )
     plan = plan_release(limit, holder)
     assert not plan.allowed
     assert "in-process retry" in plan.safety

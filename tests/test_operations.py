@@ -298,10 +298,17 @@ def test_the_audit_page_lists_operations_with_actor_and_outcome(operator_client,
     )
     for status in ("succeeded", "skipped"):
         Operation.objects.create(
-            kind="set_limit", limit=limit, limit_name=limit.name, requested_by=operator,
-            requested_by_name=operator.username, token=uuid.uuid4(), status=status,
-            params={"value": 2}, reason=f"why {status}", message="=cmd|' /C calc'!A0",
-        )  # fmt: skip
+            kind="set_limit",
+            limit=limit,
+            limit_name=limit.name,
+            requested_by=operator,
+            requested_by_name=operator.username,
+            token=uuid.uuid4(),
+            status=status,
+            params={"value": 2},
+            reason=f"why {status}",
+            message="=cmd|' /C calc'!A0",
+        )
     html = operator_client.get(reverse("audit")).content.decode()
     assert html.count("olga-operator") >= 2 and "why succeeded" in html and "why skipped" in html
     only = operator_client.get(reverse("audit") + "?outcome=skipped").content.decode()
@@ -375,9 +382,13 @@ def test_an_unreachable_prefect_is_retried_then_reported_in_words(operator):
         limit=1,
     )
     operation = Operation.objects.create(
-        kind="activate", limit=limit, limit_name=limit.name, requested_by=operator,
-        requested_by_name=operator.username, token=uuid.uuid4(),
-    )  # fmt: skip
+        kind="activate",
+        limit=limit,
+        limit_name=limit.name,
+        requested_by=operator,
+        requested_by_name=operator.username,
+        token=uuid.uuid4(),
+    )
     down = PrefectAPI("http://127.0.0.1:9/api", timeout=2)  # nothing listens on port 9
     for attempt in range(1, MAX_ATTEMPTS):
         with pytest.raises(TryAgain):

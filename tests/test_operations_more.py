@@ -136,9 +136,12 @@ def test_the_audit_filters_by_operator_and_kind_and_shows_before_and_after(
     operator_client, operator, admin
 ):
     limit = Limit.objects.create(
-        prefect_id=uuid.uuid4(), name="resource:filt", kind="global", resource="resource:filt",
+        prefect_id=uuid.uuid4(),
+        name="resource:filt",
+        kind="global",
+        resource="resource:filt",
         limit=1,
-    )  # fmt: skip
+    )
     for user, kind, reason in [
         (operator, "set_limit", "olga sets"),
         (operator, "activate", "olga activates"),
@@ -146,12 +149,18 @@ def test_the_audit_filters_by_operator_and_kind_and_shows_before_and_after(
         (admin, "deactivate", "alice deactivates"),
     ]:
         Operation.objects.create(
-            kind=kind, limit=limit, limit_name=limit.name, requested_by=user,
-            requested_by_name=user.username, token=uuid.uuid4(), status="succeeded",
-            reason=reason, params={"value": 7} if kind == "set_limit" else {},
+            kind=kind,
+            limit=limit,
+            limit_name=limit.name,
+            requested_by=user,
+            requested_by_name=user.username,
+            token=uuid.uuid4(),
+            status="succeeded",
+            reason=reason,
+            params={"value": 7} if kind == "set_limit" else {},
             before={"limit": 1} if kind == "set_limit" else {},
             after={"limit": 7} if kind == "set_limit" else {},
-        )  # fmt: skip
+        )
     audit = reverse("audit")
 
     def shown(query: str) -> set[str]:

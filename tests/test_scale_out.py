@@ -147,11 +147,21 @@ def cluster(prefect_server, tmp_path_factory) -> Iterator[Cluster]:
     try:
         manage = [sys.executable, "manage.py"]
         steps = [
-            subprocess.Popen([*manage, "migrate", "--noinput"], cwd=BASE_DIR, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
-            subprocess.Popen([*manage, "collectstatic", "--noinput"], cwd=BASE_DIR, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
-        ]  # fmt: skip
+            subprocess.Popen(
+                [*manage, "migrate", "--noinput"],
+                cwd=BASE_DIR,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            ),
+            subprocess.Popen(
+                [*manage, "collectstatic", "--noinput"],
+                cwd=BASE_DIR,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            ),
+        ]
         for step in steps:
             output = step.communicate(timeout=120)[0]
             assert step.returncode == 0, output.decode(errors="replace")
@@ -162,32 +172,73 @@ def cluster(prefect_server, tmp_path_factory) -> Iterator[Cluster]:
         ports = {"A": free_port(), "B": free_port()}
         for label, port in ports.items():
             processes.append(
-                _start(f"web-{label}", [sys.executable, "-m", "gunicorn", "reslock_web.wsgi",
-                                        "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                                        "--threads", "4"], env, tmp)
-            )  # fmt: skip
+                _start(
+                    f"web-{label}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "gunicorn",
+                        "reslock_web.wsgi",
+                        "--bind",
+                        f"127.0.0.1:{port}",
+                        "--workers",
+                        "1",
+                        "--threads",
+                        "4",
+                    ],
+                    env,
+                    tmp,
+                )
+            )
         workers = [
-            _start(f"worker-{label}", [sys.executable, "-m", "celery", "-A", "reslock_web.celery",
-                                       "worker", "--concurrency", "2", "--loglevel", "INFO",
-                                       "-n", f"scale-{label}@%h", "--without-mingle",
-                                       "--without-gossip"], env, tmp)
+            _start(
+                f"worker-{label}",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "reslock_web.celery",
+                    "worker",
+                    "--concurrency",
+                    "2",
+                    "--loglevel",
+                    "INFO",
+                    "-n",
+                    f"scale-{label}@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                env,
+                tmp,
+            )
             for label in ("a", "b")
-        ]  # fmt: skip
+        ]
         processes += workers
         create_operator = (
             "from django.contrib.auth.models import Group, User; "
             f"u = User.objects.create_user({OPERATOR!r}, password={PASSWORD!r}); "
             "u.groups.add(Group.objects.get(name='Lock operators'))"
         )
-        made = subprocess.run([*manage, "shell", "-c", create_operator], cwd=BASE_DIR, env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        made = subprocess.run(
+            [*manage, "shell", "-c", create_operator],
+            cwd=BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert made.returncode == 0, made.stderr
         webs = {label: f"http://127.0.0.1:{port}" for label, port in ports.items()}
         for label, url in webs.items():
             wait_for(lambda url=url: _healthy(url), 60, 0.3, f"web server {label} at {url}")
         for worker in workers:
-            wait_for(lambda w=worker: " ready." in w.output() or w.popen.poll() is not None, 60,
-                     0.3, f"{worker.name} to be ready")  # fmt: skip
+            wait_for(
+                lambda w=worker: " ready." in w.output() or w.popen.poll() is not None,
+                60,
+                0.3,
+                f"{worker.name} to be ready",
+            )
             assert worker.popen.poll() is None, worker.output()
         yield Cluster(database_url, webs, workers, processes, prefect_server.api_url, tmp)
     finally:
@@ -210,8 +261,15 @@ def login(base_url: str) -> httpx.Client:
     client = httpx.Client(base_url=base_url, timeout=30)
     page = client.get("/login/")
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    done = client.post("/login/", data={"csrfmiddlewaretoken": token, "username": OPERATOR,
-                                        "password": PASSWORD, "next": "/"})  # fmt: skip
+    done = client.post(
+        "/login/",
+        data={
+            "csrfmiddlewaretoken": token,
+            "username": OPERATOR,
+            "password": PASSWORD,
+            "next": "/",
+        },
+    )
     assert done.status_code == 302 and done.headers["location"] == "/", visible(done.text)[:800]
     return client
 
@@ -273,8 +331,12 @@ def quiet(cluster: Cluster) -> None:
     import redis
 
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    wait_for(lambda: broker.llen("celery") == 0 and broker.hlen("unacked") == 0, 60, 0.2,
-             "the workers to be idle")  # fmt: skip
+    wait_for(
+        lambda: broker.llen("celery") == 0 and broker.hlen("unacked") == 0,
+        60,
+        0.2,
+        "the workers to be idle",
+    )
 
 
 def prefect_limit(http: httpx.Client, name: str) -> dict:
@@ -298,8 +360,12 @@ def test_operations_through_either_server_apply_exactly_once(cluster, prefect_se
         "SELECT 1 FROM reslock_holder h JOIN reslock_limit l ON l.id = h.limit_id "
         "WHERE l.name = %s AND h.condition = 'stale'"
     )
-    wait_for(lambda: sync_now(cluster) or cluster.query(stale_on_board, f"tag:{tag}"), 60, 0.5,
-             "the stale tag holder on the board")  # fmt: skip
+    wait_for(
+        lambda: sync_now(cluster) or cluster.query(stale_on_board, f"tag:{tag}"),
+        60,
+        0.5,
+        "the stale tag holder on the board",
+    )
 
     a = login(cluster.webs["A"])
     b = on(cluster.webs["B"], a)  # the session made on A is good on B
@@ -336,8 +402,12 @@ def test_operations_through_either_server_apply_exactly_once(cluster, prefect_se
     # Prefect's own state shows each change.
     shown = {name: prefect_limit(http, name) for name in names}
     assert [(shown[n]["limit"], shown[n]["active"]) for n in names] == [
-        (3, True), (1, False), (5, True), (1, True), (2, True),
-    ]  # fmt: skip
+        (3, True),
+        (1, False),
+        (5, True),
+        (1, True),
+        (2, True),
+    ]
     assert http.get(f"/concurrency_limits/tag/{tag}").json()["active_slots"] == []
     task_run = stale.wait_event("acquired")["task_run_id"]
     states = http.get("/task_run_states/", params={"task_run_id": task_run}).json()
@@ -357,8 +427,10 @@ def test_operations_through_either_server_apply_exactly_once(cluster, prefect_se
     from reslock_web.tasks import operate
 
     op_id = ops["L0 set 3 via A"]
-    before = cluster.query("SELECT status, attempts, message, finished_at, after "
-                           "FROM reslock_operation WHERE id = %s", op_id)  # fmt: skip
+    before = cluster.query(
+        "SELECT status, attempts, message, finished_at, after FROM reslock_operation WHERE id = %s",
+        op_id,
+    )
     updated = shown[names[0]]["updated"]
     task_id = f"scale-dup-{key}"
     operate.apply_async(args=[op_id], task_id=task_id)
@@ -371,8 +443,14 @@ def test_operations_through_either_server_apply_exactly_once(cluster, prefect_se
         0.2,
         "both duplicate deliveries to be handled",
     )
-    assert cluster.query("SELECT status, attempts, message, finished_at, after "
-                         "FROM reslock_operation WHERE id = %s", op_id) == before  # fmt: skip
+    assert (
+        cluster.query(
+            "SELECT status, attempts, message, finished_at, after "
+            "FROM reslock_operation WHERE id = %s",
+            op_id,
+        )
+        == before
+    )
     assert prefect_limit(http, names[0])["updated"] == updated  # Prefect was not written again
     assert prefect_limit(http, names[0])["limit"] == 3
 
@@ -390,15 +468,18 @@ def test_syncs_asked_for_at_once_on_both_workers_never_overlap(cluster):
         app.send_task("reslock.sync")
 
     def new_lines(pattern: str) -> dict[str, list[str]]:
-        return {w.name: re.findall(pattern, w.output()[logs_before[w.name] :])
-                for w in cluster.workers}  # fmt: skip
+        return {
+            w.name: re.findall(pattern, w.output()[logs_before[w.name] :]) for w in cluster.workers
+        }
 
     done = r"Task reslock\.sync\[[0-9a-f-]+\] succeeded in ([0-9.e-]+)s"
     wait_for(lambda: sum(map(len, new_lines(done).values())) >= asked, 60, 0.3, "every sync task")
     durations = new_lines(done)
     assert all(durations.values()), f"both workers took sync tasks: {durations}"
-    runs = cluster.query("SELECT started_at, finished_at, ok FROM reslock_syncrun WHERE id > %s "
-                         "ORDER BY started_at", runs_before)  # fmt: skip
+    runs = cluster.query(
+        "SELECT started_at, finished_at, ok FROM reslock_syncrun WHERE id > %s ORDER BY started_at",
+        runs_before,
+    )
     stopped = sum(map(len, new_lines(r"another sync is running; this one stops here").values()))
     assert len(runs) + stopped == asked and stopped >= 1, (len(runs), stopped)
     assert all(ok for _, _, ok in runs)
@@ -445,14 +526,19 @@ def test_the_board_is_the_same_through_either_server(cluster):
     key = uuid.uuid4().hex[:8]
     http = patient_client(cluster.prefect_api, timeout=10)
     for i in range(3):
-        http.post("/v2/concurrency_limits/",
-                  json={"name": f"resource:board-{key}-{i}", "limit": i + 1}).raise_for_status()  # fmt: skip
+        http.post(
+            "/v2/concurrency_limits/", json={"name": f"resource:board-{key}-{i}", "limit": i + 1}
+        ).raise_for_status()
     sync_now(cluster)
     a = login(cluster.webs["A"])
     b = on(cluster.webs["B"], a)
     name = f"resource:board-{key}-1"
-    pages = ["/", f"/?q=board-{key}", f"/?q=board-{key}&sort=name&kind=global",
-             f"/resources/{quote(name, safe=':')}"]  # fmt: skip
+    pages = [
+        "/",
+        f"/?q=board-{key}",
+        f"/?q=board-{key}&sort=name&kind=global",
+        f"/resources/{quote(name, safe=':')}",
+    ]
     rows = {"HX-Request": "true", "HX-Target": "rows"}
     for path in pages:
         one, two = a.get(path), b.get(path)
@@ -463,8 +549,11 @@ def test_the_board_is_the_same_through_either_server(cluster):
     one, two = (client.get(f"/?q=board-{key}", headers=rows) for client in (a, b))
     assert visible(one.text) == visible(two.text)
     assert "<html" not in one.text and visible(one.text).count(f"resource:board-{key}-") == 3
-    for path in ["/api/v1/resources", f"/api/v1/resources?search=board-{key}",
-                 f"/api/v1/resources/{quote(name, safe=':')}"]:  # fmt: skip
+    for path in [
+        "/api/v1/resources",
+        f"/api/v1/resources?search=board-{key}",
+        f"/api/v1/resources/{quote(name, safe=':')}",
+    ]:
         one, two = a.get(path), b.get(path)
         assert one.status_code == two.status_code == 200, path
         assert one.json() == two.json(), path

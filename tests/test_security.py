@@ -440,10 +440,16 @@ def test_the_audit_csv_defuses_every_cell_a_spreadsheet_would_run(operator_clien
     starts = ["=", "+", "-", "@", "\t", "\r"]
     for start in starts:
         Operation.objects.create(
-            kind="set_limit", limit=limit, limit_name=limit.name, requested_by=operator,
-            requested_by_name=operator.username, token=uuid.uuid4(), status="succeeded",
-            reason=f"{start}HYPERLINK(\"http://x\")", message="plain",
-        )  # fmt: skip
+            kind="set_limit",
+            limit=limit,
+            limit_name=limit.name,
+            requested_by=operator,
+            requested_by_name=operator.username,
+            token=uuid.uuid4(),
+            status="succeeded",
+            reason=f'{start}HYPERLINK("http://x")',
+            message="plain",
+        )
     answer = operator_client.get("/audit?format=csv")
     text = b"".join(answer.streaming_content).decode()
     rows = list(csv.DictReader(io.StringIO(text, newline="")))

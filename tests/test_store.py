@@ -30,11 +30,21 @@ def lock_event(
     """A `prefect.concurrency-limit.<phase>` event shaped as Prefect's concurrency() sends it."""
     related = []
     if flow_run:
-        related.append({"prefect.resource.id": f"prefect.flow-run.{flow_run}",
-                        "prefect.resource.role": "flow-run", "prefect.resource.name": "run"})  # fmt: skip
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run}",
+                "prefect.resource.role": "flow-run",
+                "prefect.resource.name": "run",
+            }
+        )
     if task_run:
-        related.append({"prefect.resource.id": f"prefect.task-run.{task_run}",
-                        "prefect.resource.role": "task-run", "prefect.resource.name": "task"})  # fmt: skip
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.task-run.{task_run}",
+                "prefect.resource.role": "task-run",
+                "prefect.resource.name": "task",
+            }
+        )
     return EventInfo.parse(
         {
             "id": str(uuid.uuid4()),

@@ -294,8 +294,12 @@ def test_only_one_sync_runs_at_a_time(prefect_server):
         env["DATABASE_URL"] = f"sqlite:///{connection.settings_dict['NAME']}"
         result = subprocess.run(
             [sys.executable, "manage.py", "reslock_sync"],
-            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.stdout.strip() == "another sync is running; nothing done", result.stderr
     finally:
         unlock(token)
@@ -314,16 +318,23 @@ def test_the_sync_command_prints_a_one_line_summary(prefect_server):
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "reslock_sync"],
-        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.strip().splitlines()
     assert line.startswith("synced ") and " limits in " in line
     failed = subprocess.run(
         [sys.executable, "manage.py", "reslock_sync"],
-        cwd=BASE_DIR, env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=BASE_DIR,
+        env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert failed.returncode == 1
     assert "sync failed" in failed.stderr and "cannot reach Prefect" in failed.stderr
 
@@ -419,10 +430,13 @@ def test_a_release_without_follows_ends_its_acquire_while_the_run_goes_on(
         # Prefect's own release names no acquire; the task run is still Running.
         found = http.post(
             "/events/filter",
-            json={"filter": {"event": {"name": [released]}, "resource": {"id": [
-                f"prefect.concurrency-limit.{limit.prefect_id}"
-            ]}}},
-        ).json()["events"]  # fmt: skip
+            json={
+                "filter": {
+                    "event": {"name": [released]},
+                    "resource": {"id": [f"prefect.concurrency-limit.{limit.prefect_id}"]},
+                }
+            },
+        ).json()["events"]
         assert [event["follows"] for event in found] == [None]
         task_run = http.get(f"/task_runs/{acquired['task_run_id']}").json()
         assert task_run["state"]["type"] == "RUNNING"

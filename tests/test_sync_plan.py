@@ -60,19 +60,31 @@ def test_verdicts_that_wait_on_the_clock_are_re_synced_once_when_due(settings):
     full_sync(100)
     leaving = make_limit(unique("leaving"))
     Holder.objects.create(
-        limit=leaving, key="a", source="event", condition=Condition.LEAVING,
-        flow_run_id=uuid.uuid4(), slot_lost_at=now - timedelta(seconds=25),
-    )  # fmt: skip
+        limit=leaving,
+        key="a",
+        source="event",
+        condition=Condition.LEAVING,
+        flow_run_id=uuid.uuid4(),
+        slot_lost_at=now - timedelta(seconds=25),
+    )
     not_yet = make_limit(unique("not-yet"))
     Holder.objects.create(
-        limit=not_yet, key="b", source="event", condition=Condition.LEAVING,
-        flow_run_id=uuid.uuid4(), slot_lost_at=now - timedelta(seconds=5),
-    )  # fmt: skip
+        limit=not_yet,
+        key="b",
+        source="event",
+        condition=Condition.LEAVING,
+        flow_run_id=uuid.uuid4(),
+        slot_lost_at=now - timedelta(seconds=5),
+    )
     missing = make_limit(unique("missing"))
     Holder.objects.create(
-        limit=missing, key="c", source="event", condition=Condition.HOLDING,
-        flow_run_id=uuid.uuid4(), run_missing_since=now - timedelta(seconds=30),
-    )  # fmt: skip
+        limit=missing,
+        key="c",
+        source="event",
+        condition=Condition.HOLDING,
+        flow_run_id=uuid.uuid4(),
+        run_missing_since=now - timedelta(seconds=30),
+    )
     drifting = make_limit(unique("drifting"), drift_since=now - timedelta(seconds=21))
     make_limit(unique("drift-shown"), drift_since=now - timedelta(minutes=9), has_drift=True)
     judged_before = make_limit(unique("old"))

@@ -132,9 +132,16 @@ class BoardQuery:
 
 # What `board_row` reads of a limit, of its first holder and of its first waiter.
 ROW_LIMIT_FIELDS = (
-    "name", "resource", "kind", "status", "active_slots", "limit", "held_since",
-    "waiter_count", "evidence",
-)  # fmt: skip
+    "name",
+    "resource",
+    "kind",
+    "status",
+    "active_slots",
+    "limit",
+    "held_since",
+    "waiter_count",
+    "evidence",
+)
 ROW_HOLDER_FIELDS = ("limit_id", "flow_name", "flow_run_id", "flow_run_name", "task_run_name")
 ROW_WAITER_FIELDS = ("limit_id", "flow_run_name", "task_run_name")
 

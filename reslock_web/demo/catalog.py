@@ -92,19 +92,51 @@ def scenario_resources() -> list[Resource]:
 
 # --- the rest: resources nobody is using right now -----------------------------------------
 _DATABASES = (
-    "orders", "billing", "inventory", "customers", "payments", "shipping", "catalog", "reviews",
-    "loyalty", "fraud", "crm", "hr", "ledger", "auth", "pricing", "returns",
-)  # fmt: skip
+    "orders",
+    "billing",
+    "inventory",
+    "customers",
+    "payments",
+    "shipping",
+    "catalog",
+    "reviews",
+    "loyalty",
+    "fraud",
+    "crm",
+    "hr",
+    "ledger",
+    "auth",
+    "pricing",
+    "returns",
+)
 _DB_ROLES = ("primary", "replica-1", "replica-2", "staging")
 _SCHEMAS = ("analytics", "finance", "marketing", "sales", "ops", "product")
 _TABLES = (
-    "daily_sales", "weekly_revenue", "customer_ltv", "churn_scores", "inventory_snapshot",
-    "ad_spend", "web_sessions", "refunds", "invoices", "forecasts", "cohorts", "funnel_events",
-)  # fmt: skip
+    "daily_sales",
+    "weekly_revenue",
+    "customer_ltv",
+    "churn_scores",
+    "inventory_snapshot",
+    "ad_spend",
+    "web_sessions",
+    "refunds",
+    "invoices",
+    "forecasts",
+    "cohorts",
+    "funnel_events",
+)
 _BUCKETS = (
-    "raw-events", "clickstream", "exports", "ml-features", "backups", "invoices-archive",
-    "partner-drops", "logs-archive", "product-images", "reports",
-)  # fmt: skip
+    "raw-events",
+    "clickstream",
+    "exports",
+    "ml-features",
+    "backups",
+    "invoices-archive",
+    "partner-drops",
+    "logs-archive",
+    "product-images",
+    "reports",
+)
 _REGIONS = ("eu-west-1", "us-east-1", "ap-southeast-2")
 _APIS = (
     *(f"stripe-account-{n}" for n in range(1, 13)),
@@ -112,17 +144,37 @@ _APIS = (
     *(f"hubspot-portal-{n}" for n in range(1, 5)),
     *(f"google-ads-customer-{n}" for n in range(1, 7)),
     *(f"twilio-subaccount-{n}" for n in range(1, 5)),
-    "salesforce-prod", "salesforce-sandbox", "netsuite-prod", "netsuite-sandbox", "zendesk",
-    "sendgrid", "mailchimp", "quickbooks", "adyen-merchant-eu", "adyen-merchant-us",
-)  # fmt: skip
+    "salesforce-prod",
+    "salesforce-sandbox",
+    "netsuite-prod",
+    "netsuite-sandbox",
+    "zendesk",
+    "sendgrid",
+    "mailchimp",
+    "quickbooks",
+    "adyen-merchant-eu",
+    "adyen-merchant-us",
+)
 _WAREHOUSES = (
-    "snowflake-loading", "snowflake-transform", "snowflake-adhoc", "bigquery-reporting",
-    "bigquery-ml", "redshift-etl", "redshift-legacy", "databricks-jobs",
-)  # fmt: skip
+    "snowflake-loading",
+    "snowflake-transform",
+    "snowflake-adhoc",
+    "bigquery-reporting",
+    "bigquery-ml",
+    "redshift-etl",
+    "redshift-legacy",
+    "databricks-jobs",
+)
 _SFTP = (
-    "partner-acme", "partner-globex", "partner-initech", "partner-umbrella", "bank-statements",
-    "edi-inbound", "edi-outbound", "payroll-provider",
-)  # fmt: skip
+    "partner-acme",
+    "partner-globex",
+    "partner-initech",
+    "partner-umbrella",
+    "bank-statements",
+    "edi-inbound",
+    "edi-outbound",
+    "payroll-provider",
+)
 _TOPICS = ("orders-events", "payments-events", "inventory-changes", "user-signups", "audit-log")
 _MISC = (
     "resource:gpu:a100-node-{n}",

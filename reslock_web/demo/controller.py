@@ -150,9 +150,12 @@ class Demo:
             log.warning(
                 "%s: the flow process exited with code %s after %.0f s (see %s); "
                 "starting it again in %.0f s",
-                slot.label, code, now - process.started, process.log_file,
+                slot.label,
+                code,
+                now - process.started,
+                process.log_file,
                 max(delay, FAILED_RETRY_SECONDS),
-            )  # fmt: skip
+            )
             return max(delay, FAILED_RETRY_SECONDS)
         return delay
 
@@ -212,8 +215,12 @@ class Demo:
         tags = sum(resource.kind == catalog.TAG for resource in wanted)
         log.info(
             "resources: %d limits (%d global, %d tag limits), %d created now, in %.1f s",
-            len(wanted), len(wanted) - tags, tags, created, time.monotonic() - started,
-        )  # fmt: skip
+            len(wanted),
+            len(wanted) - tags,
+            tags,
+            created,
+            time.monotonic() - started,
+        )
 
     def _create(self, resource: catalog.Resource) -> bool:
         """True if created now. SQLite-backed servers answer 503 when writers collide: retry."""
@@ -356,8 +363,11 @@ class Demo:
             run = f"{run_name}-{self.stamp()}"
             log.info(
                 "contended: flow %s, run %s, queues for tag %s (holds it %d s once in)",
-                flow, run, tag, hold,
-            )  # fmt: skip
+                flow,
+                run,
+                tag,
+                hold,
+            )
             return self.spawn(
                 f"contended-{run_name}",
                 "hold-tag",
@@ -374,8 +384,10 @@ class Demo:
             "crashed holder: flow %s, run %s, takes tag %s and is killed with SIGKILL 10 s later; "
             "its runs stay Running, the slot frees when the lease expires (uncounted on the board: "
             "nothing shows a tag holder's process dead)",
-            flow, run, tag,
-        )  # fmt: skip
+            flow,
+            run,
+            tag,
+        )
         return self.spawn(
             "crashed-holder",
             "hold-tag",
@@ -389,8 +401,9 @@ class Demo:
             log.info(
                 "crashed holder: flow run %s died holding its tag; a new one comes only once it "
                 "is no longer Running (checked every %.0f min)",
-                self.zombie_run, REPEAT_SECONDS / 60,
-            )  # fmt: skip
+                self.zombie_run,
+                REPEAT_SECONDS / 60,
+            )
             return REPEAT_SECONDS
         return FAILED_RETRY_SECONDS
 
@@ -408,8 +421,12 @@ class Demo:
         log.info(
             "deadlock: flow %s, run %s: task %s holds tag %s and calls task %s with the same tag, "
             "which waits for it forever",
-            flow, run, outer, tag, inner,
-        )  # fmt: skip
+            flow,
+            run,
+            outer,
+            tag,
+            inner,
+        )
         return self.spawn(
             "deadlock",
             "nested-tags",
@@ -422,8 +439,9 @@ class Demo:
         log.info(
             "deployment: a runner serves %s/%s with concurrency_limit=1 and keeps two runs going: "
             "one holds the deployment's slot for 1-3 min, the other waits (AwaitingConcurrencySlot)",
-            flow, deployment,
-        )  # fmt: skip
+            flow,
+            deployment,
+        )
         return self.spawn(
             "deployment",
             "deployment",

@@ -152,9 +152,11 @@ def resources(request: HttpRequest) -> JsonResponse:
     page_text = request.GET.get("page", "1")
     # The same rows answer everyone until the board's version moves (see board_cache).
     listing = board_cache.kept(
-        "api", poll.board_version(), repr((search, status, kind, page_text)),
+        "api",
+        poll.board_version(),
+        repr((search, status, kind, page_text)),
         lambda: _listing(search, status, kind, page_text),
-    )  # fmt: skip
+    )
     if isinstance(listing, str):
         return _bad(listing)
     return JsonResponse({**listing, "sync": _sync_json()})

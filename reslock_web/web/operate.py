@@ -241,9 +241,20 @@ def _csv(queryset) -> StreamingHttpResponse:
         yield writer.writerow(header)
         for op in queryset.iterator(chunk_size=500):
             holder = op.holder.get("flow_run_name") or op.holder.get("task_run_name") or ""
-            values = [op.pk, op.created_at.isoformat(), op.finished_at.isoformat() if op.finished_at else "",
-                      op.requested_by_name, op.kind, op.limit_name, holder, op.reason, op.status,
-                      op.message, op.before, op.after]  # fmt: skip
+            values = [
+                op.pk,
+                op.created_at.isoformat(),
+                op.finished_at.isoformat() if op.finished_at else "",
+                op.requested_by_name,
+                op.kind,
+                op.limit_name,
+                holder,
+                op.reason,
+                op.status,
+                op.message,
+                op.before,
+                op.after,
+            ]
             yield writer.writerow([_csv_safe(value) for value in values])
 
     response = StreamingHttpResponse(rows(), content_type="text/csv")

@@ -23,21 +23,46 @@ def sample_rows() -> Limit:
     """Create the sample board; return the contended resource."""
     now = timezone.now()
     held = make_limit(
-        "resource:db-main", status=Status.CONTENDED, is_held=True, has_waiters=True,
-        active_slots=1, holder_count=1, waiter_count=2, held_since=now - timedelta(hours=3, minutes=12),
-    )  # fmt: skip
+        "resource:db-main",
+        status=Status.CONTENDED,
+        is_held=True,
+        has_waiters=True,
+        active_slots=1,
+        holder_count=1,
+        waiter_count=2,
+        held_since=now - timedelta(hours=3, minutes=12),
+    )
     Holder.objects.create(
-        limit=held, key="h", source="event", flow_run_id=uuid.uuid4(), flow_run_name=XSS,
-        flow_name="loader", task_run_name="load-it", state_type="RUNNING", state_name="Running",
-        acquired_at=now - timedelta(hours=3, minutes=12), lease_seconds=60,
-    )  # fmt: skip
+        limit=held,
+        key="h",
+        source="event",
+        flow_run_id=uuid.uuid4(),
+        flow_run_name=XSS,
+        flow_name="loader",
+        task_run_name="load-it",
+        state_type="RUNNING",
+        state_name="Running",
+        acquired_at=now - timedelta(hours=3, minutes=12),
+        lease_seconds=60,
+    )
     for position, name in [(1, "second-in-line"), (2, "third-in-line")]:
-        Waiter.objects.create(limit=held, key=name, source="tag_lease", position=position,
-                              flow_run_name=name, waiting_since=now - timedelta(minutes=position))  # fmt: skip
+        Waiter.objects.create(
+            limit=held,
+            key=name,
+            source="tag_lease",
+            position=position,
+            flow_run_name=name,
+            waiting_since=now - timedelta(minutes=position),
+        )
     make_limit(
-        "tag:reports", kind="tag", status=Status.STALE, is_held=True, is_stale=True, active_slots=1,
+        "tag:reports",
+        kind="tag",
+        status=Status.STALE,
+        is_held=True,
+        is_stale=True,
+        active_slots=1,
         evidence=[{"flag": "stale", "text": "run 'x' is Completed but still counted"}],
-    )  # fmt: skip
+    )
     make_limit("resource:free-one")
     make_limit("resource:paused", active=False, status=Status.INACTIVE)
     SyncRun.objects.create(ok=True, finished_at=now, limits=4, duration_ms=12)

@@ -32,8 +32,11 @@ class ListenerProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="reslock-listener-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "reslock_listen"],
-            cwd=BASE_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=BASE_DIR,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(
             lambda: (
                 (beat := Heartbeat.objects.filter(service="listener").first())
