@@ -24,11 +24,12 @@ def row_names(html: str) -> list[str]:
 
 def test_the_board_lists_every_present_resource_with_its_holder(viewer_client, rows):
     html = viewer_client.get("/").content.decode()
+    # Attention first: stale, then contended, then inactive, free last.
     assert row_names(html) == [
         "reports",
         "resource:db-main",
-        "resource:free-one",
         "resource:paused",
+        "resource:free-one",
     ]
     assert "3 h 12 min" in html
     assert "loader" in html and "load-it" in html and "next: second-in-line" in html
@@ -74,7 +75,7 @@ def test_facet_counts_follow_the_search(viewer_client, rows):
     [
         ("status=bogus", "Unknown status filter 'bogus': showing all."),
         ("kind=queue", "Unknown kind 'queue': showing every kind."),
-        ("sort=%3Cscript%3E", "Unknown sort '&lt;script&gt;': sorted by name."),
+        ("sort=%3Cscript%3E", "Unknown sort '&lt;script&gt;': sorted by attention first."),
         ("page=-3", "Page '-3' is not a page number: showing page 1."),
         ("q=a%00b", "The search contained a NUL character, which was removed."),
     ],
@@ -86,7 +87,7 @@ def test_bad_parameters_are_explained_not_fatal(viewer_client, rows, query, mess
 
 
 def test_a_page_past_the_end_shows_the_last_page(viewer_client, rows):
-    assert row_names(viewer_client.get("/?page=999").content.decode()) == [
+    assert row_names(viewer_client.get("/?page=999&sort=name").content.decode()) == [
         "reports",
         "resource:db-main",
         "resource:free-one",

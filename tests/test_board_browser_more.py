@@ -164,6 +164,35 @@ def test_the_stale_and_zombie_facets_count_and_show_their_own_rows(board, live_s
 
 
 # --- 2. live refresh keeps the operator's place ----------------------------------------------
+def test_the_board_opens_with_the_deadlocked_and_zombie_resources_on_top(board, live_server):
+    p = prefix()
+    now = timezone.now()
+    held = [
+        make_limit(f"resource:{p}-a{i}", status=Status.HELD, is_held=True, held_since=now)
+        for i in range(3)
+    ]
+    zombie = make_limit(f"resource:{p}-y-zombie", status=Status.ZOMBIE, has_zombie=True)
+    dead = make_limit(
+        f"resource:{p}-z-dead", status=Status.DEADLOCKED, is_deadlocked=True, has_waiters=True
+    )
+    synced(*held, zombie, dead)
+    board.goto(f"{live_server.url}/?q={p}")
+    names = board.locator("#rows th.resource a")
+    expect(names.nth(0)).to_have_text(dead.name, timeout=WAIT)
+    expect(names.nth(1)).to_have_text(zombie.name)
+    banner = board.locator("p.banner.attention")
+    expect(banner).to_have_text("Needs attention: 1 deadlocked, 1 zombie.")
+    # The count is a way in: it filters the board to those resources.
+    banner.get_by_role("link", name="1 zombie").click()
+    expect(board).to_have_url(re.compile(r"status=zombie"))
+    expect(names).to_have_count(1)
+    expect(names.nth(0)).to_have_text(zombie.name)
+    # Name order is one choice away.
+    board.goto(f"{live_server.url}/?q={p}")
+    board.get_by_label("Sort by").select_option("name")
+    expect(names.nth(0)).to_have_text(held[0].name, timeout=WAIT)
+
+
 def test_the_search_box_keeps_focus_text_and_caret_while_a_change_arrives(board, live_server):
     p = prefix()
     first, *_ = free_rows(p, 3)

@@ -142,6 +142,49 @@ def test_held_longest_puts_the_oldest_hold_first_and_free_ones_last(viewer_clien
     assert row_names(html) == ["c-oldest", "b-middle", "a-newest", "0-free"]
 
 
+def test_the_board_opens_worst_first_then_longest_held_and_name_order_is_one_choice_away(
+    viewer_client,
+):
+    now = timezone.now()
+    # Names against the order expected, so that a name sort fails; flags as the store sets them.
+    make_limit("a-free")
+    make_limit("b-held-new", status=Status.HELD, is_held=True, held_since=now - timedelta(hours=1))
+    make_limit("c-held-old", status=Status.HELD, is_held=True, held_since=now - timedelta(hours=9))
+    make_limit("d-stale", status=Status.STALE, is_held=True, is_stale=True, held_since=now)
+    make_limit("e-zombie", status=Status.ZOMBIE, has_zombie=True)
+    make_limit("f-deadlocked", status=Status.DEADLOCKED, is_deadlocked=True, has_waiters=True)
+    make_limit("g-over", status=Status.OVER_LIMIT, is_over_limit=True, is_held=True)
+    make_limit("h-gone", gone_at=now)  # not on the board at all
+    worst_first = ["g-over", "f-deadlocked", "e-zombie", "d-stale", "c-held-old", "b-held-new"]
+    html = viewer_client.get("/").content.decode()
+    assert row_names(html) == [*worst_first, "a-free"]
+    assert '<option value="attention" selected>attention first</option>' in html
+    by_name = viewer_client.get("/?sort=name").content.decode()
+    assert row_names(by_name) == sorted([*worst_first, "a-free"])
+
+
+def test_the_banner_counts_what_needs_attention_on_the_whole_board_with_links(viewer_client):
+    make_limit("quiet", status=Status.HELD, is_held=True)
+    html = viewer_client.get("/").content.decode()
+    assert "Needs attention" not in html  # all is well: nothing to say
+    make_limit("stale-1", status=Status.STALE, is_held=True, is_stale=True)
+    make_limit("stale-2", status=Status.ZOMBIE, is_stale=True, has_zombie=True)
+    make_limit("dead", status=Status.DEADLOCKED, is_deadlocked=True)
+    make_limit("unsure", status=Status.UNCOUNTED)
+    make_limit("gone-stale", status=Status.STALE, is_stale=True, gone_at=timezone.now())
+    # The search narrows the rows, not the banner: it speaks of the whole board.
+    html = viewer_client.get("/?q=quiet").content.decode()
+    [banner] = re.findall(r'<p class="banner attention" role="status">(.*?)</p>', html, re.S)
+    text = htmllib.unescape(re.sub(r"<[^>]+>", "", banner))
+    assert text == "Needs attention: 1 deadlocked, 1 uncounted, 1 zombie, 2 stale."
+    links = re.findall(r'<a href="([^"]+)">([^<]+)</a>', banner)
+    assert links == [
+        ("/?status=deadlocked", "1 deadlocked"),
+        ("/?status=zombie", "1 zombie"),
+        ("/?status=stale", "2 stale"),
+    ]  # uncounted has no filter of its own: counted, not linked
+
+
 def test_recently_changed_puts_the_latest_change_first(viewer_client):
     now = timezone.now()
     for name, minutes in [("a-old", 90), ("b-latest", 1), ("c-recent", 10)]:

@@ -46,10 +46,11 @@ def test_nothing_changed_is_an_empty_answer(viewer_client, rows):
 
 
 def test_a_changed_row_is_the_only_row_sent(viewer_client, rows):
-    seen = drawn_state(viewer_client.get("/?q=resource").content.decode())
+    # In name order the row keeps its place (attention first would move it above the rest).
+    seen = drawn_state(viewer_client.get("/?q=resource&sort=name").content.decode())
     free = Limit.objects.get(name="resource:free-one")
     touch(free, status=Status.HELD, is_held=True, active_slots=1, holder_count=1)
-    response = poll(viewer_client, "?q=resource", seen)
+    response = poll(viewer_client, "?q=resource&sort=name", seen)
     html = response.content.decode()
     assert response.status_code == 200
     assert oob_rows(html) == [f"limit-{free.pk}"]
@@ -58,7 +59,23 @@ def test_a_changed_row_is_the_only_row_sent(viewer_client, rows):
     assert 'id="facets"' in html and 'hx-swap-oob="true"' in html
     renewed = drawn_state(html.replace(' hx-swap-oob="true"', ""))
     assert renewed != seen
-    assert poll(viewer_client, "?q=resource", renewed).status_code == 204
+    assert poll(viewer_client, "?q=resource&sort=name", renewed).status_code == 204
+
+
+def test_a_resource_that_comes_to_need_attention_redraws_the_banner_on_the_next_poll(
+    viewer_client, rows
+):
+    seen = drawn_state(viewer_client.get("/?q=resource&sort=name").content.decode())
+    assert "Needs attention: 1 stale" in htmllib_text(viewer_client.get("/").content.decode())
+    free = Limit.objects.get(name="resource:free-one")
+    touch(free, status=Status.ZOMBIE, has_zombie=True)
+    html = poll(viewer_client, "?q=resource&sort=name", seen).content.decode()
+    assert 'id="banner"' in html and "Needs attention" in html
+    assert "1 zombie" in htmllib_text(html) and "1 stale" in htmllib_text(html)
+
+
+def htmllib_text(html: str) -> str:
+    return re.sub(r"<[^>]+>", "", html)
 
 
 def test_a_new_holder_alone_counts_as_a_change(viewer_client, rows):

@@ -38,9 +38,10 @@ def facets_digest(counts: dict[str, int]) -> str:
     return digest(sorted(counts.items()))
 
 
-def banner_digest(health: Freshness) -> str:
+def banner_digest(health: Freshness, attention: list[tuple[str, str, int]]) -> str:
     """Everything the banner says except ages, which the browser ticks on by itself."""
     return digest(
+        attention,
         health.last_ok.pk if health.last_ok else None,
         health.last_finished.pk if health.last_finished else None,
         health.failing,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, QuerySet
+from django.db.models import Case, Count, F, IntegerField, Q, QuerySet, Value, When
 from django.http import QueryDict
 
 from reslock_web.models import (
@@ -26,7 +26,35 @@ from reslock_web.models import (
 
 PAGE_SIZE = 50
 MAX_SEARCH = 200
+# What needs an operator first: more runs inside than the limit, a deadlock, a run that may be
+# inside uncounted, a dead or finished holder, drift; then the busy ones, the quiet ones last.
+ATTENTION = [
+    Status.OVER_LIMIT,
+    Status.DEADLOCKED,
+    Status.UNCOUNTED,
+    Status.ZOMBIE,
+    Status.STALE,
+    Status.DRIFT,
+    Status.CONTENDED,
+    Status.WAITING,
+    Status.HELD,
+    Status.INACTIVE,
+    Status.FREE,
+    Status.GONE,
+]
+NEEDS_ATTENTION = ATTENTION[: ATTENTION.index(Status.DRIFT) + 1]
+_WORST_FIRST = Case(
+    *(When(status=status, then=Value(rank)) for rank, status in enumerate(ATTENTION)),
+    default=Value(len(ATTENTION)),
+    output_field=IntegerField(),
+)
+DEFAULT_SORT = "attention"
 SORTS = {
+    # Worst first, then the longest held: the board opens on what to fix.
+    "attention": (
+        "attention first",
+        [_WORST_FIRST.asc(), F("held_since").asc(nulls_last=True), "resource", "id"],
+    ),
     "name": ("name", ["resource", "name", "id"]),
     "held": ("held longest", [F("held_since").asc(nulls_last=True), "resource", "id"]),
     "waiters": ("most waiters", ["-waiter_count", "resource", "id"]),
@@ -48,12 +76,29 @@ FACET_LABELS = {
 }
 
 
+def attention() -> list[tuple[str, str, int]]:
+    """What needs an operator on the whole board, whatever the search: (status filter or "",
+    label, count), worst first, counted as the status filters count (a resource both stale and zombie
+    is in both); nothing when all is well. A run that may be inside uncounted has no filter of
+    its own: its resources are counted by their badge."""
+    counted = {
+        status: Count("id", filter=facet_filter(status) if status in FACETS else Q(status=status))
+        for status in NEEDS_ATTENTION
+    }
+    found = Limit.objects.present().aggregate(**counted)
+    return [
+        (status if status in FACETS else "", Status(status).label, found[status])
+        for status in NEEDS_ATTENTION
+        if found[status]
+    ]
+
+
 @dataclass
 class BoardQuery:
     search: str = ""
     status: str = "all"
     kind: str = ""
-    sort: str = "name"
+    sort: str = DEFAULT_SORT
     page: int = 1
     problems: list[str] = field(default_factory=list)
 
@@ -78,11 +123,12 @@ class BoardQuery:
             query.kind = kind
         else:
             query.problems.append(f"Unknown kind {kind[:40]!r}: showing every kind.")
-        sort = params.get("sort", "name") or "name"
+        sort = params.get("sort", DEFAULT_SORT) or DEFAULT_SORT
         if sort in SORTS:
             query.sort = sort
         else:
-            query.problems.append(f"Unknown sort {sort[:40]!r}: sorted by name.")
+            label = SORTS[DEFAULT_SORT][0]
+            query.problems.append(f"Unknown sort {sort[:40]!r}: sorted by {label}.")
         page = params.get("page", "1") or "1"
         # ASCII only and short: int() refuses "²" and numbers of more than 4300 digits.
         if page.isascii() and page.isdigit() and len(page) < 20 and 0 < int(page) < 10**6:
@@ -101,7 +147,7 @@ class BoardQuery:
             "page": self.page,
         }
         values.update(changes)
-        defaults = {"q": "", "status": "all", "kind": "", "sort": "name", "page": 1}
+        defaults = {"q": "", "status": "all", "kind": "", "sort": DEFAULT_SORT, "page": 1}
         kept = {k: v for k, v in values.items() if v != defaults[k]}
         return "?" + urlencode(kept) if kept else "?"
 

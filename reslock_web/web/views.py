@@ -15,7 +15,7 @@ from django_htmx.http import reswap, retarget
 
 from reslock_web.board import cache as board_cache
 from reslock_web.board import poll
-from reslock_web.board.query import SORTS, BoardQuery, facets, with_people
+from reslock_web.board.query import SORTS, BoardQuery, attention, facets, with_people
 from reslock_web.models import Holder, Kind, Limit, Waiter
 from reslock_web.status import timeline
 from reslock_web.status.explain import explain
@@ -47,10 +47,11 @@ def board_changes(request: HttpRequest) -> HttpResponse:
     query = BoardQuery.from_params(request.GET)
     seen = poll.Seen.parse(request.GET.get("seen", ""))
     board, health = poll.board_version(), freshness()
-    if seen and seen.version == board and seen.banner == poll.banner_digest(health):
+    needs = _attention(board)
+    if seen and seen.version == board and seen.banner == poll.banner_digest(health, needs):
         return HttpResponse(status=204)
     results = board_cache.results(query, board)
-    now = _seen(board, results, query, health)
+    now = _seen(board, results, query, health, needs)
     changes = poll.compare(seen, now)
     # With nothing of this page changed, the answer still carries the new state (the version
     # moved): without it, every later poll would take this longer way again.
@@ -66,6 +67,7 @@ def board_changes(request: HttpRequest) -> HttpResponse:
         "changes": changes,
         "facets": facets(query, results.counts),
         "health": health,
+        "attention": needs,
         "seen": now.encode(),
         "oob": True,
     }
@@ -80,6 +82,7 @@ def _board_context(
     board = poll.board_version() if board is None else board
     health = freshness() if health is None else health
     results = board_cache.results(query, board) if results is None else results
+    needs = _attention(board)
     return {
         "query": query,
         "facets": facets(query, results.counts),
@@ -87,17 +90,23 @@ def _board_context(
         "sorts": [(key, label) for key, (label, _) in SORTS.items()],
         "kinds": Kind.choices,
         "health": health,
-        "seen": _seen(board, results, query, health).encode(),
+        "attention": needs,
+        "seen": _seen(board, results, query, health, needs).encode(),
     }
 
 
-def _seen(board: int, results: board_cache.Results, query: BoardQuery, health) -> poll.Seen:
+def _attention(board: int) -> list[tuple[str, str, int]]:
+    # Once per board version in each process: every poll reads it.
+    return board_cache.kept("attention", board, "", attention)
+
+
+def _seen(board: int, results: board_cache.Results, query: BoardQuery, health, needs) -> poll.Seen:
     return poll.Seen.of(
         board,
         results.counts.get(query.status, 0),
         results.versions,
         poll.facets_digest(results.counts),
-        poll.banner_digest(health),
+        poll.banner_digest(health, needs),
     )
 
 
