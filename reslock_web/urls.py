@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from reslock_web.web import api, login_throttle, metrics, views
+from reslock_web.web import api, api_operations, login_throttle, metrics, views
 from reslock_web.web import operate as operate_views
 from reslock_web.web.converters import NameConverter
 
@@ -22,6 +22,8 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("api/v1/resources", api.resources, name="api-resources"),
     path("api/v1/resources/<name:name>", api.resource, name="api-resource"),
+    path("api/v1/operations", api_operations.operations, name="api-operations"),
+    path("api/v1/operations/<int:pk>", api_operations.operation, name="api-operation"),
     path("metrics", metrics.metrics, name="metrics"),
     path("login/", login_throttle.login, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

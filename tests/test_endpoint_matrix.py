@@ -42,6 +42,8 @@ class Row:
     post: tuple[int, int, int]  # with a valid CSRF token
     form: Callable[[Data], dict[str, str]] = field(default=lambda d: {})
     creates_operations: bool = False  # an operator's POST with CSRF records an Operation
+    # Without a CSRF token, a POST is refused with 403 everywhere a session counts.
+    post_without_csrf: tuple[int, int, int] = (403, 403, 403)
 
 
 def operate_form(action: str) -> Callable[[Data], dict[str, str]]:
@@ -101,6 +103,18 @@ MATRIX: dict[str, Row] = {
     "healthz": Row(lambda d: "/healthz", (200, 200, 200), NOT_POST),
     "api-resources": Row(lambda d: "/api/v1/resources", (401, 200, 200), NOT_POST),
     "api-resource": Row(lambda d: f"/api/v1/resources/{d.tag.name}", (401, 200, 200), NOT_POST),
+    # Only a bearer token may ask for operations (see test_api_operations): no session counts,
+    # with or without a CSRF token, so no persona here gets further than 401.
+    "api-operations": Row(
+        lambda d: "/api/v1/operations",
+        NOT_POST,
+        (401, 401, 401),
+        form=lambda d: {"kind": "activate", "resource": d.off.name},
+        post_without_csrf=(401, 401, 401),
+    ),
+    "api-operation": Row(
+        lambda d: f"/api/v1/operations/{d.operation.pk}", (401, 200, 200), NOT_POST
+    ),
     # Sessions do not count: only the metrics token opens it (see test_metrics).
     "metrics": Row(lambda d: "/metrics", (401, 401, 401), NOT_POST),
     "login": Row(
@@ -212,7 +226,9 @@ def test_each_endpoint_answers_each_persona_as_expected(request, data, key, pers
         expected = row.get[PERSONAS.index(persona)]
     else:
         response = client.post(url, row.form(data), headers=headers)
-        expected = 403 if mode == "post-without-csrf" else row.post[PERSONAS.index(persona)]
+        expected = (row.post_without_csrf if mode == "post-without-csrf" else row.post)[
+            PERSONAS.index(persona)
+        ]
     assert response.status_code == expected, response.content[:300]
     if response.status_code == 302 and persona == "anonymous":
         assert response["Location"].startswith(("/login/", "/admin/login/"))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import wraps
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -61,6 +63,41 @@ def operator_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
     return wrapper
 
 
+@dataclass
+class Submission:
+    """What became of one request for an operation: the checked form, the plan, and the
+    operation when both allowed it (None otherwise: nothing was recorded)."""
+
+    form: OperateForm
+    plan: plans.Plan
+    operation: Operation | None = None
+
+
+def submit(
+    user: Any,
+    kind: str,
+    limit: Limit,
+    holder: Holder | None,
+    data: Mapping[str, Any] | None,
+    via: str = "",
+) -> Submission:
+    """The one path from a request to an operation, for the page, the JSON API and the
+    command: the same checks (`OperateForm`), the same plan and refusals, the same record.
+    With no data, only the plan and an empty form (the confirmation page's first view)."""
+    initial = {
+        "token": uuid.uuid4(),
+        "limit_id": limit.prefect_id,
+        "holder": holder.pk if holder else None,
+        "expected": limit.limit,
+    }
+    form = OperateForm(data, kind=kind, limit=limit, holder=holder, initial=initial)
+    plan = _plan(kind, limit, holder, form)
+    submission = Submission(form, plan)
+    if data is not None and form.is_valid() and plan.allowed:
+        submission.operation = _record(user, kind, limit, holder, form, via)
+    return submission
+
+
 def _plan(kind: str, limit: Limit, holder: Holder | None, form: OperateForm) -> plans.Plan:
     if kind == OperationKind.RELEASE_HOLDER:
         return plans.plan_release(limit, holder)
@@ -99,17 +136,10 @@ def operate(request: HttpRequest, action: str, name: str) -> HttpResponse:
         if kind == OperationKind.RELEASE_HOLDER
         else None
     )
-    initial = {
-        "token": uuid.uuid4(),
-        "limit_id": limit.prefect_id,
-        "holder": holder.pk if holder else None,
-        "expected": limit.limit,
-    }
-    form = OperateForm(request.POST or None, kind=kind, limit=limit, holder=holder, initial=initial)
-    plan = _plan(kind, limit, holder, form)
-    if request.method == "POST" and form.is_valid() and plan.allowed:
-        operation = _record(request, kind, limit, holder, form)
-        url = reverse("operation", args=[operation.pk])
+    data = request.POST if request.method == "POST" else None
+    submission = submit(request.user, kind, limit, holder, data)
+    if submission.operation is not None:
+        url = reverse("operation", args=[submission.operation.pk])
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     status = 400 if request.method == "POST" else 200
     context = {
@@ -117,23 +147,20 @@ def operate(request: HttpRequest, action: str, name: str) -> HttpResponse:
         "action": action,
         "limit": limit,
         "holder": holder,
-        "form": form,
-        "plan": plan,
+        "form": submission.form,
+        "plan": submission.plan,
     }
     return render(request, "operate.html", context, status=status)
 
 
 def _record(
-    request: HttpRequest, kind: str, limit: Limit, holder: Holder | None, form: OperateForm
+    user: Any, kind: str, limit: Limit, holder: Holder | None, form: OperateForm, via: str
 ) -> Operation:
-    params = {}
+    params: dict[str, Any] = {"requested_via": via} if via else {}
     if kind == OperationKind.SET_LIMIT:
-        params = {
-            "value": form.cleaned_data["value"],
-            "expected": form.cleaned_data.get("expected"),
-        }
-        if params["expected"] is None:
-            params["expected"] = limit.limit
+        expected = form.cleaned_data.get("expected")
+        params["value"] = form.cleaned_data["value"]
+        params["expected"] = limit.limit if expected is None else expected
     if form.cleaned_data.get("crash_flow_run"):
         params["crash_flow_run"] = True
     if kind == OperationKind.REPAIR_DRIFT:
@@ -147,7 +174,7 @@ def _record(
                 kind=kind,
                 limit=limit,
                 holder=holder,
-                user=request.user,
+                user=user,
                 reason=form.cleaned_data.get("reason", ""),
                 params=params,
                 token=form.cleaned_data["token"],
