@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import postgres
-from tests.support.machine import find_chromium
+from tests.support.machine import find_chromium, find_promtool
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -50,11 +50,25 @@ def test_without_a_browser_it_stops_within_seconds_naming_what_to_install(tmp_pa
 
 def test_a_browser_installed_elsewhere_is_found(tmp_path):
     executable(tmp_path / "bin" / "redis-server")
+    executable(tmp_path / "bin" / "promtool")
     chrome = executable(tmp_path / "bin" / "chromium-browser")
     env = {"PATH": str(tmp_path / "bin"), "HOME": str(tmp_path)}
     result, _ = check_machine(env)
     assert result.returncode == 0, result.stderr
     assert find_chromium(env) == str(chrome)
+
+
+def test_without_promtool_it_names_the_package_that_brings_it(tmp_path):
+    executable(tmp_path / "bin" / "redis-server")
+    executable(tmp_path / "bin" / "chromium")
+    env = {"PATH": str(tmp_path / "bin"), "HOME": str(tmp_path)}
+    result, seconds = check_machine(env)
+    assert result.returncode == 1 and seconds < 10
+    [line] = result.stderr.splitlines()
+    assert "lacks prometheus:" in line and "`sudo apt-get install prometheus`" in line
+    assert "promtool" in line and "chromium" not in line
+    promtool = executable(tmp_path / "bin" / "promtool")
+    assert find_promtool(env) == str(promtool)
 
 
 def test_a_browser_that_playwright_downloaded_or_one_named_is_found(tmp_path):

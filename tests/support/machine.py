@@ -1,4 +1,5 @@
-"""What `make test` needs from the machine: Chromium, Redis, Python's venv. Run before the suite.
+"""What `make test` needs from the machine: Chromium, Redis, Python's venv, promtool. Run before
+the suite.
 
 `python3 -m tests.support.machine` (the Makefile's first step, before the venv exists: standard
 library only) finds each of them, installs what is missing with apt-get when it runs as root,
@@ -18,7 +19,14 @@ from pathlib import Path
 
 # Names a Chromium goes by on PATH (Debian, Ubuntu and others, Google's build).
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-PACKAGES = {"chromium": "chromium", "redis-server": "redis-server", "venv": "python3-venv"}
+# promtool checks deploy/prometheus/alerts.yml (tests/test_alert_rules.py); Debian ships it in
+# the prometheus package, whose server the suite never starts.
+PACKAGES = {
+    "chromium": "chromium",
+    "redis-server": "redis-server",
+    "venv": "python3-venv",
+    "promtool": "prometheus",
+}
 
 
 def find_chromium(env: Mapping[str, str] = os.environ) -> str | None:
@@ -37,6 +45,10 @@ def find_chromium(env: Mapping[str, str] = os.environ) -> str | None:
             if os.access(candidate, os.X_OK):
                 return str(candidate)
     return None
+
+
+def find_promtool(env: Mapping[str, str] = os.environ) -> str | None:
+    return shutil.which("promtool", path=env.get("PATH", ""))
 
 
 def redis_answers(port: int = 6379) -> bool:
@@ -67,6 +79,8 @@ def missing(env: Mapping[str, str] = os.environ) -> list[str]:
         lacking.append(PACKAGES["redis-server"])
     if not has_venv():
         lacking.append(PACKAGES["venv"])
+    if find_promtool(env) is None:
+        lacking.append(PACKAGES["promtool"])
     return lacking
 
 
@@ -97,9 +111,14 @@ def main(env: Mapping[str, str] = os.environ) -> int:
     if not lacking:
         return 0
     names = " ".join(lacking)
-    hint = (
-        " (or set RESLOCK_CHROMIUM to a Chromium or Chrome binary)" if "chromium" in lacking else ""
-    )
+    hints = []
+    if PACKAGES["chromium"] in lacking:
+        hints.append("or set RESLOCK_CHROMIUM to a Chromium or Chrome binary")
+    if PACKAGES["promtool"] in lacking:
+        hints.append(
+            "prometheus brings promtool, which checks the alert rules; its server need not run"
+        )
+    hint = f" ({'; '.join(hints)})" if hints else ""
     sys.stderr.write(
         f"make test: this machine lacks {names}: install with `sudo apt-get install {names}`"
         f"{hint}, then run make test again\n"
