@@ -24,7 +24,7 @@ from reslock_web.models import (
 )
 from reslock_web.operations.plans import holder_snapshot, plan_release
 from reslock_web.operations.queue import send
-from reslock_web.sync.run import try_lock, unlock, where_pids_mean_something
+from reslock_web.sync.lock import try_lock, unlock, where_pids_mean_something
 from tests.support.board_data import make_limit
 from tests.support.operating import finished, form, sync_until, unique
 from tests.support.patient import patient_client
@@ -213,7 +213,7 @@ def test_a_stale_tag_holder_running_again_is_left_alone(
 
 
 def test_the_sync_lock_frees_itself_once_it_expires():
-    from reslock_web.sync.run import LOCK_SECONDS
+    from reslock_web.sync.lock import LOCK_SECONDS
 
     now = timezone.now()
     first = try_lock(now)

@@ -11,7 +11,8 @@ from django.test.utils import CaptureQueriesContext
 
 from reslock_web.models import Holder, Limit, LockEvent, SyncState
 from reslock_web.prefect_io.api import PrefectAPI
-from reslock_web.sync.run import gather, sync_all, sync_limit
+from reslock_web.sync.gather import gather
+from reslock_web.sync.run import sync_all, sync_limit
 from tests.support.net import wait_for
 from tests.support.operating import unique
 from tests.support.patient import patient_client

@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from reslock_web.models import SyncState
 from reslock_web.sync.health import Freshness
 
 MAX_ROWS = 500  # a page has 50; anything longer is not ours
@@ -126,8 +127,6 @@ def compare(seen: Seen | None, now: Seen) -> Changes:
 
 
 def board_version() -> int:
-    from reslock_web.models import SyncState
-
     found = SyncState.objects.filter(name="board").values_list("version", flat=True).first()
     return found or 0
 

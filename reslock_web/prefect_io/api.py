@@ -28,6 +28,7 @@ import httpx
 from django.utils.dateparse import parse_datetime
 from django.utils.http import parse_http_date_safe
 
+from reslock_web.prefect_io import budget as prefect_budget
 from reslock_web.prefect_io.budget import Budget, Throttled
 from reslock_web.security import redact
 
@@ -281,8 +282,6 @@ class PrefectAPI:
     def for_url(cls, api_url: str) -> PrefectAPI:
         """A session with the settings' key, timeout and the shared request budget."""
         from django.conf import settings
-
-        from reslock_web.prefect_io import budget as prefect_budget
 
         return cls(
             api_url,
