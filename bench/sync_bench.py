@@ -102,15 +102,17 @@ def endpoint(method: str, path: str) -> str:
 class Meter:
     """Wall time per sync phase and per Prefect endpoint, by wrapping functions in memory."""
 
+    # Each phase is wrapped where its caller looks it up: in the module that imported it by
+    # name (run's `gather`, gather's `find_claims`, store's `judge_limit`), else where it lives.
     PHASES = (
         ("reslock_web.sync.run", "gather"),
         ("reslock_web.prefect_io.api", "PrefectAPI.list_limits"),
-        ("reslock_web.sync.run", "_tag_holders"),
-        ("reslock_web.sync.run", "_claims"),
-        ("reslock_web.sync.run", "_resolve_runs"),
+        ("reslock_web.sync.gather", "_tag_holders"),
+        ("reslock_web.sync.gather", "find_claims"),
+        ("reslock_web.sync.prefect_runs", "resolve_runs"),
         ("reslock_web.sync.store", "write"),
         ("reslock_web.sync.store", "_store_events"),
-        ("reslock_web.sync.store", "_judge"),
+        ("reslock_web.sync.store", "judge_limit"),
         ("reslock_web.sync.store", "_write_people"),
         ("reslock_web.sync.store", "_mark_gone"),
     )
@@ -329,7 +331,7 @@ def what_if(api_url: str) -> str:
     Only Prefect is called here; reslock's code is not changed or patched."""
     import httpx
 
-    from reslock_web.sync.run import EVENT_PREFIXES
+    from reslock_web.sync.events import EVENT_PREFIXES
 
     out = io.StringIO()
     http = httpx.Client(base_url=api_url + "/", timeout=60)

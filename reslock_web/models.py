@@ -365,7 +365,7 @@ class SyncState(models.Model):
 
     name = models.CharField(max_length=40, unique=True)
     events_until = models.DateTimeField(null=True, blank=True)
-    # Row "backfill": the window of past events a long read covers (sync/run.py's backfill).
+    # Row "backfill": the window of past events a long read covers (sync/backfill.py).
     window_start = models.DateTimeField(null=True, blank=True)
     window_end = models.DateTimeField(null=True, blank=True)
     locked_by = models.CharField(max_length=200, blank=True)

@@ -27,9 +27,12 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from reslock_web.models import Limit, LockEvent
-from reslock_web.prefect_io.api import EventInfo, LimitInfo, PrefectAPI, RunInfo
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.prefect_io.records import EventInfo, LimitInfo, RunInfo
 from reslock_web.sync import store
-from reslock_web.sync.run import Snapshot, sync_all
+from reslock_web.sync.events import event_row, record_events
+from reslock_web.sync.run import sync_all
+from reslock_web.sync.snapshot import Snapshot
 
 # Hypothesis caches what it learns under a folder of its own: keep it out of the tree.
 set_hypothesis_home_dir(str(django_settings.VAR_DIR / "hypothesis"))
@@ -268,7 +271,7 @@ def test_an_event_is_parsed_into_storable_values_or_skipped(data):
     assert storable(event.event) and storable_time(event.occurred)
     for mapping in (event.resource, *event.related):
         assert all(storable(k) and storable(v) for k, v in mapping.items())
-    row = store.event_row(event)  # the values the database will get
+    row = event_row(event)  # the values the database will get
     assert row.lease_seconds is None or 0 < row.lease_seconds < 2**31
     assert storable(row.limit_name) and storable(row.flow_run_name)
 
@@ -431,8 +434,8 @@ def escape(text: str) -> str:
 def test_any_parsed_events_are_recorded_once(db, items):
     events = [event for item in items if (event := EventInfo.parse(item))]
     with transaction.atomic():
-        store.record_events(events)
-        store.record_events(events)  # the sync and the listener both see every event
+        record_events(events)
+        record_events(events)  # the sync and the listener both see every event
     assert LockEvent.objects.filter(event_id__in=[e.id for e in events]).count() == len(
         {e.id for e in events}
     )

@@ -24,7 +24,7 @@ from reslock_web.models import (
     Status,
     Waiter,
 )
-from reslock_web.prefect_io.api import EventInfo
+from reslock_web.prefect_io.records import EventInfo
 from reslock_web.sync import listener
 from tests.support.board_data import XSS, make_limit, sample_rows
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reslock_web.models import Condition, Kind, Status
-from reslock_web.prefect_io.api import LimitInfo, RunInfo
+from reslock_web.prefect_io.records import LimitInfo, RunInfo
 from reslock_web.status.diagnosis import (
     ALIVE,
     GONE,

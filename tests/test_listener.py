@@ -29,7 +29,7 @@ from reslock_web.models import (
 )
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.listener import FULL_RESYNC_OVER
-from reslock_web.sync.run import try_lock, unlock
+from reslock_web.sync.lock import try_lock, unlock
 from tests.support.listener_process import (
     ListenerProcess,
     assert_each_applied_once,

@@ -22,9 +22,10 @@ from reslock_web.models import (
     OperationStatus,
     SyncState,
 )
+from reslock_web.operations.plans import plan_release
 from reslock_web.operations.queue import send
-from reslock_web.operations.requests import holder_snapshot, plan_release
-from reslock_web.sync.run import try_lock, unlock, where_pids_mean_something
+from reslock_web.operations.requests import holder_snapshot
+from reslock_web.sync.lock import try_lock, unlock, where_pids_mean_something
 from tests.support.board_data import make_limit
 from tests.support.operating import finished, form, sync_until, unique
 from tests.support.patient import patient_client
@@ -213,7 +214,7 @@ def test_a_stale_tag_holder_running_again_is_left_alone(
 
 
 def test_the_sync_lock_frees_itself_once_it_expires():
-    from reslock_web.sync.run import LOCK_SECONDS
+    from reslock_web.sync.lock import LOCK_SECONDS
 
     now = timezone.now()
     first = try_lock(now)
@@ -223,7 +224,7 @@ def test_the_sync_lock_frees_itself_once_it_expires():
     second = try_lock(now + timedelta(seconds=LOCK_SECONDS + 1))
     assert second is not None and second != first
     unlock(first)  # the dead one's late unlock cannot free the new holder's lock
-    assert SyncState.objects.get(name="sync").locked_by == second
+    assert SyncState.objects.get(name=SyncState.SYNC).locked_by == second
     unlock(second)
     assert try_lock(now + timedelta(seconds=LOCK_SECONDS + 2)) is not None
 
@@ -244,7 +245,7 @@ def test_a_sync_lock_left_by_a_process_that_died_here_is_taken_over_at_once():
         ]:
             token = f"{host}:{pid}:123"
             SyncState.objects.update_or_create(
-                name="sync",
+                name=SyncState.SYNC,
                 defaults={"locked_by": token, "locked_until": now + timedelta(seconds=200)},
             )
             taken = try_lock(now)

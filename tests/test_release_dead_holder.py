@@ -16,8 +16,9 @@ from django.urls import reverse
 
 from reslock.process import process_gone, process_identity
 from reslock_web.models import Condition, Operation, OperationStatus
-from reslock_web.prefect_io.api import EventInfo
-from reslock_web.sync import store
+from reslock_web.prefect_io.records import EventInfo
+from reslock_web.sync.claims import claim_from_row
+from reslock_web.sync.events import event_row
 from tests.support.operating import finished, form, sync, sync_until, unique
 from tests.support.patient import patient_client
 from tests.support.slot_watch import CounterWatch
@@ -98,9 +99,9 @@ def acquired_event(process: object, event: str = "reslock.lock.acquired") -> Eve
 
 def test_a_process_identity_from_prefect_is_kept_only_when_well_formed():
     good = process_identity()
-    assert store.event_row(acquired_event(good)).process == good
-    assert store.claim_from_row(store.event_row(acquired_event(good))).process == good
+    assert event_row(acquired_event(good)).process == good
+    assert claim_from_row(event_row(acquired_event(good))).process == good
     for bad in [None, "pid 1", [good], {**good, "pid": "1"}, {**good, "start_ticks": None}]:
-        assert store.event_row(acquired_event(bad)).process == {}, bad
+        assert event_row(acquired_event(bad)).process == {}, bad
     # Only the helper's acquire names a holder's process.
-    assert store.event_row(acquired_event(good, "reslock.lock.released")).process == {}
+    assert event_row(acquired_event(good, "reslock.lock.released")).process == {}

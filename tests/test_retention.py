@@ -10,10 +10,9 @@ import pytest
 from django.utils import timezone
 
 from reslock_web.models import AppliedEvent, LockEvent, SyncRun, SyncState
-from reslock_web.prefect_io.api import EventInfo
+from reslock_web.prefect_io.records import EventInfo
 from reslock_web.sync import retention
-from reslock_web.sync.run import _events_since
-from reslock_web.sync.store import record_events
+from reslock_web.sync.events import events_since, record_events
 
 LIMIT = uuid.uuid4()
 
@@ -123,12 +122,12 @@ def test_the_sync_never_reads_events_older_than_the_backfill_even_after_a_long_s
     settings.EVENTS_BACKFILL_DAYS = 7
     now = timezone.now()
     SyncState.objects.update_or_create(
-        name="events", defaults={"events_until": now - timedelta(days=30)}
+        name=SyncState.EVENTS, defaults={"events_until": now - timedelta(days=30)}
     )
     # Older events may have been pruned: reading them again would reopen finished holds.
-    assert _events_since(now) == now - timedelta(days=7)
-    SyncState.objects.filter(name="events").update(events_until=now - timedelta(minutes=5))
-    assert _events_since(now) == now - timedelta(minutes=6)
+    assert events_since(now) == now - timedelta(days=7)
+    SyncState.objects.filter(name=SyncState.EVENTS).update(events_until=now - timedelta(minutes=5))
+    assert events_since(now) == now - timedelta(minutes=6)
 
 
 def test_the_prune_runs_in_the_worker(celery_worker, settings):

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reslock_web.models import LockEvent
-from reslock_web.prefect_io.api import EventInfo
+from reslock_web.prefect_io.records import EventInfo
 from reslock_web.status.diagnosis import ALIVE, Claim, Life
-from reslock_web.sync.store import life_reader, record_events
+from reslock_web.sync.events import record_events
+from reslock_web.sync.verdicts import life_reader
 
 pytestmark = pytest.mark.django_db
 

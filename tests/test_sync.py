@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncRun
 from reslock_web.prefect_io.api import PrefectAPI
-from reslock_web.sync.run import sync_all, try_lock, unlock
+from reslock_web.sync.lock import try_lock, unlock
+from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 
@@ -362,10 +363,10 @@ def test_counted_tag_holders_are_kept_while_the_counter_stands_still(
     """Holders found by counting a tag's Running task runs are reused by the next pass, as a
     list read from Prefect is, instead of counting every run again; they are first in line
     for the check against Prefect's own list, of which a pass makes only a few."""
-    from reslock_web.sync import run as sync_module
-    from reslock_web.sync.store import NEVER_READ
+    from reslock_web.sync import gather as gather_module
+    from reslock_web.sync.verdicts import NEVER_READ
 
-    monkeypatch.setattr(sync_module, "VERIFY_PER_PASS", 0)  # as for the 4th counted tag on
+    monkeypatch.setattr(gather_module, "VERIFY_PER_PASS", 0)  # as for the 4th counted tag on
     tag = unique("resource:counted")
     holder = flows.start("tag_holder", tag=tag, flow_run_name="counted")
     holder.wait_event("acquired")

@@ -12,7 +12,7 @@ from django.core.management import call_command
 
 from reslock_web.models import LockEvent, SyncState
 from reslock_web.prefect_io.api import PrefectAPI
-from reslock_web.sync import run as sync
+from reslock_web.sync import backfill
 from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
 from tests.support.operating import unique
@@ -46,7 +46,7 @@ def past_acquires(name: str, count: int) -> list[dict]:
 def test_a_first_sync_reads_past_events_in_batches_and_resumes_where_it_stopped(
     prefect_server, proxy, monkeypatch, viewer_client
 ):
-    monkeypatch.setattr(sync, "BACKFILL_BATCH", 50)  # one of Prefect's pages
+    monkeypatch.setattr(backfill, "BACKFILL_BATCH", 50)  # one of Prefect's pages
     name = unique("resource:backfilled")
     events = past_acquires(name, 130)
     emit(prefect_server.api_url, events)
@@ -72,7 +72,7 @@ def test_a_first_sync_reads_past_events_in_batches_and_resumes_where_it_stopped(
     assert run is not None and not run.ok
     assert LockEvent.objects.filter(limit_name=name).count() == 50
     fiftieth = datetime.fromisoformat(events[49]["occurred"])
-    assert SyncState.objects.get(name="events").events_until == fiftieth
+    assert SyncState.objects.get(name=SyncState.EVENTS).events_until == fiftieth
     banner = viewer_client.get("/").content.decode()
     assert "Reading past lock events:" in banner and "% done" in banner
 
@@ -82,7 +82,7 @@ def test_a_first_sync_reads_past_events_in_batches_and_resumes_where_it_stopped(
     assert LockEvent.objects.filter(limit_name=name).count() == 130
     assert "past lock events, up to" in err.getvalue()  # how far it got, as it goes
     assert len(out.getvalue().splitlines()) == 1 and "new events" in out.getvalue()
-    assert SyncState.objects.get(name="backfill").window_start is None
+    assert SyncState.objects.get(name=SyncState.BACKFILL).window_start is None
     assert "Reading past lock events" not in viewer_client.get("/").content.decode()
 
 

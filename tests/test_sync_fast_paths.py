@@ -10,9 +10,9 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from reslock_web.models import Limit
+from reslock_web.models import Limit, search_text
 from reslock_web.prefect_io.api import PrefectAPI
-from reslock_web.sync import store
+from reslock_web.sync import fast_paths
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
 
@@ -20,7 +20,7 @@ from tests.support.patient import patient_client
 def filled(row: Limit, i: int, now) -> Limit:
     """Every kind of column with a value, and with none where the column allows it."""
     row.name, row.kind, row.resource = f"tag:é{i} <b>", "tag", f"é{i}"
-    row.search_text = store.search_text(row.name, row.resource)
+    row.search_text = search_text(row.name, row.resource)
     row.deployment_id = uuid.uuid4() if i % 2 else None
     row.limit, row.active, row.active_slots = i, bool(i % 3), i % 4
     row.slot_decay_per_second = 0.5 * i
@@ -35,14 +35,14 @@ def filled(row: Limit, i: int, now) -> Limit:
 @pytest.mark.django_db
 def test_limits_inserted_in_bulk_are_stored_as_django_would_store_them():
     now = timezone.now()
-    fast = [filled(store._NewLimits()(uuid.uuid4(), now), i, now) for i in range(6)]
+    fast = [filled(fast_paths.NewLimits()(uuid.uuid4(), now), i, now) for i in range(6)]
     plain = [
         filled(Limit(prefect_id=uuid.uuid4(), first_seen=now, changed_at=now), i, now)
         for i in range(6)
     ]
     with transaction.atomic():
         Limit.objects.create(prefect_id=uuid.uuid4(), name="older", kind="global", limit=1)
-        store._insert_limits(fast)
+        fast_paths.insert_limits(fast)
         Limit.objects.bulk_create(plain)
     columns = [f.attname for f in Limit._meta.concrete_fields if f.attname != "id"]
     for mine, django in zip(fast, plain, strict=True):
@@ -59,7 +59,7 @@ def test_limits_inserted_in_bulk_are_stored_as_django_would_store_them():
 @pytest.mark.django_db(transaction=True)
 def test_which_of_a_thousand_stored_runs_changed_is_answered_in_full(prefect_server):
     """More changed runs than one page of events holds, among many that did nothing."""
-    from reslock_web.sync.run import RUN_EVENT_PREFIXES
+    from reslock_web.sync.prefect_runs import RUN_EVENT_PREFIXES
 
     started = timezone.now()
     with patient_client(prefect_server.api_url) as http:

@@ -11,7 +11,8 @@ from django.test.utils import CaptureQueriesContext
 
 from reslock_web.models import Holder, Limit, LockEvent, SyncState
 from reslock_web.prefect_io.api import PrefectAPI
-from reslock_web.sync.run import gather, sync_all, sync_limit
+from reslock_web.sync.gather import gather
+from reslock_web.sync.run import sync_all, sync_limit
 from tests.support.net import wait_for
 from tests.support.operating import unique
 from tests.support.patient import patient_client
@@ -106,10 +107,10 @@ def test_a_resync_costs_the_same_with_300_events_on_other_limits(prefect_server,
         assert sync_all(api).ok  # the other limits' events are stored, and in the last minute
     assert LockEvent.objects.exclude(limit_prefect_id=target_id).count() >= len(busy)
 
-    events_read = SyncState.objects.get(name="events").events_until
+    events_read = SyncState.objects.get(name=SyncState.EVENTS).events_until
     busy_requests, busy_writes = measured()
     # How far every limit's events were read is the complete passes' mark; this one's is its own.
-    assert SyncState.objects.get(name="events").events_until == events_read
+    assert SyncState.objects.get(name=SyncState.EVENTS).events_until == events_read
     assert Limit.objects.named(target).events_read_until > events_read
     # The limit, one page of its events, its runs: no more than alone, and no more writes
     # (a re-read of the whole workspace's last minute would page through 300 events, and

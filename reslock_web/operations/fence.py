@@ -43,7 +43,8 @@ from reslock.protocol import (
     renews_every,
 )
 from reslock_web.models import ClaimLost, Condition, Holder, Operation, OperationStatus
-from reslock_web.prefect_io.api import EventInfo, PrefectAPI, PrefectError
+from reslock_web.prefect_io.api import PrefectAPI, PrefectError
+from reslock_web.prefect_io.records import EventInfo
 from reslock_web.sync.run import sync_limit_or_raise
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from uuid import UUID
 
 from reslock_web.models import (
     Operation,
@@ -64,11 +63,4 @@ def read_quietly(api: PrefectAPI, operation: Operation):
     try:
         return api.read_limit(str(operation.limit.prefect_id))
     except PrefectError:
-        return None
-
-
-def as_uuid(value: Any) -> UUID | None:
-    try:
-        return UUID(str(value)) if value else None
-    except ValueError:
         return None

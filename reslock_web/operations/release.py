@@ -27,7 +27,6 @@ from reslock_web.models import (
 from reslock_web.operations import fence
 from reslock_web.operations.outcome import (
     Skip,
-    as_uuid,
     current_limit,
     limit_snapshot,
     read_quietly,
@@ -37,6 +36,7 @@ from reslock_web.operations.plans import (
     MAX_FENCED_LEASE,
 )
 from reslock_web.prefect_io.api import PrefectAPI, PrefectError
+from reslock_web.prefect_io.records import parse_uuid
 from reslock_web.sync.run import sync_limit_or_raise
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 @skipping
 def release(operation: Operation, api: PrefectAPI) -> tuple[str, str, dict[str, Any]]:
     holder = operation.holder
-    task_run_id = as_uuid(holder.get("task_run_id"))
-    flow_run_id = as_uuid(holder.get("flow_run_id"))
-    lease_id = as_uuid(holder.get("lease_id"))
+    task_run_id = parse_uuid(holder.get("task_run_id"))
+    flow_run_id = parse_uuid(holder.get("flow_run_id"))
+    lease_id = parse_uuid(holder.get("lease_id"))
     condition = holder.get("condition")
     current_limit(operation, api)  # it must still exist
     who = holder.get("flow_run_name") or holder.get("task_run_name") or operation.holder_key

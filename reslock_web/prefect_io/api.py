@@ -5,7 +5,7 @@ whose `retryable` says whether trying again later can help. Plain httpx rather t
 client: that client retries five times with back-off on its own (over a minute for a server
 that hangs) and reads process-wide settings; here the caller decides when to retry.
 
-Every request first takes its turn from the shared request budget (prefect_budget.py), when
+Every request first takes its turn from the shared request budget (`budget`), when
 one is given. A 429 (Prefect Cloud's rate limit) was not carried out: it stops every reslock
 process until its `Retry-After` has passed, and the request is sent again, up to `patience`
 seconds of such waits in all; only then does the caller see the error.
@@ -18,19 +18,26 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 from uuid import UUID
 
 import httpx
 from django.conf import settings
-from django.utils.dateparse import parse_datetime
 from django.utils.http import parse_http_date_safe
 
 from reslock_web.prefect_io.budget import Budget, Throttled
 from reslock_web.prefect_io.budget import for_settings as budget_for_settings
+from reslock_web.prefect_io.records import (
+    EventInfo,
+    LimitInfo,
+    LimitListing,
+    RunInfo,
+    as_list,
+    parse_uuid,
+    short_text,
+)
 from reslock_web.security import redact
 
 log = logging.getLogger(__name__)
@@ -66,187 +73,6 @@ class PrefectError(Exception):
         way the request was not carried out: Prefect refuses a 429 before doing anything, and
         a request the budget holds back is never sent."""
         return self.status == THROTTLED
-
-
-def _uuid(value: Any) -> UUID | None:
-    try:
-        return UUID(str(value)) if value else None
-    except ValueError:
-        return None
-
-
-def _when(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        when = parse_datetime(value)
-        # Naive means UTC in Prefect's API; a time that has no UTC equivalent (year 1 at
-        # +23:00) would fail only later, when the database stores it.
-        return when.replace(tzinfo=when.tzinfo or UTC).astimezone(UTC) if when else None
-    except (ValueError, OverflowError):
-        return None
-
-
-def _clean(value: str) -> str:
-    """Text any database can store: no NUL, no lone surrogate (JSON allows both)."""
-    if "\x00" in value:
-        value = value.replace("\x00", "")
-    return value.encode("utf-8", "replace").decode() if not value.isascii() else value
-
-
-def _text(value: Any, limit: int = 500) -> str:
-    return _clean(value[:limit]) if isinstance(value, str) else ""
-
-
-def _number(value: Any) -> bool:
-    """A JSON number that is a number: not a boolean, not NaN, not infinite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
-
-
-@dataclass(frozen=True)
-class LimitInfo:
-    id: UUID
-    name: str
-    limit: int
-    active: bool
-    active_slots: int
-    slot_decay_per_second: float
-    created: datetime | None
-    updated: datetime | None
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> LimitInfo | None:
-        """None for an entry we cannot trust (no id, no name): skipped, never guessed."""
-        limit_id = _uuid(data.get("id"))
-        name = data.get("name")
-        if limit_id is None or not isinstance(name, str) or not name:
-            return None
-        if _clean(name) != name:
-            # Operations address a limit by its exact name: a changed one would miss it.
-            log.warning("skipped limit %s: its name has a NUL or a lone surrogate", limit_id)
-            return None
-
-        def count(key: str) -> int:
-            # Our columns hold up to 2**31 - 1; Prefect on SQLite stores larger numbers.
-            value = data.get(key)
-            return max(0, min(int(value), 2**31 - 1)) if _number(value) else 0
-
-        decay = data.get("slot_decay_per_second")
-        return cls(
-            id=limit_id,
-            name=name[:500],
-            limit=count("limit"),
-            active=data.get("active") is not False,
-            active_slots=count("active_slots"),
-            slot_decay_per_second=float(decay) if _number(decay) and decay > 0 else 0.0,
-            created=_when(data.get("created")),
-            updated=_when(data.get("updated")),
-        )
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A flow run or task run, reduced to what the board shows."""
-
-    id: UUID
-    name: str
-    state_type: str
-    state_name: str
-    state_at: datetime | None
-    start_time: datetime | None
-    created: datetime | None
-    expected_start_time: datetime | None
-    flow_run_id: UUID | None = None  # task runs
-    flow_id: UUID | None = None  # flow runs
-    deployment_id: UUID | None = None  # flow runs
-    parent_ids: tuple[UUID, ...] = ()  # task runs: task_inputs.__parents__
-    lease_id: UUID | None = None  # flow runs: deployment concurrency lease
-    tags: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> RunInfo | None:
-        run_id = _uuid(data.get("id"))
-        if run_id is None:
-            return None
-        state = data.get("state") if isinstance(data.get("state"), dict) else {}
-        details = state.get("state_details") if isinstance(state.get("state_details"), dict) else {}
-        inputs = data.get("task_inputs") if isinstance(data.get("task_inputs"), dict) else {}
-        parents = inputs.get("__parents__") if isinstance(inputs.get("__parents__"), list) else []
-        return cls(
-            id=run_id,
-            name=_text(data.get("name")),
-            state_type=_text(data.get("state_type") or state.get("type"), 20),
-            state_name=_text(data.get("state_name") or state.get("name"), 100),
-            state_at=_when(state.get("timestamp")),
-            start_time=_when(data.get("start_time")),
-            created=_when(data.get("created")),
-            expected_start_time=_when(data.get("expected_start_time")),
-            flow_run_id=_uuid(data.get("flow_run_id")),
-            flow_id=_uuid(data.get("flow_id")),
-            deployment_id=_uuid(data.get("deployment_id")),
-            parent_ids=tuple(
-                parent_id
-                for parent in parents
-                if isinstance(parent, dict) and (parent_id := _uuid(parent.get("id"))) is not None
-            ),
-            lease_id=_uuid(details.get("deployment_concurrency_lease_id")),
-            tags=tuple(_clean(t) for t in _list(data.get("tags")) if isinstance(t, str)),
-        )
-
-
-@dataclass(frozen=True)
-class EventInfo:
-    id: UUID
-    event: str
-    occurred: datetime
-    resource: dict[str, str]
-    related: list[dict[str, str]]
-    payload: dict[str, Any]
-    follows: UUID | None
-    # When Prefect's server received it, by the server's clock (`occurred` is the client's).
-    received: datetime | None = None
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> EventInfo | None:
-        event_id = _uuid(data.get("id"))
-        occurred = _when(data.get("occurred"))
-        name = data.get("event")
-        if event_id is None or occurred is None or not isinstance(name, str):
-            return None
-        resource = data.get("resource") if isinstance(data.get("resource"), dict) else {}
-        related = [r for r in _list(data.get("related")) if isinstance(r, dict)]
-        payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
-        return cls(
-            id=event_id,
-            event=_clean(name),
-            occurred=occurred,
-            resource={_clean(str(k)): _clean(str(v)) for k, v in resource.items()},
-            related=[{_clean(str(k)): _clean(str(v)) for k, v in r.items()} for r in related],
-            payload=payload,
-            follows=_uuid(data.get("follows")),
-            received=_when(data.get("received")),
-        )
-
-    def related_id(self, role: str, prefix: str) -> tuple[UUID | None, str]:
-        """(id, name) of the related resource with this role, e.g. ("flow-run", "prefect.flow-run.")."""
-        for item in self.related:
-            if item.get("prefect.resource.role") == role:
-                resource_id = item.get("prefect.resource.id", "")
-                if resource_id.startswith(prefix):
-                    return _uuid(resource_id.removeprefix(prefix)), _text(
-                        item.get("prefect.resource.name")
-                    )
-        return None, ""
-
-
-@dataclass
-class LimitListing:
-    limits: list[LimitInfo] = field(default_factory=list)
-    skipped: int = 0  # entries without id or name
 
 
 class PrefectAPI:
@@ -380,7 +206,7 @@ class PrefectAPI:
                 f"Prefect sent something that is not JSON for /{path}", retryable=True
             ) from None
 
-    def _list(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    def as_list(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         data = self.request("POST", path, json=body)
         if not isinstance(data, list):
             raise PrefectError(f"Prefect sent an unexpected answer for /{path}", retryable=True)
@@ -428,7 +254,7 @@ class PrefectAPI:
                 return None
             raise
         slots = data.get("active_slots") if isinstance(data, dict) else None
-        return [run_id for value in _list(slots) if (run_id := _uuid(value)) is not None]
+        return [run_id for value in as_list(slots) if (run_id := parse_uuid(value)) is not None]
 
     def tag_holders_many(
         self, tags: Iterable[str], workers: int = 6
@@ -462,17 +288,17 @@ class PrefectAPI:
         for chunk in _chunks(sorted({str(i) for i in ids}), PAGE):
             body = {f"{kind}s": {"id": {"any_": chunk}}, "limit": PAGE}
             for data in self._list(f"{kind}s/filter", body):
-                if (item_id := _uuid(data.get("id"))) is not None:
+                if (item_id := parse_uuid(data.get("id"))) is not None:
                     found[item_id] = data
         return found
 
     def flow_names(self, ids: Iterable[UUID]) -> dict[UUID, str]:
-        return {i: _text(data.get("name")) for i, data in self._by_id("flow", ids).items()}
+        return {i: short_text(data.get("name")) for i, data in self._by_id("flow", ids).items()}
 
     def deployments(self, ids: Iterable[UUID]) -> dict[UUID, tuple[str, UUID | None]]:
         """Deployment id -> (deployment name, flow id)."""
         return {
-            i: (_text(data.get("name")), _uuid(data.get("flow_id")))
+            i: (short_text(data.get("name")), parse_uuid(data.get("flow_id")))
             for i, data in self._by_id("deployment", ids).items()
         }
 
@@ -617,7 +443,7 @@ def _events_body(
 def _events_of(data: Any) -> Iterator[EventInfo]:
     if not isinstance(data, dict):
         raise PrefectError("Prefect sent an unexpected answer for /events/filter", retryable=True)
-    for item in _list(data.get("events")):
+    for item in as_list(data.get("events")):
         if isinstance(item, dict) and (event := EventInfo.parse(item)) is not None:
             yield event
 

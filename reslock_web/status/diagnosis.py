@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from reslock_web.models import FINAL_STATES, Condition, Kind, Source, Status
-from reslock_web.prefect_io.api import LimitInfo, RunInfo
+from reslock_web.prefect_io.records import LimitInfo, RunInfo
 
 # Prefect's lease repossessor runs every few seconds; measured expiry was lease + up to 15 s.
 REPOSSESS_SECONDS = 15

@@ -30,8 +30,9 @@ from prefect.events.filters import EventFilter, EventNameFilter
 
 from reslock.protocol import EVENT_PREFIX
 from reslock_web.models import AppliedEvent, Heartbeat, Holder, Limit, Waiter
-from reslock_web.prefect_io.api import EventInfo, PrefectAPI
-from reslock_web.sync import store
+from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.prefect_io.records import EventInfo
+from reslock_web.sync.events import record_events
 from reslock_web.sync.run import sync_all, sync_limits
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,7 @@ def apply_all(events: list[EventInfo]) -> dict[UUID, set[str]]:
         # Another listener applied one of them meanwhile: claim them one at a time.
         mine = [event_id for event_id in touched if _claim(event_id)]
     claimed = set(mine)
-    store.record_events(
-        [e for e in events if e.id in claimed and e.event.startswith(LOCK_PREFIXES)]
-    )
+    record_events([e for e in events if e.id in claimed and e.event.startswith(LOCK_PREFIXES)])
     return {event_id: touched[event_id] for event_id in mine}
 
 

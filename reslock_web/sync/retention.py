@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from reslock.protocol import EVENT_WAITING
 from reslock_web.models import AppliedEvent, LockEvent, SyncRun
-from reslock_web.sync.run import ACQUIRES
+from reslock_web.sync.events import ACQUIRES
 
 log = logging.getLogger(__name__)
 

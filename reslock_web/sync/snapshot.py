@@ -1,8 +1,8 @@
 """What one pass of the sync works on: what it read from Prefect (`Snapshot`) and what our
 tables held before it (`Stored`, `StoredRuns`).
 
-`run.gather` fills a snapshot (reads only), `store.write` compares it with the stored rows and
-writes the difference. Plain data, so that the reading and the writing sides share it without
+`gather.gather` fills a snapshot (reads only), `store.write` compares it with the stored rows
+and writes the difference. Plain data, so that the reading and the writing sides share it without
 importing each other.
 """
 
@@ -13,7 +13,7 @@ from datetime import datetime
 from uuid import UUID
 
 from reslock_web.models import Holder, Limit, Waiter
-from reslock_web.prefect_io.api import EventInfo, LimitInfo, RunInfo
+from reslock_web.prefect_io.records import EventInfo, LimitInfo, RunInfo
 from reslock_web.status.diagnosis import Claim, Queued
 
 

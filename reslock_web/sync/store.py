@@ -2,71 +2,59 @@
 
 Rows are matched by stable keys (a limit by its Prefect id, a holder or waiter by its claim
 key) and updated in place, so that ids stay put for operations and the board redraws only
-the rows that changed.
+the rows that changed. The verdicts come from `verdicts`, the lock events are recorded by
+`events`, and the shortcuts for thousands of limits are in `fast_paths`.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import Case, CharField, DateTimeField, F, Field, Model, Value, When
+from django.db.models import F, Model
 
-from reslock.process import describe, process_alive, process_gone, valid_identity
-from reslock.protocol import (
-    EVENT_ACQUIRED,
-    EVENT_RELEASED,
-    EVENT_STOPPING,
-    EVENT_TIMED_OUT,
-    EVENT_WAITING,
-)
-from reslock_web.models import (
-    Condition,
-    Holder,
-    Kind,
-    Limit,
-    LockEvent,
-    Source,
-    Status,
-    SyncState,
-    Waiter,
-    search_text,
-)
-from reslock_web.prefect_io.api import EventInfo, LimitInfo, RunInfo, _uuid
+from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncState, Waiter
 from reslock_web.status import diagnosis
-from reslock_web.status.diagnosis import (
-    ALIVE,
-    GONE,
-    Claim,
-    Context,
-    HolderVerdict,
-    Life,
-    Previous,
-    Queued,
-    WaiterVerdict,
-)
-from reslock_web.sync.snapshot import Snapshot, Stored, StoredRuns
+from reslock_web.status.diagnosis import Context, HolderVerdict, WaiterVerdict
+from reslock_web.sync.events import record_events
+from reslock_web.sync.fast_paths import COMPACT, NewLimits, insert_limits, is_quiet, read_stored
+from reslock_web.sync.queries import BATCH, chunked
+from reslock_web.sync.snapshot import Snapshot
+from reslock_web.sync.verdicts import apply_verdict, judge_limit, life_reader, released_keys
 
-BATCH = 500
-PREFECT_ACQUIRED = "prefect.concurrency-limit.acquired"
-PREFECT_RELEASED = "prefect.concurrency-limit.released"
-NEVER_READ = datetime(1970, 1, 1, tzinfo=UTC)  # holders_checked_at of counted tag holders
-# The helper announces `stopping` every 5 s while a block whose lease was lost is still
-# inside; one Prefect received within this long shows it alive.
-STOPPING_FRESH = timedelta(seconds=30)
 LIMIT_FIELDS = [
-    "name", "kind", "resource", "search_text", "deployment_id", "limit", "active", "active_slots",
-    "slot_decay_per_second", "prefect_created", "prefect_updated", "gone_at",
-    "status", "is_held", "has_waiters", "is_stale", "has_zombie", "is_deadlocked", "has_drift",
-    "has_long_hold", "is_over_limit", "holder_count", "holder_slots", "waiter_count",
-    "held_since", "drift_since", "holders_checked_at", "evidence", "changed_at",
-]  # fmt: skip
+    "name",
+    "kind",
+    "resource",
+    "search_text",
+    "deployment_id",
+    "limit",
+    "active",
+    "active_slots",
+    "slot_decay_per_second",
+    "prefect_created",
+    "prefect_updated",
+    "gone_at",
+    "status",
+    "is_held",
+    "has_waiters",
+    "is_stale",
+    "has_zombie",
+    "is_deadlocked",
+    "has_drift",
+    "has_long_hold",
+    "is_over_limit",
+    "holder_count",
+    "holder_slots",
+    "waiter_count",
+    "held_since",
+    "drift_since",
+    "holders_checked_at",
+    "evidence",
+    "changed_at",
+]
 # Fields whose change makes a row "recently changed" on the board.
 VISIBLE_FIELDS = {
     "limit",
@@ -78,9 +66,18 @@ VISIBLE_FIELDS = {
     "evidence",
 }
 RUN_FIELDS = [
-    "flow_run_id", "flow_run_name", "flow_id", "flow_name", "task_run_id", "task_run_name",
-    "deployment_id", "deployment_name", "state_type", "state_name", "state_at",
-]  # fmt: skip
+    "flow_run_id",
+    "flow_run_name",
+    "flow_id",
+    "flow_name",
+    "task_run_id",
+    "task_run_name",
+    "deployment_id",
+    "deployment_name",
+    "state_type",
+    "state_name",
+    "state_at",
+]
 HOLDER_FIELDS = [
     *RUN_FIELDS,
     "source",
@@ -97,353 +94,8 @@ HOLDER_FIELDS = [
 WAITER_FIELDS = [*RUN_FIELDS, "source", "waiting_since", "position", "deadlocked_by_id", "evidence"]
 
 
-# --- events ----------------------------------------------------------------------------
-def limit_id_of(event: EventInfo) -> UUID | None:
-    return _uuid(
-        event.resource.get("prefect.resource.id", "").removeprefix("prefect.concurrency-limit.")
-    )
-
-
-def event_row(event: EventInfo) -> LockEvent:
-    flow_run_id, flow_run_name = event.related_id("flow-run", "prefect.flow-run.")
-    task_run_id, task_run_name = event.related_id("task-run", "prefect.task-run.")
-    flow_id, flow_name = event.related_id("flow", "prefect.flow.")
-    deployment_id, deployment_name = event.related_id("deployment", "prefect.deployment.")
-    lease_seconds = event.payload.get("lease_duration")
-    return LockEvent(
-        slots=_slots_of(event),
-        event_id=event.id,
-        event=event.event[:80],
-        occurred=event.occurred,
-        received=event.received,
-        limit_prefect_id=limit_id_of(event),
-        limit_name=event.resource.get("prefect.resource.name", "")[:500],
-        follows=event.follows,
-        flow_run_id=flow_run_id,
-        flow_run_name=flow_run_name,
-        flow_id=flow_id,
-        flow_name=flow_name,
-        task_run_id=task_run_id,
-        task_run_name=task_run_name,
-        deployment_id=deployment_id,
-        deployment_name=deployment_name,
-        lease_id=_uuid(event.payload.get("lease_id")),
-        wait_id=_uuid(event.payload.get("wait_id")),
-        # Any JSON number may come: NaN, infinity or 1e300 would not fit the column.
-        lease_seconds=int(lease_seconds)
-        if isinstance(lease_seconds, int | float) and 0 < lease_seconds < 2**31
-        else None,
-        process=_process_of(event),
-    )
-
-
-def _slots_of(event: EventInfo) -> int:
-    """The slots an acquire (or release) is for: Prefect puts `occupy` in the resource's
-    "slots-acquired", as a string. Anything unreadable counts as one."""
-    value = event.resource.get("slots-acquired", event.payload.get("slots"))
-    try:
-        slots = int(str(value).strip())
-    except ValueError:
-        return 1
-    return slots if 0 < slots < 2**31 else 1
-
-
-def pair_release(release: LockEvent, acquires: Iterable[LockEvent]) -> LockEvent | None:
-    """The open acquire that a Prefect release without `follows` ends, or None.
-
-    Prefect sets `follows` only when the release comes less than five minutes after the
-    acquire. Without it, a release ends the oldest open acquire of the same limit by the same
-    run (flow run and task run alike), made before it, one with the same slots first. A
-    release outside any run names nothing to pair it with, and is left alone.
-    """
-    if release.flow_run_id is None and release.task_run_id is None:
-        return None
-    candidates = [
-        row
-        for row in acquires
-        if row.event == PREFECT_ACQUIRED
-        and row.limit_prefect_id == release.limit_prefect_id
-        and row.flow_run_id == release.flow_run_id
-        and row.task_run_id == release.task_run_id
-        and row.occurred <= release.occurred
-    ]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda row: (row.slots != release.slots, row.occurred))
-
-
-def _process_of(event: EventInfo) -> dict[str, Any]:
-    """The holder's process identity from a helper acquire, checked (Prefect's data is not
-    ours to trust): a malformed one is dropped, and the holder is then never "provably dead"."""
-    if event.event != EVENT_ACQUIRED:
-        return {}
-    return valid_identity(event.payload.get("process")) or {}
-
-
-def queued_from_row(row: LockEvent) -> Queued:
-    return Queued(
-        key=f"wait:{row.wait_id or row.event_id}",
-        source=Source.HELPER,
-        flow_run_id=row.flow_run_id,
-        task_run_id=row.task_run_id,
-        waiting_since=row.occurred,
-    )
-
-
-def claim_from_row(row: LockEvent) -> Claim:
-    return Claim(
-        key=str(row.event_id),
-        source=Source.HELPER if row.event.startswith("reslock.") else Source.EVENT,
-        certain=False,
-        flow_run_id=row.flow_run_id,
-        task_run_id=row.task_run_id,
-        acquired_at=row.occurred,
-        received=row.received,
-        lease_id=row.lease_id,
-        lease_seconds=row.lease_seconds,
-        slots=row.slots,
-        process=row.process or {},
-        names={
-            "flow_run_name": row.flow_run_name,
-            "task_run_name": row.task_run_name,
-            "flow_name": row.flow_name,
-        },
-    )
-
-
 def _store_events(snapshot: Snapshot) -> int:
     return record_events(snapshot.events)
-
-
-def record_events(events: list[EventInfo]) -> int:
-    """Store lock events (idempotent by event id) and close what they end. Returns how many
-    were new. The sync and the live listener both call this, with every event of a read or a
-    flush at once: a few statements per call, however many events (a pass re-reads a window
-    it has mostly recorded already, and one statement per event made that cost grow with the
-    rate of events)."""
-    events = list({event.id: event for event in events}.values())  # each event once
-    if not events:
-        return 0
-    known: set[UUID] = set()
-    for chunk in _chunked([event.id for event in events]):
-        known |= set(
-            LockEvent.objects.filter(event_id__in=chunk).values_list("event_id", flat=True)
-        )
-    new = [event_row(event) for event in events if event.id not in known]
-    LockEvent.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
-    ends = _ends(events)
-    unfollowed = [e for e in events if e.event == PREFECT_RELEASED and not e.follows]
-    if unfollowed:
-        _pair_releases(unfollowed, ends)
-    _close(ends)
-    return len(new)
-
-
-End = tuple[datetime, str]  # when a hold or a wait ended, and why
-
-
-def _ends(events: list[EventInfo]) -> dict[UUID, End]:
-    """The open acquires and waits these events end: event id -> (when, why). The first
-    event to end one wins, as when they were applied one by one."""
-    ends: dict[UUID, End] = {}
-    leases: dict[tuple[UUID, UUID | None], End] = {}
-    waits: dict[tuple[UUID, UUID | None], End] = {}
-    for event in events:
-        limit_id = limit_id_of(event)
-        if event.event == PREFECT_RELEASED and event.follows:
-            ends.setdefault(event.follows, (event.occurred, "released"))
-        elif event.event == EVENT_RELEASED and (lease := _uuid(event.payload.get("lease_id"))):
-            reason = str(event.payload.get("reason") or "released")[:40]
-            leases.setdefault((lease, limit_id), (event.occurred, reason))
-        elif event.event in (EVENT_ACQUIRED, EVENT_TIMED_OUT) and (
-            wait := _uuid(event.payload.get("wait_id"))
-        ):
-            waits.setdefault((wait, limit_id), (event.occurred, event.event.rsplit(".", 1)[1]))
-    open_rows = LockEvent.objects.filter(closed_at__isnull=True)
-    for kind, by, wanted in (
-        (EVENT_ACQUIRED, "lease_id", leases),
-        (EVENT_WAITING, "wait_id", waits),
-    ):
-        ids = sorted({key for key, _ in wanted}, key=str)
-        for chunk in _chunked(ids):
-            rows = open_rows.filter(event=kind, **{f"{by}__in": chunk})
-            for event_id, key, limit_id in rows.values_list("event_id", by, "limit_prefect_id"):
-                end = wanted.get((key, limit_id))
-                if end is not None:
-                    ends.setdefault(event_id, end)
-    return ends
-
-
-def _close(ends: dict[UUID, End]) -> None:
-    """Close these rows, those still open only, in one UPDATE per few hundred."""
-    items = sorted(ends.items(), key=lambda item: str(item[0]))
-    # Each row costs five parameters; SQLite takes at most 999 in one statement.
-    for chunk in _chunked(items, 150):
-        ids = [event_id for event_id, _ in chunk]
-        LockEvent.objects.filter(event_id__in=ids, closed_at__isnull=True).update(
-            closed_at=Case(
-                *(When(event_id=event_id, then=Value(at)) for event_id, (at, _) in chunk),
-                output_field=DateTimeField(),
-            ),
-            closed_reason=Case(
-                *(When(event_id=event_id, then=Value(why)) for event_id, (_, why) in chunk),
-                output_field=CharField(),
-            ),
-        )
-
-
-def _pair_releases(events: list[EventInfo], ends: dict[UUID, End]) -> None:
-    """Add to `ends` the acquires that Prefect releases without `follows` end (see
-    `pair_release`). The pairing is written on the release's row, in its `follows`: a release
-    read again (the sync re-reads a minute of events; the listener and the sync both record)
-    ends the same acquire, never a second one. A release not paired yet is tried again when
-    read again. An acquire that another event of this batch ends is not a candidate."""
-    rows = {
-        row.event_id: row
-        for chunk in _chunked([e.id for e in events])
-        for row in LockEvent.objects.filter(event_id__in=chunk)
-    }
-    for event in sorted(events, key=lambda e: e.occurred):
-        release = rows.get(event.id)
-        if release is None:
-            continue
-        target = release.follows
-        if target is None:
-            candidates = LockEvent.objects.filter(
-                event=PREFECT_ACQUIRED,
-                closed_at__isnull=True,
-                limit_prefect_id=release.limit_prefect_id,
-                flow_run_id=release.flow_run_id,
-                task_run_id=release.task_run_id,
-                occurred__lte=release.occurred,
-            )
-            match = pair_release(release, (c for c in candidates if c.event_id not in ends))
-            if match is None:
-                continue
-            target = match.event_id
-            LockEvent.objects.filter(pk=release.pk).update(follows=target)
-        ends.setdefault(target, (release.occurred, "released"))
-
-
-def release_pairs(release_ids: list[UUID]) -> dict[UUID, UUID]:
-    """Releases without `follows` of their own already paired with an acquire: their ids ->
-    that acquire's id."""
-    pairs: dict[UUID, UUID] = {}
-    for chunk in _chunked(release_ids):
-        pairs.update(
-            LockEvent.objects.filter(event_id__in=chunk, follows__isnull=False).values_list(
-                "event_id", "follows"
-            )
-        )
-    return pairs
-
-
-# --- what the last pass stored ---------------------------------------------------------
-def stored_tag_holders(names: set[str]) -> dict[str, list[UUID]]:
-    held: dict[str, list[UUID]] = defaultdict(list)
-    rows = Holder.objects.filter(
-        limit__name__in=names,
-        limit__gone_at__isnull=True,
-        source="tag_lease",
-        condition__in=[Condition.HOLDING, Condition.STALE],
-    ).values_list("limit__name", "task_run_id")
-    for name, task_run_id in rows:
-        if task_run_id:
-            held[name].append(task_run_id)
-    return held
-
-
-def stored_runs(limit_pks: list[int] | None = None) -> StoredRuns:
-    """Of every limit, or of these limits only (a single-limit pass)."""
-    tasks: dict[UUID, RunInfo] = {}
-    flows: dict[UUID, RunInfo] = {}
-    missing_tasks: dict[UUID, datetime] = {}
-    missing_flows: dict[UUID, datetime] = {}
-    rows = _of_limits(Holder.objects.filter(run_missing_since__isnull=False), limit_pks)
-    for task_id, run_id, since in rows.values_list(
-        "task_run_id", "flow_run_id", "run_missing_since"
-    ):
-        missing = missing_tasks if task_id else missing_flows
-        run = task_id or run_id
-        missing[run] = min(since, missing.get(run, since))
-    fields = ["task_run_id", "task_run_name", "flow_run_id", "flow_run_name", "flow_id",
-              "deployment_id", "state_type", "state_name", "state_at"]  # fmt: skip
-    for model in (Holder, Waiter):
-        for (
-            task_id,
-            task_name,
-            run_id,
-            run_name,
-            flow_id,
-            deployment_id,
-            state,
-            name,
-            at,
-        ) in _of_limits(model.objects.exclude(state_type=""), limit_pks).values_list(*fields):
-            if task_id:
-                tasks[task_id] = RunInfo(
-                    task_id, task_name, state, name, at, None, None, None, flow_run_id=run_id
-                )
-                if run_id and run_id not in flows:  # names only: the state above is the task's
-                    flows[run_id] = RunInfo(
-                        run_id,
-                        run_name,
-                        "",
-                        "",
-                        None,
-                        None,
-                        None,
-                        None,
-                        flow_id=flow_id,
-                        deployment_id=deployment_id,
-                    )
-            elif run_id:
-                flows[run_id] = RunInfo(
-                    run_id,
-                    run_name,
-                    state,
-                    name,
-                    at,
-                    None,
-                    None,
-                    None,
-                    flow_id=flow_id,
-                    deployment_id=deployment_id,
-                )
-    return StoredRuns(tasks, flows, missing_tasks, missing_flows)
-
-
-# --- the write -------------------------------------------------------------------------
-
-
-def _of_limits(rows: Any, limit_pks: list[int] | None, field: str = "limit_id") -> Any:
-    if limit_pks is None:
-        return rows
-    return rows.filter(**{f"{field}__in": limit_pks})
-
-
-def read_stored(limit_pks: list[int] | None = None) -> Stored:
-    """Every stored limit with its holders and waiters, or these limits only (a single-limit
-    pass compares and writes nothing else)."""
-    compact = {
-        row[1]: row for row in _of_limits(Limit.objects, limit_pks, "pk").values_list(*COMPACT)
-    }
-    holders = _grouped(_of_limits(Holder.objects.all(), limit_pks))
-    waiters = _grouped(_of_limits(Waiter.objects.all(), limit_pks))
-    people = holders.keys() | waiters.keys()
-    quiet = (Status.FREE, Status.INACTIVE)
-    # (pk, _, _, _, _, slots, _, _, status, drift_since, gone_at, ...): likely busy again.
-    likely = [
-        row[0]
-        for row in compact.values()
-        if row[5] or row[8] not in quiet or row[9] is not None or row[10] or row[0] in people
-    ]
-    rows = {
-        row.prefect_id: row
-        for pk_chunk in _chunked(likely)
-        for row in Limit.objects.filter(pk__in=pk_chunk)
-    }
-    return Stored(compact, holders, waiters, rows)
 
 
 def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict[str, int]:
@@ -457,24 +109,24 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         long_hold,
         snapshot.task_runs,
         snapshot.flow_runs,
-        _released(holders),
+        released_keys(holders),
         snapshot.missing_since,
         life=life_reader(now, snapshot.heartbeats),
     )
     busy = [
         info
         for info in snapshot.listing
-        if not _quiet(info, compact.get(info.id), snapshot, holders, waiters)
+        if not is_quiet(info, compact.get(info.id), snapshot, holders, waiters)
     ]
     limits = {info.id: row for info in busy if (row := stored.rows.get(info.id)) is not None}
     pks = [compact[info.id][0] for info in busy if info.id in compact and info.id not in limits]
     limits.update(
         (row.prefect_id, row)
-        for pk_chunk in _chunked(pks)
+        for pk_chunk in chunked(pks)
         for row in Limit.objects.filter(pk__in=pk_chunk)
     )
     new_limits: list[Limit] = []
-    new_limit = _NewLimits()
+    new_limit = NewLimits()
     alike: dict[tuple, diagnosis.Verdict] = {}
     changed: list[Limit] = []
     holder_plan: list[tuple[Limit, list[HolderVerdict], list[WaiterVerdict]]] = []
@@ -483,15 +135,15 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         row = limits.get(info.id)
         if row is None:
             row = new_limit(info.id, now)
-            verdict = _judge(info, row, snapshot, {}, ctx, alike)
-            _apply(row, info, verdict, snapshot, now)
+            verdict = judge_limit(info, row, snapshot, {}, ctx, alike)
+            apply_verdict(row, info, verdict, snapshot, now)
             closed_events += verdict.closed_claims
             holder_plan.append((row, verdict.holders, verdict.waiters))
             new_limits.append(row)
             continue
         before = {name: getattr(row, name) for name in LIMIT_FIELDS}
-        verdict = _judge(info, row, snapshot, holders.get(row.pk, {}), ctx, alike)
-        _apply(row, info, verdict, snapshot, now)
+        verdict = judge_limit(info, row, snapshot, holders.get(row.pk, {}), ctx, alike)
+        apply_verdict(row, info, verdict, snapshot, now)
         closed_events += verdict.closed_claims
         holder_plan.append((row, verdict.holders, verdict.waiters))
         after = {name: getattr(row, name) for name in LIMIT_FIELDS}
@@ -501,7 +153,7 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
             ):
                 row.changed_at = now
             changed.append(row)
-    _insert_limits(new_limits)
+    insert_limits(new_limits)
     Limit.objects.bulk_update(changed, LIMIT_FIELDS, batch_size=BATCH)
     counts["created"], counts["updated"] = len(new_limits), len(changed)
 
@@ -512,7 +164,7 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     # is a change the board must redraw, even when the limit's own columns stayed the same.
     touched -= {row.pk for row in new_limits}
     touched -= {row.pk for row in changed if row.changed_at == now}
-    for pk_chunk in _chunked(sorted(touched)):
+    for pk_chunk in chunked(sorted(touched)):
         Limit.objects.filter(pk__in=pk_chunk).update(changed_at=now)
     counts["gone"] = _mark_gone(snapshot, compact, now)
     if closed_events:
@@ -521,7 +173,7 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         )
     if snapshot.only is None:
         SyncState.objects.update_or_create(
-            name="events", defaults={"events_until": snapshot.events_until}
+            name=SyncState.EVENTS, defaults={"events_until": snapshot.events_until}
         )
     else:
         # A pass over a few limits read their events only: its mark is theirs, and the mark
@@ -534,311 +186,15 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     return counts
 
 
-class _NewLimits:
-    """Limits with their fields' defaults, built the way rows read from the database are:
-    keyword construction looks every field's default up one by one, a cost at thousands."""
-
-    def __init__(self) -> None:
-        fields = Limit._meta.concrete_fields
-        self._values = [None if callable(f.default) else f.get_default() for f in fields]
-        # Callable defaults (a new list, the current time) are called for each row.
-        self._made = [(i, f) for i, f in enumerate(fields) if callable(f.default)]
-
-    def __call__(self, prefect_id: UUID, now: datetime) -> Limit:
-        values = list(self._values)
-        for index, field in self._made:
-            values[index] = field.get_default()
-        row = Limit(*values)
-        row.prefect_id, row.first_seen, row.changed_at = prefect_id, now, now
-        return row
-
-
-def _insert_limits(rows: list[Limit]) -> None:
-    """Insert new limits, then read back their ids by Prefect id.
-
-    A first sync inserts thousands: bulk_create passes every value of every row through the
-    field API one call at a time, which costs more than the database's own work. Here each
-    column's conversion is chosen once, and plain values (text, numbers, flags) go as they are.
-    """
-    if not rows:
-        return
-    db = connections[DEFAULT_DB_ALIAS]
-    fields = [field for field in Limit._meta.concrete_fields if not field.primary_key]
-    convert = [(i, how) for i, field in enumerate(fields) if (how := _db_value(field, db))]
-    read = attrgetter(*(field.attname for field in fields))
-    params = []
-    for row in rows:
-        values = list(read(row))
-        for index, how in convert:
-            if values[index] is not None:
-                values[index] = how(values[index])
-        params.append(values)
-    quote = db.ops.quote_name
-    table, pk = quote(Limit._meta.db_table), quote(Limit._meta.pk.column)
-    sql = (
-        f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))})"
-    )
-    with db.cursor() as cursor:
-        # Only the sync writes limits, one at a time (its lock): every id above the highest
-        # one now is a row inserted here.
-        cursor.execute(f"SELECT MAX({pk}) FROM {table}")
-        highest = cursor.fetchone()[0] or 0
-        for chunk in _chunked(params, BATCH):
-            cursor.executemany(sql, chunk)
-        cursor.execute(
-            f"SELECT {quote(Limit._meta.get_field('prefect_id').column)}, {pk} FROM {table} "
-            f"WHERE {pk} > %s",
-            [highest],
-        )
-        pks = dict(cursor.fetchall())  # keyed by the stored form of the Prefect id
-    stored_id = fields.index(Limit._meta.get_field("prefect_id"))
-    for row, values in zip(rows, params, strict=True):
-        row.pk = pks[values[stored_id]]
-        row._state.adding = False
-        row._state.db = db.alias
-
-
-# Columns whose Python value is what every database driver takes as it is.
-_PLAIN = {"CharField", "TextField", "BooleanField", "FloatField", "PositiveIntegerField"}
-
-
-def _db_value(field: Field, db: Any) -> Callable[[Any], Any] | None:
-    """How one column's (non-null) values become what the driver takes, as the field would
-    turn them; None for a column whose values go as they are."""
-    kind = field.get_internal_type()
-    if kind in _PLAIN:
-        return None
-    if kind == "UUIDField" and not db.features.has_native_uuid_field:
-        return lambda value: value.hex
-    if kind == "DateTimeField":
-        adapt = db.ops.adapt_datetimefield_value
-        seen: dict[datetime, Any] = {}  # first_seen and changed_at are one value for all rows
-
-        def moment(value: datetime) -> Any:
-            if value not in seen:
-                seen[value] = adapt(value)
-            return seen[value]
-
-        return moment
-    prepare = field.get_db_prep_save
-    return lambda value: prepare(value, db)
-
-
 def raise_board_version() -> None:
     """Tell polling pages that the board changed. Called inside the write's transaction: the
     row lock (PostgreSQL) or the write lock (SQLite) orders versions as the commits."""
-    if not SyncState.objects.filter(name="board").update(version=F("version") + 1):
+    if not SyncState.objects.filter(name=SyncState.BOARD).update(version=F("version") + 1):
         # A random first version: a database made anew (tests, a restore) does not repeat
         # versions that running web processes have drawn pages for (board_cache).
         SyncState.objects.get_or_create(
-            name="board", defaults={"version": secrets.randbelow(2**40) + 1}
+            name=SyncState.BOARD, defaults={"version": secrets.randbelow(2**40) + 1}
         )
-
-
-COMPACT = [
-    "pk", "prefect_id", "name", "limit", "active", "active_slots", "slot_decay_per_second",
-    "prefect_updated", "status", "drift_since", "gone_at", "holders_checked_at", "deployment_id",
-]  # fmt: skip
-
-
-def _released(holders: dict[int, dict[str, Holder]]) -> frozenset[str]:
-    """Keys of stored event-backed holders whose acquire a release has closed (the events of
-    this pass are recorded before this is asked)."""
-    keys = [
-        key
-        for by_key in holders.values()
-        for key, holder in by_key.items()
-        if holder.source in (Source.HELPER, Source.EVENT)
-    ]
-    ids = [event_id for key in keys if (event_id := _uuid(key)) is not None]
-    released: set[str] = set()
-    for chunk in _chunked(ids):
-        released |= {
-            str(event_id)
-            for event_id in LockEvent.objects.filter(
-                event_id__in=chunk, closed_at__isnull=False
-            ).values_list("event_id", flat=True)
-        }
-    return frozenset(released)
-
-
-def life_reader(
-    now: datetime, heartbeats: dict[UUID, datetime] | None = None
-) -> Callable[[Claim], Life]:
-    """What shows whether a claim's process still runs, looked up when a rule asks: its
-    process on this machine (reslock/process.py), else its helper's recent `stopping` announcements,
-    and its flow run's last heartbeat (`Life.as_of` weighs it against when the slot was lost).
-    Nothing else counts: a claim made earlier or later than another says nothing of either."""
-    heartbeats = heartbeats or {}
-    stopping: dict[UUID, datetime] | None = None
-
-    def heard(lease_id: UUID) -> datetime | None:
-        nonlocal stopping
-        if stopping is None:
-            stopping = {}
-            rows = LockEvent.objects.filter(
-                event=EVENT_STOPPING, occurred__gte=now - timedelta(hours=1)
-            ).values_list("lease_id", "received", "occurred")
-            for lease, received, occurred in rows:
-                heard_at = received or occurred  # the server's clock, when Prefect gave it
-                if lease is not None and heard_at > stopping.get(lease, NEVER_READ):
-                    stopping[lease] = heard_at
-        return stopping.get(lease_id)
-
-    def life(claim: Claim) -> Life:
-        if claim.process:
-            where = describe(claim.process)
-            if process_gone(claim.process):
-                return Life(GONE, f"its process ({where}) has ended")
-            if process_alive(claim.process):
-                return Life(ALIVE, f"its process ({where}) still runs")
-        last = heard(claim.lease_id) if claim.lease_id else None
-        if last is not None and now - last <= STOPPING_FRESH:
-            return Life(
-                ALIVE,
-                f"its helper announced at {last:%H:%M:%S} UTC that its block is still inside",
-            )
-        return Life(beat=heartbeats.get(claim.flow_run_id) if claim.flow_run_id else None)
-
-    return life
-
-
-def _quiet(info: LimitInfo, stored: tuple | None, snapshot: Snapshot, holders, waiters) -> bool:
-    """A free limit that nothing touched since the last pass: no need to judge or write it."""
-    if (
-        stored is None
-        or info.active_slots
-        or snapshot.claims.get(info.id)
-        or snapshot.queued.get(info.id)
-    ):
-        return False
-    pk, _, name, limit, active, slots, decay, updated, status, drift_since, gone_at, *_ = stored
-    return (
-        not holders.get(pk)
-        and not waiters.get(pk)
-        and gone_at is None
-        and drift_since is None
-        and (name, limit, active, slots, decay, updated)
-        == (
-            info.name,
-            info.limit,
-            info.active,
-            info.active_slots,
-            info.slot_decay_per_second,
-            info.updated,
-        )
-        and status == (Status.FREE if info.active else Status.INACTIVE)
-    )
-
-
-def _chunked(items: list, size: int = 900):
-    # SQLite allows at most 999 parameters in one query.
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _grouped(rows: Any) -> dict[int, dict[str, Model]]:
-    grouped: dict[int, dict[str, Model]] = defaultdict(dict)
-    for row in rows:
-        grouped[row.limit_id][row.key] = row
-    return grouped
-
-
-def _judge(
-    info: LimitInfo,
-    row: Limit,
-    snapshot: Snapshot,
-    stored: dict[str, Holder],
-    ctx: Context,
-    alike: dict[tuple, diagnosis.Verdict] | None = None,
-):
-    """The verdict on one limit. Limits that nobody claims, waits for or held last time are
-    judged on a few of their values only: `alike` keeps one verdict per such set of values
-    (thousands of free limits share a handful), to be read, never changed."""
-    kind, _, _ = diagnosis.kind_of(info.name)
-    drift_since = row.drift_since if row.pk else None
-    tag_count = len(snapshot.tag_holders.get(info.name, [])) if kind == Kind.TAG else None
-    key = None
-    if alike is not None and not (
-        stored or snapshot.claims.get(info.id) or snapshot.queued.get(info.id)
-    ):
-        key = (kind, info.active, info.slot_decay_per_second == 0, info.active_slots, tag_count)
-        key += (drift_since,)
-        if key in alike:
-            return alike[key]
-    previous = {
-        key: Previous(
-            condition=holder.condition,
-            slot_lost_at=holder.slot_lost_at,
-            acquired_at=holder.acquired_at,
-            flow_run_id=holder.flow_run_id,
-            task_run_id=holder.task_run_id,
-            source=holder.source,
-            names={"flow_run_name": holder.flow_run_name, "task_run_name": holder.task_run_name},
-            slots=holder.slots,
-            lease_id=holder.lease_id,
-            lease_seconds=holder.lease_seconds,
-            process=holder.process or {},
-        )
-        for key, holder in stored.items()
-    }
-    claims = snapshot.claims.get(info.id, [])
-    for claim in claims:
-        if claim.lease_seconds is None and kind == Kind.TAG:
-            claim.lease_seconds = diagnosis.TAG_LEASE_SECONDS
-        kept = stored.get(claim.key)
-        if claim.acquired_at is None:
-            # Tag leases carry no time: the task run's start, else when we first saw the claim.
-            run = ctx.run_of(claim.flow_run_id, claim.task_run_id)
-            claim.acquired_at = (
-                (run.start_time if run else None) or (kept.acquired_at if kept else None) or ctx.now
-            )
-    holder_verdicts, closed = diagnosis.classify_holders(kind, info, claims, previous, ctx)
-    waiter_verdicts = diagnosis.order_waiters(
-        snapshot.queued.get(info.id, []), holder_verdicts, snapshot.ancestors, ctx
-    )
-    verdict = diagnosis.judge(
-        kind, info, holder_verdicts, waiter_verdicts, closed, drift_since, tag_count, ctx
-    )
-    if key is not None:
-        alike[key] = verdict
-    return verdict
-
-
-def _apply(
-    row: Limit, info: LimitInfo, verdict: diagnosis.Verdict, snapshot: Snapshot, now: datetime
-) -> None:
-    kind, resource, deployment_id = diagnosis.kind_of(info.name)
-    if deployment_id is not None and deployment_id in snapshot.deployments:
-        deployment_name, flow_id = snapshot.deployments[deployment_id]
-        flow_name = snapshot.flow_names.get(flow_id, "") if flow_id else ""
-        resource = f"{flow_name}/{deployment_name}" if flow_name else deployment_name
-    row.name, row.kind, row.deployment_id = info.name, kind, deployment_id
-    row.resource = (resource or info.name)[:500]  # "tag:" alone names no tag: show the name
-    row.search_text = search_text(row.name, row.resource)
-    row.limit, row.active, row.active_slots = info.limit, info.active, info.active_slots
-    row.slot_decay_per_second = info.slot_decay_per_second
-    row.prefect_created, row.prefect_updated = info.created, info.updated
-    row.gone_at = None
-    row.status = verdict.status
-    for flag, value in verdict.flags.items():
-        setattr(row, flag, value)
-    row.holder_count = sum(
-        1 for v in verdict.holders if v.condition in (Condition.HOLDING, Condition.STALE)
-    )
-    row.holder_slots = verdict.holder_slots
-    row.waiter_count = len(verdict.waiters)
-    row.held_since = verdict.held_since
-    row.drift_since = verdict.drift_since
-    row.evidence = verdict.evidence
-    if info.name in snapshot.tag_checked:
-        row.holders_checked_at = now
-    elif info.name in snapshot.tag_counted and row.holders_checked_at is None:
-        # Holders found by counting Running task runs, not yet read from Prefect's own list:
-        # kept while the counter stands still (as a read list is), and first in line for
-        # the per-pass check against that list.
-        row.holders_checked_at = NEVER_READ
 
 
 def _holders_moved(stored: dict[str, Holder], verdicts: list[HolderVerdict]) -> bool:
@@ -855,9 +211,14 @@ def _write_people(
 ) -> tuple[int, int, set[int]]:
     """Write each limit's holders and waiters; return their counts and the limits touched."""
     holder_rows, touched = _reconcile(
-        Holder, HOLDER_FIELDS, holders,
-        ((row, [(v.claim.key, _holder_values(v, snapshot)) for v in verdicts]) for row, verdicts, _ in plan),
-    )  # fmt: skip
+        Holder,
+        HOLDER_FIELDS,
+        holders,
+        (
+            (row, [(v.claim.key, _holder_values(v, snapshot)) for v in verdicts])
+            for row, verdicts, _ in plan
+        ),
+    )
     by_key = {(row.limit_id, row.key): row for row in holder_rows}
     waiter_rows = []
     for row, _, verdicts in plan:
@@ -991,7 +352,7 @@ def _mark_gone(snapshot: Snapshot, compact: dict[UUID, tuple], now: datetime) ->
         and row[COMPACT.index("gone_at")] is None
         and (snapshot.only is None or row[COMPACT.index("name")] in snapshot.only)
     ]
-    gone = [row for chunk in _chunked(gone_pks) for row in Limit.objects.filter(pk__in=chunk)]
+    gone = [row for chunk in chunked(gone_pks) for row in Limit.objects.filter(pk__in=chunk)]
     for row in gone:
         row.gone_at, row.status, row.changed_at = now, Status.GONE, now
         row.is_held = row.has_waiters = row.is_stale = row.has_zombie = False
