@@ -149,6 +149,9 @@ class Limit(models.Model):
     is_stale = models.BooleanField(default=False)
     has_zombie = models.BooleanField(default=False)
     is_deadlocked = models.BooleanField(default=False)
+    # Runs waiting for each other in a circle through this limit and others, in words (written
+    # by sync/deadlocks.py after every write; one limit's verdict cannot see a cycle).
+    deadlock_cycle = models.TextField(blank=True, default="")
     has_drift = models.BooleanField(default=False)
     has_long_hold = models.BooleanField(default=False)
     is_over_limit = models.BooleanField(default=False)

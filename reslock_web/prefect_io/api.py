@@ -206,7 +206,7 @@ class PrefectAPI:
                 f"Prefect sent something that is not JSON for /{path}", retryable=True
             ) from None
 
-    def as_list(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    def _list(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         data = self.request("POST", path, json=body)
         if not isinstance(data, list):
             raise PrefectError(f"Prefect sent an unexpected answer for /{path}", retryable=True)

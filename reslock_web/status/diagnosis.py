@@ -689,7 +689,7 @@ def judge(
         "has_long_hold": bool(long_holds),
         "is_over_limit": over_limit or (enforced and bool(alive_out)),
     }
-    status = _status(flags, info.active, uncounted=bool(unsure))
+    status = status_of(flags, info.active, uncounted=bool(unsure))
     starts = [v.claim.acquired_at for v in counted if v.claim.acquired_at]
     return Verdict(
         status=status,
@@ -704,7 +704,8 @@ def judge(
     )
 
 
-def _status(flags: dict[str, bool], active: bool, uncounted: bool = False) -> str:
+def status_of(flags: dict[str, bool], active: bool, uncounted: bool = False) -> str:
+    """The one-word badge of a limit's flags, worst first."""
     if flags["is_over_limit"]:
         return Status.OVER_LIMIT
     if flags["is_deadlocked"]:

@@ -56,6 +56,18 @@ def explain(limit: Limit, holders: list[Holder], waiters: list[Waiter]) -> Expla
             "task must not carry the tag again, or take the resource with reslock's helper, "
             "which lets a task nested in the holder through."
         )
+    if limit.deadlock_cycle:
+        out.by_itself.append(
+            "Nothing: runs that wait for each other in a circle never go on by themselves, unless "
+            "one of the locks they wait for has a timeout."
+        )
+        out.to_do.append(
+            "Stop one run of the circle in Prefect (cancel its flow run): its locks are given up "
+            "when it ends and the others go on. Then make every flow take these resources in the "
+            "same order (or all at once, in one lock of several names), so that the circle "
+            "cannot form again. Releasing a live holder from here is refused: it would let a "
+            "second run in while the first still works."
+        )
     if limit.has_drift:
         out.to_do.append(
             "Repair the drift: lower the counter to the holders reslock can name. It is safe only "
@@ -67,7 +79,7 @@ def explain(limit: Limit, holders: list[Holder], waiters: list[Waiter]) -> Expla
         out.by_itself.append(
             "The hold is long, which may be normal for this job: check the holder's run in Prefect."
         )
-    if not out.wrong and waiters and not deadlocked:
+    if not out.wrong and waiters and not deadlocked and not limit.deadlock_cycle:
         out.by_itself.append(
             f"{len(waiters)} run(s) wait; the first in line gets the slot when the holder finishes."
         )

@@ -20,6 +20,7 @@ sides share only `snapshot`'s plain data.
 - `snapshot`: what one pass works on (`Snapshot`, `Stored`, `StoredRuns`), plain data.
 - `plan`: what beat's periodic sync does this time: everything, a few limits, or nothing.
 - `listener`: Prefect's event stream, turned into per-limit re-syncs as events arrive.
+- `deadlocks`: marking the resources on a cycle of runs waiting for each other across limits.
 - `health`: how fresh the board is (the banner), and the sync's back-off.
 - `retention`: pruning old events, runs and audit rows.
 - `schedule`: Celery beat's periodic tasks.

@@ -18,6 +18,7 @@ from django.db.models import F, Model
 from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncState, Waiter
 from reslock_web.status import diagnosis
 from reslock_web.status.diagnosis import Context, HolderVerdict, WaiterVerdict
+from reslock_web.sync.deadlocks import mark_cycles
 from reslock_web.sync.events import record_events
 from reslock_web.sync.fast_paths import COMPACT, NewLimits, insert_limits, is_quiet, read_stored
 from reslock_web.sync.queries import BATCH, chunked
@@ -181,7 +182,9 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         listed = [info.id for info in snapshot.listing]
         Limit.objects.filter(prefect_id__in=listed).update(events_read_until=snapshot.events_until)
     counts["limits"] = len(snapshot.listing)
-    if new_limits or changed or touched or counts["gone"]:
+    # After the people are written: a cycle spans limits this pass may not have read.
+    cycles_moved = mark_cycles(now)
+    if new_limits or changed or touched or counts["gone"] or cycles_moved:
         raise_board_version()
     return counts
 

@@ -18,6 +18,7 @@ from reslock_web.models import Condition, Holder, Kind, Limit, LockEvent, Source
 from reslock_web.prefect_io.records import LimitInfo, parse_uuid
 from reslock_web.status import diagnosis
 from reslock_web.status.diagnosis import ALIVE, GONE, Claim, Context, Life, Previous
+from reslock_web.status.wait_for import with_cycle
 from reslock_web.sync.queries import chunked
 from reslock_web.sync.snapshot import Snapshot
 
@@ -165,8 +166,18 @@ def apply_verdict(
     row.slot_decay_per_second = info.slot_decay_per_second
     row.prefect_created, row.prefect_updated = info.created, info.updated
     row.gone_at = None
-    row.status = verdict.status
-    for flag, value in verdict.flags.items():
+    # A cycle through this limit and others (sync/deadlocks.py) stays until that pass clears
+    # it: one limit's verdict cannot see it, and must not drop it.
+    marked = with_cycle(
+        verdict.flags,
+        verdict.evidence,
+        active=info.active,
+        uncounted=any(v.condition == Condition.UNCOUNTED for v in verdict.holders),
+        self_deadlocked=verdict.flags["is_deadlocked"],
+        cycle=row.deadlock_cycle,
+    )
+    row.status = marked.status
+    for flag, value in marked.flags.items():
         setattr(row, flag, value)
     row.holder_count = sum(
         1 for v in verdict.holders if v.condition in (Condition.HOLDING, Condition.STALE)
@@ -175,7 +186,7 @@ def apply_verdict(
     row.waiter_count = len(verdict.waiters)
     row.held_since = verdict.held_since
     row.drift_since = verdict.drift_since
-    row.evidence = verdict.evidence
+    row.evidence = marked.evidence
     if info.name in snapshot.tag_checked:
         row.holders_checked_at = now
     elif info.name in snapshot.tag_counted and row.holders_checked_at is None:

@@ -1,0 +1,88 @@
+"""Marking the resources on a cross-lock deadlock, after every write of the sync.
+
+A cycle of runs waiting for each other spans several limits, so no single limit's verdict can
+see it (`status.wait_for` finds it over the stored holders and waiters of the whole board). It
+is kept apart from the verdict, in `Limit.deadlock_cycle`, and only this pass writes it: a
+per-limit re-sync that rewrites one limit's verdict neither sees nor clears another limit's
+cycle, and the next write of any limit looks at the whole board again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import F
+
+from reslock_web.models import Condition, Holder, Limit, Waiter
+from reslock_web.status.wait_for import Lock, find_cycles, in_words, with_cycle
+
+# The flags a limit's badge is made of (diagnosis.status_of).
+FLAGS = (
+    "is_held",
+    "has_waiters",
+    "is_stale",
+    "has_zombie",
+    "is_deadlocked",
+    "has_drift",
+    "has_long_hold",
+    "is_over_limit",
+)
+
+
+def mark_cycles(now: datetime) -> int:
+    """Set or clear each present limit's cycle; the number of limits whose words changed."""
+    waits = [
+        Lock(run, name, limit)
+        for run, name, limit in Waiter.objects.filter(
+            limit__gone_at__isnull=True, flow_run_id__isnull=False
+        ).values_list("flow_run_id", "flow_run_name", "limit__name")
+    ]
+    waited = {wait.limit for wait in waits}
+    holds = [
+        Lock(run, name, limit)
+        for run, name, limit in Holder.objects.filter(
+            limit__name__in=waited,
+            limit__gone_at__isnull=True,
+            condition=Condition.HOLDING,
+            flow_run_id__isnull=False,
+        ).values_list("flow_run_id", "flow_run_name", "limit__name")
+    ]
+    # A wait on a limit with a free slot (or one Prefect does not enforce) ends by itself.
+    full = set(
+        Limit.objects.present()
+        .filter(name__in=waited, active=True, active_slots__gte=F("limit"))
+        .values_list("name", flat=True)
+    )
+    words: dict[str, list[str]] = {}
+    for cycle in find_cycles(holds, waits, full):
+        text = in_words(cycle)
+        for name in {step.limit for step in cycle}:
+            words.setdefault(name, []).append(text)
+    wanted = {name: " | ".join(texts)[:4000] for name, texts in words.items()}
+    marked = dict(
+        Limit.objects.present().exclude(deadlock_cycle="").values_list("name", "deadlock_cycle")
+    )
+    moved = {name for name in marked.keys() | wanted.keys() if marked.get(name) != wanted.get(name)}
+    rows = list(Limit.objects.present().filter(name__in=moved)) if moved else []
+    for row in rows:
+        _mark(row, wanted.get(row.name, ""), now)
+    return len(rows)
+
+
+def _mark(row: Limit, cycle: str, now: datetime) -> None:
+    """Write a limit's cycle, or its end, with the flags, evidence and badge that go with it."""
+    marked = with_cycle(
+        {flag: getattr(row, flag) for flag in FLAGS},
+        row.evidence,
+        active=row.active,
+        uncounted=row.holders.filter(condition=Condition.UNCOUNTED).exists(),
+        self_deadlocked=row.waiters.filter(deadlocked_by__isnull=False).exists(),
+        cycle=cycle,
+    )
+    Limit.objects.filter(pk=row.pk).update(
+        deadlock_cycle=cycle,
+        is_deadlocked=marked.flags["is_deadlocked"],
+        evidence=marked.evidence,
+        status=marked.status,
+        changed_at=now,
+    )

@@ -1,0 +1,72 @@
+"""The wait-for graph across limits: which runs wait for each other in a circle."""
+
+from __future__ import annotations
+
+import uuid
+
+from reslock_web.status.wait_for import Lock, find_cycles, in_words
+
+A, B, C, D = (uuid.UUID(int=n) for n in (1, 2, 3, 4))
+NAMES = {A: "a", B: "b", C: "c", D: "d"}
+
+
+def lock(run: uuid.UUID, limit: str) -> Lock:
+    return Lock(run, NAMES[run], limit)
+
+
+def test_two_runs_each_holding_what_the_other_waits_for_are_a_cycle_in_words():
+    holds = [lock(A, "x"), lock(B, "y")]
+    waits = [lock(A, "y"), lock(B, "x")]
+    [cycle] = find_cycles(holds, waits, full={"x", "y"})
+    assert in_words(cycle) == (
+        "run 'a' waits for y, held by run 'b'; run 'b' waits for x, held by run 'a'"
+    )
+    assert {step.limit for step in cycle} == {"x", "y"}
+
+
+def test_a_chain_that_ends_is_no_cycle_and_a_free_slot_breaks_one():
+    holds = [lock(A, "x"), lock(B, "y"), lock(C, "z")]
+    # a waits for b, b for c, and c waits for nothing: c finishes, then b, then a.
+    assert find_cycles(holds, [lock(A, "y"), lock(B, "z")], full={"x", "y", "z"}) == []
+    # A circle through a limit that still has a free slot: its waiter gets in.
+    waits = [lock(A, "y"), lock(B, "x")]
+    assert find_cycles(holds, waits, full={"y"}) == []
+
+
+def test_a_run_waiting_in_its_own_limit_is_left_to_the_self_deadlock_rule():
+    assert find_cycles([lock(A, "x")], [lock(A, "x")], full={"x"}) == []
+
+
+def test_three_runs_in_a_circle_with_a_bystander_waiting_on_it():
+    holds = [lock(A, "x"), lock(B, "y"), lock(C, "z")]
+    waits = [lock(A, "y"), lock(B, "z"), lock(C, "x"), lock(D, "x")]
+    [cycle] = find_cycles(holds, waits, full={"x", "y", "z"})
+    assert [step.waiter.run for step in cycle] == [A, B, C]
+    assert [step.holder.run for step in cycle] == [B, C, A]
+    # d waits on the circle but is not part of it: it is blocked, not deadlocked itself.
+    assert D not in {step.waiter.run for step in cycle}
+
+
+def test_the_words_are_the_same_whatever_order_the_rows_come_in():
+    holds = [lock(A, "x"), lock(B, "y"), lock(C, "z")]
+    waits = [lock(A, "y"), lock(B, "z"), lock(C, "x")]
+    first = in_words(find_cycles(holds, waits, full={"x", "y", "z"})[0])
+    again = in_words(find_cycles(holds[::-1], waits[::-1], full={"x", "y", "z"})[0])
+    assert first == again
+
+
+def test_two_separate_circles_are_two_cycles():
+    holds = [lock(A, "x"), lock(B, "y"), lock(C, "p"), lock(D, "q")]
+    waits = [lock(A, "y"), lock(B, "x"), lock(C, "q"), lock(D, "p")]
+    cycles = find_cycles(holds, waits, full={"x", "y", "p", "q"})
+    assert [{s.limit for s in cycle} for cycle in cycles] == [{"x", "y"}, {"p", "q"}]
+
+
+def test_a_long_chain_of_waits_does_not_exhaust_the_stack():
+    runs = [uuid.UUID(int=n) for n in range(1, 5001)]
+    holds = [Lock(run, str(run), f"r{i}") for i, run in enumerate(runs)]
+    waits = [Lock(run, str(run), f"r{i + 1}") for i, run in enumerate(runs[:-1])]
+    assert find_cycles(holds, waits, full={f"r{i}" for i in range(5000)}) == []
+    waits.append(Lock(runs[-1], str(runs[-1]), "r0"))  # closes the circle
+    [cycle] = find_cycles(holds, waits, full={f"r{i}" for i in range(5000)})
+    assert len(cycle) == 5000
