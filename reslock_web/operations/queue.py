@@ -4,18 +4,19 @@
 (Redis) does not answer, the request still succeeds: the row stays pending with a note that
 says so, and the sweep (`sweep`) sends it again later. A message sent twice is harmless:
 `jobs.run()` claims an operation with a compare-and-set, so the second delivery does nothing.
-The task is sent by its name, so that this module, which the web process and the jobs both use,
-needs nothing of the task module above it.
+The task is sent by its name through the project's Celery app (imported here, not Celery's
+`current_app`: a web process imports no task module, and its current app would be Celery's
+unconfigured default), so that this module needs nothing of the task module above it.
 """
 
 from __future__ import annotations
 
 import logging
 
-from celery import current_app
 from django.db import transaction
 from kombu.exceptions import OperationalError as BrokerError
 
+from reslock_web.celery import app
 from reslock_web.models import Operation, OperationStatus
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,7 @@ def dispatch(operation: Operation) -> None:
 def send(operation_id: int) -> bool:
     """Publish one operation; on a broker failure, note it on the row and return False."""
     try:
-        current_app.send_task(
-            OPERATE_TASK, args=[operation_id], retry=True, retry_policy=PUBLISH_RETRY
-        )
+        app.send_task(OPERATE_TASK, args=[operation_id], retry=True, retry_policy=PUBLISH_RETRY)
     except (BrokerError, OSError) as error:
         log.warning("operation %s not queued, the broker did not answer: %s", operation_id, error)
         Operation.objects.filter(pk=operation_id, status=OperationStatus.PENDING).update(
