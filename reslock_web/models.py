@@ -732,3 +732,42 @@ class LoginFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} from {self.ip} @ {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class StatusChangeQuerySet(models.QuerySet["StatusChange"]):
+    def due(self, now: datetime) -> StatusChangeQuerySet:
+        """Not yet accepted by the webhook, not given up, and its next try has come."""
+        return self.filter(sent_at__isnull=True, given_up=False, next_try_at__lte=now)
+
+    def claim(self, change_id: int, now: datetime, seconds: int) -> bool:
+        """Take one change to post it: a compare-and-set, so that two workers never both do."""
+        free = models.Q(claimed_until__isnull=True) | models.Q(claimed_until__lt=now)
+        taken = self.filter(free, pk=change_id, sent_at__isnull=True, given_up=False)
+        return bool(taken.update(claimed_until=now + timedelta(seconds=seconds)))
+
+
+class StatusChange(models.Model):
+    """A resource that entered or left a bad status, to be announced by the webhook: written
+    in the sync's transaction (an outbox), so that a change is announced however the process
+    that found it ends, and never for a change that was rolled back."""
+
+    limit = models.ForeignKey(Limit, on_delete=models.CASCADE, related_name="status_changes")
+    limit_name = models.CharField(max_length=500)
+    previous = models.CharField(max_length=12, blank=True)  # empty: a limit seen first now
+    status = models.CharField(max_length=12)
+    evidence = models.JSONField(default=list, blank=True)
+    happened_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_try_at = models.DateTimeField(default=timezone.now)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    given_up = models.BooleanField(default=False)
+    last_error = models.TextField(blank=True)
+
+    objects = StatusChangeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["happened_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.limit_name}: {self.previous or '-'} -> {self.status}"

@@ -204,6 +204,10 @@ LOGIN_MAX_DELAY_SECONDS = 15 * 60
 TRUSTED_PROXIES = envint("RESLOCK_TRUSTED_PROXIES", 0, minimum=0, maximum=5)
 # Bearer token that Prometheus sends to /metrics; unset, /metrics answers 404.
 METRICS_TOKEN = envstr("RESLOCK_METRICS_TOKEN")
+# Where a resource entering or leaving a bad status is announced (Slack-compatible JSON), and
+# the board's own address for the links in those messages; empty: no webhook.
+WEBHOOK_URL = envurl("RESLOCK_WEBHOOK_URL", "", schemes=("http", "https"))
+BOARD_URL = envurl("RESLOCK_BOARD_URL", "", schemes=("http", "https")).rstrip("/")
 
 # --- Celery (read by reslock_web.celery through the CELERY_ namespace) ---
 REDIS_URL = envurl("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reslock_web.alerts import webhook
 from reslock_web.celery import app
 from reslock_web.models import Heartbeat
 from reslock_web.operations import sweep as operations_sweep
@@ -28,6 +29,11 @@ def sync(periodic: bool = False) -> None:
 @app.task(name="reslock.prune", ignore_result=True)
 def prune() -> None:
     retention.prune()
+
+
+@app.task(name="reslock.notify", ignore_result=True)
+def notify() -> None:
+    webhook.deliver_due()
 
 
 @app.task(name="reslock.sweep", ignore_result=True)

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from django.db.models import F
 
+from reslock_web.alerts import webhook
 from reslock_web.models import Condition, Holder, Limit, Waiter
 from reslock_web.status.wait_for import Lock, find_cycles, in_words, with_cycle
 
@@ -86,3 +87,5 @@ def _mark(row: Limit, cycle: str, now: datetime) -> None:
         status=marked.status,
         changed_at=now,
     )
+    previous, row.status, row.evidence = row.status, marked.status, marked.evidence
+    webhook.record(row, previous)

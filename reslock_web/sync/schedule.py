@@ -6,6 +6,7 @@ from typing import Any
 
 SWEEP_SECONDS = 30
 PRUNE_SECONDS = 3600
+NOTIFY_SECONDS = 10  # how soon a status change reaches the webhook
 
 
 def _every(seconds: int, task: str, **kwargs: Any) -> dict[str, Any]:
@@ -26,4 +27,6 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
         "reslock-sweep": _every(SWEEP_SECONDS, "reslock.sweep"),
         # Lock events and applied-event ids past RESLOCK_EVENTS_RETENTION_DAYS (retention.py).
         "reslock-prune": _every(PRUNE_SECONDS, "reslock.prune"),
+        # Resources that entered or left a bad status, to RESLOCK_WEBHOOK_URL (alerts/webhook.py).
+        "reslock-notify": _every(NOTIFY_SECONDS, "reslock.notify"),
     }

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from django.db.models import F, Model
 
+from reslock_web.alerts import webhook
 from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncState, Waiter
 from reslock_web.status import diagnosis
 from reslock_web.status.diagnosis import Context, HolderVerdict, WaiterVerdict
@@ -132,6 +133,7 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
     changed: list[Limit] = []
     holder_plan: list[tuple[Limit, list[HolderVerdict], list[WaiterVerdict]]] = []
     closed_events: list[str] = []
+    news: list[tuple[Limit, str]] = []  # rows whose status moved, and from what
     for info in busy:
         row = limits.get(info.id)
         if row is None:
@@ -141,6 +143,7 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
             closed_events += verdict.closed_claims
             holder_plan.append((row, verdict.holders, verdict.waiters))
             new_limits.append(row)
+            news.append((row, ""))
             continue
         before = {name: getattr(row, name) for name in LIMIT_FIELDS}
         verdict = judge_limit(info, row, snapshot, holders.get(row.pk, {}), ctx, alike)
@@ -148,6 +151,8 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
         closed_events += verdict.closed_claims
         holder_plan.append((row, verdict.holders, verdict.waiters))
         after = {name: getattr(row, name) for name in LIMIT_FIELDS}
+        if before["status"] != after["status"]:
+            news.append((row, before["status"]))
         if before != after:
             if any(before[name] != after[name] for name in VISIBLE_FIELDS) or _holders_moved(
                 holders.get(row.pk, {}), verdict.holders
@@ -156,6 +161,8 @@ def write(snapshot: Snapshot, *, grace: timedelta, long_hold: timedelta) -> dict
             changed.append(row)
     insert_limits(new_limits)
     Limit.objects.bulk_update(changed, LIMIT_FIELDS, batch_size=BATCH)
+    for row, previous in news:  # after the insert: a new row has its id now
+        webhook.record(row, previous)
     counts["created"], counts["updated"] = len(new_limits), len(changed)
 
     counts["holders"], counts["waiters"], touched = _write_people(
