@@ -108,6 +108,12 @@ def main() -> int:
     parser.add_argument("--scenarios", type=int, default=500)
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument(
+        "--auto-release",
+        action="store_true",
+        help="with the auto-release policy on (RESLOCK_AUTO_RELEASE=stale, 1 min grace), "
+        "looking after every sync of the watch",
+    )
+    parser.add_argument(
         "--no-listener",
         action="store_true",
         help="complete syncs only, without the event listener's per-limit re-syncs",
@@ -137,6 +143,8 @@ def main() -> int:
         "RESLOCK_GRACE_SECONDS": "5",
         "LOG_LEVEL": "WARNING",
         "ALLOWED_HOSTS": "testserver,127.0.0.1",
+        "RESLOCK_AUTO_RELEASE": "stale" if args.auto_release else "",
+        "RESLOCK_AUTO_RELEASE_GRACE_MINUTES": "1",
     }
     os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
     worker = listener = None
@@ -152,6 +160,7 @@ def main() -> int:
         if not args.no_listener:
             listener = ListenerProcess(env, server.api_url)
         print(f"listener: {'off' if listener is None else 'on'}", flush=True)
+        print(f"auto-release policy: {'on' if args.auto_release else 'off'}", flush=True)
         return soak(server, proxy, worker, args.first_seed, args.scenarios)
     finally:
         if listener is not None:
@@ -167,6 +176,7 @@ def soak(server, proxy, worker: Worker, first: int, count: int) -> int:
     from django.test import Client
 
     from reslock_web.celery import app
+    from reslock_web.operations import policy
     from reslock_web.prefect_io.api import PrefectAPI
     from reslock_web.sync.run import sync_all
     from tests.support.safety import Runner, generate
@@ -180,6 +190,7 @@ def soak(server, proxy, worker: Worker, first: int, count: int) -> int:
     def sync() -> None:
         with PrefectAPI(server.api_url) as api:
             sync_all(api)
+        policy.run()  # nothing unless --auto-release
 
     flows = FlowRunner(server, SOAK_DIR / "flows")
     runner = Runner(

@@ -80,6 +80,18 @@ def envstr(name: str, default: str = "", environ: Mapping[str, str] | None = Non
     return default if value is None else value
 
 
+def envchoice(
+    name: str, default: str, choices: tuple[str, ...], environ: Mapping[str, str] | None = None
+) -> str:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if value.strip() not in choices:
+        shown = " or ".join(repr(choice) if choice else "empty" for choice in choices)
+        raise SettingError(name, value, shown)
+    return value.strip()
+
+
 def envbool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
     value = _raw(name, environ)
     if value is None:

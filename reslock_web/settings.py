@@ -14,6 +14,7 @@ import dj_database_url
 from reslock_web.env import (
     SettingError,
     envbool,
+    envchoice,
     envint,
     envlist,
     envstr,
@@ -208,6 +209,12 @@ METRICS_TOKEN = envstr("RESLOCK_METRICS_TOKEN")
 # the board's own address for the links in those messages; empty: no webhook.
 WEBHOOK_URL = envurl("RESLOCK_WEBHOOK_URL", "", schemes=("http", "https"))
 BOARD_URL = envurl("RESLOCK_BOARD_URL", "", schemes=("http", "https")).rstrip("/")
+# Safe self-healing, off by default: "stale" releases stale holders whose release is provably
+# safe, once their run has been over for the grace (operations/policy.py).
+AUTO_RELEASE = envchoice("RESLOCK_AUTO_RELEASE", "", ("", "stale"))
+AUTO_RELEASE_GRACE_MINUTES = envint(
+    "RESLOCK_AUTO_RELEASE_GRACE_MINUTES", 10, minimum=1, maximum=1440
+)
 
 # --- Celery (read by reslock_web.celery through the CELERY_ namespace) ---
 REDIS_URL = envurl("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))

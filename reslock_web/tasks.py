@@ -5,6 +5,7 @@ from __future__ import annotations
 from reslock_web.alerts import webhook
 from reslock_web.celery import app
 from reslock_web.models import Heartbeat
+from reslock_web.operations import policy
 from reslock_web.operations import sweep as operations_sweep
 from reslock_web.operations.jobs import MAX_ATTEMPTS, TryAgain
 from reslock_web.operations.jobs import run as run_operation
@@ -34,6 +35,11 @@ def prune() -> None:
 @app.task(name="reslock.notify", ignore_result=True)
 def notify() -> None:
     webhook.deliver_due()
+
+
+@app.task(name="reslock.auto_release", ignore_result=True)
+def auto_release() -> None:
+    policy.run()
 
 
 @app.task(name="reslock.sweep", ignore_result=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from reslock_web.operations import policy
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_all
 from tests.support.safety import FAULTS, Runner, generate
@@ -21,8 +22,10 @@ IN_PROCESS_FAULTS = tuple(fault for fault in FAULTS if fault != "kill_worker")
 SEEDS = [20, 31, 23, 6, 27]
 
 
-@pytest.fixture
-def runner(prefect_server, flows, celery_worker, operator_client, proxy, settings, monkeypatch):
+@pytest.fixture(params=["by-hand"])
+def runner(
+    request, prefect_server, flows, celery_worker, operator_client, proxy, settings, monkeypatch
+):
     from reslock_web.celery import app
     from reslock_web.operations import plans
 
@@ -35,9 +38,16 @@ def runner(prefect_server, flows, celery_worker, operator_client, proxy, setting
     settings.ASSUMED_LEASE_SECONDS = 10
     monkeypatch.setattr(plans, "DEPLOYMENT_LEASE", 10)
 
+    if request.param == "policy-on":
+        # Safe self-healing on, with no grace at all: it looks after every sync of the watch
+        # (every 3 s) and releases whatever it thinks is safe while the operator acts too.
+        settings.AUTO_RELEASE = "stale"
+        settings.AUTO_RELEASE_GRACE_MINUTES = 0
+
     def sync() -> None:
         with PrefectAPI(prefect_server.api_url) as api:
             sync_all(api)  # None while another sync runs: that one is as good
+        policy.run()  # does nothing while the policy is off
 
     return Runner(
         prefect_server,
@@ -49,8 +59,22 @@ def runner(prefect_server, flows, celery_worker, operator_client, proxy, setting
     )
 
 
+# With the auto-release policy on: a helper blocked in a long call, and tag tasks.
+POLICY_SEEDS = [20, 6]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_no_scenario_lets_two_runs_in_or_calls_a_live_holder_stale(runner, artifacts, seed):
+    check_scenario(runner, artifacts, seed)
+
+
+@pytest.mark.parametrize("runner", ["policy-on"], indirect=True)
+@pytest.mark.parametrize("seed", POLICY_SEEDS)
+def test_the_auto_release_policy_lets_no_scenario_put_two_runs_in(runner, artifacts, seed):
+    check_scenario(runner, artifacts, seed)
+
+
+def check_scenario(runner, artifacts, seed: int) -> None:
     scenario = generate(seed, IN_PROCESS_FAULTS)
     outcome = runner.run(scenario)
     with (artifacts / "safety_suite.log").open("a") as log:  # what each scenario did

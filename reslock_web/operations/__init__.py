@@ -9,6 +9,7 @@ deactivate), planned, queued, done by a Celery worker and audited.
 - `fence`: keeping a limit closed while a revoked holder stops (the placeholder slot).
 - `queue`: handing operations to Celery after commit.
 - `sweep`: the beat job that catches what fell between (lost messages, dead workers, fences).
+- `policy`: safe self-healing, off by default: stale holders released by a policy.
 
 May import: `reslock_web.sync`, `reslock_web.status`, `reslock_web.models`,
 `reslock_web.prefect_io`. Celery tasks are sent by name, so nothing here imports `tasks`.

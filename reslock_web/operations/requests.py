@@ -22,13 +22,15 @@ def request_operation(
     kind: str,
     limit: Limit,
     holder: Holder | None,
-    user: AbstractBaseUser,
+    user: AbstractBaseUser | None,
     reason: str = "",
+    by: str = "",
     params: dict[str, Any] | None = None,
     token: uuid.UUID | None = None,
     bulk: uuid.UUID | None = None,
 ) -> Operation:
-    """Create the operation and send its job after the caller's transaction commits.
+    """Create the operation and send its job after the caller's transaction commits. `by`
+    names who asked when no user did (the auto-release policy).
 
     `token` makes a request idempotent: a second one with the same token raises IntegrityError
     (the unique constraint), which the caller answers with the first operation."""
@@ -41,7 +43,7 @@ def request_operation(
         params=params or {},
         reason=reason,
         requested_by=user,
-        requested_by_name=user.get_username(),
+        requested_by_name=by or user.get_username(),
         token=token or uuid.uuid4(),
         bulk=bulk,
         before={"limit": limit.limit, "active": limit.active, "active_slots": limit.active_slots},

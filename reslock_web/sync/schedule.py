@@ -7,6 +7,7 @@ from typing import Any
 SWEEP_SECONDS = 30
 PRUNE_SECONDS = 3600
 NOTIFY_SECONDS = 10  # how soon a status change reaches the webhook
+AUTO_RELEASE_SECONDS = 60  # how often the auto-release policy looks (it does nothing while off)
 
 
 def _every(seconds: int, task: str, **kwargs: Any) -> dict[str, Any]:
@@ -29,4 +30,6 @@ def beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
         "reslock-prune": _every(PRUNE_SECONDS, "reslock.prune"),
         # Resources that entered or left a bad status, to RESLOCK_WEBHOOK_URL (alerts/webhook.py).
         "reslock-notify": _every(NOTIFY_SECONDS, "reslock.notify"),
+        # Safe self-healing, off unless RESLOCK_AUTO_RELEASE=stale (operations/policy.py).
+        "reslock-auto-release": _every(AUTO_RELEASE_SECONDS, "reslock.auto_release"),
     }

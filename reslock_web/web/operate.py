@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -34,7 +35,7 @@ from reslock_web.models import (
     OperationKind,
     OperationStatus,
 )
-from reslock_web.operations import plans
+from reslock_web.operations import plans, policy
 from reslock_web.operations.requests import request_operation
 from reslock_web.web.forms import OperateForm
 
@@ -232,6 +233,12 @@ def audit(request: HttpRequest) -> HttpResponse:
         "kinds": OperationKind.choices,
         "outcomes": OperationStatus.choices,
         "csv_query": request.GET.urlencode(),
+        "policy": {
+            "on": policy.is_on(),
+            "grace": settings.AUTO_RELEASE_GRACE_MINUTES,
+            "candidates": policy.candidates()[:100],
+            "now": timezone.now(),
+        },
     }
     return render(request, "audit.html", context)
 
