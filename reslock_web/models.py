@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import socket
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
@@ -117,10 +119,26 @@ class LimitQuerySet(models.QuerySet["Limit"]):
         return self.filter(facet_filter(name))
 
     def search(self, text: str) -> LimitQuerySet:
-        text = text.strip().casefold()
+        """Limits whose name matches, or whose holders or waiters (as the board shows them)
+        belong to a matching run: its flow run's name, flow or deployment, or its flow run id
+        (whole, or a prefix as long as RUN_ID_PREFIX asks)."""
+        text = text.strip()
         if not text:
             return self
-        return self.filter(search_text__contains=text)
+        runs = (
+            models.Q(flow_run_name__icontains=text)
+            | models.Q(flow_name__icontains=text)
+            | models.Q(deployment_name__icontains=text)
+        )
+        if RUN_ID_PREFIX.fullmatch(text):
+            runs |= models.Q(flow_run_id__istartswith=text)
+        return self.filter(
+            models.Q(search_text__contains=text.casefold()) | models.Q(pk__in=_limits_of(runs))
+        )
+
+    def of_run(self, flow_run_id: UUID) -> LimitQuerySet:
+        """The limits this flow run (or one of its task runs) holds or waits for."""
+        return self.filter(pk__in=_limits_of(models.Q(flow_run_id=flow_run_id)))
 
 
 class Limit(models.Model):
@@ -193,6 +211,23 @@ class Limit(models.Model):
 
 def search_text(name: str, resource: str) -> str:
     return f"{name}\n{resource}".casefold()
+
+
+# A search this long of hex digits and hyphens is also looked up as the start of a flow run id:
+# a shorter one ("a", "db", "cafe") would bring in every resource held by a run whose id begins
+# that way, far more than the word asked for.
+RUN_ID_PREFIX = re.compile(r"[0-9A-Fa-f-]{8,36}")
+
+
+def _limits_of(runs: models.Q) -> models.QuerySet:
+    """Ids of the limits a run matching `runs` holds (as the board shows it) or waits for, as
+    one subquery: the database matches the holders and the waiters, never a query per row.
+
+    Run names are matched with the database's own case folding (SQLite folds ASCII letters
+    only); limit names have their case-folded column."""
+    holders = Holder.objects.shown().filter(runs).order_by().values("limit_id")
+    waiters = Waiter.objects.filter(runs).order_by().values("limit_id")
+    return holders.union(waiters)
 
 
 class Source(models.TextChoices):

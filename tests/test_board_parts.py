@@ -303,9 +303,10 @@ def test_a_partly_used_limit_shows_its_slots_used_against_its_size(viewer_client
     assert "<span>3/4</span>" in row
 
 
-def test_a_row_links_the_holders_flow_run_into_the_prefect_ui(viewer_client, busy, ui_url):
+def test_a_row_links_the_holders_flow_run_to_its_page(viewer_client, busy, ui_url):
     row = row_html(viewer_client.get("/").content.decode(), busy)
-    link = f'<a href="{ui_url}/runs/flow-run/{busy.holder.flow_run_id}" rel="noopener" target="_blank">'
+    # The run's page says what it holds and waits for, and links on to the Prefect UI.
+    link = f'<a href="/runs/{busy.holder.flow_run_id}">'
     assert link + ESCAPED_XSS + "</a>" in row
     assert XSS not in row
     assert '<span class="flow">printing</span>' in row

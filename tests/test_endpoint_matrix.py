@@ -74,6 +74,9 @@ MATRIX: dict[str, Row] = {
     "board": Row(lambda d: "/", PAGE, NOT_POST),
     "board-changes": Row(lambda d: "/board/changes", PAGE, NOT_POST),
     "resource": Row(lambda d: f"/resources/{d.tag.name}", PAGE, NOT_POST),
+    "run": Row(lambda d: f"/runs/{d.stale.flow_run_id}", PAGE, NOT_POST),
+    # Not an id: a clear 404 for those who may look, the login page for those who may not.
+    "run-not-an-id": Row(lambda d: "/runs/not-an-id", (302, 404, 404), NOT_POST),
     "bulk-release": Row(
         lambda d: "/operate/bulk-release?status=stale",
         OPERATE,
@@ -115,6 +118,8 @@ MATRIX: dict[str, Row] = {
     "api-operation": Row(
         lambda d: f"/api/v1/operations/{d.operation.pk}", (401, 200, 200), NOT_POST
     ),
+    "api-run": Row(lambda d: f"/api/v1/runs/{d.stale.flow_run_id}", (401, 200, 200), NOT_POST),
+    "api-run-not-an-id": Row(lambda d: "/api/v1/runs/not-an-id", (401, 404, 404), NOT_POST),
     # Sessions do not count: only the metrics token opens it (see test_metrics).
     "metrics": Row(lambda d: "/metrics", (401, 401, 401), NOT_POST),
     "login": Row(

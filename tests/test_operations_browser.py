@@ -6,40 +6,13 @@ import re
 import uuid
 
 import pytest
-from django.test import Client
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 from reslock_web.models import Limit, Operation, OperationStatus
-from reslock_web.prefect_io.api import PrefectAPI
-from reslock_web.sync.run import sync_all
-from tests.support.net import wait_for
+from tests.support.operating import logged_in, stale_tag
 from tests.support.patient import patient_client
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def logged_in(page: Page, live_server, user) -> Page:
-    client = Client()
-    client.force_login(user)
-    page.context.add_cookies(
-        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
-    )
-    return page
-
-
-def stale_tag(flows, prefect_server, tag: str) -> Limit:
-    run = flows.start(
-        "tag_holder", tag=tag, reset_override=True, hold=0.5, flow_run_name=f"{tag}-ended"
-    )
-    assert run.wait(timeout=90) == 0
-
-    def synced():
-        with PrefectAPI(prefect_server.api_url) as api:
-            sync_all(api)
-        limit = Limit.objects.named(f"tag:{tag}")
-        return limit if limit and limit.is_stale else None
-
-    return wait_for(synced, 30, interval=0.5, what=f"tag:{tag} to be stale")
 
 
 def test_an_operator_releases_a_stale_holder_and_watches_it_finish(

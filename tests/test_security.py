@@ -398,6 +398,8 @@ def _every_page(admin, viewer, name: str, op_pk: int, bulk: uuid.UUID) -> dict[s
         "audit csv": admin_client.get("/audit?format=csv"),
         "api list": admin_client.get("/api/v1/resources"),
         "api one": admin_client.get(reverse("api-resource", args=[name])),
+        "run": admin_client.get(reverse("run", args=[uuid.uuid4()])),
+        "api run": admin_client.get(reverse("api-run", args=[uuid.uuid4()])),
         "healthz": anonymous.get("/healthz"),
         "login": anonymous.get("/login/"),
         "404": admin_client.get("/resources/no-such-thing"),
@@ -476,18 +478,22 @@ def test_links_and_api_urls_never_carry_a_user_or_password(admin_client, setting
 
     settings.PREFECT_UI_URL = f"https://bob:{URL_PASSWORD}@prefect.example.org/"
     held = sample_rows()
+    run = held.holders.get().flow_run_id
     pages = [
         admin_client.get("/"),
         admin_client.get(reverse("resource", args=[held.name])),
+        admin_client.get(reverse("run", args=[run])),
         admin_client.get("/api/v1/resources"),
         admin_client.get(reverse("api-resource", args=[held.name])),
+        admin_client.get(reverse("api-run", args=[run])),
     ]
     for page in pages:
         text = page.content.decode()
-        assert "https://prefect.example.org/" in text
+        assert 'https://prefect.example.org"' in text or "https://prefect.example.org/" in text
         assert URL_PASSWORD not in text and "bob" not in text
-    holder = pages[3].json()["holders"][0]
+    holder = pages[4].json()["holders"][0]
     assert holder["flow_run"]["url"].startswith("https://prefect.example.org/runs/flow-run/")
+    assert pages[5].json()["flow_run"]["url"] == f"https://prefect.example.org/runs/flow-run/{run}"
 
 
 @pytest.mark.django_db

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
 from django.utils.html import format_html
@@ -30,6 +30,12 @@ def age(when: datetime | None) -> str:
     if when is None:
         return ""
     return humane((timezone.now() - when).total_seconds())
+
+
+def clock(when: datetime) -> str:
+    """A moment as the board writes it, in UTC: the time of day, with the date unless today."""
+    when, today = when.astimezone(UTC), timezone.now().astimezone(UTC).date()
+    return f"{when:%H:%M} UTC" if when.date() == today else f"{when:%Y-%m-%d %H:%M} UTC"
 
 
 def since(when: datetime | None, blank: str = "") -> str:

@@ -189,7 +189,7 @@ ROW_LIMIT_FIELDS = (
     "evidence",
 )
 ROW_HOLDER_FIELDS = ("limit_id", "flow_name", "flow_run_id", "flow_run_name", "task_run_name")
-ROW_WAITER_FIELDS = ("limit_id", "flow_run_name", "task_run_name")
+ROW_WAITER_FIELDS = ("limit_id", "flow_run_id", "flow_run_name", "task_run_name")
 
 
 def with_people(rows: list[Limit]) -> list[Limit]:

@@ -10,7 +10,10 @@ the board.
 
 from __future__ import annotations
 
-from django.urls import reverse
+from functools import lru_cache
+from uuid import UUID
+
+from django.urls import get_script_prefix, reverse
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
@@ -58,11 +61,10 @@ def _holder(limit: Limit) -> str:
     if holder.flow_name:
         parts.append(f'<span class="flow">{escape(holder.flow_name)}</span> / ')
     if holder.flow_run_id:
+        # To the run's own page, which says what it holds and waits for and links on to
+        # Prefect's UI.
         shown = holder.flow_run_name or holder.flow_run_id
-        parts.append(
-            f'<a href="{escape(holder.flow_run_url)}" rel="noopener" target="_blank">'
-            f"{escape(shown)}</a>"
-        )
+        parts.append(f'<a href="{_run_url(holder.flow_run_id)}">{escape(shown)}</a>')
     else:
         parts.append(escape(holder.flow_run_name or "(no run)"))
     if holder.task_run_name:
@@ -78,5 +80,24 @@ def _waiters(limit: Limit) -> str:
     first = limit.first_waiter
     if first is None:
         return str(int(limit.waiter_count))
-    shown = first.flow_run_name or first.task_run_name
-    return f'{int(limit.waiter_count)}<span class="sub">next: {escape(shown)}</span>'
+    shown = escape(first.flow_run_name or first.task_run_name)
+    if first.flow_run_id:
+        shown = f'<a href="{_run_url(first.flow_run_id)}">{shown}</a>'
+    return f'{int(limit.waiter_count)}<span class="sub">next: {shown}</span>'
+
+
+def _run_url(run_id: UUID) -> str:
+    head, tail = _run_address(get_script_prefix())
+    return f"{head}{escape(run_id)}{tail}"
+
+
+# reverse() costs several times what the rest of a row does, and a row may link two runs: a
+# run's address is the same for every run but the id, so it is reversed once (per script
+# prefix, which reverse() reads too) and each id put in its place.
+_NO_RUN = UUID(int=0)
+
+
+@lru_cache(maxsize=8)
+def _run_address(prefix: str) -> tuple[str, str]:
+    head, _, tail = escape(reverse("run", args=[_NO_RUN])).partition(str(_NO_RUN))
+    return head, tail

@@ -6,15 +6,19 @@ Schema in the README ("JSON API"). Every answer is built from our tables; none c
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from reslock_web.board import cache as board_cache
 from reslock_web.board import poll
+from reslock_web.board.runs import RunLocks, run_locks, text_of
 from reslock_web.models import FACETS, Condition, Heartbeat, Holder, Kind, Limit, SyncRun, Waiter
+from reslock_web.status.explain import Explanation
 from reslock_web.web.auth import api_user_required
 
 PAGE_SIZE = 100
@@ -195,3 +199,78 @@ def resource(request: HttpRequest, name: str) -> JsonResponse:
     if limit is None:
         return JsonResponse({"error": f"no resource named {name!r}"}, status=404)
     return JsonResponse({**limit_json(limit), "sync": _sync_json()})
+
+
+@require_GET
+@api_user_required
+def run(request: HttpRequest, run_id: UUID) -> JsonResponse:
+    """What one flow run holds and waits for: empty lists for a run the board does not know
+    (it holds nothing as of the last sync), never a 404 for a well-formed id."""
+    return JsonResponse({**run_json(run_locks(run_id)), "sync": _sync_json()})
+
+
+@require_GET
+@api_user_required
+def run_not_an_id(request: HttpRequest, raw: str) -> JsonResponse:
+    return JsonResponse({"error": "not a flow run id: expected a UUID"}, status=404)
+
+
+def run_json(run: RunLocks) -> dict[str, Any]:
+    about, state = run.about, run.state
+    return {
+        "flow_run": {"id": str(run.run_id), "name": run.name, "url": run.flow_run_url},
+        "flow": {"id": _str(about.flow_id) if about else None, "name": run.flow_name},
+        "deployment": {
+            "id": _str(about.deployment_id) if about else None,
+            "name": run.deployment_name,
+        },
+        "state": (
+            {"type": state.state_type, "name": state.state_name, "since": _when(state.state_at)}
+            if state
+            else None
+        ),
+        "holds": [
+            {
+                "resource": _resource_json(hold.limit),
+                **holder_json(hold.holder),
+                "waiters_behind": len(hold.behind),
+                "release": hold.release_url or None,
+                "summary": text_of(hold.words),
+                "diagnosis": _diagnosis_json(hold.explanation),
+            }
+            for hold in run.holds
+        ],
+        "waits": [
+            {
+                "resource": _resource_json(wait.limit),
+                **waiter_json(wait.waiter),
+                "ahead": len(wait.ahead),
+                "blocked_by": [
+                    {**holder_json(blocker.holder), "release": blocker.release_url or None}
+                    for blocker in wait.blockers
+                ],
+                "summary": text_of(wait.words),
+                "diagnosis": _diagnosis_json(wait.explanation),
+            }
+            for wait in run.waits
+        ],
+    }
+
+
+def _resource_json(limit: Limit) -> dict[str, Any]:
+    return {
+        "name": limit.name,
+        "resource": limit.resource,
+        "kind": limit.kind,
+        "status": limit.status,
+        "page": reverse("resource", args=[limit.name]),
+        "api": reverse("api-resource", args=[limit.name]),
+    }
+
+
+def _diagnosis_json(explanation: Explanation) -> dict[str, list[str]]:
+    return {
+        "wrong": explanation.wrong,
+        "by_itself": explanation.by_itself,
+        "to_do": explanation.to_do,
+    }

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
 from django.db import connection
@@ -16,7 +17,8 @@ from django_htmx.http import reswap, retarget
 from reslock_web.board import cache as board_cache
 from reslock_web.board import poll
 from reslock_web.board.query import SORTS, BoardQuery, attention, facets, with_people
-from reslock_web.models import Holder, Kind, Limit, Waiter
+from reslock_web.board.runs import run_locks
+from reslock_web.models import Holder, Kind, Limit, SyncRun, Waiter
 from reslock_web.status import timeline
 from reslock_web.status.explain import explain
 from reslock_web.sync.health import freshness
@@ -143,16 +145,25 @@ def resource(request: HttpRequest, name: str) -> HttpResponse:
     return render(request, template, context)
 
 
-def _unchanged(name: str, params) -> bool:
-    """The resource page's poll: same version as drawn, and drawn less than 30 s ago.
+def _drawn(params) -> tuple[str, bool]:
+    """A live section's `seen` parameter: (its stamp, whether it was drawn less than 30 s ago).
 
     The redraw every 30 s keeps the diagnosis' wording ("held for 3 min") current.
     """
     stamp, _, drawn = params.get("seen", "").partition("~")
-    if (
-        not (drawn.isascii() and drawn.isdigit() and len(drawn) < 20)  # int() refuses 4300+ digits
-        or time.time() - int(drawn) > REDRAW_SECONDS
-    ):
+    recent = (
+        drawn.isascii()
+        and drawn.isdigit()
+        and len(drawn) < 20  # int() refuses 4300+ digits
+        and time.time() - int(drawn) <= REDRAW_SECONDS
+    )
+    return stamp, recent
+
+
+def _unchanged(name: str, params) -> bool:
+    """The resource page's poll: same version as drawn, and drawn less than 30 s ago."""
+    stamp, recent = _drawn(params)
+    if not recent:
         return False
     changed = (
         Limit.objects.filter(name=name)
@@ -161,6 +172,41 @@ def _unchanged(name: str, params) -> bool:
         .first()
     )
     return changed is not None and poll.version(changed) == stamp
+
+
+@require_GET
+@login_required
+@vary_on_headers("HX-Request", "HX-Target")
+def run(request: HttpRequest, run_id: UUID) -> HttpResponse:
+    """One flow run: what it holds and waits for on the board, and why it waits."""
+    # Any write that could change what this page says raises the board's version (a hold or
+    # a wait of this run appears on any limit): the poll compares that alone.
+    board = poll.board_version()
+    stamp, recent = _drawn(request.GET)
+    # Version 0: no writer has raised it yet (rows put in place by hand), so it says nothing.
+    if request.htmx and request.htmx.target == "live" and recent and board and stamp == str(board):
+        return HttpResponse(status=204)
+    context = {
+        "run": run_locks(run_id),
+        "synced": SyncRun.objects.last_ok(),
+        "can_operate": request.user.has_perm("reslock.operate"),
+        "seen": f"{board}~{int(time.time())}",
+    }
+    template = "run.html"
+    if request.htmx and request.htmx.target == "live":
+        template = "run.html#live"
+    return render(request, template, context)
+
+
+@require_GET
+@login_required
+def run_not_an_id(request: HttpRequest, raw: str) -> HttpResponse:
+    shown = raw if len(raw) <= 80 else raw[:80] + "…"
+    raise Http404(
+        f"{shown!r} is not a flow run id. A run's page is /runs/ followed by its flow run id "
+        "as Prefect writes it (lower case, with its hyphens), e.g. "
+        "/runs/0b5f7a4e-6c1d-4f3e-9a8b-2d7c4e1f0a93."
+    )
 
 
 @require_GET

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from django.test import Client
 from django.urls import reverse
 
 from reslock_web.models import Condition, Limit, Operation, OperationKind
@@ -31,6 +32,33 @@ def sync_until(server, name, check, timeout=30):
         return limit if limit and check(limit) else None
 
     return wait_for(attempt, timeout, interval=0.5, what=f"{name} to match")
+
+
+def stale_tag(flows, server, tag: str) -> Limit:
+    """A tag limit whose holder's run ended while Prefect still counts its slot (the run
+    reset its tag with itself as the override: its lease outlives it), synced: stale."""
+    run = flows.start(
+        "tag_holder", tag=tag, reset_override=True, hold=0.5, flow_run_name=f"{tag}-ended"
+    )
+    assert run.wait(timeout=90) == 0
+
+    def synced():
+        with PrefectAPI(server.api_url) as api:
+            sync_all(api)
+        limit = Limit.objects.named(f"tag:{tag}")
+        return limit if limit and limit.is_stale else None
+
+    return wait_for(synced, 30, interval=0.5, what=f"tag:{tag} to be stale")
+
+
+def logged_in(page, live_server, user):
+    """A Playwright page with `user`'s session cookie, as after the login form."""
+    client = Client()
+    client.force_login(user)
+    page.context.add_cookies(
+        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
+    )
+    return page
 
 
 def form(client, url: str) -> dict[str, str]:
