@@ -158,7 +158,23 @@ def record_events(events: list[EventInfo]) -> int:
     if unfollowed:
         _pair_releases(unfollowed, ends)
     _close(ends)
+    _lost_leases(events)
     return len(new)
+
+
+def _lost_leases(events: list[EventInfo]) -> None:
+    """Name the end of a helper hold that lost its lease, when the board had already closed it
+    as "ended" (its slot gone before the helper's release arrived): the helper's own word is
+    the better one, and it is what lease health shows (status/leases.py)."""
+    for event in events:
+        lease = parse_uuid(event.payload.get("lease_id"))
+        if event.event == EVENT_RELEASED and lease and event.payload.get("reason") == "lease_lost":
+            LockEvent.objects.filter(
+                event=EVENT_ACQUIRED,
+                lease_id=lease,
+                limit_prefect_id=limit_id_of(event),
+                closed_reason="ended",
+            ).update(closed_reason="lease_lost")
 
 
 End = tuple[datetime, str]  # when a hold or a wait ended, and why

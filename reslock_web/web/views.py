@@ -19,7 +19,7 @@ from reslock_web.board import poll
 from reslock_web.board.query import SORTS, BoardQuery, attention, facets, with_people
 from reslock_web.board.runs import run_locks
 from reslock_web.models import Holder, Kind, Limit, SyncRun, Waiter
-from reslock_web.status import timeline
+from reslock_web.status import leases, timeline
 from reslock_web.status.explain import explain
 from reslock_web.sync.health import freshness
 
@@ -128,12 +128,17 @@ def resource(request: HttpRequest, name: str) -> HttpResponse:
     if limit is None:
         raise Http404(f"No resource named {name!r} has been synced from Prefect.")
     holders, waiters = list(limit.holders.all()), list(limit.waiters.all())
+    now = timezone.now()
+    health_of = leases.leases(limit, holders, now)
+    for holder in holders:
+        holder.lease = health_of.get(holder.pk)
     context = {
         "limit": limit,
         "holders": holders,
         "waiters": waiters,
         "explanation": explain(limit, holders, waiters),
-        "timeline": timeline.holds(limit, timezone.now()),
+        "timeline": timeline.holds(limit, now),
+        "lost_leases": leases.lost_recently(limit, now),
         "health": freshness(),
         "can_operate": request.user.has_perm("reslock.operate"),
         "operations": limit.operations.order_by("-created_at", "-id")[:20],

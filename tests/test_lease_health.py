@@ -1,0 +1,112 @@
+"""Lease health on the resource page: how long each live holder's slot outlives it if it stops,
+and the leases lost while their run went on (the helper's `lease_lost`).
+
+The last test is the real thing: a helper holder made by a real flow whose lease Prefect takes
+back (revoked through Prefect's own API) is stopped by the helper, and the board says so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from reslock.protocol import EVENT_ACQUIRED, EVENT_STOPPING
+from reslock_web.models import Condition, Holder, Kind, LockEvent, Status
+from reslock_web.status.leases import lease_of, leases, lost_recently
+from tests.support.board_data import make_limit
+from tests.support.operating import sync_until, unique
+from tests.support.patient import patient_client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def holder(limit, **fields) -> Holder:
+    defaults = {"key": uuid.uuid4().hex[:8], "condition": Condition.HOLDING}
+    return Holder.objects.create(limit=limit, **{**defaults, **fields})
+
+
+def test_each_kind_of_lease_says_when_the_slot_would_free_and_plain_concurrency_says_nothing():
+    now = timezone.now()
+    db = make_limit("db-1", status=Status.HELD, is_held=True)
+    helper = holder(db, source="helper", lease_id=uuid.uuid4(), lease_seconds=120)
+    lease = lease_of(db, helper, now)
+    assert (lease.seconds, lease.renews_every, lease.known) == (120, 90, True)
+    assert lease.frees_by == now + timedelta(seconds=135)  # lease + Prefect's repossessor
+    assert lease.words == (
+        "Lease 120 s, renewed every 90 s while the run lives: if it stopped now, the slot "
+        f"would free by {lease.frees_by:%H:%M:%S} UTC at the latest."
+    )
+    unsaid = holder(db, source="helper", lease_id=uuid.uuid4())
+    assert (
+        lease_of(db, unsaid, now).seconds == 60
+        and "Prefect's default" in lease_of(db, unsaid, now).words
+    )
+    tag = make_limit("tag:reports", status=Status.HELD, is_held=True)
+    assert lease_of(tag, holder(tag, source="tag_lease"), now).seconds == 60
+    deployment = make_limit(f"deployment:{uuid.uuid4()}", kind=Kind.DEPLOYMENT)
+    assert lease_of(deployment, holder(deployment, source="deployment"), now).seconds == 300
+    assert lease_of(db, holder(db, source="event"), now) is None  # nothing readable
+    stale = holder(db, source="helper", lease_id=uuid.uuid4(), condition=Condition.STALE)
+    assert lease_of(db, stale, now) is None  # not a live holder's lease
+
+
+def test_a_lease_lost_while_the_block_is_still_inside_is_flagged_and_then_listed(client, viewer):
+    now = timezone.now()
+    db = make_limit("db-2", status=Status.HELD, is_held=True)
+    lost = uuid.uuid4()
+    inside = holder(db, source="helper", lease_id=lost, lease_seconds=60, flow_run_name="etl-7")
+    quiet = holder(db, source="helper", lease_id=uuid.uuid4(), lease_seconds=60)
+    LockEvent.objects.create(
+        event_id=uuid.uuid4(),
+        event=EVENT_STOPPING,
+        occurred=now - timedelta(seconds=4),
+        limit_prefect_id=db.prefect_id,
+        lease_id=lost,
+    )
+    found = leases(db, [inside, quiet], now)
+    assert found[inside.pk].lost_at is not None and found[quiet.pk].lost_at is None
+    assert found[inside.pk].words.startswith("Lease lost at")
+    # Once the block has stopped, the helper's release closes the acquire as lease_lost.
+    LockEvent.objects.create(
+        event_id=uuid.uuid4(),
+        event=EVENT_ACQUIRED,
+        occurred=now - timedelta(minutes=20),
+        limit_prefect_id=db.prefect_id,
+        lease_id=lost,
+        flow_run_id=uuid.uuid4(),
+        flow_run_name="etl-7",
+        closed_at=now - timedelta(seconds=1),
+        closed_reason="lease_lost",
+    )
+    [listed] = lost_recently(db, now)
+    assert listed.run_name == "etl-7"
+    client.force_login(viewer)
+    html = client.get("/resources/db-2").content.decode()
+    assert "badge-lease-lost" in html and "Leases lost while their run went on" in html
+    assert "etl-7" in html and "renewed every 45 s" in html
+
+
+def test_a_real_holder_whose_lease_prefect_took_back_is_listed_as_lost(
+    prefect_server, flows, viewer_client
+):
+    name = unique("db-lease")
+    run = flows.start("helper_holder", name=name, flow_run_name="long-etl", hold=300)
+    acquired = run.wait_event("acquired")
+    limit = sync_until(prefect_server, name, lambda limit: limit.holder_count == 1)
+    html = viewer_client.get(f"/resources/{name}").content.decode()
+    assert "Lease 60 s, renewed every 45 s while the run lives" in html
+    with patient_client(prefect_server.api_url) as http:
+        # What an outage past the lease does: Prefect no longer has the lease.
+        http.post(
+            "/v2/concurrency_limits/decrement-with-lease",
+            json={"lease_id": acquired["lease_id"]},
+        ).raise_for_status()
+    lost = run.wait_event("lost", timeout=90)  # at the helper's next renewal
+    assert "the guarded block was stopped" in lost["message"], lost
+    sync_until(prefect_server, name, lambda limit: lost_recently(limit, timezone.now()), 60)
+    html = viewer_client.get(f"/resources/{limit.name}").content.decode()
+    assert "Leases lost while their run went on" in html and "long-etl" in html
+    run.stop()
