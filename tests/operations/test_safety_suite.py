@@ -12,7 +12,8 @@ from tests.support.safety import FAULTS, Runner, generate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The in-process worker cannot be killed and restarted: tests/test_faults_worker.py does that.
+# The in-process worker cannot be killed and restarted: tests/operations/test_faults_worker.py
+# does that.
 IN_PROCESS_FAULTS = tuple(fault for fault in FAULTS if fault != "kill_worker")
 # Chosen for their spread: a helper blocked in a long call released while Prefect's events
 # fail to the worker and its jobs are short (the fence goes on in the sweep); a release whose

@@ -12,14 +12,14 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from celery import Celery
 from django.core.management import get_commands
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+from tests.support.paths import BASE_DIR
+
 COMPOSE = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 OURS = [name for name, service in SERVICES.items() if service.get("image") == "reslock:latest"]

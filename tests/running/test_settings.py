@@ -12,8 +12,7 @@ import pytest
 
 from reslock_web.env import SettingError, envbool, envint, envurl
 from reslock_web.sync.schedule import beat_schedule
-
-BASE_DIR = Path(__file__).resolve().parent.parent
+from tests.support.paths import BASE_DIR
 
 
 def run_entry_point(code: str, cwd: Path = BASE_DIR, **env: str) -> subprocess.CompletedProcess:

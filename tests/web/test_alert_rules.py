@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,11 +14,11 @@ import yaml
 from reslock_web.models import Condition, Status
 from reslock_web.web.metrics import FLAGS
 from tests.support.machine import find_promtool
+from tests.support.paths import BASE_DIR
 
 # `token` is test_metrics' fixture (metrics on, with its token): pytest finds it by name.
-from tests.test_metrics import samples, scrape, token  # noqa: F401
+from tests.web.test_metrics import samples, scrape, token  # noqa: F401
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 DEPLOY = BASE_DIR / "deploy" / "prometheus"
 RULES = DEPLOY / "alerts.yml"
 UNIT_TESTS = DEPLOY / "alerts_test.yml"

@@ -6,15 +6,13 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests.support import postgres
+from tests.support.paths import BASE_DIR
 
 psycopg = pytest.importorskip("psycopg")
-
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

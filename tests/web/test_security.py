@@ -22,9 +22,9 @@ from reslock_web.models import Limit, Operation, SyncRun
 from reslock_web.prefect_io.api import PrefectAPI, PrefectError
 from reslock_web.sync.run import sync_all
 from tests.conftest import PASSWORD
+from tests.running.test_settings import run_entry_point
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
-from tests.test_settings import run_entry_point
 
 # Made at run time: a literal would show up in tracebacks that quote this file's source.
 SECRET = "pnu_secret_" + uuid.uuid4().hex
@@ -424,7 +424,7 @@ def _every_page(admin, viewer, name: str, op_pk: int, bulk: uuid.UUID) -> dict[s
 @pytest.mark.django_db
 def test_the_debug_error_page_hides_the_key(admin_client, api_key, settings):
     settings.DEBUG = True
-    settings.ROOT_URLCONF = "tests.test_security"
+    settings.ROOT_URLCONF = "tests.web.test_security"
     admin_client.raise_request_exception = False
     page = admin_client.get("/boom")
     assert page.status_code == 500
@@ -528,7 +528,7 @@ def test_an_internal_sync_error_shows_viewers_a_summary_and_logs_the_detail(
 @pytest.mark.django_db
 def test_the_debug_error_page_hides_passwords_inside_urls(admin_client, settings):
     settings.DEBUG = True
-    settings.ROOT_URLCONF = "tests.test_security"
+    settings.ROOT_URLCONF = "tests.web.test_security"
     settings.DATABASE_URL = f"postgres://reslock:{URL_PASSWORD}@db.internal:5432/reslock"
     settings.REDIS_URL = f"redis://:{URL_PASSWORD}@redis.internal:6379/0"
     settings.CELERY_BROKER_URL = f"rediss://worker:{URL_PASSWORD}@redis.internal:6380/1"

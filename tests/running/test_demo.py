@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,9 +19,9 @@ from reslock_web.models import Kind, Limit, Status
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_all
 from tests.support.net import alive, descendants, wait_for
+from tests.support.paths import BASE_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def demo_env(prefect_server, **extra: str) -> dict[str, str]:

@@ -30,10 +30,10 @@ from reslock_web.sync.run import sync_all
 from tests.support.fault_proxy import FaultProxy
 from tests.support.net import wait_for
 from tests.support.operating import ask_release, holder_and_waiter
+from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def unique(prefix: str) -> str:

@@ -10,7 +10,6 @@ import sys
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -36,11 +35,11 @@ from tests.support.listener_process import (
     change_a_quiet_limit,
 )
 from tests.support.net import wait_for
+from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
 from tests.support.prefect_events import lock_event_in_prefect
 
 pytestmark = pytest.mark.django_db(transaction=True)
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def arrives(check, what: str) -> None:

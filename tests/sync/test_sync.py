@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,10 +18,10 @@ from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.lock import try_lock, unlock
 from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
+from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def unique(prefix: str) -> str:

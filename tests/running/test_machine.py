@@ -13,8 +13,7 @@ import pytest
 
 from tests.support import postgres
 from tests.support.machine import find_chromium, find_promtool
-
-BASE_DIR = Path(__file__).resolve().parent.parent
+from tests.support.paths import BASE_DIR
 
 
 def executable(path: Path) -> Path:

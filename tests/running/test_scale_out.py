@@ -29,11 +29,11 @@ from django.conf import settings
 
 from tests.support import postgres
 from tests.support.net import alive, descendants, free_port, wait_for
+from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
 
 psycopg = pytest.importorskip("psycopg")
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 PASSWORD = "scale-out operator 7f3a"
 OPERATOR = "olga-scale"
 

@@ -33,6 +33,7 @@ from reslock_web.models import Limit
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_limit
 from tests.support.flows import SCRIPTS_DIR, FlowProcess, FlowRunner
+from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
 from tests.support.prefect_events import lock_event_in_prefect, prefect_events
 from tests.support.prefect_server import PrefectServer
@@ -47,8 +48,7 @@ EXAMPLES = [
     "helper_example_several",
     "helper_example_timeout",
 ]
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+README = BASE_DIR / "README.md"
 SECTION = "## Guarding a resource in your flows"
 
 
@@ -629,7 +629,7 @@ def test_the_helper_imports_and_locks_without_django(
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(BASE_DIR),
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_API_URL": prefect_server.api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -19,12 +19,11 @@ import httpx
 import pytest
 
 from reslock_web.demo import catalog
+from tests.running.test_settings import run_entry_point
 from tests.support.net import alive, descendants, free_port, wait_for
+from tests.support.paths import BASE_DIR
 from tests.support.prefect_server import migrated_template
 from tests.support.redis_server import ensure_redis_url
-from tests.test_settings import run_entry_point
-
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 class RunningLauncher:

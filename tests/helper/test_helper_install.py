@@ -7,12 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 from tests.support.operating import unique
+from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
-
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 FLOW = textwrap.dedent(
     """
