@@ -288,6 +288,18 @@ def test_viewers_and_anonymous_users_cannot_operate(client, viewer, operator):
     assert not Operation.objects.exists()
 
 
+def test_a_superuser_outside_the_operators_group_can_operate(admin_client, admin):
+    limit = Limit.objects.create(
+        prefect_id=uuid.uuid4(), name="resource:su", kind="global", resource="resource:su", limit=1
+    )
+    assert not admin.groups.exists()
+    url = reverse("operate", args=["set-limit", limit.name])
+    response = admin_client.post(url, {**form(admin_client, url), "value": "2"})
+    assert response.status_code == 302
+    operation = Operation.objects.get(limit=limit)
+    assert operation.requested_by_name == "alice-admin" and operation.params["value"] == 2
+
+
 def test_the_audit_page_lists_operations_with_actor_and_outcome(operator_client, operator):
     limit = Limit.objects.create(
         prefect_id=uuid.uuid4(),
@@ -317,6 +329,58 @@ def test_the_audit_page_lists_operations_with_actor_and_outcome(operator_client,
     text = b"".join(csv_response.streaming_content).decode()
     assert text.splitlines()[0].startswith("id,created_at,finished_at,operator,kind")
     assert "olga-operator" in text and "'=cmd" in text  # formulas neutralised
+
+
+def test_the_audit_filters_by_operator_and_kind_and_shows_before_and_after(
+    operator_client, operator, admin
+):
+    limit = Limit.objects.create(
+        prefect_id=uuid.uuid4(),
+        name="resource:filt",
+        kind="global",
+        resource="resource:filt",
+        limit=1,
+    )
+    for user, kind, reason in [
+        (operator, "set_limit", "olga sets"),
+        (operator, "activate", "olga activates"),
+        (admin, "set_limit", "alice sets"),
+        (admin, "deactivate", "alice deactivates"),
+    ]:
+        Operation.objects.create(
+            kind=kind,
+            limit=limit,
+            limit_name=limit.name,
+            requested_by=user,
+            requested_by_name=user.username,
+            token=uuid.uuid4(),
+            status="succeeded",
+            reason=reason,
+            params={"value": 7} if kind == "set_limit" else {},
+            before={"limit": 1} if kind == "set_limit" else {},
+            after={"limit": 7} if kind == "set_limit" else {},
+        )
+    audit = reverse("audit")
+
+    def shown(query: str) -> set[str]:
+        html = operator_client.get(audit + query).content.decode()
+        return {
+            r
+            for r in ("olga sets", "olga activates", "alice sets", "alice deactivates")
+            if r in html
+        }
+
+    assert shown("?operator=olga-operator") == {"olga sets", "olga activates"}
+    assert shown("?operator=alice-admin") == {"alice sets", "alice deactivates"}
+    assert shown("?kind=set_limit") == {"olga sets", "alice sets"}
+    assert shown("?kind=deactivate") == {"alice deactivates"}
+    assert shown("?operator=alice-admin&kind=set_limit") == {"alice sets"}
+    html = operator_client.get(audit + "?kind=set_limit&operator=olga-operator").content.decode()
+    assert "limit 1 → limit 7" in html
+    response = operator_client.get(audit + "?kind=set_limit&operator=olga-operator&format=csv")
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert len(lines) == 2 and "olga sets" in lines[1]
+    assert "{'limit': 1}" in lines[1] and "{'limit': 7}" in lines[1]
 
 
 def test_releasing_a_live_helper_holder_fences_until_it_has_stopped(
