@@ -14,12 +14,9 @@ from django.utils import timezone
 from reslock_web.board.format import humane
 from reslock_web.models import Condition, Holder, LockEvent, Status, SyncRun
 from tests.support.board_data import XSS, make_limit
+from tests.support.readouts import row_names
 
 pytestmark = pytest.mark.django_db
-
-
-def row_names(html: str) -> list[str]:
-    return re.findall(r'<th scope="row" class="resource">\s*<a href="[^"]*">([^<]*)</a>', html)
 
 
 def test_the_board_lists_every_present_resource_with_its_holder(viewer_client, rows):

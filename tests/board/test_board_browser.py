@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
+from tests.support.board_page import prefix, rows
 from tests.support.patient import patient_client
 from tests.support.periodic_sync import PeriodicSync
+from tests.support.prefect_limits import create_limits
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 XSS = "<img src=x onerror=alert(1)>"
@@ -21,30 +22,10 @@ def syncing(prefect_server):
         yield periodic
 
 
-def prefix() -> str:
-    return f"ui{uuid.uuid4().hex[:6]}"
-
-
-def create_limits(server, names: list[str]) -> None:
-    with patient_client(server.api_url, timeout=10) as http:
-        for name in names:
-            if name.startswith("tag:"):
-                body = {"tag": name.removeprefix("tag:"), "concurrency_limit": 1}
-                http.post("/concurrency_limits/", json=body).raise_for_status()
-            else:
-                http.post(
-                    "/v2/concurrency_limits/", json={"name": name, "limit": 1}
-                ).raise_for_status()
-
-
-def rows(page: Page):
-    return page.locator("#rows tr[id^=limit-]")
-
-
 def test_typing_a_search_narrows_the_rows_and_updates_the_url(
     board, live_server, prefect_server, syncing, artifacts
 ):
-    p = prefix()
+    p = prefix("ui")
     create_limits(prefect_server, [f"resource:{p}-alpha", f"resource:{p}-beta", f"tag:{p}-gamma"])
     board.goto(f"{live_server.url}/?q={p}")
     expect(rows(board)).to_have_count(3, timeout=20_000)
@@ -66,7 +47,7 @@ def test_each_facet_shows_its_rows_and_counts(
     board, live_server, prefect_server, syncing, flows, settings
 ):
     settings.GRACE_SECONDS = 0
-    p = prefix()
+    p = prefix("ui")
     create_limits(prefect_server, [f"resource:{p}-free", f"resource:{p}-off"])
     with patient_client(prefect_server.api_url) as http:
         http.patch(
@@ -103,7 +84,7 @@ def test_each_facet_shows_its_rows_and_counts(
 def test_a_resource_page_shows_its_holder_and_its_waiters_in_order(
     board, live_server, prefect_server, syncing, flows, artifacts
 ):
-    tag = prefix()
+    tag = prefix("ui")
     first = flows.start("tag_holder", tag=tag, flow_run_name=f"{tag}-first")
     first.wait_event("acquired")
     for order in ("second", "third"):
@@ -125,7 +106,7 @@ def test_a_resource_page_shows_its_holder_and_its_waiters_in_order(
 def test_a_lock_taken_while_the_board_is_open_appears_without_a_reload(
     board, live_server, prefect_server, syncing, flows
 ):
-    p = prefix()
+    p = prefix("ui")
     name = f"resource:{p}-live"
     create_limits(prefect_server, [name])
     board.goto(f"{live_server.url}/?q={p}")
@@ -142,7 +123,7 @@ def test_a_lock_taken_while_the_board_is_open_appears_without_a_reload(
 def test_markup_in_a_flow_run_name_is_shown_as_text(
     board, live_server, prefect_server, syncing, flows, artifacts
 ):
-    p = prefix()
+    p = prefix("ui")
     name = f"resource:{p}-xss"
     flows.start("gcl_holder", name=name, flow_run_name=XSS).wait_event("acquired")
     board.goto(f"{live_server.url}/?q={p}")

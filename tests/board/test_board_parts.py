@@ -27,15 +27,12 @@ from reslock_web.models import (
 from reslock_web.prefect_io.records import EventInfo
 from reslock_web.sync import listener
 from tests.support.board_data import XSS, make_limit, sample_rows
+from tests.support.readouts import row_names
 
 pytestmark = pytest.mark.django_db
 
 UI = "https://prefect.example.test"
 ESCAPED_XSS = "&lt;img src=x onerror=alert(1)&gt;"
-
-
-def row_names(html: str) -> list[str]:
-    return re.findall(r'<th scope="row" class="resource">\s*<a href="[^"]*">([^<]*)</a>', html)
 
 
 def facet_counts(html: str) -> dict[str, int]:

@@ -11,8 +11,8 @@ from playwright.sync_api import Page
 
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_all
-from tests.board.test_board_browser import create_limits
 from tests.support.listener_process import ListenerProcess
+from tests.support.prefect_limits import create_limits
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

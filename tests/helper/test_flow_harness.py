@@ -8,35 +8,16 @@ measured with Prefect 3.9.1 are spelled out next to the assertions that pin them
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
 
 from tests.support.flows import FlowRunner
 from tests.support.net import alive, wait_for
-from tests.support.patient import patient_client
-from tests.support.prefect_server import PrefectServer
+from tests.support.operating import unique
+from tests.support.prefect_limits import gcl
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture
-def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
-    with patient_client(prefect_server.api_url, timeout=30) as client:
-        yield client
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def gcl(api: httpx.Client, name: str) -> dict:
-    response = api.get(f"/v2/concurrency_limits/{name}")
-    response.raise_for_status()
-    return response.json()
 
 
 def tag_holders(api: httpx.Client, tag: str) -> list[str]:

@@ -15,36 +15,25 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
 import pytest
 
 from reslock import lock
+from tests.support.background import scenarios_in_background
 from tests.support.flows import FlowRunner
 from tests.support.in_process import helper_talks_to, off_the_loop
 from tests.support.net import wait_for
-from tests.support.patient import patient_client
+from tests.support.operating import unique
 from tests.support.prefect_events import limit_resource, occurred, prefect_events
+from tests.support.prefect_limits import RENEWAL, slots
 from tests.support.prefect_server import PrefectServer
 from tests.support.safety import Span, overlaps
 
-LEASE = 60  # Prefect's shortest lease: the renewal that finds a revoke comes 45 s in
-RENEWAL = LEASE * lock.RENEWAL_FRACTION
 REVOKED = "the lease was revoked (released from the board?)"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def slots(api: httpx.Client, name: str) -> int:
-    response = api.get(f"/v2/concurrency_limits/{name}")
-    response.raise_for_status()
-    return response.json()["active_slots"]
 
 
 def lease_events(api: httpx.Client, limit_id: str, lease_id: str, names: list[str]) -> list[dict]:
@@ -65,12 +54,6 @@ def released_event(api: httpx.Client, limit_id: str, lease_id: str) -> dict:
     )
     assert len(found) == 1, found
     return found[0]
-
-
-@pytest.fixture
-def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
-    with patient_client(prefect_server.api_url, timeout=30) as client:
-        yield client
 
 
 # --- the slow case: a revoke reaches the borrower --------------------------------------------
@@ -125,25 +108,11 @@ def revoke_scenario(
 def background(
     prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Future]]:
-    stop = threading.Event()
-    runners = [
-        FlowRunner(prefect_server, tmp_path_factory.mktemp("revoke_scenario")) for _ in range(2)
-    ]
-    client = patient_client(prefect_server.api_url, timeout=30)
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="borrow-scenario")
-    try:
+    with scenarios_in_background(prefect_server, tmp_path_factory, "borrow-scenario") as start:
         yield {
-            key: pool.submit(revoke_scenario, runner, client, stop, leave)
-            for runner, (key, leave) in zip(
-                runners, (("in body", False), ("in exit", True)), strict=True
-            )
+            key: start(revoke_scenario, leave)
+            for key, leave in (("in body", False), ("in exit", True))
         }
-    finally:
-        stop.set()
-        for runner in runners:
-            runner.stop_all()
-        pool.shutdown(wait=True)
-        client.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,14 @@ from reslock.process import process_gone, process_identity
 from reslock_web.models import Limit
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_limit
+from tests.support.background import scenarios_in_background
 from tests.support.flows import SCRIPTS_DIR, FlowProcess, FlowRunner
+from tests.support.operating import unique
 from tests.support.paths import BASE_DIR
-from tests.support.patient import patient_client
-from tests.support.prefect_events import lock_event_in_prefect, prefect_events
+from tests.support.prefect_events import limit_resource, lock_event_in_prefect, prefect_events
+from tests.support.prefect_limits import LEASE, RENEWAL, REPOSSESS, gcl, slots
 from tests.support.prefect_server import PrefectServer
 
-LEASE = 60  # Prefect's minimum lease; renewals every 45 s
-RENEWAL = LEASE * lock.RENEWAL_FRACTION
-REPOSSESS = 15  # Prefect's repossessor frees an expired lease within this
 HOLD_PAST_LEASE = LEASE + REPOSSESS + 5  # without renewals the slot would be freed before this
 EXAMPLES = [
     "helper_example_task",
@@ -50,24 +49,6 @@ EXAMPLES = [
 ]
 README = BASE_DIR / "README.md"
 SECTION = "## Guarding a resource in your flows"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def gcl(api: httpx.Client, name: str) -> dict:
-    response = api.get(f"/v2/concurrency_limits/{name}")
-    response.raise_for_status()
-    return response.json()
-
-
-def slots(api: httpx.Client, name: str) -> int:
-    return gcl(api, name)["active_slots"]
-
-
-def resource_id(limit_id: str) -> str:
-    return f"prefect.concurrency-limit.{limit_id}"
 
 
 def related(event: dict, role: str) -> list[dict]:
@@ -120,18 +101,12 @@ def released_event(api: httpx.Client, limit_id: str, lease_id: str) -> dict:
     """The helper's released event for that lease (events reach the REST API a few s late)."""
 
     def find() -> dict | None:
-        for event in prefect_events(api, [lock.EVENT_RELEASED], [resource_id(limit_id)]):
+        for event in prefect_events(api, [lock.EVENT_RELEASED], [limit_resource(limit_id)]):
             if event["payload"]["lease_id"] == lease_id:
                 return event
         return None
 
     return poll(find, 20, f"the released event of lease {lease_id}")
-
-
-@pytest.fixture
-def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
-    with patient_client(prefect_server.api_url, timeout=30) as client:
-        yield client
 
 
 # --- the slow cases, started in the background when the module starts ------------------------
@@ -259,7 +234,7 @@ def renew_scenario(runner: FlowRunner, api: httpx.Client, stop: threading.Event)
 
     def waiter_waited() -> list | None:
         found = prefect_events(
-            api, [lock.EVENT_WAITING], [resource_id(holder_in["limit_ids"][name])]
+            api, [lock.EVENT_WAITING], [limit_resource(holder_in["limit_ids"][name])]
         )
         return [e for e in found if run_of(e) == waiter_run] or None
 
@@ -279,32 +254,12 @@ def renew_scenario(runner: FlowRunner, api: httpx.Client, stop: threading.Event)
 def background(
     prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Future]]:
-    stop = threading.Event()
-    runners: list[FlowRunner] = []
-    clients: list[httpx.Client] = []
-    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="helper-scenario")
-
-    def start(scenario: Callable[..., dict]) -> Future:
-        runner = FlowRunner(prefect_server, tmp_path_factory.mktemp(scenario.__name__))
-        client = patient_client(prefect_server.api_url, timeout=30)
-        runners.append(runner)
-        clients.append(client)
-        return pool.submit(scenario, runner, client, stop)
-
-    futures = {
-        "kill": start(kill_scenario),
-        "revoke": start(revoke_scenario),
-        "renew": start(renew_scenario),
-    }
-    try:
-        yield futures
-    finally:
-        stop.set()
-        for runner in runners:
-            runner.stop_all()
-        pool.shutdown(wait=True)
-        for client in clients:
-            client.close()
+    with scenarios_in_background(prefect_server, tmp_path_factory, "helper-scenario") as start:
+        yield {
+            "kill": start(kill_scenario),
+            "revoke": start(revoke_scenario),
+            "renew": start(renew_scenario),
+        }
 
 
 # --- names and options: refused before any call to Prefect -----------------------------------
@@ -367,7 +322,7 @@ def test_five_processes_take_turns_and_their_waits_show_in_start_order(
 
     def waits_seen(count: int) -> list[str] | None:
         order: list[str] = []
-        for event in prefect_events(api, [lock.EVENT_WAITING], [resource_id(limit_id)]):
+        for event in prefect_events(api, [lock.EVENT_WAITING], [limit_resource(limit_id)]):
             if run_of(event) not in order:
                 order.append(run_of(event))
         return order if len(order) >= count else None
@@ -402,7 +357,7 @@ def test_five_processes_take_turns_and_their_waits_show_in_start_order(
     # Prefect holds 15 acquired and 15 released events, paired by lease id.
     def pairs() -> tuple[list, list] | None:
         found = prefect_events(
-            api, [lock.EVENT_ACQUIRED, lock.EVENT_RELEASED], [resource_id(limit_id)]
+            api, [lock.EVENT_ACQUIRED, lock.EVENT_RELEASED], [limit_resource(limit_id)]
         )
         acquired = [e for e in found if e["event"] == lock.EVENT_ACQUIRED]
         released = [e for e in found if e["event"] == lock.EVENT_RELEASED]
@@ -450,7 +405,7 @@ def test_a_nested_task_runs_inside_its_parents_hold_and_other_runs_still_wait(
     def outer_events() -> list | None:
         found = [
             e
-            for e in prefect_events(api, [lock.EVENT_ACQUIRED], [resource_id(limit_id)])
+            for e in prefect_events(api, [lock.EVENT_ACQUIRED], [limit_resource(limit_id)])
             if run_of(e) == outer["flow_run_id"]
         ]
         return found or None
@@ -520,7 +475,7 @@ def test_a_timeout_names_the_holder_and_takes_no_slot(flows: FlowRunner, api: ht
     names = [lock.EVENT_WAITING, lock.EVENT_TIMED_OUT]
 
     def pair() -> list | None:
-        found = prefect_events(api, names, [resource_id(limit_id)])
+        found = prefect_events(api, names, [limit_resource(limit_id)])
         return found if len(found) == 2 else None
 
     waiting, expired = poll(pair, 20, "waiting and timed_out events")
@@ -556,7 +511,7 @@ def test_several_names_are_taken_all_or_nothing(flows: FlowRunner, api: httpx.Cl
         found = [
             e
             for e in prefect_events(
-                api, [lock.EVENT_ACQUIRED], [resource_id(i) for i in ids.values()]
+                api, [lock.EVENT_ACQUIRED], [limit_resource(i) for i in ids.values()]
             )
             if e["payload"]["lease_id"] == both_in["lease_id"]
         ]
@@ -567,7 +522,7 @@ def test_several_names_are_taken_all_or_nothing(flows: FlowRunner, api: httpx.Cl
         other = first if this == second else second
         assert related(event, "concurrency-limit") == [
             {
-                "prefect.resource.id": resource_id(ids[other]),
+                "prefect.resource.id": limit_resource(ids[other]),
                 "prefect.resource.role": "concurrency-limit",
                 "prefect.resource.name": other,
             }
@@ -748,11 +703,11 @@ def test_the_holder_is_the_task_run_the_flow_run_or_nobody(
         limit_id = got[where]["limit_ids"][name]
 
         def pair(limit_id: str = limit_id) -> list | None:
-            found = prefect_events(api, names, [resource_id(limit_id)])
+            found = prefect_events(api, names, [limit_resource(limit_id)])
             return found if len(found) == 2 else None
 
         acquired, released = poll(pair, 20, f"the events of {name}")
-        resource = {"prefect.resource.id": resource_id(limit_id), "prefect.resource.name": name}
+        resource = {"prefect.resource.id": limit_resource(limit_id), "prefect.resource.name": name}
         assert acquired["resource"] == released["resource"] == resource
         assert acquired["payload"] == {
             "lease_id": got[where]["lease_id"],

@@ -15,41 +15,22 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future
 
 import httpx
 import pytest
 
 from reslock import lock
+from tests.support.background import scenarios_in_background
 from tests.support.fault_proxy import FaultProxy
 from tests.support.flows import FlowRunner
 from tests.support.in_process import helper_talks_to, off_the_loop
 from tests.support.net import wait_for
-from tests.support.patient import patient_client
+from tests.support.operating import unique
 from tests.support.prefect_events import limit_resource, occurred, prefect_events
+from tests.support.prefect_limits import LEASE, RENEWAL, REPOSSESS, gcl
 from tests.support.prefect_server import PrefectServer
-
-LEASE = 60  # Prefect's shortest lease: renewals every 45 s
-RENEWAL = LEASE * lock.RENEWAL_FRACTION
-REPOSSESS = 15  # Prefect's repossessor frees an expired lease within this
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def gcl(api: httpx.Client, name: str) -> dict:
-    response = api.get(f"/v2/concurrency_limits/{name}")
-    response.raise_for_status()
-    return response.json()
-
-
-@pytest.fixture
-def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
-    with patient_client(prefect_server.api_url, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture
@@ -292,32 +273,12 @@ def orphan_scenario(
 def background(
     prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Future]]:
-    stop = threading.Event()
-    runners: list[FlowRunner] = []
-    clients: list[httpx.Client] = []
-    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="safety-scenario")
-
-    def start(scenario: Callable[..., dict], *extra: object) -> Future:
-        runner = FlowRunner(prefect_server, tmp_path_factory.mktemp(scenario.__name__))
-        client = patient_client(prefect_server.api_url, timeout=30)
-        runners.append(runner)
-        clients.append(client)
-        return pool.submit(scenario, runner, client, stop, *extra)
-
-    futures = {
-        "stopping": start(stopping_scenario),
-        "deadline": start(deadline_scenario, prefect_server),
-        "orphan": start(orphan_scenario, prefect_server),
-    }
-    try:
-        yield futures
-    finally:
-        stop.set()
-        for runner in runners:
-            runner.stop_all()
-        pool.shutdown(wait=True)
-        for client in clients:
-            client.close()
+    with scenarios_in_background(prefect_server, tmp_path_factory, "safety-scenario") as start:
+        yield {
+            "stopping": start(stopping_scenario),
+            "deadline": start(deadline_scenario, prefect_server),
+            "orphan": start(orphan_scenario, prefect_server),
+        }
 
 
 # --- item 1, the helper's side: a lost lease is announced until the body has stopped ---------

@@ -5,7 +5,6 @@ and started again; Prefect is the real test server behind a counting HTTP hop.""
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from datetime import timedelta
@@ -21,14 +20,11 @@ from reslock_web.operations.sweep import sweep
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
+from tests.support.operating import form, unique
 from tests.support.patient import patient_client
 from tests.support.redis_process import RedisProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def point_celery_at(url: str) -> None:
@@ -58,11 +54,6 @@ def own_redis():
     yield server
     point_celery_at(saved)
     server.close()
-
-
-def form(client, url: str) -> dict[str, str]:
-    html = client.get(url).content.decode()
-    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', html))
 
 
 def queued_messages(server: RedisProcess) -> int:

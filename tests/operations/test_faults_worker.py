@@ -29,20 +29,11 @@ from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_all
 from tests.support.fault_proxy import FaultProxy
 from tests.support.net import wait_for
-from tests.support.operating import ask_release, holder_and_waiter
+from tests.support.operating import ask_release, form, holder_and_waiter, unique
 from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def form(client, url: str) -> dict[str, str]:
-    html = client.get(url).content.decode()
-    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', html))
 
 
 class WorkerProcess:

@@ -19,9 +19,9 @@ from reslock_web.models import Condition, Operation, OperationStatus
 from reslock_web.prefect_io.records import EventInfo
 from reslock_web.sync.claims import claim_from_row
 from reslock_web.sync.events import event_row
-from tests.helper.test_lock_helper import LEASE, REPOSSESS, slots
 from tests.support.operating import finished, form, sync, sync_until, unique
 from tests.support.patient import patient_client
+from tests.support.prefect_limits import LEASE, REPOSSESS, slots
 from tests.support.slot_watch import CounterWatch
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,7 +14,6 @@ import json
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from urllib.parse import quote
 
 import httpx
@@ -33,6 +32,7 @@ from reslock_web.sync import store
 from reslock_web.sync.events import event_row, record_events
 from reslock_web.sync.run import sync_all
 from reslock_web.sync.snapshot import Snapshot
+from tests.support.markup import escape, injected
 
 # Hypothesis caches what it learns under a folder of its own: keep it out of the tree.
 set_hypothesis_home_dir(str(django_settings.VAR_DIR / "hypothesis"))
@@ -357,23 +357,6 @@ def test_an_events_page_of_anything_yields_only_parsed_events(events, next_page)
 
 
 # --- stored and shown ----------------------------------------------------------------------
-class _Markup(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.problems: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("img", "iframe") or tag == "script" and not dict(attrs).get("src"):
-            self.problems.append(tag)
-        self.problems += [name for name, _ in attrs if name.startswith("on")]
-
-
-def injected(html: str) -> list[str]:
-    parser = _Markup()
-    parser.feed(html)
-    return parser.problems
-
-
 def snapshot_of(listing: list[LimitInfo]) -> Snapshot:
     now = timezone.now()
     return Snapshot(
@@ -421,12 +404,6 @@ def test_whatever_the_parsing_keeps_is_stored_and_shown_escaped(viewer_client, i
         assert f"<code>{escape(info.name)}</code>" in html
         api = viewer_client.get(f"/api/v1/resources/{quote(info.name, safe='')}")
         assert api.status_code == 200 and api.json()["limit"] == info.limit
-
-
-def escape(text: str) -> str:
-    from django.utils.html import escape as django_escape
-
-    return str(django_escape(text))
 
 
 @with_db

@@ -30,7 +30,7 @@ from tests.support.listener_process import ListenerProcess
 from tests.support.net import wait_for
 from tests.support.operating import finished, form, sync, unique
 from tests.support.patient import patient_client
-from tests.support.readouts import banner, scrape
+from tests.support.readouts import banner, unlabelled
 
 KEY = "pnu_standin0123456789abcdefghijklmnopqrstu"
 
@@ -232,7 +232,7 @@ def test_a_sync_prefect_keeps_throttling_is_throttled_not_failed_and_the_next_pa
     api = viewer_client.get("/api/v1/resources").json()["sync"]
     assert api["outcome"] == "throttled" and api["error"] == "" and "429" in api["throttled"]
     assert api["next_try_at"] == runs[-1].throttled_until.isoformat()
-    metrics = scrape(viewer_client, settings.METRICS_TOKEN)
+    metrics = unlabelled(viewer_client, settings.METRICS_TOKEN)
     assert metrics["reslock_sync_throttled"] == 1 and metrics["reslock_sync_throttled_runs"] == 4
     assert metrics["reslock_sync_failed_runs"] == 0
     assert metrics["reslock_sync_consecutive_failures"] == 0
@@ -242,7 +242,7 @@ def test_a_sync_prefect_keeps_throttling_is_throttled_not_failed_and_the_next_pa
     assert good is not None and good.ok, good and good.error
     text = banner(viewer_client)
     assert "rate-limiting" not in text and "Synced" in text
-    assert scrape(viewer_client, settings.METRICS_TOKEN)["reslock_sync_throttled"] == 0
+    assert unlabelled(viewer_client, settings.METRICS_TOKEN)["reslock_sync_throttled"] == 0
     assert viewer_client.get("/api/v1/resources").json()["sync"]["outcome"] == "ok"
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from reslock_web.demo import catalog
-from tests.running.test_settings import run_entry_point
+from tests.support.entry_points import run_entry_point
 from tests.support.net import alive, descendants, free_port, wait_for
 from tests.support.paths import BASE_DIR
 from tests.support.prefect_server import migrated_template

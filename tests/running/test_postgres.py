@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -17,18 +16,8 @@ psycopg = pytest.importorskip("psycopg")
 
 @pytest.fixture
 def database_url():
-    server = postgres.server_url()  # the usual one, or one started for this run
-    try:
-        admin = psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        pytest.skip(f"no PostgreSQL at {server}: {error}")
-    name = f"reslock_pg_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{server}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
+    with postgres.fresh_database("reslock_pg") as url:
+        yield url
 
 
 def manage(database_url: str, *args: str) -> subprocess.CompletedProcess:

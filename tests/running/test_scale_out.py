@@ -120,15 +120,12 @@ def _stop(processes: list[Process]) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(prefect_server, tmp_path_factory) -> Iterator[Cluster]:
-    server = postgres.server_url()  # the usual one, or one started for this run
-    try:
-        admin = psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        pytest.skip(f"no PostgreSQL at {server}: {error}")
-    name = f"reslock_scale_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
+    with postgres.fresh_database("reslock_scale") as database_url:
+        yield from _cluster(database_url, prefect_server, tmp_path_factory)
+
+
+def _cluster(database_url: str, prefect_server, tmp_path_factory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("scale-out")
-    database_url = f"{server}/{name}"
     env = _env(
         {
             "DJANGO_SETTINGS_MODULE": "reslock_web.settings",
@@ -244,8 +241,6 @@ def cluster(prefect_server, tmp_path_factory) -> Iterator[Cluster]:
     finally:
         _stop(processes)
         leftovers = {p.name: p.members() for p in processes if p.members()}
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
         assert not leftovers, f"processes still running: {leftovers}"
 
 

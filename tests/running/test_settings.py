@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from reslock_web.env import SettingError, envbool, envint, envurl
 from reslock_web.sync.schedule import beat_schedule
-from tests.support.paths import BASE_DIR
-
-
-def run_entry_point(code: str, cwd: Path = BASE_DIR, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE"}}
-    clean.update({"SECRET_KEY": "x" * 50, "DJANGO_SETTINGS_MODULE": "reslock_web.settings"})
-    clean.update({"PYTHONPATH": str(BASE_DIR)}, **env)  # the project, from any directory
-    clean = {k: v for k, v in clean.items() if v is not None}
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=clean, capture_output=True, text=True
-    )
-
+from tests.support.entry_points import run_entry_point
 
 MANAGE_CHECK = "import sys; sys.argv=['manage.py','check']; import manage; manage.main()"
 

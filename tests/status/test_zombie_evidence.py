@@ -15,16 +15,10 @@ from django.urls import reverse
 from reslock_web.models import Condition, LockEvent, Operation, OperationStatus, Status
 from tests.support.operating import finished, form, sync_until, unique
 from tests.support.patient import patient_client
+from tests.support.prefect_limits import LEASE, REPOSSESS, slots
 from tests.support.slot_watch import CounterWatch
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-LEASE = 60  # Prefect's shortest lease: a killed holder's slot frees within LEASE + 15 s
-
-
-def slots(name: str, server) -> int:
-    with patient_client(server.api_url) as http:
-        return http.get(f"/v2/concurrency_limits/{name}").json()["active_slots"]
 
 
 def run_state(server, kind: str, run_id: str) -> str:
@@ -51,7 +45,7 @@ def test_the_killed_newer_holder_is_the_zombie_and_releasing_it_frees_nobody_els
     sync_until(prefect_server, name, lambda limit: limit.holder_count == 2)
     newer.kill()  # SIGKILL, reaped: its runs stay Running, its lease runs out
     limit = sync_until(
-        prefect_server, name, lambda limit: limit.has_zombie, timeout=LEASE + 15 + 45
+        prefect_server, name, lambda limit: limit.has_zombie, timeout=LEASE + REPOSSESS + 45
     )
     assert limit.status == Status.ZOMBIE and limit.active_slots == 1
     zombie = limit.holders.get(condition=Condition.ZOMBIE)
@@ -75,7 +69,8 @@ def test_the_killed_newer_holder_is_the_zombie_and_releasing_it_frees_nobody_els
     assert run_state(prefect_server, "task_runs", second["task_run_id"]) == "CRASHED"
     assert run_state(prefect_server, "flow_runs", first["flow_run_id"]) == "RUNNING"
     assert set(watch.counts) == {1}, watch.counts  # the live holder's slot was never freed
-    assert slots(name, prefect_server) == 1
+    with patient_client(prefect_server.api_url) as http:
+        assert slots(http, name) == 1
     assert not older.find_events("lost")
     older.release()
     assert older.wait() == 0

@@ -21,8 +21,9 @@ from tests.support.board_data import make_limit
 WAIT = 15_000  # ms: the machine is shared and slow; a poll runs every second
 
 
-def prefix() -> str:
-    return f"br{uuid.uuid4().hex[:6]}"
+def prefix(letters: str = "br") -> str:
+    """A fresh start for a test's resource names, to search the board by."""
+    return f"{letters}{uuid.uuid4().hex[:6]}"
 
 
 def synced(*limits: Limit) -> None:

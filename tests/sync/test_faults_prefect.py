@@ -5,28 +5,19 @@ real test server behind a real HTTP hop (tests/support/fault_proxy.py) switched 
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
-from django.urls import reverse
 
 from reslock_web.models import Limit, SyncRun
 from reslock_web.sync.health import BACKOFF_AFTER, backoff_wait, freshness, sync_backoff
 from reslock_web.sync.run import sync_with_settings
 from tests.support.net import wait_for
-from tests.support.patient import patient_client
+from tests.support.operating import unique
+from tests.support.prefect_limits import create_limits
+from tests.support.readouts import banner
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def create_limit(server, name: str, limit: int = 1) -> None:
-    with patient_client(server.api_url) as http:
-        http.post("/v2/concurrency_limits/", json={"name": name, "limit": limit}).raise_for_status()
 
 
 def board_state() -> list[dict]:
@@ -53,16 +44,11 @@ def good_sync() -> SyncRun:
     return run
 
 
-def banner(client) -> str:
-    html = client.get(reverse("board")).content.decode()
-    return html.split('id="banner"', 1)[1].split("</div>", 1)[0]
-
-
 def test_prefect_answering_500_keeps_the_last_good_state_and_the_banner_says_since_when(
     prefect_server, proxy, viewer_client
 ):
     name = unique("resource:five-hundred")
-    create_limit(prefect_server, name)
+    create_limits(prefect_server, [name])
     good_sync()
     before = board_state()
     assert any(row["name"] == name for row in before)
@@ -86,7 +72,7 @@ def test_prefect_down_keeps_the_last_good_state_and_the_next_sync_catches_up(
     prefect_server, proxy, viewer_client
 ):
     kept = unique("resource:kept")
-    create_limit(prefect_server, kept)
+    create_limits(prefect_server, [kept])
     good_sync()
     before = board_state()
     proxy.down()  # the port refuses connections
@@ -96,7 +82,7 @@ def test_prefect_down_keeps_the_last_good_state_and_the_next_sync_catches_up(
     assert "Sync failing since" in banner(viewer_client)
     # Created while reslock could not see Prefect: the first sync after it is back shows it.
     added = unique("resource:added")
-    create_limit(prefect_server, added)
+    create_limits(prefect_server, [added])
     proxy.up()
     good_sync()
     assert Limit.objects.named(added) is not None
@@ -106,7 +92,7 @@ def test_prefect_down_keeps_the_last_good_state_and_the_next_sync_catches_up(
 def test_a_slow_prefect_is_given_up_on_after_the_configured_timeout(
     prefect_server, proxy, settings
 ):
-    create_limit(prefect_server, unique("resource:slow"))
+    create_limits(prefect_server, [unique("resource:slow")])
     good_sync()
     before = board_state()
     settings.PREFECT_TIMEOUT_SECONDS = 1
@@ -127,7 +113,7 @@ def test_periodic_syncs_back_off_while_prefect_fails_and_recover_by_themselves(
 ):
     settings.SYNC_SECONDS = 2
     settings.SYNC_BACKOFF_MAX_SECONDS = 4
-    create_limit(prefect_server, unique("resource:backoff"))
+    create_limits(prefect_server, [unique("resource:backoff")])
     good_sync()
     proxy.fail(502)
     for _ in range(BACKOFF_AFTER):  # beat's copies run as usual at first

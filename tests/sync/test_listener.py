@@ -38,6 +38,7 @@ from tests.support.net import wait_for
 from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
 from tests.support.prefect_events import lock_event_in_prefect
+from tests.support.prefect_limits import create_limits
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -173,13 +174,6 @@ def test_events_published_while_the_listener_connects_are_not_lost(prefect_serve
         )
     finally:
         assert listener.stop() == 0
-
-
-def create_limits(server, names: list[str]) -> list[str]:
-    with patient_client(server.api_url) as http:
-        for name in names:
-            http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
-    return names
 
 
 def test_a_killed_listener_catches_up_on_restart_without_duplicates(prefect_server, flows):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import httpx
 import pytest
@@ -18,32 +17,11 @@ from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.lock import try_lock, unlock
 from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
+from tests.support.operating import sync, sync_until, unique
 from tests.support.paths import BASE_DIR
 from tests.support.patient import patient_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def sync(server) -> SyncRun:
-    with PrefectAPI(server.api_url) as api:
-        run = sync_all(api)
-    assert run is not None and run.ok, run and run.error
-    return run
-
-
-def sync_until(server, name: str, check, timeout: float = 30, what: str = "") -> Limit:
-    """Events reach Prefect's REST API a few seconds late: sync until the board shows it."""
-
-    def attempt():
-        sync(server)
-        limit = Limit.objects.named(name)
-        return limit if limit is not None and check(limit) else None
-
-    return wait_for(attempt, timeout, interval=0.5, what=what or f"{name} to match")
 
 
 def holders(limit: Limit) -> list[Holder]:

@@ -10,19 +10,9 @@ from reslock_web.models import Condition, Limit, Source, Status
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
+from tests.support.operating import sync_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def sync_until(server, name, check, timeout=40):
-    def attempt():
-        with PrefectAPI(server.api_url) as api:
-            run = sync_all(api)
-        assert run.ok, run.error
-        limit = Limit.objects.named(name)
-        return limit if limit and check(limit) else None
-
-    return wait_for(attempt, timeout, interval=0.5, what=f"{name} to match")
 
 
 def test_a_helper_holder_and_its_waiters_show_in_the_order_they_began_waiting(
@@ -39,9 +29,12 @@ def test_a_helper_holder_and_its_waiters_show_in_the_order_they_began_waiting(
         # Each is seen waiting before the next starts: the helper announces its wait only
         # after its first try found the limit full, so "want" alone does not fix the order.
         count = len(waiters)
-        sync_until(prefect_server, name, lambda limit, n=count: limit.waiter_count == n)
+        sync_until(prefect_server, name, lambda limit, n=count: limit.waiter_count == n, timeout=40)
     limit = sync_until(
-        prefect_server, name, lambda limit: limit.waiter_count == 3 and limit.holder_count == 1
+        prefect_server,
+        name,
+        lambda limit: limit.waiter_count == 3 and limit.holder_count == 1,
+        timeout=40,
     )
     assert limit.kind == "global" and limit.status == Status.CONTENDED
     [row] = limit.holders.exclude(condition=Condition.LEAVING)
@@ -62,6 +55,7 @@ def test_a_helper_holder_and_its_waiters_show_in_the_order_they_began_waiting(
         prefect_server,
         name,
         lambda limit: limit.waiter_count == 2 and str(limit.holders.get().lease_id) == lease,
+        timeout=40,
     )
     assert limit.holders.get().flow_run_name == got_in.params["flow_run_name"]
     assert got_in.params["flow_run_name"] not in [w.flow_run_name for w in limit.waiters.all()]

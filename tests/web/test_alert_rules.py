@@ -15,9 +15,7 @@ from reslock_web.models import Condition, Status
 from reslock_web.web.metrics import FLAGS
 from tests.support.machine import find_promtool
 from tests.support.paths import BASE_DIR
-
-# `token` is test_metrics' fixture (metrics on, with its token): pytest finds it by name.
-from tests.web.test_metrics import samples, scrape, token  # noqa: F401
+from tests.support.readouts import samples, scrape
 
 DEPLOY = BASE_DIR / "deploy" / "prometheus"
 RULES = DEPLOY / "alerts.yml"

@@ -12,16 +12,11 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from reslock_web.models import ApiToken, Condition, Holder, Limit, Status, Waiter
+from tests.support.board_data import make_limit
 
 pytestmark = pytest.mark.django_db
 
 NAMES = ["resource:db/primary", "tag:reports: nightly", "ресурс данных ✓", "deployment:x y"]
-
-
-def make_limit(name: str, **fields) -> Limit:
-    kind = "tag" if name.startswith("tag:") else "global"
-    defaults = {"kind": kind, "resource": name.removeprefix("tag:"), "limit": 1}
-    return Limit.objects.create(prefect_id=uuid.uuid4(), name=name, **{**defaults, **fields})
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from html.parser import HTMLParser
 from urllib.parse import quote_from_bytes, urlsplit
 
 import pytest
@@ -39,7 +38,10 @@ from reslock_web.models import (
     Waiter,
 )
 from reslock_web.web.operate import ACTIONS
-from tests.conftest import PASSWORD
+from tests.support.board_data import make_limit
+from tests.support.markup import escape, injected
+from tests.support.operating import form as hidden_fields  # `form` names the posted fields here
+from tests.support.personas import PASSWORD
 
 # Hypothesis caches what it learns under a folder of its own: keep it out of the tree.
 set_hypothesis_home_dir(str(django_settings.VAR_DIR / "hypothesis"))
@@ -141,34 +143,6 @@ def path_segment(name: str | bytes) -> str:
 
 
 # --- what every answer must satisfy ----------------------------------------------------
-class _Markup(HTMLParser):
-    """Collects the tags and attributes a browser would build from a page."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.problems: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("img", "iframe", "object", "embed", "x-evil"):
-            self.problems.append(f"<{tag}>")
-        if tag == "script" and not dict(attrs).get("src", "").startswith("/static/"):
-            self.problems.append("inline <script>")
-        for name, value in attrs:
-            if name.startswith("on") or name == "data-evil":
-                self.problems.append(f"attribute {name}={value!r} on <{tag}>")
-            if name in ("href", "src", "action", "hx-get") and (
-                value or ""
-            ).strip().lower().startswith("javascript:"):
-                self.problems.append(f"{name}={value!r}")
-
-
-def injected(html: str) -> list[str]:
-    parser = _Markup()
-    parser.feed(html)
-    parser.close()
-    return parser.problems
-
-
 def check_html(response, statuses=(200,)) -> str:
     assert response.status_code in statuses, (response.status_code, response.content[:300])
     if response.status_code == 204:
@@ -223,12 +197,6 @@ class World:
 
     def __repr__(self) -> str:
         return f"World({len(self.names)} limits)"
-
-
-def make_limit(name: str, **fields) -> Limit:
-    kind = "tag" if name.startswith("tag:") else "global"
-    defaults = {"kind": kind, "resource": name.removeprefix("tag:"), "limit": 1}
-    return Limit.objects.create(prefect_id=uuid.uuid4(), name=name, **{**defaults, **fields})
 
 
 @pytest.fixture
@@ -621,20 +589,7 @@ def test_operate_pages_answer_200_or_a_clear_404_for_any_action_and_name(
     unchanged(world)
 
 
-def escape(text: str) -> str:
-    from django.utils.html import escape as django_escape
-
-    return str(django_escape(text))
-
-
 # --- 3. form fields --------------------------------------------------------------------
-def hidden_fields(client, url: str) -> dict[str, str]:
-    import re
-
-    html = client.get(url).content.decode()
-    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', html))
-
-
 bad_limits = st.one_of(
     st.integers(max_value=-1).map(str),
     st.integers(min_value=10_001).map(str),

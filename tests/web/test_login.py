@@ -8,7 +8,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from tests.conftest import PASSWORD
+from tests.support.personas import PASSWORD
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ from django.test import Client
 
 from reslock_web.models import LoginFailure
 from reslock_web.web import login_throttle
-from tests.conftest import PASSWORD
+from tests.support.personas import PASSWORD
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

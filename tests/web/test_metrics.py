@@ -9,32 +9,12 @@ import pytest
 import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from prometheus_client.parser import text_string_to_metric_families
 
 from reslock_web.models import Heartbeat, Holder, Limit, Operation, SyncRun, Waiter
+from tests.support.readouts import METRICS_TOKEN, samples, scrape
 
 pytestmark = pytest.mark.django_db
-TOKEN = "metrics-" + uuid.uuid4().hex
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def token(settings):
-    settings.METRICS_TOKEN = TOKEN
-    return TOKEN
-
-
-def scrape(client, token: str = TOKEN):
-    return client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
-
-
-def samples(response) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """{(sample name, sorted labels): value} from the text format, as Prometheus parses it."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.content.decode())
-        for sample in family.samples
-    }
 
 
 def limit(name: str, kind: str = "global", **fields) -> Limit:
@@ -60,8 +40,8 @@ def test_without_a_token_configured_the_endpoint_is_off_and_says_how_to_turn_it_
 
 def test_a_missing_or_wrong_token_or_a_mere_session_is_refused(client, token, admin):
     assert client.get("/metrics").status_code == 401
-    assert scrape(client, TOKEN + "x").status_code == 401
-    assert client.get("/metrics", headers={"Authorization": TOKEN}).status_code == 401
+    assert scrape(client, METRICS_TOKEN + "x").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": METRICS_TOKEN}).status_code == 401
     client.force_login(admin)
     refused = client.get("/metrics")
     assert refused.status_code == 401

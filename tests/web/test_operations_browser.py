@@ -6,25 +6,16 @@ import re
 import uuid
 
 import pytest
-from django.test import Client
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 from reslock_web.models import Limit, Operation, OperationStatus
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
+from tests.support.personas import logged_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def logged_in(page: Page, live_server, user) -> Page:
-    client = Client()
-    client.force_login(user)
-    page.context.add_cookies(
-        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
-    )
-    return page
 
 
 def stale_tag(flows, prefect_server, tag: str) -> Limit:

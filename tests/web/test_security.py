@@ -18,13 +18,14 @@ from django.test import Client
 from django.urls import include, path, reverse
 from playwright.sync_api import Page, expect
 
-from reslock_web.models import Limit, Operation, SyncRun
+from reslock_web.models import Operation, SyncRun
 from reslock_web.prefect_io.api import PrefectAPI, PrefectError
 from reslock_web.sync.run import sync_all
-from tests.conftest import PASSWORD
-from tests.running.test_settings import run_entry_point
+from tests.support.board_data import make_limit
+from tests.support.entry_points import run_entry_point
 from tests.support.net import wait_for
 from tests.support.patient import patient_client
+from tests.support.personas import PASSWORD
 
 # Made at run time: a literal would show up in tracebacks that quote this file's source.
 SECRET = "pnu_secret_" + uuid.uuid4().hex
@@ -36,12 +37,6 @@ def _boom(request):
 
 # Serves as ROOT_URLCONF for the error-page test: the real URLs plus one view that fails.
 urlpatterns = [path("boom", _boom), path("", include("reslock_web.urls"))]
-
-
-def make_limit(name: str, **fields) -> Limit:
-    return Limit.objects.create(
-        prefect_id=uuid.uuid4(), name=name, kind="global", resource=name, limit=1, **fields
-    )
 
 
 # --- Content-Security-Policy and other headers -------------------------------------------
