@@ -1,6 +1,7 @@
 """The adversarial soak: hundreds of seeded scenarios against "never two holders".
 
-Run by hand (not a test; tests/test_safety_suite.py runs a fixed-seed slice in `make test`):
+Run by hand (not a test; tests/operations/test_safety_suite.py runs a fixed-seed slice in
+`make test`):
 
     .venv/bin/python bench/safety_soak.py [--scenarios 500] [--first-seed 1]
 

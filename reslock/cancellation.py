@@ -10,7 +10,7 @@ timeouts share one mechanism: neither interrupts a request half sent, and the bo
 exception Prefect's engine already knows (a cancellation, not a failure of the body).
 
 Private means it may change in any release: checked against Prefect 3.9 (pyproject pins
-prefect>=3.9,<3.10), and tests/test_cancellation.py fails with a message saying what
+prefect>=3.9,<3.10), and tests/helper/test_cancellation.py fails with a message saying what
 changed if these names disappear, change their signature or stop behaving as used here.
 """
 

@@ -11,6 +11,8 @@ import pytest
 from django.conf import settings
 
 from tests.support.machine import find_chromium
+from tests.support.personas import logged_in, make_admin, make_operator, make_viewer
+from tests.support.postgres import NO_POSTGRES
 from tests.support.prefect_server import PrefectServer
 
 pytest_plugins = ["tests.support.flows"]  # the `flows` fixture: real flows in subprocesses
@@ -30,9 +32,6 @@ CHROMIUM_ARGS = [
     # The machine has no outside network: resolve nothing but ourselves instead of waiting.
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
 ]
-
-
-NO_POSTGRES = "no PostgreSQL at"  # how test_postgres.py and test_scale_out.py skip
 
 
 def pytest_report_teststatus(report, config):
@@ -116,34 +115,20 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-# --- Personas -------------------------------------------------------------------------
-PASSWORD = "correct horse battery staple"
-
-
+# --- Personas (tests/support/personas.py) ---------------------------------------------
 @pytest.fixture
 def admin(django_user_model):
-    return django_user_model.objects.create_superuser("alice-admin", "", PASSWORD)
+    return make_admin(django_user_model)
 
 
 @pytest.fixture
 def viewer(django_user_model):
-    return django_user_model.objects.create_user("victor-viewer", "", PASSWORD)
+    return make_viewer(django_user_model)
 
 
 @pytest.fixture
 def operator(django_user_model):
-    """A member of the "Lock operators" group (made by a migration; transactional tests flush
-    it, so it is made again here the same way)."""
-    from django.contrib.auth.models import Group, Permission
-
-    group, created = Group.objects.get_or_create(name="Lock operators")
-    if created:
-        group.permissions.add(
-            Permission.objects.get(content_type__app_label="reslock", codename="operate")
-        )
-    user = django_user_model.objects.create_user("olga-operator", "", PASSWORD)
-    user.groups.add(group)
-    return user
+    return make_operator(django_user_model)
 
 
 @pytest.fixture
@@ -176,13 +161,7 @@ def rows(db):
 @pytest.fixture
 def board(page, live_server, viewer):
     """A logged-in page: the viewer's session cookie, as after the login form."""
-    from django.test import Client
-
-    client = Client()
-    client.force_login(viewer)
-    page.context.add_cookies(
-        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
-    )
+    logged_in(page, live_server, viewer)
     alerts: list[str] = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
     page.alerts = alerts

@@ -6,7 +6,7 @@ COMPACT columns, read by position (`row[5]`), and builds whole rows only for the
 busy (`read_stored`); the write leaves alone the free limits that nothing touched (`is_quiet`).
 The full sync into empty tables inserts new limits through a hand-rolled INSERT that recovers
 their ids (`NewLimits`, `insert_limits`) rather than bulk_create. They live apart so that the
-rest of the write reads as plain Django; tests/test_sync_fast_paths.py checks that the INSERT
+rest of the write reads as plain Django; tests/sync/test_sync_fast_paths.py checks that the INSERT
 stores what bulk_create stores.
 """
 

@@ -9,14 +9,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from django.db import connection
 
 from reslock_web.models import Heartbeat
 from tests.support.net import wait_for
-
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
+from tests.support.paths import BASE_DIR
 
 
 class ListenerProcess:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 # Names a Chromium goes by on PATH (Debian, Ubuntu and others, Google's build).
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-# promtool checks deploy/prometheus/alerts.yml (tests/test_alert_rules.py); Debian ships it in
+# promtool checks deploy/prometheus/alerts.yml (tests/web/test_alert_rules.py); Debian ships it in
 # the prometheus package, whose server the suite never starts.
 PACKAGES = {
     "chromium": "chromium",

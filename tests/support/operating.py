@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from django.test import Client
 from django.urls import reverse
 
-from reslock_web.models import Condition, Limit, Operation, OperationKind
+from reslock_web.models import Condition, Limit, Operation, OperationKind, SyncRun
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.run import sync_all
 from tests.support.net import wait_for
@@ -19,19 +18,23 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def sync(server) -> None:
+def sync(server) -> SyncRun:
+    """A complete sync of the test's Prefect server, which must succeed."""
     with PrefectAPI(server.api_url) as api:
         run = sync_all(api)
     assert run is not None and run.ok, run and run.error
+    return run
 
 
-def sync_until(server, name, check, timeout=30):
+def sync_until(server, name: str, check, timeout: float = 30, what: str = "") -> Limit:
+    """Events reach Prefect's REST API a few seconds late: sync until the board shows it."""
+
     def attempt():
         sync(server)
         limit = Limit.objects.named(name)
-        return limit if limit and check(limit) else None
+        return limit if limit is not None and check(limit) else None
 
-    return wait_for(attempt, timeout, interval=0.5, what=f"{name} to match")
+    return wait_for(attempt, timeout, interval=0.5, what=what or f"{name} to match")
 
 
 def stale_tag(flows, server, tag: str) -> Limit:
@@ -49,16 +52,6 @@ def stale_tag(flows, server, tag: str) -> Limit:
         return limit if limit and limit.is_stale else None
 
     return wait_for(synced, 30, interval=0.5, what=f"tag:{tag} to be stale")
-
-
-def logged_in(page, live_server, user):
-    """A Playwright page with `user`'s session cookie, as after the login form."""
-    client = Client()
-    client.force_login(user)
-    page.context.add_cookies(
-        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
-    )
-    return page
 
 
 def form(client, url: str) -> dict[str, str]:

@@ -16,10 +16,16 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
 
 from tests.support.net import free_port
 
 DEFAULT = "postgresql://postgres@127.0.0.1:5432"
+NO_POSTGRES = "no PostgreSQL at"  # how a test skips where none answers (conftest counts it apart)
 
 
 def answers(server: str) -> bool:
@@ -75,3 +81,23 @@ def start_server() -> str | None:
 
     atexit.register(stop)
     return f"postgresql://postgres@127.0.0.1:{port}"
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the suite's server, dropped afterwards. Where no
+    server answers, the test is skipped with NO_POSTGRES."""
+    import psycopg
+
+    server = server_url()  # the usual one, or one started for this run
+    try:
+        admin = psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        pytest.skip(f"{NO_POSTGRES} {server}: {error}")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -19,8 +19,8 @@ from pathlib import Path
 import prefect
 
 from tests.support.net import free_port, wait_for
+from tests.support.paths import BASE_DIR
 
-BASE_DIR = Path(__file__).resolve().parents[2]
 CACHE_DIR = BASE_DIR / "var" / "cache"
 
 

@@ -16,7 +16,7 @@ Celery worker on Redis, the FaultProxy between the worker and Prefect) and check
 - while it runs, the board is synced every few seconds: a holder the board calls stale or
   zombie while its process is alive and inside is a false verdict.
 
-tests/test_safety_suite.py runs a fixed-seed slice; bench/safety_soak.py runs hundreds.
+tests/operations/test_safety_suite.py runs a fixed-seed slice; bench/safety_soak.py runs hundreds.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ def publish_all(account: str, batches: list[list[str]]) -> list[int]:
 
 
 # --- end ---
-"""README example "part of a task", run by tests/test_lock_helper.py.
+"""README example "part of a task", run by tests/helper/test_lock_helper.py.
 
 Params: account, batches. Events: process_started, upload_start / upload_end {account} (the
 guarded part), result {value}, exited.

@@ -20,7 +20,7 @@ def sync_pair(a: str, b: str) -> list[str]:
 
 
 # --- end ---
-"""README example "several resources", run by tests/test_lock_helper.py.
+"""README example "several resources", run by tests/helper/test_lock_helper.py.
 
 Params: a, b. Events: process_started, result {value}, exited.
 """

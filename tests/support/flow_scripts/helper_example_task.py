@@ -18,7 +18,8 @@ def nightly(db_ids: list[int]) -> list[str]:
 
 
 # --- end ---
-"""README example "a whole task, names from its parameters", run by tests/test_lock_helper.py.
+"""README example "a whole task, names from its parameters", run by
+tests/helper/test_lock_helper.py.
 
 Params: db_ids. Events: process_started, result {value}, exited.
 """

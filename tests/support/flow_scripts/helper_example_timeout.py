@@ -21,7 +21,7 @@ def labels(printer: str, wait_seconds: float = 30) -> str:
 
 
 # --- end ---
-"""README example "bounded waits", run by tests/test_lock_helper.py.
+"""README example "bounded waits", run by tests/helper/test_lock_helper.py.
 
 Params: printer, wait_seconds. Events: process_started, result {value}, exited.
 """

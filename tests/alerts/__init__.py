@@ -1,0 +1,1 @@
+"""The alerts package: the webhook (and the Prometheus rules in tests/web)."""

@@ -1,0 +1,1 @@
+"""Tests of the flow-side helper, the `reslock` package, against a real Prefect server."""
