@@ -515,6 +515,19 @@ class SyncRun(models.Model):
         )
 
 
+# The flags a limit's verdict sets, from which its one-word status is made
+# (status.diagnosis.status_of); the sync writes them together.
+LIMIT_FLAGS = (
+    "is_held",
+    "has_waiters",
+    "is_stale",
+    "has_zombie",
+    "is_deadlocked",
+    "has_drift",
+    "has_long_hold",
+    "is_over_limit",
+)
+
 FACETS = (
     "all",
     "held",

@@ -14,20 +14,8 @@ from datetime import datetime
 from django.db.models import F
 
 from reslock_web.alerts import webhook
-from reslock_web.models import Condition, Holder, Limit, Waiter
+from reslock_web.models import LIMIT_FLAGS, Condition, Holder, Limit, Waiter
 from reslock_web.status.wait_for import Lock, find_cycles, in_words, with_cycle
-
-# The flags a limit's badge is made of (diagnosis.status_of).
-FLAGS = (
-    "is_held",
-    "has_waiters",
-    "is_stale",
-    "has_zombie",
-    "is_deadlocked",
-    "has_drift",
-    "has_long_hold",
-    "is_over_limit",
-)
 
 
 def mark_cycles(now: datetime) -> int:
@@ -73,7 +61,7 @@ def mark_cycles(now: datetime) -> int:
 def _mark(row: Limit, cycle: str, now: datetime) -> None:
     """Write a limit's cycle, or its end, with the flags, evidence and badge that go with it."""
     marked = with_cycle(
-        {flag: getattr(row, flag) for flag in FLAGS},
+        {flag: getattr(row, flag) for flag in LIMIT_FLAGS},
         row.evidence,
         active=row.active,
         uncounted=row.holders.filter(condition=Condition.UNCOUNTED).exists(),

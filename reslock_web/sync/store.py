@@ -16,7 +16,16 @@ from uuid import UUID
 from django.db.models import F, Model
 
 from reslock_web.alerts import webhook
-from reslock_web.models import Condition, Holder, Limit, LockEvent, Status, SyncState, Waiter
+from reslock_web.models import (
+    LIMIT_FLAGS,
+    Condition,
+    Holder,
+    Limit,
+    LockEvent,
+    Status,
+    SyncState,
+    Waiter,
+)
 from reslock_web.status import diagnosis
 from reslock_web.status.diagnosis import Context, HolderVerdict, WaiterVerdict
 from reslock_web.sync.deadlocks import mark_cycles
@@ -40,14 +49,7 @@ LIMIT_FIELDS = [
     "prefect_updated",
     "gone_at",
     "status",
-    "is_held",
-    "has_waiters",
-    "is_stale",
-    "has_zombie",
-    "is_deadlocked",
-    "has_drift",
-    "has_long_hold",
-    "is_over_limit",
+    *LIMIT_FLAGS,
     "holder_count",
     "holder_slots",
     "waiter_count",
