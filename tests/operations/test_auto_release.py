@@ -15,32 +15,22 @@ import pytest
 from django.utils import timezone
 
 from reslock_web.celery import app
-from reslock_web.models import Condition, Holder, Operation, OperationStatus, Status
+from reslock_web.models import Condition, Operation, OperationStatus, Status
 from reslock_web.operations import policy
-from tests.support.board_data import make_limit
+from tests.support.board_data import make_holder, make_limit
 from tests.support.net import wait_for
 from tests.support.operating import finished, sync, sync_until, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def holder(limit, condition: str, **fields) -> Holder:
-    return Holder.objects.create(
-        limit=limit,
-        key=f"k-{uuid.uuid4().hex[:6]}",
-        condition=condition,
-        flow_run_id=uuid.uuid4(),
-        **fields,
-    )
-
-
 def board_with_every_kind_of_holder():
     """One stale holder the policy may release, and one of each kind it must leave alone."""
     ended = timezone.now() - timedelta(minutes=30)
     stale_tag = make_limit("tag:nightly", status=Status.STALE, is_stale=True, is_held=True)
-    holder(
+    make_holder(
         stale_tag,
-        Condition.STALE,
+        condition=Condition.STALE,
         source="tag_lease",
         task_run_id=uuid.uuid4(),
         flow_run_name="nightly-1",
@@ -51,13 +41,21 @@ def board_with_every_kind_of_holder():
     # A stale global holder whose lease is unknown: its slot frees itself; lowering by name
     # could let two runs in. Never the policy's.
     unleased = make_limit("db-unleased", status=Status.STALE, is_stale=True, is_held=True)
-    holder(unleased, Condition.STALE, source="event", state_type="COMPLETED", state_at=ended)
+    make_holder(
+        unleased, condition=Condition.STALE, source="event", state_type="COMPLETED", state_at=ended
+    )
     live = make_limit("db-live", status=Status.HELD, is_held=True)
-    holder(live, Condition.HOLDING, source="event", state_type="RUNNING", state_at=ended)
+    make_holder(
+        live, condition=Condition.HOLDING, source="event", state_type="RUNNING", state_at=ended
+    )
     zombie = make_limit("db-zombie", status=Status.ZOMBIE, has_zombie=True)
-    holder(zombie, Condition.ZOMBIE, source="helper", state_type="RUNNING", state_at=ended)
+    make_holder(
+        zombie, condition=Condition.ZOMBIE, source="helper", state_type="RUNNING", state_at=ended
+    )
     unsure = make_limit("db-unsure", status=Status.UNCOUNTED)
-    holder(unsure, Condition.UNCOUNTED, source="helper", state_type="RUNNING", state_at=ended)
+    make_holder(
+        unsure, condition=Condition.UNCOUNTED, source="helper", state_type="RUNNING", state_at=ended
+    )
     return stale_tag
 
 

@@ -14,24 +14,19 @@ import pytest
 from django.utils import timezone
 
 from reslock.protocol import EVENT_ACQUIRED, EVENT_STOPPING
-from reslock_web.models import Condition, Holder, Kind, LockEvent, Status
+from reslock_web.models import Condition, Kind, LockEvent, Status
 from reslock_web.status.leases import lease_of, leases, lost_recently
-from tests.support.board_data import make_limit
+from tests.support.board_data import make_holder, make_limit
 from tests.support.operating import sync_until, unique
 from tests.support.patient import patient_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def holder(limit, **fields) -> Holder:
-    defaults = {"key": uuid.uuid4().hex[:8], "condition": Condition.HOLDING}
-    return Holder.objects.create(limit=limit, **{**defaults, **fields})
-
-
 def test_each_kind_of_lease_says_when_the_slot_would_free_and_plain_concurrency_says_nothing():
     now = timezone.now()
     db = make_limit("db-1", status=Status.HELD, is_held=True)
-    helper = holder(db, source="helper", lease_id=uuid.uuid4(), lease_seconds=120)
+    helper = make_holder(db, source="helper", lease_id=uuid.uuid4(), lease_seconds=120)
     lease = lease_of(db, helper, now)
     assert (lease.seconds, lease.renews_every, lease.known) == (120, 90, True)
     assert lease.frees_by == now + timedelta(seconds=135)  # lease + Prefect's repossessor
@@ -39,17 +34,17 @@ def test_each_kind_of_lease_says_when_the_slot_would_free_and_plain_concurrency_
         "Lease 120 s, renewed every 90 s while the run lives: if it stopped now, the slot "
         f"would free by {lease.frees_by:%H:%M:%S} UTC at the latest."
     )
-    unsaid = holder(db, source="helper", lease_id=uuid.uuid4())
+    unsaid = make_holder(db, source="helper", lease_id=uuid.uuid4())
     assert (
         lease_of(db, unsaid, now).seconds == 60
         and "Prefect's default" in lease_of(db, unsaid, now).words
     )
     tag = make_limit("tag:reports", status=Status.HELD, is_held=True)
-    assert lease_of(tag, holder(tag, source="tag_lease"), now).seconds == 60
+    assert lease_of(tag, make_holder(tag, source="tag_lease"), now).seconds == 60
     deployment = make_limit(f"deployment:{uuid.uuid4()}", kind=Kind.DEPLOYMENT)
-    assert lease_of(deployment, holder(deployment, source="deployment"), now).seconds == 300
-    assert lease_of(db, holder(db, source="event"), now) is None  # nothing readable
-    stale = holder(db, source="helper", lease_id=uuid.uuid4(), condition=Condition.STALE)
+    assert lease_of(deployment, make_holder(deployment, source="deployment"), now).seconds == 300
+    assert lease_of(db, make_holder(db, source="event"), now) is None  # nothing readable
+    stale = make_holder(db, source="helper", lease_id=uuid.uuid4(), condition=Condition.STALE)
     assert lease_of(db, stale, now) is None  # not a live holder's lease
 
 
@@ -57,8 +52,10 @@ def test_a_lease_lost_while_the_block_is_still_inside_is_flagged_and_then_listed
     now = timezone.now()
     db = make_limit("db-2", status=Status.HELD, is_held=True)
     lost = uuid.uuid4()
-    inside = holder(db, source="helper", lease_id=lost, lease_seconds=60, flow_run_name="etl-7")
-    quiet = holder(db, source="helper", lease_id=uuid.uuid4(), lease_seconds=60)
+    inside = make_holder(
+        db, source="helper", lease_id=lost, lease_seconds=60, flow_run_name="etl-7"
+    )
+    quiet = make_holder(db, source="helper", lease_id=uuid.uuid4(), lease_seconds=60)
     LockEvent.objects.create(
         event_id=uuid.uuid4(),
         event=EVENT_STOPPING,

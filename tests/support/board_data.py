@@ -19,6 +19,12 @@ def make_limit(name: str, **fields) -> Limit:
     return Limit.objects.create(prefect_id=uuid.uuid4(), name=name, **{**defaults, **fields})
 
 
+def make_holder(limit: Limit, **fields) -> Holder:
+    """A holder row as the sync writes one: holding, of a flow run, unless `fields` say else."""
+    defaults = {"key": uuid.uuid4().hex[:8], "condition": "holding", "flow_run_id": uuid.uuid4()}
+    return Holder.objects.create(limit=limit, **{**defaults, **fields})
+
+
 def sample_rows() -> Limit:
     """Create the sample board; return the contended resource."""
     now = timezone.now()
