@@ -302,10 +302,6 @@ class PrefectAPI:
             for i, data in self._by_id("deployment", ids).items()
         }
 
-    def pending_tagged_task_runs(self) -> list[RunInfo]:
-        """Every Pending task run that carries a tag (the filter has no "any of these tags")."""
-        return self.tagged_task_runs("PENDING")
-
     def tagged_task_runs(self, state: str, tag: str | None = None) -> list[RunInfo]:
         """Task runs in this state that carry a tag: any tag, or this one."""
         tags = {"all_": [tag]} if tag is not None else {"is_null_": False}
