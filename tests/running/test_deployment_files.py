@@ -116,7 +116,7 @@ def test_the_dockerfile_serves_the_same_wsgi_app_as_compose():
 
 
 SETTING_CALL = re.compile(
-    r"(?:envstr|envbool|envint|envurl|envlist|env_port|env_bool|env_int)\(\s*(?:env(?:iron)?,\s*)?\"([A-Z_]+)\"|"
+    r"(?:envstr|envbool|envchoice|envint|envurl|envlist|env_port|env_bool|env_int)\(\s*(?:env(?:iron)?,\s*)?\"([A-Z_]+)\"|"
     r"env(?:iron)?\.get\(\"([A-Z_]+)\""
 )
 
@@ -203,6 +203,7 @@ TOP_LEVEL = {
     "Makefile",
     "README.md",
     "bench",
+    "deploy",  # deploy/prometheus: the alert rules and a scrape config
     "docker-compose.yml",
     "manage.py",
     "pyproject.toml",

@@ -27,6 +27,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +171,9 @@ class Runner:
         self._scenario_fault = scenario.fault
         outcome = Outcome(scenario)
         rng = random.Random(scenario.seed * 7919)
-        name = f"safety-{scenario.seed}-{rng.randrange(16**6):06x}"
+        # The seed's own draw, then a part of this run alone: one seed played twice on one
+        # Prefect (by hand, then with the auto-release policy) must not find its own leftovers.
+        name = f"safety-{scenario.seed}-{rng.randrange(16**6):06x}-{uuid.uuid4().hex[:4]}"
         killed: dict[int, float] = {}
         limit_name, allowed, slots, processes = self._start_all(scenario, name)
         watcher = VerdictWatch(self.sync, processes, killed, limit_name)
