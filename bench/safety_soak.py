@@ -104,7 +104,14 @@ class ListenerProcess:
             self.process.wait(timeout=60)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # The worker, listener and Prefect run in sessions of their own (a fault kills the worker
+    # alone): a SIGTERM to this process must stop them too, as Ctrl-C does.
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenarios", type=int, default=500)
     parser.add_argument("--first-seed", type=int, default=1)
@@ -205,6 +212,7 @@ def soak(server, proxy, worker: Worker, first: int, count: int) -> int:
     )
     totals = {"scenarios": 0, "applied": 0, "refused": 0, "double": 0, "false": 0}
     started = time.monotonic()
+    interrupted = False
     try:
         for seed in range(first, first + count):
             scenario = generate(seed)
@@ -224,11 +232,14 @@ def soak(server, proxy, worker: Worker, first: int, count: int) -> int:
                 + "".join(f"\n    FALSE {text}" for text in outcome.false_verdicts),
                 flush=True,
             )
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C or SIGTERM: the scenario under way is not counted
     finally:
         flows.stop_all()
     minutes = (time.monotonic() - started) / 60
     print(
-        f"\nscenarios run: {totals['scenarios']} in {minutes:.0f} min\n"
+        ("\ninterrupted: " if interrupted else "\n")
+        + f"scenarios run: {totals['scenarios']} in {minutes:.0f} min\n"
         f"operations applied: {totals['applied']}, refused or skipped: {totals['refused']}\n"
         f"double admissions: {totals['double']} (must be 0)\n"
         f"false stale/zombie verdicts: {totals['false']} (must be 0)"
