@@ -90,13 +90,16 @@ def test_a_stale_holder_is_announced_once_through_failures_and_its_release_too(
     beat_until(
         lambda: StatusChange.objects.get(pk=change.pk).sent_at, 90, "the change to be accepted"
     )
-    assert receiver.answers == [500, 500, 200]
-    assert [body["id"] for body in receiver.bodies] == [change.pk] * 3
+    # Tried again after each failure, until a 2xx. A post whose answer was lost (a timeout on
+    # a loaded machine) is posted again: delivery is at least once, and `id` names the change.
+    assert receiver.answers[:2] == [500, 500] and set(receiver.answers[2:]) == {200}
+    assert [body["id"] for body in receiver.bodies] == [change.pk] * len(receiver.bodies)
+    tried = StatusChange.objects.get(pk=change.pk).attempts
+    assert tried == len(receiver.answers), (tried, receiver.answers)
     body = receiver.bodies[-1]
     assert body["text"].startswith(f"reslock: tag:{tag} is stale")
     assert "<https://reslock.example.org/resources/tag%3A" in body["text"]
     assert body["status"] == "stale" and body["bad"] is True and body["resource"] == f"tag:{tag}"
-    assert StatusChange.objects.get(pk=change.pk).attempts == 3
 
     holder = limit.holders.get(condition=Condition.STALE)
     operation = request_operation(
@@ -119,7 +122,7 @@ def test_a_stale_holder_is_announced_once_through_failures_and_its_release_too(
     for _ in range(3):  # later ticks find nothing due
         app.send_task("reslock.notify")
     wait_for(lambda: celery_idle(), 30, what="the worker to be idle")
-    assert len(receiver.bodies) == posts == 4
+    assert len(receiver.bodies) == posts  # nothing after each change was accepted
 
 
 def celery_idle() -> bool:
