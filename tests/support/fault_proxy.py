@@ -11,8 +11,9 @@ answers with Prefect's answer. Switch it at any time:
 - `route(path_part, action, ...)`: a fault for the requests whose path contains `path_part`
   only, the rest forwarded faithfully: "fail" (answer `status` without asking Prefect, after
   `seconds`), "drop" (Prefect does it, the caller never hears back) or "hold" (Prefect does it,
-  the answer comes `seconds` later); `times=N` for the next N such requests only;
-  `retry_after=S` sends that `Retry-After` with a "fail" (a 429 as Prefect Cloud's). A
+  the answer comes `seconds` later); `times=N` for the next N such requests only. A "drop"
+  or "hold" waits for a request Prefect carried out: one it refused (a busy database's 503)
+  is answered as Prefect answered it, and does not count. `retry_after=S` sends that `Retry-After` with a "fail" (a 429 as Prefect Cloud's). A
   `path_part` ending in "$" matches the paths that end with the rest only. `clear()` and
   `ok()` end routes.
 
@@ -93,7 +94,7 @@ class FaultProxy:
     def received_at(self, path_part: str) -> list[float]:
         return [when for when, _, path in list(self.received) if path_part in path]
 
-    def _take(self, path: str) -> Route | None:
+    def _take(self, path: str) -> tuple[str, Route] | None:
         with self._lock:
             for part, route in self.routes.items():
                 if path.endswith(part[:-1]) if part.endswith("$") else part in path:
@@ -101,8 +102,16 @@ class FaultProxy:
                         route.times -= 1
                         if route.times <= 0:
                             del self.routes[part]
-                    return route
+                    return part, route
         return None
+
+    def _give_back(self, part: str, route: Route) -> None:
+        """Prefect refused the request (busy, locked): it did not do it, so a "drop" or "hold"
+        that says "Prefect does it" has not happened yet and waits for the next request."""
+        with self._lock:
+            if route.times is not None:
+                route.times += 1
+            self.routes.setdefault(part, route)
 
     def fail(self, status: int = 500) -> None:
         self.mode, self.status = "fail", status
@@ -148,7 +157,8 @@ class FaultProxy:
         self.received.append((time.time(), handler.command, handler.path))
         body = handler.rfile.read(int(handler.headers.get("content-length") or 0))
         method = handler.command
-        route = self._take(handler.path)
+        taken = self._take(handler.path)
+        route = taken[1] if taken is not None else None
         if route is not None and route.action == "fail":
             time.sleep(route.seconds)
             extra = {} if route.retry_after is None else {"Retry-After": str(route.retry_after)}
@@ -165,6 +175,9 @@ class FaultProxy:
             return  # dropped without an answer, as a dying server would
         with self._lock:
             self.forwarded[method] += 1
+        if taken is not None and route.action != "fail" and not response.is_success:
+            self._give_back(*taken)
+            route = None
         if route is not None and route.action == "drop":  # Prefect did it; no answer comes
             handler.close_connection = True
             return
