@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -204,18 +205,30 @@ class Listener:
         self.inbox: list[tuple[EventInfo, datetime | None]] = []
         self.retry_at = 0.0  # monotonic; limits whose re-sync failed wait until then
         self.last_event_at: str | None = None
-        # The board's real delay: how long the last change took to reach our tables, or how
-        # long the oldest one still waiting has, whichever is longer.
+        # The board's real delay: the longest a change applied since the last heartbeat took
+        # to reach our tables (the last one's when none was), or how long the oldest one still
+        # waiting has, whichever is longer. The worst, not the last: a quick change right after
+        # a slow re-sync must not hide from the banner that the board was a minute behind.
         self.applied_lag: float | None = None
+        self._worst_lag: float | None = None
+        self._lag_lock = threading.Lock()  # flushes run in a thread, heartbeats on the loop
         self.connected = False
 
-    @property
-    def lag(self) -> float | None:
+    def _applied(self, lag: float) -> None:
+        with self._lag_lock:
+            self.applied_lag = lag
+            self._worst_lag = max(lag, self._worst_lag or 0.0)
+
+    def _take_lag(self) -> float | None:
+        """The lag to report now; the next heartbeat reports from here on."""
+        with self._lag_lock:
+            worst, self._worst_lag = self._worst_lag, None
+            applied = worst if worst is not None else self.applied_lag
         pending = min(self.pending.values(), default=None)
         if pending is None:
-            return self.applied_lag
+            return applied
         behind = (timezone.now() - pending).total_seconds()
-        return max(behind, self.applied_lag or 0.0)
+        return max(behind, applied or 0.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until `stop` is set; the stream's wait for the next event is cancelled then."""
@@ -225,7 +238,7 @@ class Listener:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.connected = False
-        await sync_to_async(beat)(False, self.last_event_at, self.lag)
+        await sync_to_async(beat)(False, self.last_event_at, self._take_lag())
 
     async def _loop(self, stop: asyncio.Event) -> None:
         backoff = 1.0
@@ -244,7 +257,7 @@ class Listener:
 
     async def _beats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await sync_to_async(beat)(self.connected, self.last_event_at, self.lag)
+            await sync_to_async(beat)(self.connected, self.last_event_at, self._take_lag())
             await _sleep_or_stop(stop, HEARTBEAT)
 
     async def _catch_up(self, since: datetime | None = None) -> None:
@@ -316,7 +329,7 @@ class Listener:
         done = timezone.now()
         synced = [since for name, since in pending.items() if name not in failed]
         if synced:
-            self.applied_lag = max(0.0, (done - min(synced)).total_seconds())
+            self._applied(max(0.0, (done - min(synced)).total_seconds()))
         if failed:
             for name in failed:  # kept with their first time: the board is behind since then
                 self.pending[name] = min(self.pending.get(name, pending[name]), pending[name])
