@@ -170,6 +170,10 @@ class Limit(models.Model):
     # Runs waiting for each other in a circle through this limit and others, in words (written
     # by sync/deadlocks.py after every write; one limit's verdict cannot see a cycle).
     deadlock_cycle = models.TextField(blank=True, default="")
+    # The same cycles as steps, for their drawing: one list per cycle, each step
+    # {"waiter": [run id, name], "limit": name or "" (the waiter started the holder),
+    # "holder": [run id, name]}.
+    deadlock_steps = models.JSONField(blank=True, default=list)
     has_drift = models.BooleanField(default=False)
     has_long_hold = models.BooleanField(default=False)
     is_over_limit = models.BooleanField(default=False)
@@ -340,6 +344,10 @@ class Waiter(RunFields):
         Holder, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     evidence = models.TextField(blank=True)
+    # The flow run that started this one (a subflow, `run_deployment`) and may be waiting for
+    # it to end: an edge of the cross-lock wait-for graph (status/wait_for.py).
+    parent_flow_run_id = models.UUIDField(null=True, blank=True)
+    parent_flow_run_name = models.CharField(max_length=500, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["limit", "key"], name="waiter_unique_claim")]

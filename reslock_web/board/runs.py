@@ -21,6 +21,7 @@ from django.db.models import Prefetch
 from django.urls import reverse
 from django.utils import timezone
 
+from reslock_web.board.drawing import Drawing, draw
 from reslock_web.board.format import clock, humane
 from reslock_web.models import Condition, Holder, Limit, RunFields, Waiter
 from reslock_web.prefect_io import links
@@ -120,6 +121,20 @@ class RunLocks:
     @property
     def flow_run_url(self) -> str:
         return links.flow_run(self.run_id)
+
+    @property
+    def cycles(self) -> list[Drawing]:
+        """The cross-lock cycles this run is on, each drawn once (every limit on a cycle
+        keeps the whole of it)."""
+        drawings, seen = [], set()
+        for limit in [hold.limit for hold in self.holds] + [wait.limit for wait in self.waits]:
+            for drawing in draw(limit.deadlock_steps):
+                runs = tuple(node.run_id for node in drawing.nodes)
+                key = (runs, tuple(arrow.full_label for arrow in drawing.arrows))
+                if str(self.run_id) in runs and key not in seen:
+                    seen.add(key)
+                    drawings.append(drawing)
+        return drawings
 
 
 def run_locks(run_id: UUID) -> RunLocks:

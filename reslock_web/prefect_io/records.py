@@ -115,6 +115,9 @@ class RunInfo:
     flow_id: UUID | None = None  # flow runs
     deployment_id: UUID | None = None  # flow runs
     parent_ids: tuple[UUID, ...] = ()  # task runs: task_inputs.__parents__
+    # Flow runs started from another flow run (a subflow, `run_deployment`): the task run
+    # that stands for it in the parent flow run.
+    parent_task_run_id: UUID | None = None
     lease_id: UUID | None = None  # flow runs: deployment concurrency lease
     tags: tuple[str, ...] = ()
 
@@ -145,6 +148,7 @@ class RunInfo:
                 if isinstance(parent, dict)
                 and (parent_id := parse_uuid(parent.get("id"))) is not None
             ),
+            parent_task_run_id=parse_uuid(data.get("parent_task_run_id")),
             lease_id=parse_uuid(details.get("deployment_concurrency_lease_id")),
             tags=tuple(clean_text(t) for t in as_list(data.get("tags")) if isinstance(t, str)),
         )

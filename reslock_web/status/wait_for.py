@@ -2,7 +2,9 @@
 
 The wait-for graph has one node per flow run (a task run's locks are its flow run's): run W
 points at run H when W, or one of its task runs, waits for a full limit whose slot H, or one of
-its task runs, holds. On a cycle every run waits, through the others, for itself: none can go
+its task runs, holds; and a flow run points at a waiting run it started (a subflow, or
+`run_deployment`, which waits for the run it started unless told `timeout=0`): a deployment run
+that calls its own deployment, full with itself, waits for a child that waits for it. On a cycle every run waits, through the others, for itself: none can go
 on, Prefect breaks none of them, and only an operator (or a timeout in the flow) can. Two runs
 that each took one resource and wait for the other's is the plain case; the helper's nested
 locks and runs of several limits give longer ones.
@@ -69,14 +71,29 @@ class Lock:
 
 @dataclass(frozen=True)
 class Step:
-    """`waiter` waits for `limit`, which `holder` holds."""
+    """`waiter` waits for `limit`, which `holder` holds; or, with no limit, `waiter` started
+    `holder` and waits for it to end."""
 
     waiter: Lock
     limit: str
     holder: Lock
 
 
-def find_cycles(holds: Iterable[Lock], waits: Iterable[Lock], full: set[str]) -> list[list[Step]]:
+@dataclass(frozen=True)
+class Started:
+    """`parent` started the flow run `child`, which waits for a limit."""
+
+    parent: UUID
+    parent_name: str
+    child: Lock
+
+
+def find_cycles(
+    holds: Iterable[Lock],
+    waits: Iterable[Lock],
+    full: set[str],
+    started: Iterable[Started] = (),
+) -> list[list[Step]]:
     """Every cycle of runs waiting for each other, one per strongly connected group of runs,
     each as the steps around it, starting from its smallest run id (so that the words stay the
     same from one sync to the next). Only waits on full limits count: a limit with a free slot
@@ -91,6 +108,12 @@ def find_cycles(holds: Iterable[Lock], waits: Iterable[Lock], full: set[str]) ->
         for hold in holders.get(wait.limit, []):
             if hold.run != wait.run:  # one run inside its own limit: diagnosis's self-deadlock
                 edges.setdefault(wait.run, []).append(Step(wait, wait.limit, hold))
+    for link in started:
+        if link.parent != link.child.run:
+            parent = Lock(link.parent, link.parent_name, "")
+            step = Step(parent, "", Lock(link.child.run, link.child.run_name, ""))
+            if step not in edges.get(link.parent, []):
+                edges.setdefault(link.parent, []).append(step)
     cycles = []
     for group in _strongly_connected(edges):
         if len(group) > 1:
@@ -102,8 +125,23 @@ def in_words(cycle: list[Step]) -> str:
     """'run "a" waits for db-2, held by run "b"; run "b" waits for db-1, held by run "a"'."""
     return "; ".join(
         f"run {_name(step.waiter)} waits for {step.limit}, held by run {_name(step.holder)}"
+        if step.limit
+        else f"run {_name(step.waiter)} started run {_name(step.holder)} and waits for it to "
+        "end (as a subflow does, and run_deployment unless given timeout=0)"
         for step in cycle
     )
+
+
+def as_steps(cycle: list[Step]) -> list[dict[str, Any]]:
+    """The cycle as stored for its drawing (`Limit.deadlock_steps`), JSON only."""
+    return [
+        {
+            "waiter": [str(step.waiter.run), step.waiter.run_name],
+            "limit": step.limit,
+            "holder": [str(step.holder.run), step.holder.run_name],
+        }
+        for step in cycle
+    ]
 
 
 def _name(lock: Lock) -> str:

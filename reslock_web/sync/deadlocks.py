@@ -15,17 +15,26 @@ from django.db.models import F
 
 from reslock_web.alerts import webhook
 from reslock_web.models import LIMIT_FLAGS, Condition, Holder, Limit, Waiter
-from reslock_web.status.wait_for import Lock, find_cycles, in_words, with_cycle
+from reslock_web.status.wait_for import (
+    Lock,
+    Started,
+    as_steps,
+    find_cycles,
+    in_words,
+    with_cycle,
+)
 
 
 def mark_cycles(now: datetime) -> int:
     """Set or clear each present limit's cycle; the number of limits whose words changed."""
-    waits = [
-        Lock(run, name, limit)
-        for run, name, limit in Waiter.objects.filter(
-            limit__gone_at__isnull=True, flow_run_id__isnull=False
-        ).values_list("flow_run_id", "flow_run_name", "limit__name")
-    ]
+    rows = Waiter.objects.filter(limit__gone_at__isnull=True, flow_run_id__isnull=False)
+    waits, started = [], []
+    for run, name, limit, parent, parent_name in rows.values_list(
+        "flow_run_id", "flow_run_name", "limit__name", "parent_flow_run_id", "parent_flow_run_name"
+    ):
+        waits.append(Lock(run, name, limit))
+        if parent is not None:
+            started.append(Started(parent, parent_name, Lock(run, name, limit)))
     waited = {wait.limit for wait in waits}
     holds = [
         Lock(run, name, limit)
@@ -43,22 +52,27 @@ def mark_cycles(now: datetime) -> int:
         .values_list("name", flat=True)
     )
     words: dict[str, list[str]] = {}
-    for cycle in find_cycles(holds, waits, full):
+    drawn: dict[str, list[list[dict]]] = {}
+    for cycle in find_cycles(holds, waits, full, started):
         text = in_words(cycle)
-        for name in {step.limit for step in cycle}:
+        for name in {step.limit for step in cycle if step.limit}:
             words.setdefault(name, []).append(text)
-    wanted = {name: " | ".join(texts)[:4000] for name, texts in words.items()}
-    marked = dict(
-        Limit.objects.present().exclude(deadlock_cycle="").values_list("name", "deadlock_cycle")
-    )
+            drawn.setdefault(name, []).append(as_steps(cycle))
+    wanted = {name: (" | ".join(texts)[:4000], drawn[name]) for name, texts in words.items()}
+    marked = {
+        name: (cycle, steps)
+        for name, cycle, steps in Limit.objects.present()
+        .exclude(deadlock_cycle="")
+        .values_list("name", "deadlock_cycle", "deadlock_steps")
+    }
     moved = {name for name in marked.keys() | wanted.keys() if marked.get(name) != wanted.get(name)}
     rows = list(Limit.objects.present().filter(name__in=moved)) if moved else []
     for row in rows:
-        _mark(row, wanted.get(row.name, ""), now)
+        _mark(row, *wanted.get(row.name, ("", [])), now)
     return len(rows)
 
 
-def _mark(row: Limit, cycle: str, now: datetime) -> None:
+def _mark(row: Limit, cycle: str, steps: list[list[dict]], now: datetime) -> None:
     """Write a limit's cycle, or its end, with the flags, evidence and badge that go with it."""
     marked = with_cycle(
         {flag: getattr(row, flag) for flag in LIMIT_FLAGS},
@@ -70,6 +84,7 @@ def _mark(row: Limit, cycle: str, now: datetime) -> None:
     )
     Limit.objects.filter(pk=row.pk).update(
         deadlock_cycle=cycle,
+        deadlock_steps=steps,
         is_deadlocked=marked.flags["is_deadlocked"],
         evidence=marked.evidence,
         status=marked.status,

@@ -234,6 +234,25 @@ def resolve_runs(api: PrefectAPI, snapshot: Snapshot, stored: StoredRuns) -> Non
     snapshot.flow_runs.update(
         api.flow_runs(flow_ids - set(snapshot.flow_runs) - snapshot.asked_flows)
     )
+    # The flow runs that started waiting ones (subflows, `run_deployment`), for the cross-lock
+    # wait-for graph: a parent may be waiting for the child that waits for it.
+    waiting_runs = {
+        flow_run_id
+        for q in snapshot.queued.values()
+        for item in q
+        if (flow_run_id := _flow_run_of(item.flow_run_id, item.task_run_id, snapshot))
+    }
+    started_by = {
+        run.parent_task_run_id
+        for run_id in waiting_runs
+        if (run := snapshot.flow_runs.get(run_id)) and run.parent_task_run_id
+    }
+    if started_by:
+        snapshot.task_runs.update(api.task_runs(started_by - set(snapshot.task_runs)))
+        parents = {r.flow_run_id for i in started_by if (r := snapshot.task_runs.get(i))}
+        snapshot.flow_runs.update(
+            api.flow_runs({p for p in parents if p} - set(snapshot.flow_runs))
+        )
     # Ancestors of tag waiters, for the self-deadlock rule.
     todo = {p for q in snapshot.queued.values() for item in q for p in item.parent_ids}
     for _ in range(ANCESTOR_DEPTH):
@@ -280,3 +299,12 @@ class NameCache:
 
 
 NAMES = NameCache()
+
+
+def _flow_run_of(
+    flow_run_id: UUID | None, task_run_id: UUID | None, snapshot: Snapshot
+) -> UUID | None:
+    if flow_run_id is not None:
+        return flow_run_id
+    task_run = snapshot.task_runs.get(task_run_id) if task_run_id else None
+    return task_run.flow_run_id if task_run else None

@@ -95,7 +95,16 @@ HOLDER_FIELDS = [
     "run_missing_since",
     "evidence",
 ]
-WAITER_FIELDS = [*RUN_FIELDS, "source", "waiting_since", "position", "deadlocked_by_id", "evidence"]
+WAITER_FIELDS = [
+    *RUN_FIELDS,
+    "source",
+    "waiting_since",
+    "position",
+    "deadlocked_by_id",
+    "evidence",
+    "parent_flow_run_id",
+    "parent_flow_run_name",
+]
 
 
 def _store_events(snapshot: Snapshot) -> int:
@@ -339,14 +348,26 @@ def _waiter_values(
     since = item.waiting_since
     if kept is not None and kept.waiting_since and (since is None or kept.waiting_since < since):
         since = kept.waiting_since  # the earliest sighting: a re-proposed run keeps its place
+    run = _run_values(item.flow_run_id, item.task_run_id, {}, snapshot)
     return {
-        **_run_values(item.flow_run_id, item.task_run_id, {}, snapshot),
+        **run,
+        **_parent_values(run["flow_run_id"], snapshot),
         "source": item.source,
         "waiting_since": since,
         "position": verdict.position,
         "deadlocked_by_id": _pk(holders_by_key.get((limit.pk, verdict.deadlocked_by))),
         "evidence": verdict.evidence,
     }
+
+
+def _parent_values(flow_run_id: UUID | None, snapshot: Snapshot) -> dict[str, Any]:
+    """The flow run that started this one, through the task run that stands for it there."""
+    flow_run = snapshot.flow_runs.get(flow_run_id) if flow_run_id else None
+    started_by = flow_run.parent_task_run_id if flow_run else None
+    task_run = snapshot.task_runs.get(started_by) if started_by else None
+    parent_id = task_run.flow_run_id if task_run else None
+    parent = snapshot.flow_runs.get(parent_id) if parent_id else None
+    return {"parent_flow_run_id": parent_id, "parent_flow_run_name": parent.name if parent else ""}
 
 
 def _pk(row: Model | None) -> int | None:

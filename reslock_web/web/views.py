@@ -15,7 +15,7 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import reswap, retarget
 
 from reslock_web.board import cache as board_cache
-from reslock_web.board import poll
+from reslock_web.board import drawing, poll
 from reslock_web.board.query import SORTS, BoardQuery, attention, facets, with_people
 from reslock_web.board.runs import run_locks
 from reslock_web.models import Holder, Kind, Limit, SyncRun, Waiter
@@ -137,6 +137,7 @@ def resource(request: HttpRequest, name: str) -> HttpResponse:
         "holders": holders,
         "waiters": waiters,
         "explanation": explain(limit, holders, waiters),
+        "cycles": drawing.draw(limit.deadlock_steps),
         "timeline": timeline.holds(limit, now),
         "lost_leases": leases.lost_recently(limit, now),
         "health": freshness(),

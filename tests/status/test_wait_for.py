@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from reslock_web.status.wait_for import Lock, find_cycles, in_words
+from reslock_web.status.wait_for import Lock, Started, find_cycles, in_words
 
 A, B, C, D = (uuid.UUID(int=n) for n in (1, 2, 3, 4))
 NAMES = {A: "a", B: "b", C: "c", D: "d"}
@@ -70,3 +70,33 @@ def test_a_long_chain_of_waits_does_not_exhaust_the_stack():
     waits.append(Lock(runs[-1], str(runs[-1]), "r0"))  # closes the circle
     [cycle] = find_cycles(holds, waits, full={f"r{i}" for i in range(5000)})
     assert len(cycle) == 5000
+
+
+def test_a_deployment_run_that_started_a_run_of_its_own_full_deployment_waits_for_itself():
+    # a holds its deployment's only slot and started b, which waits for that slot.
+    holds = [lock(A, "deployment:d")]
+    waits = [lock(B, "deployment:d")]
+    started = [Started(A, "a", lock(B, "deployment:d"))]
+    assert find_cycles(holds, waits, full={"deployment:d"}) == []
+    [cycle] = find_cycles(holds, waits, full={"deployment:d"}, started=started)
+    assert in_words(cycle) == (
+        "run 'a' started run 'b' and waits for it to end (as a subflow does, and run_deployment "
+        "unless given timeout=0); run 'b' waits for deployment:d, held by run 'a'"
+    )
+    # A slot free for b: b gets in, ends, and a goes on.
+    assert find_cycles(holds, waits, full=set(), started=started) == []
+
+
+def test_a_started_run_closes_a_cycle_across_limits_only_through_its_own_waits():
+    # a holds x and started b; b waits for y, held by c, which waits for x: a circle of three.
+    holds = [lock(A, "x"), lock(C, "y")]
+    waits = [lock(B, "y"), lock(C, "x")]
+    started = [Started(A, "a", lock(B, "y"))]
+    [cycle] = find_cycles(holds, waits, full={"x", "y"}, started=started)
+    assert [(s.waiter.run, s.limit, s.holder.run) for s in cycle] == [
+        (A, "", B),
+        (B, "y", C),
+        (C, "x", A),
+    ]
+    # Without c's wait for x, b's wait ends when c finishes: no cycle.
+    assert find_cycles(holds, waits[:1], full={"x", "y"}, started=started) == []

@@ -7,6 +7,7 @@ and the cycle shown on the board and the resource page in a real browser.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -97,7 +98,7 @@ def test_a_limit_with_a_free_slot_or_a_self_deadlock_is_judged_on_its_own():
 
 @pytest.mark.browser
 def test_two_real_runs_crossing_their_locks_show_the_cycle_until_one_gives_up(
-    prefect_server, flows, tmp_path, board, live_server
+    prefect_server, flows, tmp_path, board, live_server, artifacts
 ):
     first, second = unique("db-cross-1"), unique("db-cross-2")
     go = tmp_path / "go"
@@ -130,6 +131,17 @@ def test_two_real_runs_crossing_their_locks_show_the_cycle_until_one_gives_up(
     expect(diagnosis).to_contain_text("Deadlocked across resources")
     expect(diagnosis).to_contain_text(f"waits for {second}")
     expect(diagnosis).to_contain_text("Stop one run of the circle in Prefect")
+    # The circle drawn: both runs, each linked to its page, the resources on the arrows.
+    drawn = diagnosis.get_by_role("img", name=re.compile(r"^Deadlock: "))
+    expect(drawn).to_be_visible()
+    expect(drawn).to_contain_text(first)
+    expect(drawn).to_contain_text(second)
+    expect(drawn.locator(f'a[href="/runs/{a_run}"]')).to_have_count(1)
+    board.screenshot(path=artifacts / "cross-deadlock.png", full_page=True)
+    drawn.locator(f'a[href="/runs/{b_run}"]').click()
+    expect(board).to_have_url(re.compile(f"/runs/{b_run}$"))
+    on_run_page = board.locator("section.diagnosis").filter(has_text="Deadlocked across resources")
+    expect(on_run_page.get_by_role("img", name=re.compile(r"^Deadlock: "))).to_be_visible()
 
     # "a" gives up: it leaves both its wait and its hold, "b" gets in and finishes.
     assert a.wait(timeout=150) == 0 and a.find_events("timed_out")
@@ -138,3 +150,39 @@ def test_two_real_runs_crossing_their_locks_show_the_cycle_until_one_gives_up(
         sync_until(prefect_server, name, lambda limit: not limit.deadlock_cycle, timeout=60)
     assert not Limit.objects.named(first).is_deadlocked
     assert Holder.objects.filter(limit__name=first, condition=Condition.HOLDING).count() == 0
+
+
+def test_a_deployment_run_that_calls_its_own_full_deployment_shows_the_cycle_until_it_stops(
+    prefect_server, flows
+):
+    """The run holds its deployment's only slot and waits, in `run_deployment`, for a run of
+    that same deployment, which waits for the slot: Prefect shows one run Running and one
+    AwaitingConcurrencySlot, and neither says why."""
+    runner = flows.start(
+        "deployment_limit", runs=1, call_itself=60, flow_run_name=unique("dep-self")
+    )
+    name = f"deployment:{runner.wait_event('deployed')['deployment_id']}"
+    caller = runner.wait_event("acquired")
+    runner.wait_event("calling_itself")
+    limit = sync_until(prefect_server, name, lambda limit: bool(limit.deadlock_cycle), timeout=60)
+    child = limit.waiters.get()
+    assert str(child.parent_flow_run_id) == caller["flow_run_id"]
+    assert limit.status == Status.DEADLOCKED
+    # The words start from the smaller run id: either of the two steps may come first.
+    assert set(limit.deadlock_cycle.split("; ")) == {
+        f"run {caller['flow_run_name']!r} started run {child.flow_run_name!r} and waits for it "
+        "to end (as a subflow does, and run_deployment unless given timeout=0)",
+        f"run {child.flow_run_name!r} waits for {name}, held by run {caller['flow_run_name']!r}",
+    }
+    # Given up (run_deployment's timeout), the caller ends and its child gets the slot: the
+    # cycle is gone from the board.
+    runner.release()
+    assert (
+        runner.wait_event("called_itself", timeout=90)["child_state"] == "AwaitingConcurrencySlot"
+    )
+    sync_until(
+        prefect_server,
+        name,
+        lambda limit: not limit.deadlock_cycle and limit.status != Status.DEADLOCKED,
+        timeout=90,
+    )

@@ -19,7 +19,10 @@ query_seconds (1), fail_first (False: True makes each run fail once, emitting "f
 retry in its process after `retry_delay` (20) seconds, in Scheduled/AwaitingRetry meanwhile),
 ignore_cancel (False: True makes the Runner leave a CANCELLING run alone,
 as a runner that has not acted on the cancel yet does: the run stays CANCELLING and its
-process runs on).
+process runs on), call_itself (0: N > 0 makes each run not started by another call
+`run_deployment` on its own deployment, full with itself, and wait up to N seconds for that
+child run, which waits for the slot the caller holds; emits "calling_itself" and then
+"called_itself" {child_state} once the wait is over).
 Events: process_started, deployed {deployment_id, deployment_name, flow_id},
 created {flow_run_ids: [...]} (in creation order), runner_starting; then from each flow run's
 process: acquired {flow_run_id, flow_run_name, deployment_id, release_file}, released.
@@ -43,6 +46,7 @@ def deployment_holder(
     hold_seconds: float = 0.0,
     release_all: str = "",
     fail_first: bool = False,
+    call_itself: float = 0.0,
 ) -> str:
     ids = run_ids()
     release_file = str(Path(release_dir) / ids["flow_run_id"]) if release_dir else None
@@ -57,6 +61,12 @@ def deployment_holder(
         deployment_id=str(flow_run.deployment_id),
         **ids,
     )
+    if call_itself and flow_run.parent_task_run_id is None:
+        from prefect.deployments import run_deployment
+
+        emit("calling_itself", events_file=events_file, **ids)
+        child = run_deployment(flow_run.deployment_id, timeout=call_itself, poll_interval=1)
+        emit("called_itself", events_file=events_file, child_state=child.state.name, **ids)
     reason = "terminated"  # SIGTERM raises TerminationSignal right here, in the main thread
     try:
         reason = hold(release_file, hold_seconds, also=release_all or None)
@@ -106,6 +116,7 @@ def main() -> None:
             "hold_seconds": float(P.get("hold") or 0),
             "release_all": P.get("release_file") or "",
             "fail_first": bool(P.get("fail_first")),
+            "call_itself": float(P.get("call_itself") or 0),
         },
     )
     deployment = patient("GET", f"{api_url()}/deployments/{deployment_id}").json()
