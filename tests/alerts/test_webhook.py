@@ -142,7 +142,7 @@ def test_only_news_is_recorded_and_nothing_at_all_without_a_webhook(settings):
     assert not webhook.newsworthy("held", "contended") and not webhook.newsworthy("", "free")
     assert not webhook.newsworthy("stale", "stale")
     settings.WEBHOOK_URL = ""
-    limit = make_limit("db-quiet", status=Status.STALE)
+    limit = make_limit("db-quiet", is_held=True, is_stale=True)
     webhook.record(limit, "held")
     assert not StatusChange.objects.exists()
     settings.WEBHOOK_URL = "http://127.0.0.1:9/hook"
@@ -153,7 +153,7 @@ def test_only_news_is_recorded_and_nothing_at_all_without_a_webhook(settings):
 
 def test_a_change_is_claimed_by_one_worker_and_given_up_after_its_last_try(settings, caplog):
     settings.WEBHOOK_URL = "http://127.0.0.1:9/hook"  # nothing listens on the discard port
-    limit = make_limit("db-dead-end", status=Status.ZOMBIE)
+    limit = make_limit("db-dead-end", has_zombie=True)
     webhook.record(limit, "held")
     change = StatusChange.objects.get()
     now = timezone.now()

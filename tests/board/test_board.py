@@ -12,8 +12,8 @@ import pytest
 from django.utils import timezone
 
 from reslock_web.board.format import humane
-from reslock_web.models import Condition, Holder, LockEvent, Status, SyncRun
-from tests.support.board_data import XSS, make_limit
+from reslock_web.models import Condition, LockEvent, SyncRun
+from tests.support.board_data import XSS, make_holder, make_limit, settle
 from tests.support.readouts import row_names
 
 pytestmark = pytest.mark.django_db
@@ -190,15 +190,17 @@ def test_durations_read_the_way_people_say_them(seconds, text):
 
 
 def test_zombie_holders_are_listed_with_their_evidence(viewer_client, rows):
-    zombie = make_limit("resource:z", status=Status.ZOMBIE, has_zombie=True)
-    Holder.objects.create(
-        limit=zombie,
+    zombie = make_limit("resource:z")
+    make_holder(
+        zombie,
         key="z",
         source="event",
         condition=Condition.ZOMBIE,
+        flow_run_id=None,
         flow_run_name="ghost",
         evidence="the process most likely died",
     )
+    settle(zombie)
     html = viewer_client.get("/resources/resource:z").content.decode()
     assert "ghost" in html and "the process most likely died" in html
 

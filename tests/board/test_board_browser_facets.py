@@ -8,15 +8,14 @@ Rows are written straight into our tables, the way a sync's write leaves them
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from reslock_web.models import Holder, Status
-from tests.support.board_data import make_limit
+from reslock_web.models import Condition
+from tests.support.board_data import make_held, make_holder, make_limit, make_waiter, settle
 from tests.support.board_page import (
     WAIT,
     prefix,
@@ -34,52 +33,38 @@ def test_the_stale_and_zombie_facets_count_and_show_their_own_rows(board, live_s
     now = timezone.now()
     stale = make_limit(
         f"resource:{p}-stale",
-        status=Status.STALE,
         is_held=True,
         is_stale=True,
         active_slots=1,
         evidence=[{"flag": "stale", "text": "run 'nightly' is Completed but still counted"}],
     )
-    stale_tag = make_limit(
-        f"tag:{p}-stale-tag", status=Status.STALE, is_held=True, is_stale=True, active_slots=1
-    )
+    stale_tag = make_limit(f"tag:{p}-stale-tag", is_held=True, is_stale=True, active_slots=1)
     zombie = make_limit(
         f"resource:{p}-zombie",
-        status=Status.ZOMBIE,
         has_zombie=True,
         evidence=[{"flag": "zombie", "text": "run 'loader' is Running but its slot is gone"}],
     )
     # Facets follow the flags, not the one-word status: a zombie that is also stale is in both.
     both = make_limit(
-        f"resource:{p}-both",
-        status=Status.ZOMBIE,
-        is_held=True,
-        is_stale=True,
-        has_zombie=True,
-        active_slots=1,
+        f"resource:{p}-both", is_held=True, is_stale=True, has_zombie=True, active_slots=1
     )
-    # Deadlocked is the worse word, yet the row still belongs under zombie.
-    dead = make_limit(
-        f"resource:{p}-dead",
-        status=Status.DEADLOCKED,
-        is_held=True,
-        has_waiters=True,
-        is_deadlocked=True,
-        has_zombie=True,
-        active_slots=1,
-        waiter_count=1,
-    )
-    held = make_limit(f"resource:{p}-held", status=Status.HELD, is_held=True, active_slots=1)
-    Holder.objects.create(
-        limit=held,
+    # Deadlocked is the worse word, yet the row still belongs under zombie: a zombie, and a
+    # waiter nested in the live holder.
+    dead = make_limit(f"resource:{p}-dead")
+    make_holder(dead, condition=Condition.ZOMBIE)
+    make_waiter(dead, deadlocked_by=make_holder(dead))
+    settle(dead)
+    held = make_limit(f"resource:{p}-held")
+    make_holder(
+        held,
         key="h",
         source="event",
-        flow_run_id=uuid.uuid4(),
         flow_run_name="alive",
         state_type="RUNNING",
         state_name="Running",
         acquired_at=now - timedelta(minutes=3),
     )
+    settle(held)
     free = make_limit(f"resource:{p}-free")
     every = {stale, stale_tag, zombie, both, dead, held, free}
     synced(*every)
@@ -114,14 +99,9 @@ def test_the_stale_and_zombie_facets_count_and_show_their_own_rows(board, live_s
 def test_the_board_opens_with_the_deadlocked_and_zombie_resources_on_top(board, live_server):
     p = prefix()
     now = timezone.now()
-    held = [
-        make_limit(f"resource:{p}-a{i}", status=Status.HELD, is_held=True, held_since=now)
-        for i in range(3)
-    ]
-    zombie = make_limit(f"resource:{p}-y-zombie", status=Status.ZOMBIE, has_zombie=True)
-    dead = make_limit(
-        f"resource:{p}-z-dead", status=Status.DEADLOCKED, is_deadlocked=True, has_waiters=True
-    )
+    held = [make_held(f"resource:{p}-a{i}", since=now) for i in range(3)]
+    zombie = make_limit(f"resource:{p}-y-zombie", has_zombie=True)
+    dead = make_limit(f"resource:{p}-z-dead", is_deadlocked=True, has_waiters=True)
     synced(*held, zombie, dead)
     board.goto(f"{live_server.url}/?q={p}")
     names = board.locator("#rows th.resource a")

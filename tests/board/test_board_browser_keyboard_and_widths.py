@@ -8,14 +8,12 @@ Rows are written straight into our tables, the way a sync's write leaves them
 from __future__ import annotations
 
 import re
-import uuid
 
 import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from reslock_web.models import Holder, Status
-from tests.support.board_data import make_limit
+from tests.support.board_data import make_holder, make_limit, make_waiter, settle
 from tests.support.board_page import (
     WAIT,
     free_rows,
@@ -59,7 +57,7 @@ def test_tab_walks_search_filters_facets_rows_and_pager_in_reading_order(board, 
 def test_enter_on_a_facet_filters_and_enter_on_a_resource_opens_it(board, live_server):
     p = prefix()
     limits = free_rows(p, 2)
-    stale = make_limit(f"resource:{p}-stale", status=Status.STALE, is_held=True, is_stale=True)
+    stale = make_limit(f"resource:{p}-stale", is_held=True, is_stale=True)
     synced(*limits, stale)
     board.goto(f"{live_server.url}/?q={p}")
     expect(rows(board)).to_have_count(3, timeout=WAIT)
@@ -88,26 +86,19 @@ def test_the_board_fits_the_width_with_search_and_names_in_view(
     now = timezone.now()
     limits = free_rows(p, 12)
     # Long names without spaces and a long run name: what pushes a narrow table wider.
-    long = make_limit(
-        f"resource:{p}-{'warehouse-eu-west-1-replica-' * 3}primary",
-        status=Status.CONTENDED,
-        is_held=True,
-        has_waiters=True,
-        active_slots=1,
-        waiter_count=1,
-        held_since=now,
-    )
-    Holder.objects.create(
-        limit=long,
+    long = make_limit(f"resource:{p}-{'warehouse-eu-west-1-replica-' * 3}primary")
+    make_holder(
+        long,
         key="h",
         source="event",
-        flow_run_id=uuid.uuid4(),
         flow_run_name="nightly-rebuild-of-every-partition-" * 2,
         flow_name="loader",
         state_type="RUNNING",
         state_name="Running",
         acquired_at=now,
     )
+    make_waiter(long, source="event", flow_run_name="next-run")
+    settle(long)
     synced(*limits, long)
     board.set_viewport_size({"width": width, "height": height})
     board.goto(f"{live_server.url}/?q={p}")

@@ -16,17 +16,23 @@ from reslock_web.board.query import PAGE_SIZE
 from reslock_web.models import (
     FACETS,
     Condition,
-    Holder,
     Limit,
     Operation,
     OperationKind,
     OperationStatus,
-    Status,
     Waiter,
 )
 from reslock_web.prefect_io.records import EventInfo
 from reslock_web.sync import listener
-from tests.support.board_data import XSS, make_limit, sample_rows
+from tests.support.board_data import (
+    XSS,
+    make_held,
+    make_holder,
+    make_limit,
+    make_waiter,
+    sample_rows,
+    settle,
+)
 from tests.support.readouts import row_names
 
 pytestmark = pytest.mark.django_db
@@ -64,18 +70,11 @@ def ui_url(settings):
 def facet_rows(db):
     """The sample board, plus a zombie, a second stale resource and one gone from Prefect."""
     sample_rows()
-    make_limit("resource:ghost-town", status=Status.ZOMBIE, has_zombie=True)
-    make_limit(
-        "resource:old-lease", status=Status.STALE, is_held=True, is_stale=True, active_slots=1
-    )
+    make_limit("resource:ghost-town", has_zombie=True)
+    make_limit("resource:old-lease", is_held=True, is_stale=True, active_slots=1)
     # Gone from Prefect with the flags of its last sync: no facet but "gone" may count it.
     make_limit(
-        "resource:deleted",
-        gone_at=timezone.now(),
-        status=Status.GONE,
-        is_stale=True,
-        has_zombie=True,
-        is_held=True,
+        "resource:deleted", gone_at=timezone.now(), is_stale=True, has_zombie=True, is_held=True
     )
 
 
@@ -133,7 +132,7 @@ def test_held_longest_puts_the_oldest_hold_first_and_free_ones_last(viewer_clien
     now = timezone.now()
     # Names in the opposite order of their holds, so that a name sort would fail.
     for name, hours in [("a-newest", 1), ("b-middle", 5), ("c-oldest", 30)]:
-        make_limit(name, is_held=True, status=Status.HELD, held_since=now - timedelta(hours=hours))
+        make_held(name, since=now - timedelta(hours=hours))
     make_limit("0-free")
     html = viewer_client.get("/?sort=held").content.decode()
     assert row_names(html) == ["c-oldest", "b-middle", "a-newest", "0-free"]
@@ -145,12 +144,12 @@ def test_the_board_opens_worst_first_then_longest_held_and_name_order_is_one_cho
     now = timezone.now()
     # Names against the order expected, so that a name sort fails; flags as the store sets them.
     make_limit("a-free")
-    make_limit("b-held-new", status=Status.HELD, is_held=True, held_since=now - timedelta(hours=1))
-    make_limit("c-held-old", status=Status.HELD, is_held=True, held_since=now - timedelta(hours=9))
-    make_limit("d-stale", status=Status.STALE, is_held=True, is_stale=True, held_since=now)
-    make_limit("e-zombie", status=Status.ZOMBIE, has_zombie=True)
-    make_limit("f-deadlocked", status=Status.DEADLOCKED, is_deadlocked=True, has_waiters=True)
-    make_limit("g-over", status=Status.OVER_LIMIT, is_over_limit=True, is_held=True)
+    make_held("b-held-new", since=now - timedelta(hours=1))
+    make_held("c-held-old", since=now - timedelta(hours=9))
+    make_held("d-stale", since=now, condition=Condition.STALE)
+    make_limit("e-zombie", has_zombie=True)
+    make_limit("f-deadlocked", is_deadlocked=True, has_waiters=True)
+    make_limit("g-over", is_over_limit=True, is_held=True)
     make_limit("h-gone", gone_at=now)  # not on the board at all
     worst_first = ["g-over", "f-deadlocked", "e-zombie", "d-stale", "c-held-old", "b-held-new"]
     html = viewer_client.get("/").content.decode()
@@ -161,14 +160,14 @@ def test_the_board_opens_worst_first_then_longest_held_and_name_order_is_one_cho
 
 
 def test_the_banner_counts_what_needs_attention_on_the_whole_board_with_links(viewer_client):
-    make_limit("quiet", status=Status.HELD, is_held=True)
+    make_limit("quiet", is_held=True)
     html = viewer_client.get("/").content.decode()
     assert "Needs attention" not in html  # all is well: nothing to say
-    make_limit("stale-1", status=Status.STALE, is_held=True, is_stale=True)
-    make_limit("stale-2", status=Status.ZOMBIE, is_stale=True, has_zombie=True)
-    make_limit("dead", status=Status.DEADLOCKED, is_deadlocked=True)
-    make_limit("unsure", status=Status.UNCOUNTED)
-    make_limit("gone-stale", status=Status.STALE, is_stale=True, gone_at=timezone.now())
+    make_limit("stale-1", is_held=True, is_stale=True)
+    make_limit("stale-2", is_stale=True, has_zombie=True)
+    make_limit("dead", is_deadlocked=True)
+    make_held("unsure", condition=Condition.UNCOUNTED)
+    make_limit("gone-stale", is_stale=True, gone_at=timezone.now())
     # The search narrows the rows, not the banner: it speaks of the whole board.
     html = viewer_client.get("/?q=quiet").content.decode()
     [banner] = re.findall(r'<p class="banner attention" role="status">(.*?)</p>', html, re.S)
@@ -198,7 +197,7 @@ def many(db):
     for index in range(PAGE_SIZE * 2 + 20):
         make_limit(f"pg-{index:03d}")
     make_limit("tag:pg-tagged")
-    make_limit("pg-held", is_held=True, status=Status.HELD, active_slots=1)
+    make_limit("pg-held", is_held=True, active_slots=1)
     make_limit("other-000")
     return [f"pg-{index:03d}" for index in range(PAGE_SIZE * 2 + 20)]
 
@@ -242,23 +241,15 @@ def busy(db):
     now = timezone.now()
     limit = make_limit(
         "resource:printer",
-        status=Status.CONTENDED,
-        is_held=True,
-        has_waiters=True,
-        active_slots=1,
-        holder_count=1,
-        waiter_count=2,
-        held_since=now - timedelta(minutes=7),
         evidence=[
             {"flag": "contended", "text": "2 runs wait for <b>1</b> slot."},
             {"flag": "long_hold", "text": "held for 7 min"},
         ],
     )
-    limit.holder = Holder.objects.create(
-        limit=limit,
+    holder = make_holder(
+        limit,
         key="h",
         source="event",
-        flow_run_id=uuid.uuid4(),
         flow_run_name=XSS,
         flow_name="printing",
         task_run_id=uuid.uuid4(),
@@ -268,22 +259,26 @@ def busy(db):
         acquired_at=now - timedelta(minutes=7),
     )
     # Made out of order: the first in line is the lowest position, not the first row made.
-    Waiter.objects.create(
-        limit=limit,
+    make_waiter(
+        limit,
         key="w2",
         source="tag_lease",
         position=2,
+        flow_run_id=None,
         flow_run_name="second-run",
         waiting_since=now - timedelta(minutes=3),
     )
-    Waiter.objects.create(
-        limit=limit,
+    make_waiter(
+        limit,
         key="w1",
         source="tag_lease",
         position=1,
+        flow_run_id=None,
         flow_run_name="<u>first-run</u>",
         waiting_since=now - timedelta(minutes=5),
     )
+    settle(limit)
+    limit.holder = holder
     return limit
 
 
@@ -294,7 +289,7 @@ def test_a_row_shows_used_over_limit_as_a_bar_and_as_text(viewer_client, busy):
 
 
 def test_a_partly_used_limit_shows_its_slots_used_against_its_size(viewer_client):
-    pool = make_limit("resource:pool", limit=4, active_slots=3, is_held=True, status=Status.HELD)
+    pool = make_limit("resource:pool", limit=4, active_slots=3, is_held=True)
     row = row_html(viewer_client.get("/").content.decode(), pool)
     assert '<meter min="0" max="4" value="3" aria-label="3 of 4 slots used"></meter>' in row
     assert "<span>3/4</span>" in row
@@ -336,26 +331,19 @@ def test_a_row_without_evidence_has_no_tooltip(viewer_client):
 # --- 6. resource page -------------------------------------------------------------------
 @pytest.fixture
 def shared(db):
-    """A limit of 3 with two holders (one stale, one a zombie) and two waiters."""
+    """A limit of 3 with two holders (one stale, taking 2 slots, one a zombie, whose slot is
+    free) and two waiters."""
     now = timezone.now()
     limit = make_limit(
         "resource:gpu",
         limit=3,
-        active_slots=2,
-        status=Status.ZOMBIE,
-        is_held=True,
-        is_stale=True,
-        has_zombie=True,
-        has_waiters=True,
-        holder_count=2,
-        waiter_count=2,
         evidence=[{"flag": "stale", "text": "run 'done' is Completed but still counted"}],
     )
-    limit.stale = Holder.objects.create(
-        limit=limit,
+    stale = make_holder(
+        limit,
         key="s",
         source="helper",
-        flow_run_id=uuid.uuid4(),
+        slots=2,
         flow_run_name="<b>done</b>",
         state_type="COMPLETED",
         state_name="Completed",
@@ -364,11 +352,10 @@ def shared(db):
         lease_seconds=30,
         evidence="the run ended 2 h ago but its lease is still counted",
     )
-    limit.zombie = Holder.objects.create(
-        limit=limit,
+    zombie = make_holder(
+        limit,
         key="z",
         source="event",
-        flow_run_id=uuid.uuid4(),
         flow_run_name="ghost",
         task_run_id=uuid.uuid4(),
         task_run_name="train",
@@ -377,16 +364,16 @@ def shared(db):
         condition=Condition.ZOMBIE,
         acquired_at=now - timedelta(hours=1),
     )
-    for position, name, waited in [(1, "first-waiter", 12), (2, "second-waiter", 3)]:
-        Waiter.objects.create(
-            limit=limit,
+    for name, waited in [("first-waiter", 12), ("second-waiter", 3)]:
+        make_waiter(
+            limit,
             key=name,
             source="tag_lease",
-            position=position,
             flow_run_name=name,
-            flow_run_id=uuid.uuid4(),
             waiting_since=now - timedelta(minutes=waited, seconds=30),
         )
+    settle(limit)
+    limit.stale, limit.zombie = stale, zombie
     return limit
 
 
@@ -403,7 +390,7 @@ def test_the_resource_page_shows_the_limit_settings(viewer_client, shared):
 
 
 def test_the_resource_page_of_an_inactive_limit_says_it_is_not_enforced(viewer_client):
-    make_limit("resource:paused", active=False, status=Status.INACTIVE)
+    make_limit("resource:paused", active=False)
     html = resource_page(viewer_client, "resource:paused")
     assert "<dt>Enforced</dt><dd>no (inactive)</dd>" in html
     assert "Activate the limit to enforce it again." in html

@@ -23,12 +23,11 @@ from reslock_web.models import (
     Operation,
     OperationKind,
     OperationStatus,
-    Status,
     SyncRun,
     Waiter,
 )
 from reslock_web.sync import store
-from tests.support.board_data import XSS, make_limit
+from tests.support.board_data import XSS, make_holder, make_limit, make_waiter, settle
 from tests.support.hostile import hypothesis_settings, path_segment
 from tests.support.markup import injected
 
@@ -93,23 +92,12 @@ def board(db) -> Board:
         "deployment_id": uuid.uuid4(),
         "deployment_name": "prod",
     }
-    db42 = make_limit(
-        "resource:db-42",
-        status=Status.ZOMBIE,
-        is_held=True,
-        has_zombie=True,
-        has_waiters=True,
-        active_slots=1,
-        holder_count=1,
-        waiter_count=2,
-        held_since=now - timedelta(hours=2),
-    )
+    db42 = make_limit("resource:db-42")
     zombie_since = now - timedelta(hours=2, minutes=5)
-    zombie = Holder.objects.create(
-        limit=db42,
+    zombie = make_holder(
+        db42,
         key="z",
         source="helper",
-        flow_run_id=uuid.uuid4(),
         flow_run_name="abc",
         flow_name="nightly-etl",
         state_type="RUNNING",
@@ -118,41 +106,29 @@ def board(db) -> Board:
         acquired_at=zombie_since,
         evidence="its process was shown ended on this machine",
     )
-    first = Waiter.objects.create(
-        limit=db42,
+    first = make_waiter(
+        db42,
         key="first",
         source="helper",
-        position=1,
-        flow_run_id=uuid.uuid4(),
         flow_run_name="early-bird",
         flow_name="other-flow",
         waiting_since=now - timedelta(minutes=30),
     )
-    waiting = Waiter.objects.create(
-        limit=db42,
+    waiting = make_waiter(
+        db42,
         key="mine",
         source="helper",
-        position=2,
         waiting_since=now - timedelta(minutes=14, seconds=10),
         task_run_id=uuid.uuid4(),
         task_run_name="load-db",
         **mine,
     )
-    reports = make_limit(
-        "tag:reports",
-        status=Status.STALE,
-        is_held=True,
-        is_stale=True,
-        has_waiters=True,
-        active_slots=1,
-        holder_count=1,
-        waiter_count=1,
-    )
-    stale = Holder.objects.create(
-        limit=reports,
+    settle(db42)
+    reports = make_limit("tag:reports")
+    stale = make_holder(
+        reports,
         key="t",
         source="tag_lease",
-        flow_run_id=uuid.uuid4(),
         flow_run_name="finished-run",
         flow_name="reporting",
         task_run_id=uuid.uuid4(),
@@ -163,28 +139,19 @@ def board(db) -> Board:
         acquired_at=now - timedelta(minutes=50),
         evidence="Still counted as holder, but its task run is Completed.",
     )
-    Waiter.objects.create(
-        limit=reports,
+    make_waiter(
+        reports,
         key="mine",
         source="tag_lease",
-        position=1,
         waiting_since=now - timedelta(minutes=3),
         task_run_id=uuid.uuid4(),
         task_run_name="report-task",
         **mine,
     )
-    scratch = make_limit(
-        "resource:scratch",
-        status=Status.CONTENDED,
-        is_held=True,
-        has_waiters=True,
-        active_slots=1,
-        holder_count=1,
-        waiter_count=2,
-        held_since=now - timedelta(minutes=20),
-    )
-    own = Holder.objects.create(
-        limit=scratch,
+    settle(reports)
+    scratch = make_limit("resource:scratch")
+    own = make_holder(
+        scratch,
         key="own",
         source="event",
         task_run_id=uuid.uuid4(),
@@ -195,20 +162,18 @@ def board(db) -> Board:
         lease_seconds=60,
         **mine,
     )
-    behind = []
-    for position, name in [(1, "queued-one"), (2, "queued-two")]:
-        behind.append(
-            Waiter.objects.create(
-                limit=scratch,
-                key=name,
-                source="event",
-                position=position,
-                flow_run_id=uuid.uuid4(),
-                flow_run_name=name,
-                flow_name="batch",
-                waiting_since=now - timedelta(minutes=5 - position),
-            )
+    behind = [
+        make_waiter(
+            scratch,
+            key=name,
+            source="event",
+            flow_run_name=name,
+            flow_name="batch",
+            waiting_since=now - timedelta(minutes=minutes),
         )
+        for name, minutes in [("queued-one", 4), ("queued-two", 3)]
+    ]
+    settle(scratch)
     make_limit("resource:unrelated")
     synced = SyncRun.objects.create(ok=True, finished_at=now, limits=4, duration_ms=9)
     return Board(

@@ -15,9 +15,9 @@ import pytest
 from django.utils import timezone
 
 from reslock_web.celery import app
-from reslock_web.models import Condition, Operation, OperationStatus, Status
+from reslock_web.models import Condition, Operation, OperationStatus
 from reslock_web.operations import policy
-from tests.support.board_data import make_holder, make_limit
+from tests.support.board_data import make_holder, make_limit, settle
 from tests.support.net import wait_for
 from tests.support.operating import finished, sync, sync_until, unique
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def board_with_every_kind_of_holder():
     """One stale holder the policy may release, and one of each kind it must leave alone."""
     ended = timezone.now() - timedelta(minutes=30)
-    stale_tag = make_limit("tag:nightly", status=Status.STALE, is_stale=True, is_held=True)
+    stale_tag = make_limit("tag:nightly")
     make_holder(
         stale_tag,
         condition=Condition.STALE,
@@ -40,22 +40,24 @@ def board_with_every_kind_of_holder():
     )
     # A stale global holder whose lease is unknown: its slot frees itself; lowering by name
     # could let two runs in. Never the policy's.
-    unleased = make_limit("db-unleased", status=Status.STALE, is_stale=True, is_held=True)
+    unleased = make_limit("db-unleased")
     make_holder(
         unleased, condition=Condition.STALE, source="event", state_type="COMPLETED", state_at=ended
     )
-    live = make_limit("db-live", status=Status.HELD, is_held=True)
+    live = make_limit("db-live")
     make_holder(
         live, condition=Condition.HOLDING, source="event", state_type="RUNNING", state_at=ended
     )
-    zombie = make_limit("db-zombie", status=Status.ZOMBIE, has_zombie=True)
+    zombie = make_limit("db-zombie")
     make_holder(
         zombie, condition=Condition.ZOMBIE, source="helper", state_type="RUNNING", state_at=ended
     )
-    unsure = make_limit("db-unsure", status=Status.UNCOUNTED)
+    unsure = make_limit("db-unsure")
     make_holder(
         unsure, condition=Condition.UNCOUNTED, source="helper", state_type="RUNNING", state_at=ended
     )
+    for limit in (stale_tag, unleased, live, zombie, unsure):
+        settle(limit)
     return stale_tag
 
 

@@ -9,24 +9,16 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reslock_web.models import Condition, Holder, Limit, Operation, Status
-from tests.support.board_data import make_limit
+from reslock_web.models import Condition, Holder, Limit, Operation
+from tests.support.board_data import make_holder, make_limit, settle
 
 pytestmark = pytest.mark.django_db
 
 
 def stale_tag(name: str) -> tuple[Limit, Holder]:
-    limit = make_limit(
-        f"tag:{name}",
-        kind="tag",
-        status=Status.STALE,
-        is_held=True,
-        is_stale=True,
-        active_slots=1,
-        holder_count=1,
-    )
-    holder = Holder.objects.create(
-        limit=limit,
+    limit = make_limit(f"tag:{name}")
+    holder = make_holder(
+        limit,
         key=f"{name}-holder",
         source="tag_lease",
         condition=Condition.STALE,
@@ -37,7 +29,7 @@ def stale_tag(name: str) -> tuple[Limit, Holder]:
         state_name="Completed",
         acquired_at=timezone.now() - timedelta(hours=2),
     )
-    return limit, holder
+    return settle(limit), holder
 
 
 def preview_form(client, url: str = "/operate/bulk-release?status=stale") -> dict[str, list[str]]:

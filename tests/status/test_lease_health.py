@@ -14,9 +14,9 @@ import pytest
 from django.utils import timezone
 
 from reslock.protocol import EVENT_ACQUIRED, EVENT_STOPPING
-from reslock_web.models import Condition, Kind, LockEvent, Status
+from reslock_web.models import Condition, Kind, LockEvent
 from reslock_web.status.leases import lease_of, leases, lost_recently
-from tests.support.board_data import make_holder, make_limit
+from tests.support.board_data import make_holder, make_limit, settle
 from tests.support.operating import sync_until, unique
 from tests.support.patient import patient_client
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_each_kind_of_lease_says_when_the_slot_would_free_and_plain_concurrency_says_nothing():
     now = timezone.now()
-    db = make_limit("db-1", status=Status.HELD, is_held=True)
+    db = make_limit("db-1")
     helper = make_holder(db, source="helper", lease_id=uuid.uuid4(), lease_seconds=120)
     lease = lease_of(db, helper, now)
     assert (lease.seconds, lease.renews_every, lease.known) == (120, 90, True)
@@ -39,7 +39,7 @@ def test_each_kind_of_lease_says_when_the_slot_would_free_and_plain_concurrency_
         lease_of(db, unsaid, now).seconds == 60
         and "Prefect's default" in lease_of(db, unsaid, now).words
     )
-    tag = make_limit("tag:reports", status=Status.HELD, is_held=True)
+    tag = make_limit("tag:reports")
     assert lease_of(tag, make_holder(tag, source="tag_lease"), now).seconds == 60
     deployment = make_limit(f"deployment:{uuid.uuid4()}", kind=Kind.DEPLOYMENT)
     assert lease_of(deployment, make_holder(deployment, source="deployment"), now).seconds == 300
@@ -50,12 +50,13 @@ def test_each_kind_of_lease_says_when_the_slot_would_free_and_plain_concurrency_
 
 def test_a_lease_lost_while_the_block_is_still_inside_is_flagged_and_then_listed(client, viewer):
     now = timezone.now()
-    db = make_limit("db-2", status=Status.HELD, is_held=True)
+    db = make_limit("db-2", limit=2)
     lost = uuid.uuid4()
     inside = make_holder(
         db, source="helper", lease_id=lost, lease_seconds=60, flow_run_name="etl-7"
     )
     quiet = make_holder(db, source="helper", lease_id=uuid.uuid4(), lease_seconds=60)
+    settle(db)
     LockEvent.objects.create(
         event_id=uuid.uuid4(),
         event=EVENT_STOPPING,

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from reslock_web.models import Condition, Holder, Limit, Status, Waiter
 from reslock_web.sync.deadlocks import mark_cycles
-from tests.support.board_data import make_limit
+from tests.support.board_data import make_holder, make_limit, make_waiter, settle
 from tests.support.operating import sync_until, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,32 +27,19 @@ def crossed_rows() -> tuple[Limit, Limit, Waiter]:
     a, b = uuid.uuid4(), uuid.uuid4()
     rows = []
     for name, holder, waiter in (("x", (a, "a"), (b, "b")), ("y", (b, "b"), (a, "a"))):
-        limit = make_limit(
-            name,
-            status=Status.CONTENDED,
-            is_held=True,
-            has_waiters=True,
-            active_slots=1,
-            holder_count=1,
-            waiter_count=1,
-        )
-        Holder.objects.create(
-            limit=limit,
+        limit = make_limit(name)
+        make_holder(
+            limit,
             key=f"h-{name}",
             source="helper",
             flow_run_id=holder[0],
             flow_run_name=holder[1],
             state_type="RUNNING",
         )
-        waiting = Waiter.objects.create(
-            limit=limit,
-            key=f"w-{name}",
-            source="helper",
-            flow_run_id=waiter[0],
-            flow_run_name=waiter[1],
-            position=1,
+        waiting = make_waiter(
+            limit, key=f"w-{name}", source="helper", flow_run_id=waiter[0], flow_run_name=waiter[1]
         )
-        rows.append((limit, waiting))
+        rows.append((settle(limit), waiting))
     return rows[0][0], rows[1][0], rows[1][1]
 
 
@@ -72,7 +59,7 @@ def test_a_cycle_marks_both_resources_deadlocked_and_its_end_gives_their_status_
     # "a" gave up waiting (a timeout): the circle is broken, and the write that says so
     # leaves y without waiters.
     a_waits_for_y.delete()
-    Limit.objects.filter(pk=y.pk).update(has_waiters=False, waiter_count=0)
+    settle(y)
     assert mark_cycles(timezone.now()) == 2
     for limit in (x, y):
         limit.refresh_from_db()

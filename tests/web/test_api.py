@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import uuid
 from urllib.parse import quote
 
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from reslock_web.models import ApiToken, Condition, Holder, Limit, Status, Waiter
-from tests.support.board_data import make_limit
+from reslock_web.models import ApiToken, Condition, Limit
+from tests.support.board_data import make_holder, make_limit, make_waiter, settle
 
 pytestmark = pytest.mark.django_db
 
@@ -21,20 +20,11 @@ NAMES = ["resource:db/primary", "tag:reports: nightly", "ресурс данны
 
 @pytest.fixture
 def board():
-    held = make_limit(
-        "resource:db/primary",
-        status=Status.CONTENDED,
-        is_held=True,
-        has_waiters=True,
-        active_slots=1,
-        holder_count=1,
-        waiter_count=1,
-    )
-    Holder.objects.create(
-        limit=held,
+    held = make_limit("resource:db/primary")
+    make_holder(
+        held,
         key="h1",
         source="event",
-        flow_run_id=uuid.uuid4(),
         flow_run_name="<b>run</b>",
         flow_name="loader",
         task_run_name="load-1",
@@ -43,14 +33,13 @@ def board():
         acquired_at=timezone.now(),
         condition=Condition.HOLDING,
     )
-    Holder.objects.create(limit=held, key="h2", source="event", condition=Condition.LEAVING)
-    Waiter.objects.create(
-        limit=held, key="w1", source="tag_lease", position=1, flow_run_name="next"
-    )
-    make_limit("tag:reports: nightly", kind="tag", status=Status.STALE, is_held=True, is_stale=True)
+    make_holder(held, key="h2", source="event", condition=Condition.LEAVING, flow_run_id=None)
+    make_waiter(held, key="w1", source="tag_lease", flow_run_id=None, flow_run_name="next")
+    settle(held)
+    make_limit("tag:reports: nightly", kind="tag", is_held=True, is_stale=True)
     make_limit("ресурс данных ✓")
-    make_limit("resource:old", gone_at=timezone.now(), status=Status.GONE)
-    make_limit("resource:off", active=False, status=Status.INACTIVE)
+    make_limit("resource:old", gone_at=timezone.now())
+    make_limit("resource:off", active=False)
     return held
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
 
-from reslock_web.models import ApiToken, Condition, Holder, Operation, OperationStatus, Status
+from reslock_web.models import ApiToken, Condition, Holder, Operation, OperationStatus
 from reslock_web.operations.plans import plan_release
-from tests.support.board_data import make_limit
+from tests.support.board_data import make_holder, make_limit, settle
 from tests.support.operating import finished, sync_until, unique
 from tests.support.patient import patient_client
 
@@ -52,17 +51,18 @@ def stale_tag_holder(prefect_server, flows):
 
 def live_global_holder() -> Holder:
     """A global-limit holder whose run is Running: every page refuses to release it."""
-    limit = make_limit("db-live", status=Status.HELD, is_held=True, active_slots=1)
-    return Holder.objects.create(
-        limit=limit,
+    limit = make_limit("db-live")
+    holder = make_holder(
+        limit,
         key="event-1",
         source="event",
-        flow_run_id=uuid.uuid4(),
         flow_run_name="nightly",
         state_type="RUNNING",
         state_name="Running",
         lease_seconds=60,
     )
+    settle(limit)
+    return holder
 
 
 def test_a_script_releases_a_stale_holder_once_however_often_it_retries(

@@ -30,13 +30,12 @@ from reslock_web.models import (
     Limit,
     LockEvent,
     Operation,
-    Status,
     SyncRun,
     SyncState,
     Waiter,
 )
 from reslock_web.web.operate import ACTIONS
-from tests.support.board_data import make_limit
+from tests.support.board_data import make_holder, make_limit, make_waiter, settle
 from tests.support.hostile import hypothesis_settings, path_segment, raw
 from tests.support.markup import escape, injected
 from tests.support.operating import form as hidden_fields  # `form` names the posted fields here
@@ -182,21 +181,11 @@ class World:
 @pytest.fixture
 def world(operator) -> World:
     now = timezone.now()
-    held = make_limit(
-        "resource:db-main",
-        status=Status.CONTENDED,
-        is_held=True,
-        has_waiters=True,
-        active_slots=1,
-        holder_count=1,
-        waiter_count=1,
-        held_since=now - timedelta(hours=1),
-    )
-    Holder.objects.create(
-        limit=held,
+    held = make_limit("resource:db-main")
+    make_holder(
+        held,
         key="live",
         source="event",
-        flow_run_id=uuid.uuid4(),
         flow_run_name=IMG,
         flow_name=SCRIPT,
         task_run_name=QUOTED_NAME,
@@ -205,18 +194,13 @@ def world(operator) -> World:
         acquired_at=now - timedelta(hours=1),
         lease_seconds=60,
     )
-    Waiter.objects.create(limit=held, key="w", source="event", position=1, flow_run_name=SCRIPT)
+    make_waiter(held, key="w", source="event", flow_run_id=None, flow_run_name=SCRIPT)
+    settle(held)
     stale = make_limit(
-        f"tag:{MARKUP_NAME}",
-        status=Status.STALE,
-        is_held=True,
-        is_stale=True,
-        active_slots=1,
-        holder_count=1,
-        evidence=[{"flag": "stale", "text": f"run {IMG} is over"}],
+        f"tag:{MARKUP_NAME}", evidence=[{"flag": "stale", "text": f"run {IMG} is over"}]
     )
-    stale_holder = Holder.objects.create(
-        limit=stale,
+    stale_holder = make_holder(
+        stale,
         key="t1",
         source="tag_lease",
         condition=Condition.STALE,
@@ -227,13 +211,11 @@ def world(operator) -> World:
         state_name="Completed",
         acquired_at=now - timedelta(hours=2),
     )
-    drift = make_limit(
-        "tag:leaky",
-        status=Status.DRIFT,
-        has_drift=True,
-        active_slots=3,
-        limit=5,
-        drift_since=now - timedelta(hours=1),
+    settle(stale)
+    # Prefect counts 3 used slots that no holder takes, past the grace: drift.
+    drift = settle(
+        make_limit("tag:leaky", active_slots=3, limit=5, drift_since=now - timedelta(hours=1)),
+        marks={"has_drift"},
     )
     names = [held.name, stale.name, drift.name]
     for name in [
@@ -247,7 +229,7 @@ def world(operator) -> World:
         "z" * 500,
     ]:
         names.append(make_limit(name).name)
-    gone = make_limit("resource:gone", gone_at=now, status=Status.GONE).name
+    gone = make_limit("resource:gone", gone_at=now).name
     operation = Operation.objects.create(
         kind="set_limit",
         limit=held,

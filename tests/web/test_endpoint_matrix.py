@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from reslock_web.models import Holder, Limit, Operation
 from reslock_web.web.operate import ACTIONS
+from tests.support.board_data import make_holder, make_limit, settle
 
 pytestmark = pytest.mark.django_db
 CSRF = "A" * 32  # a valid unmasked CSRF secret, sent as cookie and header like htmx does
@@ -156,39 +157,19 @@ def test_every_endpoint_has_a_row_in_the_matrix():
 def data(operator, settings) -> Data:
     settings.METRICS_TOKEN = "matrix-" + uuid.uuid4().hex  # on, so that it asks for the token
     now = timezone.now()
-    tag = Limit.objects.create(
-        prefect_id=uuid.uuid4(),
-        name="tag:matrix",
-        kind="tag",
-        resource="matrix",
-        limit=1,
-        active_slots=2,
-        holder_count=1,
-        status="stale",
-        is_held=True,
-        is_stale=True,
-        has_drift=True,
-        drift_since=now - timedelta(hours=1),
-    )
-    off = Limit.objects.create(
-        prefect_id=uuid.uuid4(),
-        name="matrix-off",
-        kind="global",
-        resource="matrix-off",
-        limit=1,
-        active=False,
-        status="inactive",
-    )
-    stale = Holder.objects.create(
-        limit=tag,
+    # A stale holder, and one more slot counted that no holder takes (drift).
+    tag = make_limit("tag:matrix", active_slots=2, drift_since=now - timedelta(hours=1))
+    off = make_limit("matrix-off", active=False)
+    stale = make_holder(
+        tag,
         key="task-run",
         source="tag_lease",
         condition="stale",
         acquired_at=now,
         task_run_id=uuid.uuid4(),
-        flow_run_id=uuid.uuid4(),
         state_type="COMPLETED",
     )
+    settle(tag, marks={"has_drift"})
     batch = uuid.uuid4()
     operation = Operation.objects.create(
         kind="activate",

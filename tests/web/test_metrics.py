@@ -10,23 +10,16 @@ import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from reslock_web.models import Heartbeat, Holder, Limit, Operation, SyncRun, Waiter
+from reslock_web.models import Heartbeat, Holder, Limit, Operation, SyncRun
+from tests.support.board_data import make_holder, make_limit, make_waiter, settle
 from tests.support.readouts import METRICS_TOKEN, samples, scrape
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
-def limit(name: str, kind: str = "global", **fields) -> Limit:
-    return Limit.objects.create(
-        prefect_id=uuid.uuid4(), name=name, kind=kind, resource=name, limit=1, **fields
-    )
-
-
 def holder(on: Limit, key: str, since: datetime, condition: str = "holding") -> Holder:
-    return Holder.objects.create(
-        limit=on, key=key, source="event", condition=condition, acquired_at=since
-    )
+    return make_holder(on, key=key, source="event", condition=condition, acquired_at=since)
 
 
 def test_without_a_token_configured_the_endpoint_is_off_and_says_how_to_turn_it_on(
@@ -51,32 +44,27 @@ def test_a_missing_or_wrong_token_or_a_mere_session_is_refused(client, token, ad
 
 def test_it_reports_resources_holders_waiters_sync_listener_and_operations(client, token):
     with time_machine.travel(NOW, tick=False):
-        held = limit("db-1", status="held", is_held=True, holder_count=1)
+        held = make_limit("db-1")
         holder(held, "a", NOW - timedelta(seconds=300))
-        stale = limit("tag:etl", kind="tag", status="stale", is_held=True, is_stale=True)
+        settle(held)
+        stale = make_limit("tag:etl")
         holder(stale, "b", NOW - timedelta(seconds=7200), condition="stale")
         holder(stale, "gone-by-now", NOW - timedelta(days=9), condition="leaving")
-        nested = limit("tag:nest", kind="tag", status="deadlocked", is_deadlocked=True)
-        nested.has_drift = True
-        nested.save()
+        make_waiter(stale, key="w2", source="event", waiting_since=NOW - timedelta(seconds=30))
+        settle(stale)
+        nested = make_limit("tag:nest")
         nest_holder = holder(nested, "c", NOW - timedelta(seconds=60))
-        Waiter.objects.create(
-            limit=nested,
+        make_waiter(
+            nested,
             key="w1",
             source="tag_lease",
-            position=1,
             waiting_since=NOW - timedelta(seconds=90),
             deadlocked_by=nest_holder,
         )
-        Waiter.objects.create(
-            limit=held,
-            key="w2",
-            source="event",
-            position=1,
-            waiting_since=NOW - timedelta(seconds=30),
-        )
-        limit("db-2")  # free
-        gone = limit("db-old", gone_at=NOW - timedelta(days=1), status="held")
+        settle(nested, marks={"has_drift"})  # a self-deadlock, and drift under its badge
+        make_limit("db-2")  # free
+        # Gone, with the status of its last sync: counted as gone, never as held.
+        gone = make_limit("db-old", gone_at=NOW - timedelta(days=1), status="held")
         holder(gone, "d", NOW - timedelta(days=30))  # a gone limit's holder is no hold
         SyncRun.objects.create(
             started_at=NOW - timedelta(seconds=50),
@@ -173,13 +161,15 @@ def test_a_scrape_costs_the_same_few_queries_however_many_rows(client, token):
             assert scrape(client).status_code == 200
         return len(captured)
 
-    first = limit("only-one", status="held", is_held=True)
+    first = make_limit("only-one")
     holder(first, "x", NOW)
+    settle(first)
     few = queries()
     for n in range(40):
-        many = limit(f"many-{n}", status="held", is_held=True)
+        many = make_limit(f"many-{n}")
         holder(many, "x", NOW)
-        Waiter.objects.create(limit=many, key="w", source="event", waiting_since=NOW)
+        make_waiter(many, key="w", source="event", waiting_since=NOW)
+        settle(many)
         Operation.objects.create(
             kind="activate",
             limit=many,
