@@ -252,6 +252,10 @@ class Condition(models.TextChoices):
     LEAVING = "leaving", "leaving"
 
 
+# The holders whose slot Prefect still counts: they make a limit held, and its holder count.
+COUNTED = (Condition.HOLDING, Condition.STALE)
+
+
 class RunFields(models.Model):
     """Who a holder or waiter is, as Prefect names it."""
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from reslock_web.models import FINAL_STATES, Condition, Kind, Source, Status
+from reslock_web.models import COUNTED, FINAL_STATES, Condition, Kind, Source, Status
 from reslock_web.prefect_io.records import LimitInfo, RunInfo
 
 # Prefect's lease repossessor runs every few seconds; measured expiry was lease + up to 15 s.
@@ -521,9 +521,7 @@ def order_waiters(
 ) -> list[WaiterVerdict]:
     """Oldest first; a waiter nested inside one of this limit's holders is deadlocked."""
     holding = {
-        v.claim.task_run_id: v
-        for v in holders
-        if v.condition in (Condition.HOLDING, Condition.STALE) and v.claim.task_run_id
+        v.claim.task_run_id: v for v in holders if v.condition in COUNTED and v.claim.task_run_id
     }
     holder_keys = {v.claim.key for v in holders}
     # A helper wait whose run is over will never end with an acquire: the process is gone.
@@ -580,7 +578,7 @@ def judge(
     ctx: Context,
 ) -> Verdict:
     evidence: list[dict[str, str]] = []
-    counted = [v for v in holders if v.condition in (Condition.HOLDING, Condition.STALE)]
+    counted = [v for v in holders if v.condition in COUNTED]
     stale = [v for v in holders if v.condition == Condition.STALE]
     zombies = [v for v in holders if v.condition == Condition.ZOMBIE]
     unsure = [v for v in holders if v.condition == Condition.UNCOUNTED]

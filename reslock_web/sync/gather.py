@@ -19,7 +19,7 @@ from uuid import UUID
 from django.db.models import Q
 from django.utils import timezone
 
-from reslock_web.models import Condition, Holder, Limit, SyncState
+from reslock_web.models import COUNTED, Holder, Limit, SyncState
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.prefect_io.records import EventInfo, LimitInfo, RunInfo
 from reslock_web.status.diagnosis import kind_of
@@ -345,7 +345,7 @@ def stored_tag_holders(names: set[str]) -> dict[str, list[UUID]]:
         limit__name__in=names,
         limit__gone_at__isnull=True,
         source="tag_lease",
-        condition__in=[Condition.HOLDING, Condition.STALE],
+        condition__in=COUNTED,
     ).values_list("limit__name", "task_run_id")
     for name, task_run_id in rows:
         if task_run_id:

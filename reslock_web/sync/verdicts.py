@@ -14,7 +14,16 @@ from uuid import UUID
 
 from reslock.process import describe, process_alive, process_gone
 from reslock.protocol import EVENT_STOPPING
-from reslock_web.models import Condition, Holder, Kind, Limit, LockEvent, Source, search_text
+from reslock_web.models import (
+    COUNTED,
+    Condition,
+    Holder,
+    Kind,
+    Limit,
+    LockEvent,
+    Source,
+    search_text,
+)
 from reslock_web.prefect_io.records import LimitInfo, parse_uuid
 from reslock_web.status import diagnosis
 from reslock_web.status.diagnosis import ALIVE, GONE, Claim, Context, Life, Previous
@@ -179,9 +188,7 @@ def apply_verdict(
     row.status = marked.status
     for flag, value in marked.flags.items():
         setattr(row, flag, value)
-    row.holder_count = sum(
-        1 for v in verdict.holders if v.condition in (Condition.HOLDING, Condition.STALE)
-    )
+    row.holder_count = sum(1 for v in verdict.holders if v.condition in COUNTED)
     row.holder_slots = verdict.holder_slots
     row.waiter_count = len(verdict.waiters)
     row.held_since = verdict.held_since

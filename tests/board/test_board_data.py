@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reslock_web.models import LIMIT_FLAGS, Condition, Limit, Source, Status
+from reslock_web.models import COUNTED, LIMIT_FLAGS, Condition, Limit, Source, Status
 from reslock_web.prefect_io.records import LimitInfo, RunInfo
 from reslock_web.status.diagnosis import (
     Claim,
@@ -73,8 +73,7 @@ def the_sync(scenario: dict, now) -> Limit:
     counted = [
         h
         for h in holders
-        if h.get("condition", Condition.HOLDING) in (Condition.HOLDING, Condition.STALE)
-        and "slot_lost" not in h
+        if h.get("condition", Condition.HOLDING) in COUNTED and "slot_lost" not in h
     ]
     count = scenario.get("count", sum(h.get("slots", 1) for h in counted) if active else 0)
     info = LimitInfo(

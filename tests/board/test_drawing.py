@@ -8,9 +8,9 @@ import pytest
 from django.utils import timezone
 
 from reslock_web.board.drawing import NAME_CHARS, draw
-from reslock_web.models import Holder, Limit, Waiter
+from reslock_web.models import Limit, Waiter
 from reslock_web.sync.deadlocks import mark_cycles
-from tests.support.board_data import XSS, make_limit
+from tests.support.board_data import XSS, make_holder, make_limit, make_waiter, settle
 
 A, B, C = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
 
@@ -76,23 +76,10 @@ def crossed(db):
     """Run XSS holds x and waits for y; run "b" holds y and waits for x."""
     a, b = uuid.uuid4(), uuid.uuid4()
     for name, holder, waiter in (("x", (a, XSS), (b, "b")), ("y", (b, "b"), (a, XSS))):
-        limit = make_limit(name, is_held=True, has_waiters=True, active_slots=1)
-        Holder.objects.create(
-            limit=limit,
-            key=f"h-{name}",
-            source="helper",
-            flow_run_id=holder[0],
-            flow_run_name=holder[1],
-            state_type="RUNNING",
-        )
-        Waiter.objects.create(
-            limit=limit,
-            key=f"w-{name}",
-            source="helper",
-            flow_run_id=waiter[0],
-            flow_run_name=waiter[1],
-            position=1,
-        )
+        limit = make_limit(name)
+        make_holder(limit, source="helper", flow_run_id=holder[0], flow_run_name=holder[1])
+        make_waiter(limit, key=f"w-{name}", flow_run_id=waiter[0], flow_run_name=waiter[1])
+        settle(limit)
     mark_cycles(timezone.now())
     return a, b
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from reslock_web.models import (
+    COUNTED,
     LIMIT_FLAGS,
     Condition,
     Holder,
@@ -29,8 +30,6 @@ from reslock_web.status.wait_for import with_cycle
 
 XSS = "<img src=x onerror=alert(1)>"
 
-# Holders whose slot Prefect still counts (`judge`'s "counted").
-COUNTED = (Condition.HOLDING, Condition.STALE)
 # Flags a test states as its premise: what the sync finds beyond one limit's holders and
 # waiters (a cycle through other limits, drift past its grace, a hold past the long-hold
 # threshold, more runs inside than the limit for reasons the rows do not keep).
