@@ -8,7 +8,8 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from reslock_web.models import Holder, Limit, Status, SyncRun, Waiter
+from reslock.protocol import EVENT_ACQUIRED, EVENT_STOPPING
+from reslock_web.models import Holder, Limit, LockEvent, Status, SyncRun, Waiter
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -23,6 +24,38 @@ def make_holder(limit: Limit, **fields) -> Holder:
     """A holder row as the sync writes one: holding, of a flow run, unless `fields` say else."""
     defaults = {"key": uuid.uuid4().hex[:8], "condition": "holding", "flow_run_id": uuid.uuid4()}
     return Holder.objects.create(limit=limit, **{**defaults, **fields})
+
+
+def make_lost_lease(limit: Limit, lost_at, **fields) -> LockEvent:
+    """A helper's acquire of `limit` whose lease was lost while its run went on, closed as the
+    sync closes it (the helper's release with reason `lease_lost`)."""
+    defaults = {
+        "lease_id": uuid.uuid4(),
+        "flow_run_id": uuid.uuid4(),
+        "flow_run_name": "lost-run",
+        "occurred": lost_at - timedelta(minutes=10),
+        "closed_reason": "lease_lost",
+    }
+    return LockEvent.objects.create(
+        event_id=uuid.uuid4(),
+        event=EVENT_ACQUIRED,
+        limit_prefect_id=limit.prefect_id,
+        limit_name=limit.name,
+        closed_at=lost_at,
+        **{**defaults, **fields},
+    )
+
+
+def make_stopping(limit: Limit, lease_id, occurred) -> LockEvent:
+    """The helper's announcement that a block whose lease was lost is still inside."""
+    return LockEvent.objects.create(
+        event_id=uuid.uuid4(),
+        event=EVENT_STOPPING,
+        occurred=occurred,
+        limit_prefect_id=limit.prefect_id,
+        limit_name=limit.name,
+        lease_id=lease_id,
+    )
 
 
 def sample_rows() -> Limit:
