@@ -8,8 +8,10 @@ shared by every viewer asking the same. Entries written before a change are neve
 it, since the key carries the version; a reader that reads the version and then rows committed
 after it stores data newer than its key, which the next poll notices and redraws.
 
-Ages ("held for 3 min") are the only part that moves with the clock: they are redrawn from
-their timestamps each time a cached list is served (`redraw_ages`).
+Ages ("held for 3 min") are redrawn from their timestamps each time a cached list is served
+(`redraw_ages`). The "lease lost" chips move with the clock too (a loss leaves the 24-hour
+window): which limits carry one is read once per board version and quarter minute
+(`lost_leases`, one query for every page), and a row and a page are kept by their marks as well.
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ from typing import TypeVar
 
 from django.core.cache import caches
 from django.template.loader import render_to_string
+from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
 from reslock_web.board.format import redraw_ages
-from reslock_web.board.poll import version
+from reslock_web.board.poll import stamp
 from reslock_web.board.query import ROW_LIMIT_FIELDS, BoardQuery, with_people
 from reslock_web.board.rows import board_row
 from reslock_web.models import Limit
+from reslock_web.status.leases import LostMark, lost_by_limit
 
 CACHE = "board"
+LOST_EVERY = 15  # seconds a process reuses its read of the lost leases at one board version
 T = TypeVar("T")
 
 
@@ -44,6 +49,7 @@ class Results:
     num_pages: int
     rows_html: str  # the table body's rows
     versions: list[tuple[int, datetime]]  # (pk, changed_at) of each row, in order
+    marks: dict[int, str]  # the key of each row's "lease lost" mark, by pk (rows with one)
 
     @property
     def has_previous(self) -> bool:
@@ -66,14 +72,34 @@ class Results:
         return mark_safe(redraw_ages(self.rows_html))  # noqa: S308
 
 
-def results(query: BoardQuery, board_version: int) -> Results:
-    """The page `query` asks for at `board_version`, from the cache when it was drawn before."""
+def results(
+    query: BoardQuery, board_version: int, lost: dict[int, LostMark] | None = None
+) -> Results:
+    """The page `query` asks for at `board_version`, from the cache when it was drawn before
+    with the same lease marks (`lost`: `lost_leases`, read here when not given)."""
+    lost = lost_leases(board_version) if lost is None else lost
     return kept(
         "results",
         board_version,
-        query.params(),
-        lambda: _draw(query, counts(query, board_version), keep=board_version > 0),
+        f"{query.params()}#{sorted(mark_keys(lost).items())}",
+        lambda: _draw(query, counts(query, board_version), board_version > 0, lost),
     )
+
+
+def lost_leases(board_version: int) -> dict[int, LostMark]:
+    """The limits whose row carries a "lease lost" chip, by pk: one query for the whole board,
+    made once per board version and quarter minute in each process, for every page and poll."""
+    now = timezone.now()
+    return kept(
+        "lost-leases",
+        board_version,
+        str(int(now.timestamp()) // LOST_EVERY),
+        lambda: lost_by_limit(now),
+    )
+
+
+def mark_keys(lost: dict[int, LostMark]) -> dict[int, str]:
+    return {pk: mark.key for pk, mark in lost.items()}
 
 
 def counts(query: BoardQuery, board_version: int) -> dict[str, int]:
@@ -100,7 +126,9 @@ def kept(kind: str, board_version: int, params: str, compute: Callable[[], T]) -
     return found
 
 
-def _draw(query: BoardQuery, counts: dict[str, int], keep: bool) -> Results:
+def _draw(
+    query: BoardQuery, counts: dict[str, int], keep: bool, lost: dict[int, LostMark]
+) -> Results:
     # The page's rows come with what a row shows: drawing them (a cold cache) needs no
     # second read, and a row already drawn costs only a few columns more.
     page = query.paged(
@@ -114,24 +142,33 @@ def _draw(query: BoardQuery, counts: dict[str, int], keep: bool) -> Results:
         number=page.number,
         num_pages=page.paginator.num_pages,
         rows_html=render_to_string(
-            "board_rows.html", {"rows": drawn_rows(versions, keep, rows), "query": query}
+            "board_rows.html", {"rows": drawn_rows(versions, keep, rows, lost), "query": query}
         ),
         versions=versions,
+        marks={pk: lost[pk].key for pk in rows if pk in lost},
     )
 
 
 def drawn_rows(
-    versions: list[tuple[int, datetime]], keep: bool = True, loaded: dict[int, Limit] | None = None
+    versions: list[tuple[int, datetime]],
+    keep: bool = True,
+    loaded: dict[int, Limit] | None = None,
+    lost: dict[int, LostMark] | None = None,
 ) -> list[SafeString]:
     """Each row's HTML, drawn once per (row, changed_at) and shared by every page showing it.
 
     A row's `changed_at` moves with everything the row shows (the store stamps it when the
     limit's visible columns, its holders or its waiters change: the live refresh relies on the
     same), so a row drawn at one stamp is true until the stamp moves. `loaded` holds rows read
-    already (with at least `ROW_LIMIT_FIELDS`), at the versions given.
+    already (with at least `ROW_LIMIT_FIELDS`), at the versions given; `lost`, the lease marks
+    (`lost_leases`), which a row is kept by too.
     """
     cache = caches[CACHE]
-    keys = {pk: f"row:{pk}:{version(changed)}" for pk, changed in versions}
+    lost = lost or {}
+    keys = {
+        pk: f"row:{pk}:{stamp(changed, lost[pk].key if pk in lost else '')}"
+        for pk, changed in versions
+    }
     found = cache.get_many(keys.values()) if keep else {}
     missing = [pk for pk, key in keys.items() if key not in found]
     if missing:
@@ -139,7 +176,7 @@ def drawn_rows(
             rows = [loaded[pk] for pk in missing]
         else:
             rows = list(Limit.objects.filter(pk__in=missing).only(*ROW_LIMIT_FIELDS))
-        drawn = {keys[row.pk]: board_row(row) for row in with_people(rows) if row.pk in keys}
+        drawn = {keys[row.pk]: board_row(row) for row in with_people(rows, lost) if row.pk in keys}
         if keep:
             cache.set_many(drawn)
         found.update(drawn)

@@ -10,6 +10,10 @@ went or moved, with the whole result list.
 Comparing each row's own `changed_at`, rather than keeping one cursor, matters: a sync stamps
 its rows with the time it read Prefect and commits a second or two later, so a cursor taken
 in between would step over them.
+
+A row's "lease lost" chip moves with the clock (a loss leaves the 24-hour window) and with
+events, not with the row: its mark's key rides in the row's stamp (`MARK`), so a poll that
+finds the marks of its rows changed redraws those rows, however the version stands.
 """
 
 from __future__ import annotations
@@ -22,12 +26,18 @@ from reslock_web.models import SyncState
 from reslock_web.sync.health import Freshness
 
 MAX_ROWS = 500  # a page has 50; anything longer is not ours
+MARK = "L"  # between a row's version and its lease mark: no base-36 digit is upper case
 
 
 def version(when: datetime) -> str:
     """A row's version as the browser keeps it: microseconds since the epoch, base 36."""
     micros = int(when.timestamp() * 1_000_000)
     return _base36(micros)
+
+
+def stamp(when: datetime, mark: str = "") -> str:
+    """A row's version with its lease mark's key, when it has one."""
+    return f"{version(when)}{MARK}{mark}" if mark else version(when)
 
 
 def digest(*parts: object) -> str:
@@ -75,9 +85,16 @@ class Seen:
         versions: list[tuple[int, datetime]],
         facets: str,
         banner: str,
+        marks: dict[int, str] | None = None,
     ) -> Seen:
-        rows = tuple((pk, version(when)) for pk, when in versions)
+        """`marks`: the key of each row's lease mark, by pk (rows without one left out)."""
+        marks = marks or {}
+        rows = tuple((pk, stamp(when, marks.get(pk, ""))) for pk, when in versions)
         return cls(board, total, rows, facets, banner)
+
+    def marked_as(self, marks: dict[int, str]) -> bool:
+        """Whether every row was drawn with the lease mark `marks` gives it now."""
+        return all(drawn.partition(MARK)[2] == marks.get(pk, "") for pk, drawn in self.rows)
 
     @classmethod
     def parse(cls, value: str) -> Seen | None:

@@ -23,6 +23,7 @@ from reslock_web.models import (
     Waiter,
     facet_filter,
 )
+from reslock_web.status.leases import LostMark
 
 PAGE_SIZE = 50
 MAX_SEARCH = 200
@@ -192,8 +193,9 @@ ROW_HOLDER_FIELDS = ("limit_id", "flow_name", "flow_run_id", "flow_run_name", "t
 ROW_WAITER_FIELDS = ("limit_id", "flow_run_id", "flow_run_name", "task_run_name")
 
 
-def with_people(rows: list[Limit]) -> list[Limit]:
-    """Attach what a board row shows of its holders and waiters.
+def with_people(rows: list[Limit], lost: dict[int, LostMark] | None = None) -> list[Limit]:
+    """Attach what a board row shows of its holders and waiters, and its lost leases (`lost`,
+    read once for the whole board: `board.cache.lost_leases`).
 
     One query for the holders of all rows; one for the waiters of the rows that count any (a
     row names its first waiter only then), so most pages of free resources need none.
@@ -222,6 +224,7 @@ def with_people(rows: list[Limit]) -> list[Limit]:
         row.first_holder = own[0] if own else None
         row.more_holders = max(0, len(own) - 1)
         row.first_waiter = first_waiters.get(row.pk)
+        row.lease_lost = lost.get(row.pk) if lost else None
     return rows
 
 

@@ -48,7 +48,8 @@ def board_row(limit: Limit, oob: bool = False) -> SafeString:
         f'  <td class="holder">\n    {_holder(limit)}\n  </td>\n'
         f'  <td class="col-held">{held}</td>\n'
         f'  <td class="col-waiters">\n    {_waiters(limit)}\n  </td>\n'
-        f'  <td><span class="badge badge-{status}"{title}>{escape(limit.status_label)}</span></td>\n'
+        f'  <td><span class="badge badge-{status}"{title}>{escape(limit.status_label)}</span>'
+        f"{_lease_lost(limit)}</td>\n"
         f"</tr>"
     )
 
@@ -72,6 +73,14 @@ def _holder(limit: Limit) -> str:
     if limit.more_holders:
         parts.append(f'\n    <span class="sub">+{int(limit.more_holders)} more</span>')
     return "".join(parts)
+
+
+def _lease_lost(limit: Limit) -> str:
+    """A quiet chip when the limit lost a lease lately (its words in the title)."""
+    mark = getattr(limit, "lease_lost", None)
+    if mark is None:
+        return ""
+    return f' <span class="badge lease-lost-chip" title="{escape(mark.title)}">lease lost</span>'
 
 
 def _waiters(limit: Limit) -> str:

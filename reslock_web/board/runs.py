@@ -5,7 +5,8 @@ on the holders and waiters the board shows, its task runs' included (a tag slot 
 task run of the flow run). Nothing here judges anew: each holder's condition and each waiter's
 deadlock are the sync's verdicts (`status.diagnosis`), and a resource's diagnosis is the one its
 own page gives (`status.explain`). What this module adds is the composition: for each wait,
-who is ahead of the run and what each of them is, said in one sentence.
+who is ahead of the run and what each of them is, said in one sentence; and the health of each
+lease it holds (`status.leases`), with the leases it lost while it ran.
 
 A sentence is a list of `Part`s so that the page can link its names (the resource, the runs,
 the release page) and the API can join the same words as text.
@@ -26,6 +27,7 @@ from reslock_web.board.format import clock, humane
 from reslock_web.models import Condition, Holder, Limit, RunFields, Waiter
 from reslock_web.prefect_io import links
 from reslock_web.status.explain import Explanation, explain
+from reslock_web.status.leases import Lease, LostLease, leases_of, lost_by_run
 
 # What a holder's condition means for whoever waits behind it; a live holder needs no words.
 # The conditions and their rules are the sync's (Condition); these only say them.
@@ -68,6 +70,7 @@ class Blocker:
     holder: Holder
     release_url: str  # the release page, when releasing it is the advice; else ""
     deadlocks: bool = False  # the run waits inside this holder's task
+    lease: Lease | None = None  # what renews its slot, when the board can tell
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Hold:
     explanation: Explanation
     release_url: str
     words: list[Part] = field(default_factory=list)
+    lease: Lease | None = None  # what renews its slot, when the board can tell
 
 
 @dataclass
@@ -97,6 +101,9 @@ class RunLocks:
     waits: list[Wait]
     about: RunFields | None  # a row naming the run (its names and, when known, its state)
     state: RunFields | None  # a row with the flow run's own state, when the board has one
+    # Leases it lost while it ran, in the last 24 h, on any resource: the next run got in.
+    lost: list[LostLease] = field(default_factory=list)
+    leases: dict[int, Lease] = field(default_factory=dict)  # by holder pk, holds and blockers
 
     @property
     def known(self) -> bool:
@@ -104,7 +111,9 @@ class RunLocks:
 
     @property
     def name(self) -> str:
-        return self.about.flow_run_name if self.about else ""
+        if self.about:
+            return self.about.flow_run_name
+        return next((lost.run_name for lost in self.lost if lost.run_name), "")
 
     @property
     def flow_name(self) -> str:
@@ -138,8 +147,9 @@ class RunLocks:
 
 
 def run_locks(run_id: UUID) -> RunLocks:
-    """Everything the board shows of `run_id`, in three queries: the limits, their holders
-    (as the board shows them) and their waiters."""
+    """Everything the board shows of `run_id`, in five queries at most: the limits, their
+    holders (as the board shows them) and their waiters, the helper's `stopping` announcements
+    of their leases, and the leases the run lost."""
     limits = list(
         Limit.objects.present()
         .of_run(run_id)
@@ -167,7 +177,16 @@ def run_locks(run_id: UUID) -> RunLocks:
     # A row of a task run carries that task run's state; only a row without one carries the
     # flow run's (a deployment slot, a flow-level `concurrency()`).
     state = next((row for row in rows if not row.task_run_id and row.state_name), None)
-    return RunLocks(run_id, holds, waits, about, state)
+    now = timezone.now()
+    held = [(hold.limit, hold.holder) for hold in holds]
+    held += [(wait.limit, blocker.holder) for wait in waits for blocker in wait.blockers]
+    health = leases_of(held, now)
+    for hold in holds:
+        hold.lease = health.get(hold.holder.pk)
+    for wait in waits:
+        for blocker in wait.blockers:
+            blocker.lease = health.get(blocker.holder.pk)
+    return RunLocks(run_id, holds, waits, about, state, lost_by_run(run_id, now), health)
 
 
 def release_url(limit: Limit, holder: Holder) -> str:

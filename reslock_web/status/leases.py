@@ -10,12 +10,19 @@ A lease can also be lost while its run goes on (renewals that kept failing past 
 revoke): Prefect then frees the slot, the helper stops the block and says so (`stopping`
 while the block is still inside, then a release with reason `lease_lost`). Those runs are
 flagged: the next run got the resource, and the one that lost it was stopped mid-way.
+
+The resource page, the run page and the JSON API show both; the board marks a row whose limit
+lost a lease lately (`lost_by_limit`, one query for the whole board).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from reslock.protocol import EVENT_ACQUIRED, EVENT_STOPPING, lease_length, renews_every
 from reslock_web.models import Condition, Holder, Kind, Limit, LockEvent, Source
@@ -56,6 +63,40 @@ class LostLease:
     flow_run_id: object
     acquired_at: datetime
     lost_at: datetime
+    limit_name: str = ""  # the limit's name in Prefect (its resource page's address)
+    resource: str = ""  # the resource as the board names it
+
+
+@dataclass(frozen=True)
+class LostMark:
+    """What a board row says of its limit's lost leases: how many were lost in the last 24 h
+    and the latest, and whether a block whose lease was lost is still inside now."""
+
+    lost: int
+    lost_at: datetime | None
+    stopping: bool
+
+    @property
+    def key(self) -> str:
+        """Letters and digits that change whenever what the mark says does (drawn rows are
+        kept by it)."""
+        latest = int(self.lost_at.timestamp()) if self.lost_at else 0
+        return f"{'s' if self.stopping else 'n'}{self.lost}x{latest}"
+
+    @property
+    def title(self) -> str:
+        said = []
+        if self.stopping:
+            said.append(
+                "A holder's lease was lost while its block is still inside: Prefect freed the "
+                "slot, and the helper is stopping the block."
+            )
+        if self.lost_at is not None:
+            said.append(
+                f"{self.lost} lease(s) lost while their run went on in the last 24 h, the "
+                f"latest at {self.lost_at:%Y-%m-%d %H:%M:%S} UTC: the next run got the resource."
+            )
+        return " ".join(said) + " See the resource page."
 
 
 def lease_of(limit: Limit, holder: Holder, now: datetime, stopping_at=None) -> Lease | None:
@@ -79,36 +120,109 @@ def lease_of(limit: Limit, holder: Holder, now: datetime, stopping_at=None) -> L
 
 def leases(limit: Limit, holders: list[Holder], now: datetime) -> dict[int, Lease]:
     """Each live holder's lease (by holder pk), with its `stopping` announcements read once."""
-    lease_ids = [h.lease_id for h in holders if h.lease_id]
-    heard: dict[str, datetime] = {}
+    return leases_of([(limit, holder) for holder in holders], now)
+
+
+def leases_of(held: Iterable[tuple[Limit, Holder]], now: datetime) -> dict[int, Lease]:
+    """The lease of each live holder of these (limit, holder) pairs, of any limits, by holder
+    pk: the helper's `stopping` announcements of all of them in one query."""
+    held = list(held)
+    lease_ids = sorted({h.lease_id for _, h in held if h.lease_id}, key=str)
+    heard: dict[tuple[str, str], datetime] = {}
     if lease_ids:
         rows = LockEvent.objects.filter(
             event=EVENT_STOPPING,
-            limit_prefect_id=limit.prefect_id,
+            limit_prefect_id__in=sorted({limit.prefect_id for limit, _ in held}, key=str),
             lease_id__in=lease_ids,
             occurred__gte=now - STOPPING_FRESH,
-        ).values_list("lease_id", "occurred")
-        for lease_id, occurred in rows:
-            heard[str(lease_id)] = max(occurred, heard.get(str(lease_id), occurred))
+        ).values_list("limit_prefect_id", "lease_id", "occurred")
+        for limit_id, lease_id, occurred in rows:
+            key = (str(limit_id), str(lease_id))
+            heard[key] = max(occurred, heard.get(key, occurred))
     found = {}
-    for holder in holders:
-        lease = lease_of(limit, holder, now, heard.get(str(holder.lease_id)))
+    for limit, holder in held:
+        stopping_at = heard.get((str(limit.prefect_id), str(holder.lease_id)))
+        lease = lease_of(limit, holder, now, stopping_at)
         if lease is not None:
             found[holder.pk] = lease
     return found
 
 
+def _lost(now: datetime) -> QuerySet[LockEvent]:
+    """Helper holds whose lease was lost while their run went on, closed in the last 24 h."""
+    return LockEvent.objects.filter(
+        event=EVENT_ACQUIRED, closed_reason="lease_lost", closed_at__gte=now - LOST_WINDOW
+    )
+
+
 def lost_recently(limit: Limit, now: datetime) -> list[LostLease]:
     """Holds of this limit whose lease was lost while their run went on, newest first."""
-    rows = LockEvent.objects.filter(
-        event=EVENT_ACQUIRED,
-        limit_prefect_id=limit.prefect_id,
-        closed_reason="lease_lost",
-        closed_at__gte=now - LOST_WINDOW,
-    ).order_by("-closed_at")[:20]
+    rows = _lost(now).filter(limit_prefect_id=limit.prefect_id).order_by("-closed_at")[:20]
     return [
         LostLease(
-            row.flow_run_name or row.task_run_name, row.flow_run_id, row.occurred, row.closed_at
+            row.flow_run_name or row.task_run_name,
+            row.flow_run_id,
+            row.occurred,
+            row.closed_at,
+            limit.name,
+            limit.resource,
         )
         for row in rows
     ]
+
+
+def lost_by_run(run_id: UUID, now: datetime) -> list[LostLease]:
+    """Holds of a flow run (its task runs' included) whose lease was lost while it went on, on
+    any limit, newest first: one query, the limits' names read with it."""
+    limits = Limit.objects.filter(prefect_id=OuterRef("limit_prefect_id"))
+    rows = (
+        _lost(now)
+        .filter(flow_run_id=run_id)
+        .annotate(
+            board_name=Subquery(limits.values("name")[:1]),
+            board_resource=Subquery(limits.values("resource")[:1]),
+        )
+        .order_by("-closed_at")[:20]
+    )
+    return [
+        LostLease(
+            row.flow_run_name or row.task_run_name,
+            row.flow_run_id,
+            row.occurred,
+            row.closed_at,
+            row.board_name or row.limit_name,
+            row.board_resource or row.board_name or row.limit_name,
+        )
+        for row in rows
+    ]
+
+
+def lost_by_limit(now: datetime) -> dict[int, LostMark]:
+    """Every limit that lost a lease lately, by limit pk, in one query: leases lost while
+    their run went on in the last 24 h (`lost_recently`), and blocks still inside whose lease
+    was lost (the helper's fresh `stopping`)."""
+    rows = (
+        LockEvent.objects.filter(
+            Q(event=EVENT_ACQUIRED, closed_reason="lease_lost", closed_at__gte=now - LOST_WINDOW)
+            | Q(event=EVENT_STOPPING, occurred__gte=now - STOPPING_FRESH)
+        )
+        .annotate(
+            limit_pk=Subquery(
+                Limit.objects.filter(prefect_id=OuterRef("limit_prefect_id")).values("pk")[:1]
+            )
+        )
+        .values_list("limit_pk", "event", "closed_at")
+    )
+    lost: dict[int, list[datetime]] = {}
+    stopping: set[int] = set()
+    for limit_pk, event, closed_at in rows:
+        if limit_pk is None:
+            continue  # a limit the board has not synced
+        if event == EVENT_STOPPING:
+            stopping.add(limit_pk)
+        else:
+            lost.setdefault(limit_pk, []).append(closed_at)
+    return {
+        pk: LostMark(len(lost.get(pk, [])), max(lost[pk]) if pk in lost else None, pk in stopping)
+        for pk in sorted(lost.keys() | stopping)
+    }

@@ -12,12 +12,14 @@ from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from reslock_web.board import cache as board_cache
 from reslock_web.board import poll
 from reslock_web.board.runs import RunLocks, run_locks, text_of
 from reslock_web.models import FACETS, Condition, Heartbeat, Holder, Kind, Limit, SyncRun, Waiter
+from reslock_web.status import leases
 from reslock_web.status.explain import Explanation
 from reslock_web.web.auth import api_user_required
 
@@ -56,7 +58,11 @@ def _str(value: Any) -> str | None:
     return str(value) if value else None
 
 
-def holder_json(holder: Holder) -> dict[str, Any]:
+def holder_json(holder: Holder, health: dict[int, leases.Lease] | None = None) -> dict[str, Any]:
+    """A holder; with `health` (`status.leases`, by holder pk), its lease's `health` too."""
+    lease: dict[str, Any] = {"id": _str(holder.lease_id), "seconds": holder.lease_seconds}
+    if health is not None:
+        lease["health"] = lease_json(health.get(holder.pk))
     return {
         **_run(holder),
         "condition": holder.condition,
@@ -64,7 +70,36 @@ def holder_json(holder: Holder) -> dict[str, Any]:
         "stale": holder.condition == Condition.STALE,
         "zombie": holder.condition == Condition.ZOMBIE,
         "why": holder.evidence,
-        "lease": {"id": _str(holder.lease_id), "seconds": holder.lease_seconds},
+        "lease": lease,
+    }
+
+
+def lease_json(lease: leases.Lease | None) -> dict[str, Any] | None:
+    """What renews a live holder's slot and by when it would free if it stopped now; None
+    when the board cannot tell (a plain `concurrency()`, a holder no longer live)."""
+    if lease is None:
+        return None
+    return {
+        "seconds": lease.seconds,
+        "renews_every": lease.renews_every,
+        "frees_by": _when(lease.frees_by),
+        "known": lease.known,
+        "lost_at": _when(lease.lost_at),
+    }
+
+
+def lost_json(lost: leases.LostLease) -> dict[str, Any]:
+    """A hold whose lease was lost while its run went on: the next run got the resource."""
+    return {
+        "resource": {
+            "name": lost.limit_name,
+            "resource": lost.resource,
+            "page": reverse("resource", args=[lost.limit_name]) if lost.limit_name else None,
+            "api": reverse("api-resource", args=[lost.limit_name]) if lost.limit_name else None,
+        },
+        "flow_run": {"id": _str(lost.flow_run_id), "name": lost.run_name},
+        "acquired_at": _when(lost.acquired_at),
+        "lost_at": _when(lost.lost_at),
     }
 
 
@@ -78,7 +113,7 @@ def waiter_json(waiter: Waiter) -> dict[str, Any]:
     }
 
 
-def limit_json(limit: Limit) -> dict[str, Any]:
+def limit_json(limit: Limit, health: dict[int, leases.Lease] | None = None) -> dict[str, Any]:
     return {
         "name": limit.name,
         "resource": limit.resource,
@@ -106,7 +141,7 @@ def limit_json(limit: Limit) -> dict[str, Any]:
         "held_since": _when(limit.held_since),
         "changed_at": _when(limit.changed_at),
         "gone_at": _when(limit.gone_at),
-        "holders": [holder_json(h) for h in limit.holders.all() if h.is_shown],
+        "holders": [holder_json(h, health) for h in limit.holders.all() if h.is_shown],
         "waiters": [waiter_json(w) for w in limit.waiters.all()],
     }
 
@@ -198,7 +233,10 @@ def resource(request: HttpRequest, name: str) -> JsonResponse:
     limit = _with_people(Limit.objects.all()).named(name)
     if limit is None:
         return JsonResponse({"error": f"no resource named {name!r}"}, status=404)
-    return JsonResponse({**limit_json(limit), "sync": _sync_json()})
+    now = timezone.now()
+    health = leases.leases(limit, [h for h in limit.holders.all() if h.is_shown], now)
+    lost = [lost_json(lost) for lost in leases.lost_recently(limit, now)]
+    return JsonResponse({**limit_json(limit, health), "lost_leases": lost, "sync": _sync_json()})
 
 
 @require_GET
@@ -232,7 +270,7 @@ def run_json(run: RunLocks) -> dict[str, Any]:
         "holds": [
             {
                 "resource": _resource_json(hold.limit),
-                **holder_json(hold.holder),
+                **holder_json(hold.holder, run.leases),
                 "waiters_behind": len(hold.behind),
                 "release": hold.release_url or None,
                 "summary": text_of(hold.words),
@@ -246,7 +284,10 @@ def run_json(run: RunLocks) -> dict[str, Any]:
                 **waiter_json(wait.waiter),
                 "ahead": len(wait.ahead),
                 "blocked_by": [
-                    {**holder_json(blocker.holder), "release": blocker.release_url or None}
+                    {
+                        **holder_json(blocker.holder, run.leases),
+                        "release": blocker.release_url or None,
+                    }
                     for blocker in wait.blockers
                 ],
                 "summary": text_of(wait.words),
@@ -254,6 +295,7 @@ def run_json(run: RunLocks) -> dict[str, Any]:
             }
             for wait in run.waits
         ],
+        "lost_leases": [lost_json(lost) for lost in run.lost],
     }
 
 

@@ -50,9 +50,15 @@ def board_changes(request: HttpRequest) -> HttpResponse:
     seen = poll.Seen.parse(request.GET.get("seen", ""))
     board, health = poll.board_version(), freshness()
     needs = _attention(board)
-    if seen and seen.version == board and seen.banner == poll.banner_digest(health, needs):
+    lost = board_cache.lost_leases(board)  # kept for the version and the quarter minute
+    if (
+        seen
+        and seen.version == board
+        and seen.banner == poll.banner_digest(health, needs)
+        and seen.marked_as(board_cache.mark_keys(lost))
+    ):
         return HttpResponse(status=204)
-    results = board_cache.results(query, board)
+    results = board_cache.results(query, board, lost)
     now = _seen(board, results, query, health, needs)
     changes = poll.compare(seen, now)
     # With nothing of this page changed, the answer still carries the new state (the version
@@ -62,7 +68,7 @@ def board_changes(request: HttpRequest) -> HttpResponse:
             request, "board.html#results", _board_context(query, health, board, results)
         )
         return reswap(retarget(response, "#results"), "outerHTML")
-    rows = with_people(list(Limit.objects.filter(pk__in=changes.rows)))
+    rows = with_people(list(Limit.objects.filter(pk__in=changes.rows)), lost)
     context = {
         "query": query,
         "rows": sorted(rows, key=lambda row: changes.rows.index(row.pk)),
@@ -109,6 +115,7 @@ def _seen(board: int, results: board_cache.Results, query: BoardQuery, health, n
         results.versions,
         poll.facets_digest(results.counts),
         poll.banner_digest(health, needs),
+        results.marks,
     )
 
 

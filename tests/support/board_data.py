@@ -14,12 +14,14 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from reslock.protocol import EVENT_ACQUIRED, EVENT_STOPPING
 from reslock_web.models import (
     COUNTED,
     LIMIT_FLAGS,
     Condition,
     Holder,
     Limit,
+    LockEvent,
     Source,
     Status,
     SyncRun,
@@ -149,6 +151,38 @@ def settle(limit: Limit, *, marks: Iterable[str] = ()) -> Limit:
     limit.held_since = min(starts) if starts else None
     limit.save()
     return limit
+
+
+def make_lost_lease(limit: Limit, lost_at, **fields) -> LockEvent:
+    """A helper's acquire of `limit` whose lease was lost while its run went on, closed as the
+    sync closes it (the helper's release with reason `lease_lost`)."""
+    defaults = {
+        "lease_id": uuid.uuid4(),
+        "flow_run_id": uuid.uuid4(),
+        "flow_run_name": "lost-run",
+        "occurred": lost_at - timedelta(minutes=10),
+        "closed_reason": "lease_lost",
+    }
+    return LockEvent.objects.create(
+        event_id=uuid.uuid4(),
+        event=EVENT_ACQUIRED,
+        limit_prefect_id=limit.prefect_id,
+        limit_name=limit.name,
+        closed_at=lost_at,
+        **{**defaults, **fields},
+    )
+
+
+def make_stopping(limit: Limit, lease_id, occurred) -> LockEvent:
+    """The helper's announcement that a block whose lease was lost is still inside."""
+    return LockEvent.objects.create(
+        event_id=uuid.uuid4(),
+        event=EVENT_STOPPING,
+        occurred=occurred,
+        limit_prefect_id=limit.prefect_id,
+        limit_name=limit.name,
+        lease_id=lease_id,
+    )
 
 
 def sample_rows() -> Limit:
