@@ -4,6 +4,7 @@ Run by hand (not a test):
 
     .venv/bin/python bench/churn_bench.py                   # 1, 5 and 20 events a second
     .venv/bin/python bench/churn_bench.py --rates 5 20 --seconds 120
+    .venv/bin/python bench/churn_bench.py --prefect-postgres postgresql://127.0.0.1:5432/postgres
 
 It starts its own Prefect 3.9 server and a reslock database under var/bench/churn, creates
 2,000 idle limits and 200 resources, and starts the live listener (`manage.py
@@ -51,6 +52,7 @@ from bench._board_watch import (  # noqa: E402
     summary,
     sync_once,
 )
+from bench._prefect_database import fresh_prefect_database  # noqa: E402
 from tests.support.prefect_server import PrefectServer  # noqa: E402
 
 WORK = ROOT / "var" / "bench" / "churn"
@@ -232,12 +234,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[1, 5, 20])
     parser.add_argument("--seconds", type=float, default=90, help="length of a level")
+    parser.add_argument(
+        "--prefect-postgres",
+        metavar="URL",
+        help="run Prefect on PostgreSQL: a fresh database reslock_churn_prefect is made on the "
+        "server of URL (postgresql://user@host:port/db); default: SQLite",
+    )
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     setup_django(WORK, WORK / "reslock.sqlite3")
-    server = PrefectServer.create()
-    server.start()
+    database_url = None
+    if args.prefect_postgres:
+        database_url = fresh_prefect_database(args.prefect_postgres, "reslock_churn_prefect")
+    server = PrefectServer.create(database_url)
+    server.start(timeout=300)  # a fresh PostgreSQL database is migrated on start
     os.environ["PREFECT_API_URL"] = server.api_url
     listener = None
     try:
@@ -245,7 +256,8 @@ def main() -> None:
         create_limits(server.api_url)
         sync_once(server.api_url)
         print(
-            f"Prefect at {server.api_url}; {IDLE:,} idle limits and {RESOURCES} resources "
+            f"Prefect at {server.api_url} on {'PostgreSQL' if database_url else 'SQLite'}; "
+            f"{IDLE:,} idle limits and {RESOURCES} resources "
             f"made and synced in {time.monotonic() - began:.0f} s; {os.cpu_count()} cores; "
             f"load average {os.getloadavg()[0]:.1f}",
             flush=True,

@@ -24,7 +24,9 @@ from tests.support.paths import BASE_DIR
 CACHE_DIR = BASE_DIR / "var" / "cache"
 
 
-def server_env(home: Path, db: Path) -> dict[str, str]:
+def server_env(home: Path, db: Path, database_url: str | None = None) -> dict[str, str]:
+    """`database_url`: a PostgreSQL database for Prefect (SQLAlchemy's asyncpg form) instead of
+    the SQLite file `db`."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -32,7 +34,7 @@ def server_env(home: Path, db: Path) -> dict[str, str]:
     }
     env.update(
         PREFECT_HOME=str(home),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{db}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url or f"sqlite+aiosqlite:///{db}",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
@@ -73,6 +75,7 @@ class PrefectServer:
     home: Path
     port: int
     process: subprocess.Popen | None = None
+    database_url: str | None = None  # PostgreSQL (benchmarks); None: SQLite in `home`
 
     @property
     def api_url(self) -> str:
@@ -87,10 +90,13 @@ class PrefectServer:
         return self.home / "prefect.db"
 
     @classmethod
-    def create(cls) -> PrefectServer:
+    def create(cls, database_url: str | None = None) -> PrefectServer:
+        """A server with a fresh home; its SQLite database copied from the migrated template,
+        or, given `database_url`, that PostgreSQL database (which Prefect migrates on start)."""
         home = Path(tempfile.mkdtemp(prefix="reslock-prefect-"))
-        shutil.copyfile(migrated_template(), home / "prefect.db")
-        return cls(home=home, port=free_port())
+        if database_url is None:
+            shutil.copyfile(migrated_template(), home / "prefect.db")
+        return cls(home=home, port=free_port(), database_url=database_url)
 
     def start(self, timeout: float = 120) -> None:
         log = open(self.home / "server.log", "ab")  # noqa: SIM115 - closed with the process
@@ -106,7 +112,7 @@ class PrefectServer:
                 "--port",
                 str(self.port),
             ],
-            env=server_env(self.home, self.db),
+            env=server_env(self.home, self.db, self.database_url),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
