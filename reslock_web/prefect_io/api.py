@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -92,6 +93,9 @@ class PrefectAPI:
         self.budget = budget
         self.patience = patience  # seconds a request may wait for its turn and for 429s
         self.api_url = api_url.rstrip("/")
+        # Requests sent, by method and the path's first two segments ("POST events/filter"):
+        # what a pass cost, for the listener's log and the benchmarks.
+        self.sent: Counter[str] = Counter()
         self._http = httpx.Client(
             base_url=self.api_url + "/",
             headers=headers,
@@ -177,6 +181,7 @@ class PrefectAPI:
                     status=THROTTLED,
                     retry_after=error.wait,
                 ) from None
+        self.sent[f"{method} {'/'.join(path.lstrip('/').split('/')[:2])}"] += 1
         try:
             return self._http.request(method, path.lstrip("/"), json=json)
         except httpx.TimeoutException:

@@ -20,7 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from reslock_web.models import COUNTED, Holder, Limit, SyncState
-from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.prefect_io.api import PAGE, PrefectAPI
 from reslock_web.prefect_io.records import EventInfo, LimitInfo, RunInfo
 from reslock_web.status.diagnosis import kind_of
 from reslock_web.sync import prefect_runs
@@ -137,12 +137,7 @@ class _Scope:
     @classmethod
     def of(cls, api: PrefectAPI, names: frozenset[str]) -> _Scope:
         ordered = sorted(names)
-        if len(ordered) == 1:
-            found = [api.read_limit(ordered[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=min(8, len(ordered))) as pool:
-                found = list(pool.map(api.read_limit, ordered))
-        listing = [info for info in found if info is not None]
+        listing = _read_limits(api, ordered)
         rows = Limit.objects.filter(Q(name__in=ordered) | Q(prefect_id__in=[i.id for i in listing]))
         stored = dict(rows.values_list("prefect_id", "events_read_until"))
         marks = [stored.get(info.id) for info in listing]
@@ -162,6 +157,23 @@ class _Scope:
     @property
     def resources(self) -> list[str]:
         return [f"prefect.concurrency-limit.{info.id}" for info in self.listing]
+
+
+def _read_limits(api: PrefectAPI, names: list[str]) -> list[LimitInfo]:
+    """These limits as Prefect has them now: one request each, or, for more limits than
+    Prefect's listing has pages, the listing (Prefect reads limits by name one at a time only).
+    Under churn a pass's size grows with the time the last one took; one request a limit made
+    each slow pass slower (bench/churn_bench.py), the listing's cost stays put."""
+    pages = Limit.objects.present().count() // PAGE + 1
+    if len(names) > pages:
+        wanted = set(names)
+        return [info for info in api.list_limits().limits if info.name in wanted]
+    if len(names) == 1:
+        found = [api.read_limit(names[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+            found = list(pool.map(api.read_limit, names))
+    return [info for info in found if info is not None]
 
 
 def _done(value: list[LimitInfo]) -> Future[list[LimitInfo]]:

@@ -55,6 +55,7 @@ RETRY_AFTER = 2.0  # seconds before limits whose re-sync failed are tried again
 # under churn (bench/churn_bench.py, 20 events a second), a lower bound made each slow flush
 # a full pass, and each full pass a slower flush.
 FULL_RESYNC_OVER = 100
+SLOW_PASS = 2.0  # seconds: a re-sync this slow is logged with what it sent to Prefect
 
 
 def limits_touched(events: Iterable[EventInfo]) -> dict[UUID, set[str]]:
@@ -158,7 +159,18 @@ def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
     if not names:
         return set()
     # One pass over the limits of this flush: it reads only their data.
+    before, started = api.sent.copy(), time.monotonic()
     run = sync_limits(api, names, wait=RESYNC_WAIT)
+    if run is not None:  # what a pass cost: where the time of a board behind goes
+        sent, took = api.sent - before, time.monotonic() - started
+        log.log(
+            logging.INFO if took >= SLOW_PASS else logging.DEBUG,
+            "re-synced %d limit(s) in %.2f s, %d request(s) to Prefect: %s",
+            len(names),
+            took,
+            sum(sent.values()),
+            ", ".join(f"{count} {what}" for what, count in sent.most_common()),
+        )
     if run is None:
         log.warning(
             "re-sync of %s waits: another sync has held the lock for over %d s",

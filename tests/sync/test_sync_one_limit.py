@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from reslock_web.models import Holder, Limit, LockEvent, SyncState
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.gather import gather
-from reslock_web.sync.run import sync_all, sync_limit
+from reslock_web.sync.run import sync_all, sync_limit, sync_limits
 from tests.support.net import wait_for
 from tests.support.operating import unique
 from tests.support.patient import patient_client
@@ -126,3 +126,34 @@ def test_a_resync_costs_the_same_with_300_events_on_other_limits(prefect_server,
     assert set(snapshot.stored.compact) == {uuid.UUID(target_id)}
     # Its open acquire, read in an earlier window, is still its holder's claim.
     assert Holder.objects.filter(limit__name=target, key=mine[-1]["id"]).exists()
+
+
+def test_a_pass_over_more_limits_than_the_listing_has_pages_reads_the_listing(prefect_server):
+    """Prefect reads limits by name one at a time: past the listing's page count, a pass over
+    many limits (a listener's flush under churn) pages the listing once instead."""
+    with patient_client(prefect_server.api_url) as http:
+        names = [unique("resource:many") for _ in range(12)]
+        for name in names:
+            create_limit(http, name)
+    with PrefectAPI(prefect_server.api_url) as api:
+        assert sync_all(api).ok
+    pages = Limit.objects.present().count() // 200 + 1
+    assert pages < len(names)  # the shared server holds a few hundred limits at most
+
+    def pass_over(chosen: list[str]):
+        with PrefectAPI(prefect_server.api_url) as api:
+            run = sync_limits(api, chosen)
+            assert run is not None and run.ok, run and run.error
+            return api.sent
+
+    few = pass_over(names[:pages])
+    assert few["GET v2/concurrency_limits"] == pages
+    assert few["POST v2/concurrency_limits"] == 0
+    many = pass_over(names)
+    assert many["GET v2/concurrency_limits"] == 0
+    assert many["POST v2/concurrency_limits"] == pages
+    # The same limits come out of it, and no other.
+    assert set(Limit.objects.filter(name__in=names).values_list("status", flat=True)) == {"free"}
+    with PrefectAPI(prefect_server.api_url) as api:
+        snapshot = gather(api, only=names)
+    assert sorted(info.name for info in snapshot.listing) == sorted(names)
