@@ -159,19 +159,23 @@ class _Scope:
         return [f"prefect.concurrency-limit.{info.id}" for info in self.listing]
 
 
+READS_AT_ONCE = 8  # the API session's connections
+
+
 def _read_limits(api: PrefectAPI, names: list[str]) -> list[LimitInfo]:
-    """These limits as Prefect has them now: one request each, or, for more limits than
-    Prefect's listing has pages, the listing (Prefect reads limits by name one at a time only).
-    Under churn a pass's size grows with the time the last one took; one request a limit made
-    each slow pass slower (bench/churn_bench.py), the listing's cost stays put."""
+    """These limits as Prefect has them now: one request each, eight at a time, or, for more
+    limits than that takes rounds of requests than Prefect's listing has pages (read one after
+    another), the listing (Prefect reads limits by name one at a time only). Under churn a
+    pass's size grows with the time the last one took; one request a limit made each slow pass
+    slower (bench/churn_bench.py), the listing's cost stays put."""
     pages = Limit.objects.present().count() // PAGE + 1
-    if len(names) > pages:
+    if len(names) > READS_AT_ONCE * pages:
         wanted = set(names)
         return [info for info in api.list_limits().limits if info.name in wanted]
     if len(names) == 1:
         found = [api.read_limit(names[0])]
     else:
-        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        with ThreadPoolExecutor(max_workers=min(READS_AT_ONCE, len(names))) as pool:
             found = list(pool.map(api.read_limit, names))
     return [info for info in found if info is not None]
 

@@ -49,11 +49,13 @@ SETTLE_WINDOW = timedelta(seconds=60)
 HEARTBEAT = 5.0
 RESYNC_WAIT = 10  # seconds a re-sync waits for another sync to end before it is retried
 RETRY_AFTER = 2.0  # seconds before limits whose re-sync failed are tried again
-# More limits than this to re-sync at once: one full pass instead (a catch-up after a long
-# gap, thousands of limits made at once). A pass over a few limits costs a request per limit
-# plus their events, a full one the whole listing plus every limit's events since the last:
-# under churn (bench/churn_bench.py, 20 events a second), a lower bound made each slow flush
-# a full pass, and each full pass a slower flush.
+# More limits than this, and than half the board, to re-sync at once: one full pass instead
+# (a catch-up after a long gap, thousands of limits made at once). A pass over some limits
+# costs at most the listing plus their events and runs (sync/gather.py reads the listing when
+# that is cheaper than one request a limit), a full one the listing plus every limit's events
+# and runs since the last: under churn (bench/churn_bench.py, 20 events a second over 200 of
+# 2,200 limits), a bound of 100 alone made each slow flush a full pass, and each full pass a
+# slower flush.
 FULL_RESYNC_OVER = 100
 SLOW_PASS = 2.0  # seconds: a re-sync this slow is logged with what it sent to Prefect
 
@@ -144,7 +146,7 @@ def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
     """Re-syncs these limits; returns those that could not be (to be tried again: their events
     are applied already, so nothing else would bring their change to the board soon)."""
     names = set(names)
-    if len(names) > FULL_RESYNC_OVER:
+    if len(names) > max(FULL_RESYNC_OVER, Limit.objects.present().count() // 2):
         # A catch-up after a long gap, or thousands of limits created at once: one pass costs
         # about a listing, where one re-sync per limit would cost thousands of requests.
         run = sync_all(api)
