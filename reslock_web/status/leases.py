@@ -66,6 +66,12 @@ class LostLease:
     limit_name: str = ""  # the limit's name in Prefect (its resource page's address)
     resource: str = ""  # the resource as the board names it
 
+    @classmethod
+    def of(cls, row: LockEvent, limit_name: str, resource: str) -> LostLease:
+        """The acquire event whose lease was lost (closed `lease_lost`), on that limit."""
+        name = row.flow_run_name or row.task_run_name
+        return cls(name, row.flow_run_id, row.occurred, row.closed_at, limit_name, resource)
+
 
 @dataclass(frozen=True)
 class LostMark:
@@ -158,17 +164,7 @@ def _lost(now: datetime) -> QuerySet[LockEvent]:
 def lost_recently(limit: Limit, now: datetime) -> list[LostLease]:
     """Holds of this limit whose lease was lost while their run went on, newest first."""
     rows = _lost(now).filter(limit_prefect_id=limit.prefect_id).order_by("-closed_at")[:20]
-    return [
-        LostLease(
-            row.flow_run_name or row.task_run_name,
-            row.flow_run_id,
-            row.occurred,
-            row.closed_at,
-            limit.name,
-            limit.resource,
-        )
-        for row in rows
-    ]
+    return [LostLease.of(row, limit.name, limit.resource) for row in rows]
 
 
 def lost_by_run(run_id: UUID, now: datetime) -> list[LostLease]:
@@ -185,11 +181,8 @@ def lost_by_run(run_id: UUID, now: datetime) -> list[LostLease]:
         .order_by("-closed_at")[:20]
     )
     return [
-        LostLease(
-            row.flow_run_name or row.task_run_name,
-            row.flow_run_id,
-            row.occurred,
-            row.closed_at,
+        LostLease.of(
+            row,
             row.board_name or row.limit_name,
             row.board_resource or row.board_name or row.limit_name,
         )
