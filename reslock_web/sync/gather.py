@@ -163,13 +163,14 @@ READS_AT_ONCE = 8  # the API session's connections
 
 
 def _read_limits(api: PrefectAPI, names: list[str]) -> list[LimitInfo]:
-    """These limits as Prefect has them now: one request each, eight at a time, or, for more
-    limits than that takes rounds of requests than Prefect's listing has pages (read one after
-    another), the listing (Prefect reads limits by name one at a time only). Under churn a
-    pass's size grows with the time the last one took; one request a limit made each slow pass
-    slower (bench/churn_bench.py), the listing's cost stays put."""
+    """These limits as Prefect has them now: one request each, or, for more limits than
+    Prefect's listing has pages, the listing (Prefect reads limits by name one at a time only).
+    Under churn a pass's size grows with the time the last one took; one request a limit made
+    each slow pass slower (bench/churn_bench.py). Fewer requests win even against reads made
+    eight at a time: with Prefect busy, 72 limits read one by one took 6.6 s, 112 read from
+    the listing of 2,200 (12 pages) 1.1 s."""
     pages = Limit.objects.present().count() // PAGE + 1
-    if len(names) > READS_AT_ONCE * pages:
+    if len(names) > pages:
         wanted = set(names)
         return [info for info in api.list_limits().limits if info.name in wanted]
     if len(names) == 1:

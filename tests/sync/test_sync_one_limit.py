@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from reslock_web.models import Holder, Limit, LockEvent, SyncState
 from reslock_web.prefect_io.api import PAGE, PrefectAPI
-from reslock_web.sync.gather import READS_AT_ONCE, gather
+from reslock_web.sync.gather import gather
 from reslock_web.sync.run import sync_all, sync_limit, sync_limits
 from tests.support.net import wait_for
 from tests.support.operating import unique
@@ -129,15 +129,14 @@ def test_a_resync_costs_the_same_with_300_events_on_other_limits(prefect_server,
 
 
 def test_a_pass_over_more_limits_than_the_listing_has_pages_reads_the_listing(prefect_server):
-    """Prefect reads limits by name one at a time: past what eight reads at a time cost in
-    rounds against the listing's pages, a pass over many limits (a listener's flush under
-    churn) pages the listing once instead."""
+    """Prefect reads limits by name one at a time: past the listing's page count, a pass over
+    many limits (a listener's flush under churn) pages the listing once instead."""
     with PrefectAPI(prefect_server.api_url) as api:
         assert sync_all(api).ok
     pages = Limit.objects.present().count() // PAGE + 1  # as the pass counts them
     with patient_client(prefect_server.api_url) as http:
         # One page more than now, should these limits start a page of their own.
-        names = [unique("resource:many") for _ in range(READS_AT_ONCE * (pages + 1) + 1)]
+        names = [unique("resource:many") for _ in range(pages + 2)]
         for name in names:
             create_limit(http, name)
     with PrefectAPI(prefect_server.api_url) as api:
@@ -150,8 +149,8 @@ def test_a_pass_over_more_limits_than_the_listing_has_pages_reads_the_listing(pr
             assert run is not None and run.ok, run and run.error
             return api.sent
 
-    few = pass_over(names[: READS_AT_ONCE * pages])
-    assert few["GET v2/concurrency_limits"] == READS_AT_ONCE * pages
+    few = pass_over(names[:pages])
+    assert few["GET v2/concurrency_limits"] == pages
     assert few["POST v2/concurrency_limits"] == 0
     many = pass_over(names)
     assert many["GET v2/concurrency_limits"] == 0
