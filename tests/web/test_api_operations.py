@@ -11,7 +11,9 @@ import io
 import json
 
 import pytest
+import time_machine
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from reslock_web.models import ApiToken, Condition, Holder, Operation, OperationStatus
 from reslock_web.operations.plans import plan_release
@@ -124,13 +126,15 @@ def test_a_release_the_page_would_refuse_is_refused_with_its_words_and_records_n
     client, operator
 ):
     holder = live_global_holder()
-    plan = plan_release(holder.limit, holder)
-    assert not plan.allowed
-    response = post(
-        client,
-        {"kind": "release", "resource": "db-live", "holder": "nightly", "reason": "why not"},
-        **bearer(operator),
-    )
+    # The refusal says by when the holder's slot would free: one clock for the plan and the API.
+    with time_machine.travel(timezone.now(), tick=False):
+        plan = plan_release(holder.limit, holder)
+        assert not plan.allowed
+        response = post(
+            client,
+            {"kind": "release", "resource": "db-live", "holder": "nightly", "reason": "why not"},
+            **bearer(operator),
+        )
     assert response.status_code == 409
     assert response.json()["summary"] == plan.summary and response.json()["safety"] == plan.safety
     with pytest.raises(CommandError, match="Refused"):
