@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 PAGE = 200  # the server's maximum page size for limits and runs
 EVENTS_PAGE = 50  # the server's maximum for events
+# Prefect pages events by offset: the query behind each next_page skips every event of the
+# pages before it, so following next_page through a long window costs time in the square of
+# its events (a first sync over a million: hours). After this many pages a read asks again
+# from the time of the last event it got, and no query goes deeper than this.
+EVENTS_PAGES_PER_QUERY = 20
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 THROTTLED = 429
 DEFAULT_RETRY_AFTER = 5.0  # seconds, for a 429 that does not say
@@ -373,17 +378,37 @@ class PrefectAPI:
         exclude: list[str] | None = None,
         resources: list[str] | None = None,
     ) -> Iterator[EventInfo]:
-        """Events in [since, until], oldest first, following every page; `resources` keeps
-        only the events about those resource ids."""
-        data = self.request(
-            "POST", "events/filter", json=_events_body(since, until, prefixes, exclude, resources)
-        )
+        """Events in [since, until], oldest first, each once; `resources` keeps only the
+        events about those resource ids.
+
+        Pages are followed up to EVENTS_PAGES_PER_QUERY of them; then the read asks anew from
+        the last event's time (`since` is inclusive: the events already read at that very time
+        are skipped by id). A query that has not moved past its start by then, its events all
+        of one instant, goes on with its own pages, so every new query starts later."""
+        start: datetime = since
+        read_at_start: set[UUID] = set()
         while True:
-            yield from _events_of(data)
-            next_page = data.get("next_page")
-            if not next_page or not isinstance(next_page, str):
-                return
-            data = self._next_events_page(next_page)
+            body = _events_body(start, until, prefixes, exclude, resources)
+            data = self.request("POST", "events/filter", json=body)
+            latest, read_at_latest = start, set(read_at_start)
+            pages = 1
+            while True:
+                for event in _events_of(data):
+                    if event.occurred == start and event.id in read_at_start:
+                        continue
+                    yield event
+                    if event.occurred > latest:
+                        latest, read_at_latest = event.occurred, set()
+                    if event.occurred == latest:
+                        read_at_latest.add(event.id)
+                next_page = data.get("next_page")
+                if not next_page or not isinstance(next_page, str):
+                    return
+                if pages >= EVENTS_PAGES_PER_QUERY and latest > start:
+                    break
+                data = self._next_events_page(next_page)
+                pages += 1
+            start, read_at_start = latest, read_at_latest
 
     def resources_with_events(
         self, since: datetime, until: datetime, prefixes: list[str], resources: Iterable[str]
