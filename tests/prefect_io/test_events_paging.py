@@ -1,12 +1,13 @@
 """A long window of events is read whole, in order, each event once, and no query of Prefect's
-goes deeper than EVENTS_PAGES_PER_QUERY pages.
+goes deeper than EVENTS_PAGES_PER_QUERY pages, nor counts many more events than it reads.
 
 Prefect's /events/filter pages by offset (prefect/server/events/storage/database.py): the
 query behind a next_page skips every event before it, so a read that only followed next_page
-through a million events made Prefect skip half a million rows per page on average. The fake
-below answers as Prefect's server does: events in [since, until], ordered by occurred only
-(events of one instant in the order stored), counted, fifty a page, the next page's token
-holding the filter and the offset.
+through a million events made Prefect skip half a million rows per page on average; and the
+first page of every query counts all of the query's events. The fake below answers as
+Prefect's server does: events in [since, until], ordered by occurred only (events of one
+instant in the order stored), counted, fifty a page, the next page's token holding the filter
+and the offset.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def in_prefect_order(events: list[dict]) -> list[str]:
     return [e["id"] for e in sorted(events, key=lambda e: e["occurred"])]
 
 
-def test_a_long_window_is_read_in_order_and_no_query_goes_deeper_than_its_pages():
+def test_a_long_window_is_read_in_order_and_no_query_goes_deep_or_counts_much():
     events = events_at([i * 7.5 for i in range(5_000)])  # 100 pages
     prefect = OffsetPagedPrefect(events)
     assert read(prefect) == in_prefect_order(events)
@@ -106,6 +107,9 @@ def test_a_long_window_is_read_in_order_and_no_query_goes_deeper_than_its_pages(
     assert max(prefect.offsets) == read_per_query - EVENTS_PAGE
     # The same pages as before, give or take the one event read again at each new start.
     assert len(prefect.offsets) <= 5_000 // EVENTS_PAGE + len(prefect.counted)
+    # The first query counts the window; each later one about twice what it reads.
+    assert prefect.counted[0] == 5_000
+    assert max(prefect.counted[1:]) <= 2 * read_per_query + 1
 
 
 def test_events_of_one_instant_across_a_new_query_are_each_read_once():
@@ -128,7 +132,8 @@ def test_more_events_in_one_instant_than_a_query_reads_are_all_read():
 
 @settings(max_examples=60, deadline=None, database=None)
 @given(
-    seconds=st.lists(st.integers(0, 40), max_size=400),
+    # Dense instants (many events each) and sparse ones (long gaps, windows read whole).
+    seconds=st.lists(st.integers(0, 40) | st.integers(0, 600_000), max_size=400),
     pages_per_query=st.integers(1, 3),
 )
 def test_any_window_is_read_whole_each_event_once_oldest_first(seconds, pages_per_query):
