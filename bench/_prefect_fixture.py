@@ -112,11 +112,17 @@ class BenchPrefect:
         home: Path = PREFECT_HOME,
         workers: int = 4,
         log: Callable[[str], None] = print,
+        database_url: str | None = None,
+        new_database: bool = False,
     ) -> None:
+        """`database_url`: Prefect's database on PostgreSQL (asyncpg form) instead of SQLite in
+        `home`; `new_database`: it was created empty, so what bench_state.json says is gone."""
         self.layout = layout or Layout()
         self.home = home
         self.workers = workers
         self.log = log
+        self.database_url = database_url
+        self.new_database = new_database
         self.server: PrefectServer | None = None
         self.http: httpx.Client | None = None
         self.state: dict[str, Any] = {}
@@ -164,13 +170,18 @@ class BenchPrefect:
     def _start(self) -> None:
         started = time.monotonic()
         db = self.home / "prefect.db"
-        if not db.exists():
+        if self.database_url is not None:
+            if self.new_database:
+                self.state_file.unlink(missing_ok=True)  # it describes a database now gone
+        elif not db.exists():
             self.state_file.unlink(missing_ok=True)  # the state describes a database now gone
             partial = db.with_suffix(".partial")
             shutil.copyfile(migrated_template(), partial)
             partial.rename(db)
         self.state = self._load_state()
-        self.server = PrefectServer(home=self.home, port=free_port())
+        self.server = PrefectServer(
+            home=self.home, port=free_port(), database_url=self.database_url
+        )
         self.server.start(timeout=180)
         self.http = httpx.Client(
             base_url=self.api_url + "/",

@@ -185,7 +185,8 @@ def measure(api_url: str, count: int, engine: str) -> None:
             f"{kind:18} {statistics.median(values):8.1f} {p95:8.1f} {max(values):8.1f} {p95 / paging:12.3f}x  {verdict}"
         )
     print(
-        "\nprefect paging = PrefectAPI.list_limits(): all 5,000 limits from Prefect's API (26 pages)"
+        f"\nprefect paging = PrefectAPI.list_limits(): all {rows:,} limits from Prefect's API "
+        f"({rows // 200 + 1} pages)"
     )
 
 

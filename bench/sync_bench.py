@@ -504,12 +504,12 @@ def print_counts(run: Any) -> None:
 
 
 # --- main ------------------------------------------------------------------------------------
-def database(args: argparse.Namespace) -> tuple[str, Callable[[], None]]:
+def database(args: argparse.Namespace, sqlite: Path = SQLITE_DB) -> tuple[str, Callable[[], None]]:
     """A fresh, empty database URL and a function that removes it."""
     if not args.postgres:
         for suffix in ("", "-wal", "-shm"):
-            Path(f"{SQLITE_DB}{suffix}").unlink(missing_ok=True)
-        return f"sqlite:///{SQLITE_DB}", lambda: None
+            Path(f"{sqlite}{suffix}").unlink(missing_ok=True)
+        return f"sqlite:///{sqlite}", lambda: None
     import psycopg
 
     server = args.postgres.rstrip("/")

@@ -392,7 +392,12 @@ class LockEvent(models.Model):
 
     class Meta:
         ordering = ["occurred"]
-        indexes = [models.Index(fields=["event", "closed_at"])]
+        indexes = [
+            models.Index(fields=["event", "closed_at"]),
+            # A resource page's timeline finds its events by the limit's id or its name (one
+            # deleted and created again has a new id): without this, a scan of every event.
+            models.Index(fields=["limit_name"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} {self.limit_name} @ {self.occurred}"

@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 
 PAGE = 200  # the server's maximum page size for limits and runs
 EVENTS_PAGE = 50  # the server's maximum for events
+# Prefect pages events by offset, and counts a query's events with its first page: the query
+# behind each next_page skips every event of the pages before it, so following next_page
+# through a long window costs time in the square of its events (a first sync over a million:
+# hours). After this many pages a read asks anew, over a short window from the last event's
+# time (`events`): no query goes deeper than this, nor counts much more than it reads.
+EVENTS_PAGES_PER_QUERY = 20
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 THROTTLED = 429
 DEFAULT_RETRY_AFTER = 5.0  # seconds, for a 429 that does not say
@@ -378,17 +384,48 @@ class PrefectAPI:
         exclude: list[str] | None = None,
         resources: list[str] | None = None,
     ) -> Iterator[EventInfo]:
-        """Events in [since, until], oldest first, following every page; `resources` keeps
-        only the events about those resource ids."""
-        data = self.request(
-            "POST", "events/filter", json=_events_body(since, until, prefixes, exclude, resources)
-        )
+        """Events in [since, until], oldest first, each once; `resources` keeps only the
+        events about those resource ids.
+
+        Read in queries of up to EVENTS_PAGES_PER_QUERY pages: the next query starts at the
+        last event's time (`since` is inclusive: the events already read at that very time are
+        skipped by id) and ends about twice as far on as those pages went, or twice as far as
+        a window read whole was long. So no query of Prefect's goes deep in its offsets, and
+        none but the first counts much more than it returns (Prefect counts each query's
+        events with its first page). A query that has not moved past its start by then, its
+        events all of one instant, goes on with its own pages: every new query starts later."""
+        start: datetime = since
+        read_at_start: set[UUID] = set()
+        end = until  # the first query counts the whole window, once
         while True:
-            yield from _events_of(data)
-            next_page = data.get("next_page")
-            if not next_page or not isinstance(next_page, str):
-                return
-            data = self._next_events_page(next_page)
+            body = _events_body(start, end, prefixes, exclude, resources)
+            data = self.request("POST", "events/filter", json=body)
+            latest, read_at_latest = start, set(read_at_start)
+            pages = 1
+            while True:
+                for event in _events_of(data):
+                    if event.occurred == start and event.id in read_at_start:
+                        continue
+                    yield event
+                    if event.occurred > latest:
+                        latest, read_at_latest = event.occurred, set()
+                    if event.occurred == latest:
+                        read_at_latest.add(event.id)
+                next_page = data.get("next_page")
+                whole = not next_page or not isinstance(next_page, str)
+                if whole or (pages >= EVENTS_PAGES_PER_QUERY and latest > start):
+                    break
+                data = self._next_events_page(next_page)
+                pages += 1
+            if whole:  # every event of [start, end] is read
+                if end >= until:
+                    return
+                span = 2 * (end - start)
+                start, read_at_start = end, read_at_latest if latest == end else set()
+            else:
+                span = 2 * (latest - start)
+                start, read_at_start = latest, read_at_latest
+            end = min(until, start + span)
 
     def resources_with_events(
         self, since: datetime, until: datetime, prefixes: list[str], resources: Iterable[str]

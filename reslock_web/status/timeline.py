@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from reslock_web.models import Holder, Limit, LockEvent
 
@@ -35,12 +35,17 @@ class Timeline:
     height: int
 
 
-def holds(limit: Limit, now: datetime) -> Timeline:
-    since = now - WINDOW
-    acquires = LockEvent.objects.filter(
+def acquires(limit: Limit, since: datetime) -> QuerySet[LockEvent]:
+    """The limit's acquires still open or ended since `since`: by its id, or by its name (a
+    limit deleted and created again has a new id). Both are index lookups."""
+    return LockEvent.objects.filter(
         Q(limit_prefect_id=limit.prefect_id) | Q(limit_name=limit.name),
         event__endswith=".acquired",
     ).filter(Q(occurred__gte=since) | Q(closed_at__isnull=True) | Q(closed_at__gte=since))
+
+
+def holds(limit: Limit, now: datetime) -> Timeline:
+    since = now - WINDOW
     bars = [
         Bar(
             label=event.flow_run_name or event.task_run_name or "unknown run",
@@ -48,7 +53,7 @@ def holds(limit: Limit, now: datetime) -> Timeline:
             end=event.closed_at or now,
             open=event.closed_at is None,
         )
-        for event in acquires.order_by("-occurred")[:MAX_BARS]
+        for event in acquires(limit, since).order_by("-occurred")[:MAX_BARS]
     ]
     seen = {bar.label for bar in bars if bar.open}
     for holder in Holder.objects.filter(limit=limit, condition__in=["holding", "stale"]):

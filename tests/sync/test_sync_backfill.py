@@ -11,6 +11,7 @@ import pytest
 from django.core.management import call_command
 
 from reslock_web.models import LockEvent, SyncState
+from reslock_web.prefect_io import api as api_module
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync import backfill
 from reslock_web.sync.run import sync_all
@@ -105,3 +106,43 @@ def prefect_events_since(http: httpx.Client, days: float) -> list[dict]:
         page = http.get(page["next_page"]).json()
         found += page["events"]
     return found
+
+
+def test_a_first_sync_asking_prefect_anew_each_page_records_every_past_event_once(
+    prefect_server, monkeypatch
+):
+    """Prefect pages events by offset; the read asks anew from the last event's time instead
+    of going deep (api.EVENTS_PAGES_PER_QUERY). Here after every page, with the events in
+    threes at one instant, so that new queries start inside an instant."""
+    monkeypatch.setattr(api_module, "EVENTS_PAGES_PER_QUERY", 1)
+    name = unique("resource:instants")
+    events = past_acquires(name, 130)
+    for index, event in enumerate(events):
+        event["occurred"] = events[index - index % 3]["occurred"]
+    emit(prefect_server.api_url, events)
+    with httpx.Client(base_url=prefect_server.api_url) as http:
+        wait_for(
+            lambda: (
+                sum(
+                    e["resource"].get("prefect.resource.name") == name
+                    for e in prefect_events_since(http, days=4)
+                )
+                == 130
+            ),
+            60,
+            what="Prefect to store the 130 past events",
+        )
+    with PrefectAPI(prefect_server.api_url) as api:
+        read = [
+            event.id
+            for event in api.events(
+                datetime.now(UTC) - timedelta(days=4),
+                datetime.now(UTC),
+                ["prefect.concurrency-limit."],
+            )
+            if event.resource.get("prefect.resource.name") == name
+        ]
+        assert sorted(read) == sorted(uuid.UUID(e["id"]) for e in events)
+        run = sync_all(api)
+    assert run is not None and run.ok, run and run.error
+    assert LockEvent.objects.filter(limit_name=name).count() == 130
