@@ -169,8 +169,7 @@ def _read_limits(api: PrefectAPI, names: list[str]) -> list[LimitInfo]:
     each slow pass slower (bench/churn_bench.py). Fewer requests win even against reads made
     eight at a time: with Prefect busy, 72 limits read one by one took 6.6 s, 112 read from
     the listing of 2,200 (12 pages) 1.1 s."""
-    pages = Limit.objects.present().count() // PAGE + 1
-    if len(names) > pages:
+    if len(names) > 1 and len(names) > Limit.objects.present().count() // PAGE + 1:
         wanted = set(names)
         return [info for info in api.list_limits().limits if info.name in wanted]
     if len(names) == 1:

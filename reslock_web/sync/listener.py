@@ -146,7 +146,8 @@ def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
     """Re-syncs these limits; returns those that could not be (to be tried again: their events
     are applied already, so nothing else would bring their change to the board soon)."""
     names = set(names)
-    if len(names) > max(FULL_RESYNC_OVER, Limit.objects.present().count() // 2):
+    # The count only when it can matter: a flush of a few limits is the common case.
+    if len(names) > FULL_RESYNC_OVER and len(names) > Limit.objects.present().count() // 2:
         # A catch-up after a long gap, or thousands of limits created at once: one pass costs
         # about a listing, where one re-sync per limit would cost thousands of requests.
         run = sync_all(api)
