@@ -3,11 +3,14 @@
 Prefect pushes events over its websocket about 0.1 s after they occur, while its REST API shows
 them only seconds later and the periodic sync runs every `RESLOCK_SYNC_SECONDS`. For each event
 that concerns a lock (a concurrency-limit event, one of the flow helper's `reslock.lock.*`
-events, or a state change of a run that holds or waits), the listener records it and re-syncs
-just that limit. The events of one flush (DEBOUNCE, or as long as the last re-sync took) are
-applied together and their limits re-synced in one pass over those limits only. Applying an event is idempotent by its id (`AppliedEvent`), so several
-listeners can run at once, and a listener that restarts catches up from the last event it
-applied (within Prefect's backfill window; the periodic sync covers anything older).
+events, or a state change of a run that holds or waits), the listener records it, writes at
+once what a lock event says on a limit that needs no verdict (`provisional.show`), and
+re-syncs that limit from Prefect. The events of one flush (DEBOUNCE) are applied together;
+their limits are re-synced in one pass over those limits only, in a thread of its own, while
+the next flushes go on applying events. Applying an event is idempotent by its id
+(`AppliedEvent`), so several listeners can run at once, and a listener that restarts catches
+up from the last event it applied (within Prefect's backfill window; the periodic sync covers
+anything older).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -33,8 +36,9 @@ from reslock.protocol import EVENT_PREFIX
 from reslock_web.models import AppliedEvent, Heartbeat, Holder, Limit, Waiter
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.prefect_io.records import EventInfo
+from reslock_web.sync import provisional
 from reslock_web.sync.events import record_events
-from reslock_web.sync.run import sync_all, sync_limits
+from reslock_web.sync.run import sync_all, sync_limits, write_between_passes
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +146,12 @@ def _claim(event_id: UUID) -> bool:
     return True
 
 
-def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
+def resync(
+    api: PrefectAPI, names: Iterable[str], after_write: Callable[[], object] | None = None
+) -> set[str]:
     """Re-syncs these limits; returns those that could not be (to be tried again: their events
-    are applied already, so nothing else would bring their change to the board soon)."""
+    are applied already, so nothing else would bring their change to the board soon).
+    `after_write` runs in a pass's write transaction, after it (`sync_limits`)."""
     names = set(names)
     # The count only when it can matter: a flush of a few limits is the common case.
     if len(names) > FULL_RESYNC_OVER and len(names) > Limit.objects.present().count() // 2:
@@ -163,7 +170,7 @@ def resync(api: PrefectAPI, names: Iterable[str]) -> set[str]:
         return set()
     # One pass over the limits of this flush: it reads only their data.
     before, started = api.sent.copy(), time.monotonic()
-    run = sync_limits(api, names, wait=RESYNC_WAIT)
+    run = sync_limits(api, names, wait=RESYNC_WAIT, after_write=after_write)
     if run is not None:  # what a pass cost: where the time of a board behind goes
         sent, took = api.sent - before, time.monotonic() - started
         log.log(
@@ -212,8 +219,17 @@ class Listener:
     def __init__(self, api_url: str | None = None) -> None:
         self.api_url = (api_url or settings.PREFECT_API_URL).rstrip("/")
         # Limits to re-sync -> since when the board has been behind on them: the event's time
-        # for one that came live, the catch-up's start for one missed while disconnected.
-        self.pending: dict[str, datetime] = {}
+        # for one that came live, the catch-up's start for one missed while disconnected;
+        # None for one whose events the board shows already (`provisional`), to be confirmed.
+        self.pending: dict[str, datetime | None] = {}
+        # The lock events applied while a re-sync reads Prefect: its write puts those limits
+        # back as Prefect was when read, and they are shown again after it (`_show_again`).
+        self.during_pass: list[EventInfo] | None = None
+        # Guards `pending` and `during_pass`: events are applied in one thread while a re-sync
+        # runs in another, and the heartbeat reads them on the loop.
+        self._state = threading.Lock()
+        # One re-sync at a time: the flusher's, or a catch-up's (`_settle` runs one beside it).
+        self._resyncing = threading.Lock()
         # Events received and not yet applied, each with since when the board has been behind
         # on it when that is not the event's own time (a catch-up's start): applied together,
         # at the next flush.
@@ -239,7 +255,8 @@ class Listener:
         with self._lag_lock:
             worst, self._worst_lag = self._worst_lag, None
             applied = worst if worst is not None else self.applied_lag
-        pending = min(self.pending.values(), default=None)
+        with self._state:
+            pending = min((v for v in self.pending.values() if v is not None), default=None)
         if pending is None:
             return applied
         behind = (timezone.now() - pending).total_seconds()
@@ -329,29 +346,90 @@ class Listener:
         self.inbox.append((event, behind_since))
 
     async def _flusher(self, api: PrefectAPI, stop: asyncio.Event) -> None:
+        """Apply the events of each flush; re-sync their limits in a thread of its own, one
+        pass at a time, so that a pass that waits seconds on Prefect holds no event back."""
+        resyncing: asyncio.Future | None = None
         while not stop.is_set():
             await asyncio.sleep(DEBOUNCE)
-            if self.inbox or (self.pending and time.monotonic() >= self.retry_at):
-                await asyncio.to_thread(self._flush, api)
+            if self.inbox:
+                await asyncio.to_thread(self._apply)
+            idle = resyncing is None or resyncing.done()
+            if idle and self.pending and time.monotonic() >= self.retry_at:
+                resyncing = asyncio.ensure_future(asyncio.to_thread(self._resync, api))
 
     def _flush(self, api: PrefectAPI) -> None:
-        close_old_connections()
+        """Apply what came, then re-sync, in this thread (the catch-up)."""
         self._apply()
-        if not self.pending or time.monotonic() < self.retry_at:
-            return
-        pending, self.pending = self.pending, {}
-        failed = resync(api, pending)
+        self._resync(api)
+
+    def _resync(self, api: PrefectAPI) -> None:
+        with self._resyncing:
+            self._resync_pending(api)
+
+    def _resync_pending(self, api: PrefectAPI) -> None:
+        close_old_connections()
+        with self._state:
+            if not self.pending or time.monotonic() < self.retry_at:
+                return
+            pending, self.pending = self.pending, {}
+            self.during_pass = []
+        try:
+            failed = resync(api, pending, after_write=self._show_again)
+        except Exception:  # our database, most likely: the limits are tried again
+            log.exception("re-sync of %d limits failed", len(pending))
+            failed = set(pending)
+        finally:
+            with self._state:
+                self.during_pass = None
         done = timezone.now()
-        synced = [since for name, since in pending.items() if name not in failed]
+        synced = [s for name, s in pending.items() if name not in failed and s is not None]
         if synced:
             self._applied(max(0.0, (done - min(synced)).total_seconds()))
         if failed:
-            for name in failed:  # kept with their first time: the board is behind since then
-                self.pending[name] = min(self.pending.get(name, pending[name]), pending[name])
+            with self._state:
+                for name in failed:  # kept with their first time: behind since then
+                    self._behind(name, pending[name])
             self.retry_at = time.monotonic() + RETRY_AFTER
+
+    def _behind(self, name: str, since: datetime | None) -> None:
+        """Note that `name` needs a re-sync, the board behind on it since `since` (None: the
+        board shows its events already). Under `_state`."""
+        known = self.pending.get(name)
+        if name not in self.pending or known is None:
+            self.pending[name] = since
+        elif since is not None:
+            self.pending[name] = min(known, since)
+
+    def _show(self, events: list[EventInfo]) -> set[str]:
+        """Write what these lock events say on the limits that need no verdict, without
+        waiting for Prefect (`provisional`); returns the limits whose events the board now
+        shows. Nothing while another process's pass may have read our rows and not yet
+        written them: that pass, or the re-sync after it, brings the change."""
+        if not events:
+            return set()
+        try:
+            with write_between_passes() as may, transaction.atomic():
+                return provisional.show(events, timezone.now()) if may else set()
+        except Exception:
+            log.exception("could not show %d lock events before their re-sync", len(events))
+            return set()
+
+    def _show_again(self) -> None:
+        """In a re-sync's write transaction, after its write: the limits it wrote are as
+        Prefect was when read; show again the lock events applied since it began."""
+        with self._state:
+            events = list(self.during_pass or [])
+        if not events:
+            return
+        try:
+            with transaction.atomic():  # a savepoint: a failure here leaves the pass's write
+                provisional.show(events, timezone.now())
+        except Exception:  # shown by the next re-sync instead
+            log.exception("could not show %d lock events again after a re-sync", len(events))
 
     def _apply(self) -> None:
         """Apply the events received since the last flush, all at once."""
+        close_old_connections()
         inbox, self.inbox = self.inbox, []
         if not inbox:
             return
@@ -366,14 +444,25 @@ class Listener:
                     touched.update(apply_all([event]))
                 except Exception:
                     log.exception("could not apply event %s (%s); skipped", event.id, event.event)
-        for event, behind_since in inbox:
-            if self.last_event_at is None or event.occurred.isoformat() > self.last_event_at:
-                self.last_event_at = event.occurred.isoformat()  # where a catch-up starts from
-            # A duplicate (replayed on connect, or applied by another listener) touches
-            # nothing, so it says nothing about how far behind the board is.
-            since = behind_since or event.occurred
-            for name in touched.get(event.id, ()):
-                self.pending[name] = min(self.pending.get(name, since), since)
+        locks = [e for e, _ in inbox if e.id in touched and e.event.startswith(LOCK_PREFIXES)]
+        with self._state:
+            if self.during_pass is not None:  # before they are shown: see `_show_again`
+                self.during_pass.extend(locks)
+        shown = self._show(locks)
+        now = timezone.now()
+        with self._state:
+            for event, behind_since in inbox:
+                if self.last_event_at is None or event.occurred.isoformat() > self.last_event_at:
+                    self.last_event_at = event.occurred.isoformat()  # a catch-up's start
+                # A duplicate (replayed on connect, or applied by another listener) touches
+                # nothing, so it says nothing about how far behind the board is.
+                since = behind_since or event.occurred
+                for name in touched.get(event.id, ()):
+                    if name in shown and event.event.startswith(LOCK_PREFIXES):
+                        self._applied(max(0.0, (now - since).total_seconds()))
+                        self._behind(name, None)  # on the board now; the re-sync confirms
+                    else:
+                        self._behind(name, since)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
