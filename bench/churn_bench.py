@@ -93,7 +93,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 class LagWatch:
-    """Reads the lag the listener reports (its heartbeat) every second."""
+    """Reads the lag the listener reports (its heartbeat, written every 5 s) every second."""
 
     def __init__(self) -> None:
         self.values: list[tuple[float, float]] = []  # (time, lag)
@@ -109,8 +109,11 @@ class LagWatch:
             while not self.stop.wait(1.0):
                 beat = Heartbeat.objects.filter(service="listener").first()
                 lag = beat.detail.get("lag_seconds") if beat else None
-                if isinstance(lag, int | float):
-                    self.values.append((time.time(), float(lag)))
+                # Each heartbeat once, at its own time: one written before a level began
+                # still reports the previous level's last change.
+                at = beat.last_seen.timestamp() if beat else 0.0
+                if isinstance(lag, int | float) and (not self.values or at > self.values[-1][0]):
+                    self.values.append((at, float(lag)))
         finally:
             connection.close()
 

@@ -62,6 +62,10 @@ RETRY_AFTER = 2.0  # seconds before limits whose re-sync failed are tried again
 # slower flush.
 FULL_RESYNC_OVER = 100
 SLOW_PASS = 2.0  # seconds: a re-sync this slow is logged with what it sent to Prefect
+# Limits whose events the board shows already are re-synced (confirmed) in passes at least this
+# far apart: under churn one pass per flush sent Prefect a few requests every 0.2 s, and the
+# load it added on a 2-core machine slowed what the board shows (bench/churn_bench.py).
+CONFIRM_AFTER = 1.0
 
 
 def limits_touched(events: Iterable[EventInfo]) -> dict[UUID, set[str]]:
@@ -228,6 +232,7 @@ class Listener:
         # Guards `pending` and `during_pass`: events are applied in one thread while a re-sync
         # runs in another, and the heartbeat reads them on the loop.
         self._state = threading.Lock()
+        self.shown_at: float | None = None  # monotonic: the oldest pending limit shown already
         # One re-sync at a time: the flusher's, or a catch-up's (`_settle` runs one beside it).
         self._resyncing = threading.Lock()
         # Events received and not yet applied, each with since when the board has been behind
@@ -354,8 +359,18 @@ class Listener:
             if self.inbox:
                 await asyncio.to_thread(self._apply)
             idle = resyncing is None or resyncing.done()
-            if idle and self.pending and time.monotonic() >= self.retry_at:
+            if idle and self._resync_due():
                 resyncing = asyncio.ensure_future(asyncio.to_thread(self._resync, api))
+
+    def _resync_due(self) -> bool:
+        """A limit the board is behind on: now; only limits it shows: every CONFIRM_AFTER."""
+        now = time.monotonic()
+        with self._state:
+            if not self.pending or now < self.retry_at:
+                return False
+            if any(since is not None for since in self.pending.values()):
+                return True
+            return self.shown_at is not None and now - self.shown_at >= CONFIRM_AFTER
 
     def _flush(self, api: PrefectAPI) -> None:
         """Apply what came, then re-sync, in this thread (the catch-up)."""
@@ -372,7 +387,7 @@ class Listener:
             if not self.pending or time.monotonic() < self.retry_at:
                 return
             pending, self.pending = self.pending, {}
-            self.during_pass = []
+            self.during_pass, self.shown_at = [], None
         try:
             failed = resync(api, pending, after_write=self._show_again)
         except Exception:  # our database, most likely: the limits are tried again
@@ -395,6 +410,8 @@ class Listener:
         """Note that `name` needs a re-sync, the board behind on it since `since` (None: the
         board shows its events already). Under `_state`."""
         known = self.pending.get(name)
+        if since is None and self.shown_at is None:
+            self.shown_at = time.monotonic()
         if name not in self.pending or known is None:
             self.pending[name] = since
         elif since is not None:

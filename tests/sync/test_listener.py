@@ -27,7 +27,7 @@ from reslock_web.models import (
     SyncRun,
 )
 from reslock_web.prefect_io.api import PrefectAPI
-from reslock_web.sync.listener import FULL_RESYNC_OVER, Listener
+from reslock_web.sync.listener import CONFIRM_AFTER, FULL_RESYNC_OVER, Listener
 from reslock_web.sync.lock import try_lock, unlock
 from tests.support.listener_process import (
     ListenerProcess,
@@ -283,3 +283,20 @@ def test_the_heartbeat_reports_the_worst_delay_since_the_last_one_not_only_the_l
     assert listener._take_lag() == 0.3
     listener.pending["db-late"] = timezone.now() - timedelta(seconds=12)
     assert 12 <= listener._take_lag() < 20  # a change still waiting counts as far as it has
+    listener.pending["db-late"] = None  # shown already (provisional.py): not behind on it
+    assert listener._take_lag() == 0.3
+
+
+def test_limits_the_board_shows_are_confirmed_in_batches_and_the_others_at_once():
+    listener = Listener("http://127.0.0.1:9/api")
+    with listener._state:
+        listener._behind("db-shown", None)
+    assert not listener._resync_due()  # the board shows it: its confirmation can wait
+    listener.shown_at -= CONFIRM_AFTER
+    assert listener._resync_due()
+    listener.shown_at += CONFIRM_AFTER
+    with listener._state:
+        listener._behind("db-behind", timezone.now())
+        listener._behind("db-behind", None)  # shown later: still behind since the first event
+    assert listener.pending["db-behind"] is not None
+    assert listener._resync_due()  # the board is behind on one: now

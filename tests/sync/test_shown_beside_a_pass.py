@@ -12,10 +12,11 @@ import pytest
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from reslock.protocol import EVENT_ACQUIRED
-from reslock_web.models import Condition, Holder, Limit, Status
+from reslock.protocol import EVENT_ACQUIRED, EVENT_RELEASED
+from reslock_web.models import Condition, Holder, Limit, Status, SyncRun
 from reslock_web.prefect_io.api import PrefectAPI
 from reslock_web.sync.events import record_events
+from reslock_web.sync.listener import Listener
 from reslock_web.sync.lock import try_lock, unlock
 from reslock_web.sync.provisional import show
 from reslock_web.sync.run import sync_limit, sync_limits, write_between_passes
@@ -24,6 +25,72 @@ from tests.support.operating import unique
 from tests.support.prefect_limits import create_limits
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def helper_events(server, name: str, kind: str, since) -> list:
+    """The helper's `kind` events on `name`, once Prefect's REST API has them."""
+    with PrefectAPI.for_url(server.api_url) as api:
+        return wait_for(
+            lambda: [
+                e
+                for e in api.events(since, timezone.now() + timedelta(minutes=1), ["reslock."])
+                if e.event == kind and e.resource.get("prefect.resource.name") == name
+            ],
+            60,
+            what=f"the helper's {kind} in Prefect",
+        )
+
+
+def test_a_release_applied_while_the_listener_re_syncs_stays_on_the_board_after_it(
+    prefect_server, flows, proxy, settings
+):
+    """The listener's re-sync of a limit waits on Prefect; the holder releases meanwhile. The
+    board shows the release at once, and the pass, which read Prefect before it, does not
+    bring the holder back: its write is followed by the events applied since it began."""
+    name = unique("resource:confirm")
+    create_limits(prefect_server, [name])
+    started = timezone.now() - timedelta(seconds=5)
+    with PrefectAPI.for_url(prefect_server.api_url) as api:
+        assert sync_limit(api, name).ok
+    holder = flows.start("helper_holder", name=name, flow_run_name="confirm-holder")
+    holder.wait_event("acquired")
+    listener = Listener(api_url=proxy.url)
+    listener.inbox.append((helper_events(prefect_server, name, EVENT_ACQUIRED, started)[0], None))
+    listener._apply()
+    assert Limit.objects.get(name=name).status == Status.HELD  # shown before any re-sync
+    assert listener.pending == {name: None}  # to be confirmed; the board is not behind on it
+    assert listener._take_lag() < 60
+
+    # The pass reads the limit and its events, then waits 30 s for the holder's run.
+    settings.PREFECT_TIMEOUT_SECONDS = 60
+    proxy.route("runs/filter", "hold", seconds=30, times=1)
+    thread = threading.Thread(target=lambda: _resync(listener))
+    thread.start()
+    try:
+        wait_for(lambda: proxy.received_at("runs/filter"), 60, what="the pass to ask for runs")
+        holder.release()
+        holder.wait_event("released")
+        released = helper_events(prefect_server, name, EVENT_RELEASED, started)
+        listener.inbox.append((released[0], None))
+        listener._apply()
+        assert thread.is_alive(), "the pass ended before the release was applied"
+        assert Limit.objects.get(name=name).status == Status.FREE
+    finally:
+        thread.join(180)
+        proxy.ok()
+    run = SyncRun.objects.filter(scope=name).latest("started_at")
+    assert run.ok, run.error
+    limit = Limit.objects.get(name=name)
+    assert (limit.status, limit.holder_count, limit.active_slots) == (Status.FREE, 0, 0)
+    assert not Holder.objects.filter(limit=limit).exists()
+
+
+def _resync(listener: Listener) -> None:
+    try:
+        with PrefectAPI.for_url(listener.api_url) as api:
+            listener._resync(api)
+    finally:
+        close_old_connections()
 
 
 def test_an_acquire_shown_while_a_pass_reads_prefect_is_kept_by_its_write(
