@@ -200,6 +200,28 @@ class Limit(models.Model):
             models.Index(fields=["status"]),
             models.Index(fields=["kind", "resource"]),
             models.Index(fields=["gone_at", "resource"]),
+            # What the facet counts and the default order (attention first) read of every
+            # limit: both read this index instead of the table's whole rows (a sixth of
+            # their size at 20,000 limits), and a page then reads its 50 rows only.
+            models.Index(
+                fields=[
+                    "gone_at",
+                    "status",
+                    "held_since",
+                    "resource",
+                    "kind",
+                    "active",
+                    "active_slots",
+                    "is_held",
+                    "has_waiters",
+                    "is_stale",
+                    "has_zombie",
+                    "is_deadlocked",
+                    "has_drift",
+                    "is_over_limit",
+                ],
+                name="limit_board",
+            ),
         ]
 
     def __str__(self) -> str:

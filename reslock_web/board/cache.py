@@ -153,9 +153,7 @@ def _draw(
 ) -> Results:
     # The page's rows come with what a row shows: drawing them (a cold cache) needs no
     # second read, and a row already drawn costs only a few columns more.
-    page = query.paged(
-        query.base().only("changed_at", *ROW_LIMIT_FIELDS), count=counts.get(query.status, 0)
-    )
+    page = query.paged(("changed_at", *ROW_LIMIT_FIELDS), count=counts.get(query.status, 0))
     rows = {row.pk: row for row in page.object_list}
     versions = [(pk, row.changed_at) for pk, row in rows.items()]
     return Results(

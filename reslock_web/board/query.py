@@ -182,18 +182,24 @@ class BoardQuery:
         found = self.base().aggregate(**aggregates)
         return {name: found[name] for name in FACETS}, found if whole_board else None
 
-    def paged(self, queryset: QuerySet | None = None, count: int | None = None) -> Page:
-        """The page asked for (the last one when asked for more), rows not yet fetched.
+    def paged(self, fields: tuple[str, ...] = (), count: int | None = None) -> Page:
+        """The page asked for (the last one when asked for more), rows not yet fetched; only
+        `fields` of them read, when given.
 
         `count`, when the facet counts already say how many rows match, saves counting again.
+        The page's rows are chosen by id before they are read (one query): sorting every
+        matching limit with all a row shows read each whole row (on SQLite, 20,000 of them
+        for a page of 50), where the ids come from the board's index alone (`Limit.Meta`).
         """
-        if queryset is None:
-            queryset = self.base()
-        queryset = queryset.filter(facet_filter(self.status)).order_by(*SORTS[self.sort][1])
-        paginator = Paginator(queryset, PAGE_SIZE)
+        order = SORTS[self.sort][1]
+        matching = self.base().filter(facet_filter(self.status)).order_by(*order)
+        paginator = Paginator(matching.values("pk"), PAGE_SIZE)
         if count is not None:
             paginator.count = count  # a cached_property: set, it is not asked of the database
-        return paginator.page(min(self.page, paginator.num_pages))
+        page = paginator.page(min(self.page, paginator.num_pages))
+        rows = Limit.objects.filter(pk__in=page.object_list).order_by(*order)
+        page.object_list = rows.only(*fields) if fields else rows
+        return page
 
 
 # What `board_row` reads of a limit, of its first holder and of its first waiter.

@@ -15,7 +15,8 @@ from django.http import QueryDict
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from reslock_web.board.query import NEEDS_ATTENTION, BoardQuery, attention
+from reslock_web.board import query as board_query_module
+from reslock_web.board.query import NEEDS_ATTENTION, SORTS, BoardQuery, attention
 from reslock_web.models import FACETS, Condition, Limit, Status, facet_filter
 from reslock_web.sync import store
 from tests.support.board_data import make_held, make_holder, make_limit, make_waiter, settle
@@ -106,3 +107,18 @@ def test_a_cold_page_of_the_whole_board_counts_the_limits_once(viewer_client, mi
         with CaptureQueriesContext(connection) as queries:
             assert banner(viewer_client.get(url).content.decode()) == whole
         assert limit_counts(queries) == scans, url
+
+
+@pytest.mark.parametrize("sort", SORTS)
+def test_pages_chosen_by_id_first_hold_the_rows_one_ordered_query_gives(mixed, monkeypatch, sort):
+    monkeypatch.setattr(board_query_module, "PAGE_SIZE", 4)
+    for params in ("", "status=held", "status=free", "q=tag", "kind=global&status=all"):
+        board_query = query(f"sort={sort}&{params}")
+        matching = board_query.base().filter(facet_filter(board_query.status))
+        every = list(matching.order_by(*SORTS[sort][1]).values_list("pk", flat=True))
+        shown = []
+        for number in range(1, -(-len(every) // 4) + 1):  # every page, once
+            board_query.page = number
+            page = board_query.paged(("name",), count=len(every))
+            shown += [row.pk for row in page.object_list]
+        assert shown == every and every, params
