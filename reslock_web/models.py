@@ -423,7 +423,7 @@ class LockEvent(models.Model):
             # The board's "lease lost" marks (status/leases.py) read these two kinds of rows
             # on every page drawn. Partial, so a handful of rows among a million: indexed
             # by (event, closed_at) alone, the lost leases of a day were found among every
-            # helper hold closed that day (12,450 rows at 20,000 limits, 36 ms on SQLite);
+            # helper hold closed that day (12,953 in the 20,000-limit bench, 36 ms on SQLite);
             # the stopping announcements among every one ever kept. `closed_reason` stays
             # in the first index's columns: without it SQLite, planning without statistics,
             # prefers the (event, closed_at) index above.

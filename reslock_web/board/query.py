@@ -187,9 +187,9 @@ class BoardQuery:
         `fields` of them read, when given.
 
         `count`, when the facet counts already say how many rows match, saves counting again.
-        The page's rows are chosen by id before they are read (one query): sorting every
-        matching limit with all a row shows read each whole row (on SQLite, 20,000 of them
-        for a page of 50), where the ids come from the board's index alone (`Limit.Meta`).
+        The page's rows are chosen by id before they are read (one query): sorted with all
+        that a row shows, every matching limit was read whole (on SQLite, 20,000 rows for a
+        page of 50), where its id and sort keys come from the board's index (`Limit.Meta`).
         """
         order = SORTS[self.sort][1]
         matching = self.base().filter(facet_filter(self.status)).order_by(*order)
