@@ -29,7 +29,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from reslock_web.board.format import redraw_ages
 from reslock_web.board.poll import stamp
-from reslock_web.board.query import ROW_LIMIT_FIELDS, BoardQuery, with_people
+from reslock_web.board.query import ROW_LIMIT_FIELDS, BoardQuery, attention, with_people
 from reslock_web.board.rows import board_row
 from reslock_web.models import Limit
 from reslock_web.status.leases import LostMark, lost_by_limit
@@ -103,10 +103,22 @@ def mark_keys(lost: dict[int, LostMark]) -> dict[int, str]:
 
 
 def counts(query: BoardQuery, board_version: int) -> dict[str, int]:
-    """Facet counts depend on the search and kind only: one count serves every facet."""
-    return kept(
-        "counts", board_version, query.params(status="all", sort="name", page=1), query.facet_counts
-    )
+    """Facet counts depend on the search and kind only: one count serves every facet. Counted
+    for the whole board, they bring what needs attention with them (`needs`)."""
+
+    def read() -> dict[str, int]:
+        found, needs = query.counts()
+        if needs is not None:
+            keep("attention", board_version, "", attention(needs))
+        return found
+
+    return kept("counts", board_version, query.params(status="all", sort="name", page=1), read)
+
+
+def needs(board_version: int) -> list[tuple[str, str, int]]:
+    """What needs attention on the whole board (the banner), once per board version: every
+    poll reads it. A page of the whole board counted it already (`counts`)."""
+    return kept("attention", board_version, "", attention)
 
 
 def kept(kind: str, board_version: int, params: str, compute: Callable[[], T]) -> T:
@@ -117,8 +129,7 @@ def kept(kind: str, board_version: int, params: str, compute: Callable[[], T]) -
     if board_version <= 0:
         return compute()
     cache = caches[CACHE]
-    # Hashed: params hold searches of any length and alphabet.
-    key = f"{kind}:{board_version}:{hashlib.blake2s(params.encode()).hexdigest()}"
+    key = _key(kind, board_version, params)
     found = cache.get(key)
     if found is None:
         found = compute()
@@ -126,14 +137,23 @@ def kept(kind: str, board_version: int, params: str, compute: Callable[[], T]) -
     return found
 
 
+def keep(kind: str, board_version: int, params: str, value: object) -> None:
+    """Keep what `kept` would compute for these params, found on the way to something else."""
+    if board_version > 0:
+        caches[CACHE].set(_key(kind, board_version, params), value)
+
+
+def _key(kind: str, board_version: int, params: str) -> str:
+    # Hashed: params hold searches of any length and alphabet.
+    return f"{kind}:{board_version}:{hashlib.blake2s(params.encode()).hexdigest()}"
+
+
 def _draw(
     query: BoardQuery, counts: dict[str, int], keep: bool, lost: dict[int, LostMark]
 ) -> Results:
     # The page's rows come with what a row shows: drawing them (a cold cache) needs no
     # second read, and a row already drawn costs only a few columns more.
-    page = query.paged(
-        query.base().only("changed_at", *ROW_LIMIT_FIELDS), count=counts.get(query.status, 0)
-    )
+    page = query.paged(("changed_at", *ROW_LIMIT_FIELDS), count=counts.get(query.status, 0))
     rows = {row.pk: row for row in page.object_list}
     versions = [(pk, row.changed_at) for pk, row in rows.items()]
     return Results(

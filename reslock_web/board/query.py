@@ -77,21 +77,32 @@ FACET_LABELS = {
 }
 
 
-def attention() -> list[tuple[str, str, int]]:
+def attention(found: dict[str, int] | None = None) -> list[tuple[str, str, int]]:
     """What needs an operator on the whole board, whatever the search: (status filter or "",
     label, count), worst first, counted as the status filters count (a resource both stale and zombie
     is in both); nothing when all is well. A run that may be inside uncounted has no filter of
-    its own: its resources are counted by their badge."""
-    counted = {
-        status: Count("id", filter=facet_filter(status) if status in FACETS else Q(status=status))
-        for status in NEEDS_ATTENTION
-    }
-    found = Limit.objects.present().aggregate(**counted)
+    its own: its resources are counted by their badge.
+
+    `found`: the counts as the whole board's `BoardQuery.counts` reads them with its facets;
+    read here when not given."""
+    if found is None:
+        found = Limit.objects.aggregate(**_attention_counts())
     return [
         (status if status in FACETS else "", Status(status).label, found[status])
         for status in NEEDS_ATTENTION
         if found[status]
     ]
+
+
+def _attention_counts() -> dict[str, Count]:
+    """What `attention` counts, by status: all but "uncounted" are facet counts."""
+    present = facet_filter("all")
+    return {
+        status: Count(
+            "id", filter=facet_filter(status) if status in FACETS else present & Q(status=status)
+        )
+        for status in NEEDS_ATTENTION
+    }
 
 
 @dataclass
@@ -159,22 +170,36 @@ class BoardQuery:
             queryset = queryset.filter(kind=self.kind)
         return queryset
 
-    def facet_counts(self) -> dict[str, int]:
+    def counts(self) -> tuple[dict[str, int], dict[str, int] | None]:
+        """The facet counts for this search and kind, and for the whole board (no search, no
+        kind) what `attention` counts too, in the same scan of the limits: it adds one count
+        to the facets' (on SQLite a scan of 20,000 limits costs 10-14 ms, a count more under
+        1 ms). With a search the two differ, and `attention` reads its own."""
         aggregates = {name: Count("id", filter=facet_filter(name)) for name in FACETS}
-        return self.base().aggregate(**aggregates)
+        whole_board = not self.search and not self.kind
+        if whole_board:
+            aggregates |= _attention_counts()
+        found = self.base().aggregate(**aggregates)
+        return {name: found[name] for name in FACETS}, found if whole_board else None
 
-    def paged(self, queryset: QuerySet | None = None, count: int | None = None) -> Page:
-        """The page asked for (the last one when asked for more), rows not yet fetched.
+    def paged(self, fields: tuple[str, ...] = (), count: int | None = None) -> Page:
+        """The page asked for (the last one when asked for more), rows not yet fetched; only
+        `fields` of them read, when given.
 
         `count`, when the facet counts already say how many rows match, saves counting again.
+        The page's rows are chosen by id before they are read (one query): sorted with all
+        that a row shows, every matching limit was read whole (on SQLite, 20,000 rows for a
+        page of 50), where its id and sort keys come from the board's index (`Limit.Meta`).
         """
-        if queryset is None:
-            queryset = self.base()
-        queryset = queryset.filter(facet_filter(self.status)).order_by(*SORTS[self.sort][1])
-        paginator = Paginator(queryset, PAGE_SIZE)
+        order = SORTS[self.sort][1]
+        matching = self.base().filter(facet_filter(self.status)).order_by(*order)
+        paginator = Paginator(matching.values("pk"), PAGE_SIZE)
         if count is not None:
             paginator.count = count  # a cached_property: set, it is not asked of the database
-        return paginator.page(min(self.page, paginator.num_pages))
+        page = paginator.page(min(self.page, paginator.num_pages))
+        rows = Limit.objects.filter(pk__in=page.object_list).order_by(*order)
+        page.object_list = rows.only(*fields) if fields else rows
+        return page
 
 
 # What `board_row` reads of a limit, of its first holder and of its first waiter.

@@ -16,7 +16,7 @@ from django_htmx.http import reswap, retarget
 
 from reslock_web.board import cache as board_cache
 from reslock_web.board import drawing, poll
-from reslock_web.board.query import SORTS, BoardQuery, attention, facets, with_people
+from reslock_web.board.query import SORTS, BoardQuery, facets, with_people
 from reslock_web.board.runs import run_locks
 from reslock_web.models import Holder, Kind, Limit, SyncRun, Waiter
 from reslock_web.status import leases, timeline
@@ -49,7 +49,7 @@ def board_changes(request: HttpRequest) -> HttpResponse:
     query = BoardQuery.from_params(request.GET)
     seen = poll.Seen.parse(request.GET.get("seen", ""))
     board, health = poll.board_version(), freshness()
-    needs = _attention(board)
+    needs = board_cache.needs(board)
     lost = board_cache.lost_leases(board)  # kept for the version and the quarter minute
     if (
         seen
@@ -90,7 +90,7 @@ def _board_context(
     board = poll.board_version() if board is None else board
     health = freshness() if health is None else health
     results = board_cache.results(query, board) if results is None else results
-    needs = _attention(board)
+    needs = board_cache.needs(board)
     return {
         "query": query,
         "facets": facets(query, results.counts),
@@ -101,11 +101,6 @@ def _board_context(
         "attention": needs,
         "seen": _seen(board, results, query, health, needs).encode(),
     }
-
-
-def _attention(board: int) -> list[tuple[str, str, int]]:
-    # Once per board version in each process: every poll reads it.
-    return board_cache.kept("attention", board, "", attention)
 
 
 def _seen(board: int, results: board_cache.Results, query: BoardQuery, health, needs) -> poll.Seen:
