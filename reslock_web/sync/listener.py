@@ -249,6 +249,7 @@ class Listener:
         self._worst_lag: float | None = None
         self._lag_lock = threading.Lock()  # flushes run in a thread, heartbeats on the loop
         self.connected = False
+        self.connected_at: datetime | None = None  # when the stream last connected
 
     def _applied(self, lag: float) -> None:
         with self._lag_lock:
@@ -319,9 +320,10 @@ class Listener:
         with PrefectAPI.for_url(self.api_url) as api:
             async with subscriber(self.api_url, settings.PREFECT_API_KEY) as events:
                 self.connected = True
+                self.connected_at = timezone.now()
                 log.info("listening to %s", self.api_url)
                 flusher = asyncio.create_task(self._flusher(api, stop))
-                settle = asyncio.create_task(self._settle(timezone.now()))
+                settle = asyncio.create_task(self._settle(self.connected_at))
                 try:
                     async for raw in events:
                         if stop.is_set():
@@ -348,6 +350,10 @@ class Listener:
             log.warning("the catch-up after connecting failed: %s", error)
 
     async def _handle(self, event: EventInfo, behind_since: datetime | None = None) -> None:
+        if behind_since is None and self.connected_at and event.occurred < self.connected_at:
+            # Prefect's stream sends the last minute again on connecting: an event that came
+            # while nobody listened is late from the connection on, as a catch-up's are.
+            behind_since = self.connected_at
         self.inbox.append((event, behind_since))
 
     async def _flusher(self, api: PrefectAPI, stop: asyncio.Event) -> None:
@@ -475,7 +481,7 @@ class Listener:
                 # nothing, so it says nothing about how far behind the board is.
                 since = behind_since or event.occurred
                 for name in touched.get(event.id, ()):
-                    if name in shown and event.event.startswith(LOCK_PREFIXES):
+                    if name in shown and event.event in provisional.SHOWN:
                         self._applied(max(0.0, (now - since).total_seconds()))
                         self._behind(name, None)  # on the board now; the re-sync confirms
                     else:

@@ -27,7 +27,7 @@ from uuid import UUID
 
 from django.conf import settings
 
-from reslock.protocol import EVENT_WAITING
+from reslock.protocol import EVENT_RELEASED, EVENT_TIMED_OUT, EVENT_WAITING
 from reslock_web.models import (
     Condition,
     Holder,
@@ -40,10 +40,13 @@ from reslock_web.models import (
 )
 from reslock_web.prefect_io.records import EventInfo, parse_uuid
 from reslock_web.status.diagnosis import status_of
-from reslock_web.sync.events import ACQUIRES
+from reslock_web.sync.events import ACQUIRES, PREFECT_RELEASED
 from reslock_web.sync.queries import chunked
 from reslock_web.sync.store import raise_board_version
 
+# What `show` writes: holds and waits beginning and ending. A limit created, changed or deleted,
+# a lease lost (`stopping`): the board shows those from the re-sync, and is behind until then.
+SHOWN = frozenset({*ACQUIRES, PREFECT_RELEASED, EVENT_RELEASED, EVENT_WAITING, EVENT_TIMED_OUT})
 # The badges of a clean limit: anything else was concluded by a pass, and only a pass ends it.
 CLEAN = (Status.FREE, Status.HELD, Status.WAITING, Status.CONTENDED)
 EVENT_SOURCES = (Source.HELPER, Source.EVENT)
@@ -70,11 +73,11 @@ HOLDER_RUN_FIELDS = (
 def show(events: list[EventInfo], now: datetime) -> set[str]:
     """Write what these lock events (recorded already, `events.record_events`) change on the
     clean limits they name; returns the names of the limits whose rows now say what the events
-    say (changed, or already so). Called inside a transaction, between passes
-    (`run.write_between_passes`)."""
+    of the kinds in SHOWN say (changed, or already so). Called inside a transaction, between
+    passes (`run.write_between_passes`)."""
     rows = [
         row
-        for chunk in chunked([event.id for event in events])
+        for chunk in chunked([event.id for event in events if event.event in SHOWN])
         for row in LockEvent.objects.filter(event_id__in=chunk).exclude(limit_prefect_id=None)
     ]
     if not rows:

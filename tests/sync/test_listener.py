@@ -3,6 +3,7 @@ by bench/freshness_bench.py, not here)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from reslock_web.models import (
     SyncRun,
 )
 from reslock_web.prefect_io.api import PrefectAPI
+from reslock_web.prefect_io.records import EventInfo
 from reslock_web.sync.listener import CONFIRM_AFTER, FULL_RESYNC_OVER, Listener
 from reslock_web.sync.lock import try_lock, unlock
 from tests.support.listener_process import (
@@ -75,8 +77,13 @@ def test_acquire_release_and_queue_reach_the_board_without_a_sync(prefect_server
         waiter.release()
         waiter.wait_event("released")
         arrives(lambda: Limit.objects.filter(name=name, status=Status.FREE).exists(), "free")
-        beat = Heartbeat.objects.get(service="listener")
-        assert beat.detail["connected"] and beat.detail["last_event_at"]
+        # Written every 5 s: the changes above can all be on the board before the next one.
+        beat = wait_for(
+            lambda: (b := Heartbeat.objects.get(service="listener")).detail["last_event_at"] and b,
+            30,
+            what="a heartbeat since the changes",
+        )
+        assert beat.detail["connected"]
         assert beat.detail["lag_seconds"] is not None and beat.detail["lag_seconds"] >= 0
     finally:
         assert listener.stop() == 0
@@ -300,3 +307,21 @@ def test_limits_the_board_shows_are_confirmed_in_batches_and_the_others_at_once(
         listener._behind("db-behind", None)  # shown later: still behind since the first event
     assert listener.pending["db-behind"] is not None
     assert listener._resync_due()  # the board is behind on one: now
+
+
+def test_events_prefect_sends_again_on_connecting_are_late_from_the_connection_on():
+    """Prefect's stream replays the last minute on connecting: what came while nobody
+    listened has kept the board behind since the listener connected, not since it occurred
+    (a catch-up counts the same way); a change that occurs later counts from its own time."""
+    listener = Listener("http://127.0.0.1:9/api")
+    listener.connected_at = timezone.now()
+
+    def event(seconds: float):
+        occurred = listener.connected_at + timedelta(seconds=seconds)
+        return EventInfo.parse(
+            {"id": str(uuid.uuid4()), "event": EVENT_ACQUIRED, "occurred": occurred.isoformat()}
+        )
+
+    asyncio.run(listener._handle(event(-50)))
+    asyncio.run(listener._handle(event(+1)))
+    assert [since for _, since in listener.inbox] == [listener.connected_at, None]

@@ -229,3 +229,12 @@ def test_events_already_shown_change_nothing_more():
     assert board_version() == version
     assert Limit.objects.get(pk=limit.pk).changed_at == changed_at
     assert Holder.objects.filter(limit=limit).count() == 1
+
+
+def test_a_limit_changed_in_prefect_is_left_to_its_re_sync():
+    """Only holds and waits are written here: a changed limit's new value comes from Prefect,
+    and until then the board is behind on it (the listener counts it so)."""
+    limit = free_limit()
+    updated = helper_event(limit, "prefect.concurrency-limit.updated", run=uuid.uuid4())
+
+    assert applied(updated) == set()
