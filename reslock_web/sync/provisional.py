@@ -29,6 +29,7 @@ from django.conf import settings
 
 from reslock.protocol import EVENT_RELEASED, EVENT_TIMED_OUT, EVENT_WAITING
 from reslock_web.models import (
+    LIMIT_FLAGS,
     Condition,
     Holder,
     Kind,
@@ -42,7 +43,7 @@ from reslock_web.prefect_io.records import EventInfo, parse_uuid
 from reslock_web.status.diagnosis import status_of
 from reslock_web.sync.events import ACQUIRES, PREFECT_RELEASED
 from reslock_web.sync.queries import chunked
-from reslock_web.sync.store import raise_board_version
+from reslock_web.sync.store import RUN_FIELDS, raise_board_version
 
 # What `show` writes: holds and waits beginning and ending. A limit created, changed or deleted,
 # a lease lost (`stopping`): the board shows those from the re-sync, and is behind until then.
@@ -50,24 +51,10 @@ SHOWN = frozenset({*ACQUIRES, PREFECT_RELEASED, EVENT_RELEASED, EVENT_WAITING, E
 # The badges of a clean limit: anything else was concluded by a pass, and only a pass ends it.
 CLEAN = (Status.FREE, Status.HELD, Status.WAITING, Status.CONTENDED)
 EVENT_SOURCES = (Source.HELPER, Source.EVENT)
-QUIET_FLAGS = (
-    "is_stale",
-    "has_zombie",
-    "is_deadlocked",
-    "has_drift",
-    "has_long_hold",
-    "is_over_limit",
-)
-HOLDER_RUN_FIELDS = (
-    "flow_run_id",
-    "flow_run_name",
-    "flow_id",
-    "flow_name",
-    "task_run_id",
-    "task_run_name",
-    "deployment_id",
-    "deployment_name",
-)
+# Every flag but held and waiting: each is a verdict.
+QUIET_FLAGS = tuple(flag for flag in LIMIT_FLAGS if flag not in ("is_held", "has_waiters"))
+# What a lock event says of its run (its state comes from Prefect, with the re-sync).
+EVENT_RUN_FIELDS = tuple(name for name in RUN_FIELDS if not name.startswith("state_"))
 
 
 def show(events: list[EventInfo], now: datetime) -> set[str]:
@@ -245,7 +232,7 @@ def _holder(limit: Limit, row: LockEvent, now: datetime) -> Holder:
         slots=row.slots,
         process=row.process or {},
         first_seen=now,
-        **{name: getattr(row, name) for name in HOLDER_RUN_FIELDS},
+        **{name: getattr(row, name) for name in EVENT_RUN_FIELDS},
     )
 
 
@@ -256,5 +243,5 @@ def _waiter(limit: Limit, row: LockEvent, key: str, position: int) -> Waiter:
         source=Source.HELPER,
         waiting_since=row.occurred,
         position=position,
-        **{name: getattr(row, name) for name in HOLDER_RUN_FIELDS},
+        **{name: getattr(row, name) for name in EVENT_RUN_FIELDS},
     )
