@@ -313,7 +313,7 @@ class Listener:
         with PrefectAPI.for_url(self.api_url) as api:
             events = await asyncio.to_thread(lambda: list(api.events(since, now, PREFIXES)))
             for event in events:
-                await self._handle(event, behind_since=now)
+                self._handle(event, behind_since=now)
             await asyncio.to_thread(self._flush, api)
 
     async def _subscribe(self, stop: asyncio.Event) -> None:
@@ -332,7 +332,7 @@ class Listener:
                         if event is None:
                             log.warning("skipping a malformed event")
                             continue
-                        await self._handle(event)
+                        self._handle(event)
                 finally:
                     flusher.cancel()
                     settle.cancel()
@@ -349,7 +349,7 @@ class Listener:
         except Exception as error:  # the periodic sync still covers it
             log.warning("the catch-up after connecting failed: %s", error)
 
-    async def _handle(self, event: EventInfo, behind_since: datetime | None = None) -> None:
+    def _handle(self, event: EventInfo, behind_since: datetime | None = None) -> None:
         if behind_since is None and self.connected_at and event.occurred < self.connected_at:
             # Prefect's stream sends the last minute again on connecting: an event that came
             # while nobody listened is late from the connection on, as a catch-up's are.

@@ -3,7 +3,6 @@ by bench/freshness_bench.py, not here)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -322,6 +321,6 @@ def test_events_prefect_sends_again_on_connecting_are_late_from_the_connection_o
             {"id": str(uuid.uuid4()), "event": EVENT_ACQUIRED, "occurred": occurred.isoformat()}
         )
 
-    asyncio.run(listener._handle(event(-50)))
-    asyncio.run(listener._handle(event(+1)))
+    listener._handle(event(-50))
+    listener._handle(event(+1))
     assert [since for _, since in listener.inbox] == [listener.connected_at, None]
